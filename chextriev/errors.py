@@ -1,0 +1,33 @@
+"""Typed errors with messages a user can act on."""
+
+from __future__ import annotations
+
+
+class ChextrievError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class UnknownNameError(ChextrievError, ValueError):
+    """A name (region, finding, class list, variant, preset...) that is not known.
+
+    The message lists the valid names.
+    """
+
+    def __init__(self, kind: str, name: str, valid):
+        self.kind = kind
+        self.name = name
+        self.valid = tuple(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(map(str, self.valid))}")
+
+
+class ImageReadError(ChextrievError):
+    """An image (PNG, JPEG, DICOM) that cannot be read; says which one and why."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot read image {source}: {reason}")
+
+
+class DataFormatError(ChextrievError):
+    """A metadata file (CSV, scene graph JSON, manifest) that does not follow its format."""

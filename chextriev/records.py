@@ -1,0 +1,76 @@
+"""The one record type every reader yields (reader -> record -> region boxes -> ...).
+
+Conventions shared by the whole project:
+
+* images are loaded by :func:`chextriev.io.images.load_image` into one normalised array type:
+  ``np.ndarray`` of ``float32``, shape ``(H, W)``, values in ``[0, 1]``, 1 = bright (bone),
+  whatever the source (8/16-bit PNG, JPEG, RGBA, DICOM MONOCHROME1/2);
+* region boxes are ``(18, 4)`` float32 ``x1, y1, x2, y2`` in pixels of the *original* image,
+  in :data:`chextriev.vocab.REGIONS` order; a missing region is a row of NaN (masked, never
+  dropped);
+* labels are 0/1 float32 arrays over ``class_names``: image-level ``(C,)`` and region-level
+  ``(18, C)``; ``None`` means unknown (an unlabelled archive image), not normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chextriev.vocab import NUM_REGIONS
+
+
+@dataclass
+class Record:
+    """One radiograph and what is known about it."""
+
+    source: str | Path | bytes
+    image_id: str
+    patient_id: str | None = None
+    study_id: str | None = None
+    view: str | None = None
+    class_names: tuple[str, ...] = ()
+    labels: np.ndarray | None = None  # (C,) 0/1
+    region_labels: np.ndarray | None = None  # (18, C) 0/1
+    boxes: np.ndarray | None = None  # (18, 4) x1 y1 x2 y2, original pixels, NaN = missing
+    image_size: tuple[int, int] | None = None  # (H, W) of the original image, when known
+    origin: str = ""  # which reader and file produced this record
+    split: str | None = None  # train / validate / test when the dataset says
+    meta: dict[str, Any] = field(default_factory=dict)  # study_date, sex, age, uids, ...
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.float32)
+            if self.class_names and self.labels.shape != (len(self.class_names),):
+                raise ValueError(
+                    f"{self.image_id}: labels shape {self.labels.shape} does not match "
+                    f"{len(self.class_names)} classes"
+                )
+        if self.region_labels is not None:
+            self.region_labels = np.asarray(self.region_labels, dtype=np.float32)
+            if self.region_labels.shape[0] != NUM_REGIONS:
+                raise ValueError(f"{self.image_id}: region_labels must have {NUM_REGIONS} rows")
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.float32)
+            if self.boxes.shape != (NUM_REGIONS, 4):
+                raise ValueError(f"{self.image_id}: boxes must be ({NUM_REGIONS}, 4), got {self.boxes.shape}")
+
+    @property
+    def box_mask(self) -> np.ndarray:
+        """(18,) bool: True where the region box is present."""
+        if self.boxes is None:
+            return np.zeros(NUM_REGIONS, dtype=bool)
+        return ~np.isnan(self.boxes).any(axis=1)
+
+    @property
+    def is_normal(self) -> bool:
+        """True when labels are known and all zero."""
+        return self.labels is not None and not bool(np.any(self.labels))
+
+
+def empty_boxes() -> np.ndarray:
+    """(18, 4) float32 of NaN: no region known."""
+    return np.full((NUM_REGIONS, 4), np.nan, dtype=np.float32)

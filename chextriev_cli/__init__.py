@@ -1,0 +1,1 @@
+"""The `chextriev` command: one entry point whose subcommands live with the package they drive."""

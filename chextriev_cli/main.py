@@ -1,0 +1,58 @@
+"""`chextriev` console script.
+
+Each subcommand is registered by the package that implements it, through a module exposing
+``register(subparsers)``; a registered parser sets ``func(args) -> int`` as its default.
+This module sits above every package (it may import all of them); no package imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (module, what it provides). Order is the order shown in `chextriev --help`.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "chextriev.synth.cli",  # synth
+    "chextriev.training.cli",  # train, train-detector
+    "metrics.cli",  # evaluate
+    "indexer.cli",  # index, index verify, index remove
+    "server.cli",  # serve
+    "chextriev_cli.demo",  # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chextriev",
+        description="Case-based retrieval of chest radiographs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from chextriev.errors import ChextrievError
+
+    try:
+        return int(args.func(args) or 0)
+    except ChextrievError as error:
+        logging.getLogger("chextriev").error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
