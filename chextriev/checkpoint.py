@@ -1,0 +1,147 @@
+"""Load a model from its checkpoint alone (``chextriev train`` writes them).
+
+A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
+``chextriev.training.module.RetrievalModule``):
+
+* ``model_config``: :meth:`ModelConfig.to_dict` (the whole config, adjacency included);
+* ``variant``: the variant name; ``class_names``; ``image_size``;
+* ``atlas``: :meth:`chextriev.anatomy.atlas.Atlas.to_dict` fitted on the training records;
+
+and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
+included, so no weights file is needed at load time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chextriev.anatomy.atlas import Atlas
+from chextriev.anatomy.provider import BoxProvider
+from chextriev.errors import ChextrievError
+from chextriev.model.backbone import weights_restored_later
+from chextriev.model.config import ModelConfig, build_from_config
+from chextriev.model.retrieval_model import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+STATE_PREFIX = "model."
+
+
+class CheckpointError(ChextrievError):
+    """A checkpoint that is missing, unreadable or not written by ``chextriev train``."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :func:`chextriev.embedding.embed_images`.
+
+    ``model`` is in eval mode on ``device``; ``checkpoint_id`` is the first 16 hex digits of the
+    file's sha256; ``embedding_dim`` is ``D`` of the embeddings; ``has_regions`` says whether
+    region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH).
+    """
+
+    model: RetrievalModel
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    image_size: int
+    checkpoint_id: str
+    embedding_dim: int
+    has_regions: bool
+    box_provider: BoxProvider
+    device: torch.device
+    variant: str = ""
+    binary: bool = False
+    path: Path | None = None
+
+    @classmethod
+    def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
+                   device: str | torch.device = "cpu", variant: str = "") -> LoadedModel:
+        """Wrap an in-memory model (e.g. an untrained baseline, a test model) without a file.
+
+        ``checkpoint_id`` is ``"in-memory"``; the atlas defaults to the anatomical template.
+        """
+        device = torch.device(device)
+        model.to(device).eval()
+        config = model.config
+        return cls(model=model, config=config, class_names=tuple(config.class_names),
+                   image_size=config.image_size, checkpoint_id="in-memory", embedding_dim=model.embedding_dim,
+                   has_regions=config.has_regions, box_provider=BoxProvider(atlas or Atlas.default(), detector),
+                   device=device, variant=variant, binary=bool(config.binary))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict (tensors on CPU). Raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (train one with `chextriev train`)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+
+
+def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint dict: ``(model (train mode, CPU), hyper_parameters)``."""
+    hparams = data.get("hyper_parameters") or {}
+    if "model_config" not in hparams:
+        raise CheckpointError("checkpoint has no 'model_config' hyper-parameter: not written by `chextriev train`")
+    config = replace(ModelConfig.from_dict(dict(hparams["model_config"])), backbone_weights=None)
+    with weights_restored_later():
+        model = build_from_config(config)
+    state = {k[len(STATE_PREFIX):]: v for k, v in data.get("state_dict", {}).items() if k.startswith(STATE_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint weights do not fit the {config.kind} model: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model, hparams
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    detector_path: str | Path | None = None) -> LoadedModel:
+    """Load ``path`` (a ``chextriev train`` checkpoint) for inference.
+
+    Args:
+        path: the ``.ckpt`` file.
+        device: where the model runs.
+        detector_path: an optional anatomy detector (``chextriev train-detector``) used before
+            the checkpoint's atlas for images without boxes.
+    """
+    path = Path(path)
+    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
+    device = torch.device(device)
+    model.to(device).eval()
+    config = model.config
+    atlas = Atlas.from_dict(hparams["atlas"]) if hparams.get("atlas") else Atlas.default()
+    detector = None
+    if detector_path is not None:
+        from chextriev.anatomy.detector import AnatomyDetector
+
+        detector = AnatomyDetector.load(detector_path, device=device)
+    return LoadedModel(
+        model=model,
+        config=config,
+        class_names=tuple(hparams.get("class_names", config.class_names)),
+        image_size=int(hparams.get("image_size", config.image_size)),
+        checkpoint_id=file_sha256(path)[:16],
+        embedding_dim=model.embedding_dim,
+        has_regions=config.has_regions,
+        box_provider=BoxProvider(atlas, detector),
+        device=device,
+        variant=str(hparams.get("variant", "")),
+        binary=bool(config.binary),
+        path=path,
+    )

@@ -1,0 +1,154 @@
+"""THE embedding function: validation, test, indexing and queries all go through it.
+
+``embed_images(loaded, images, boxes=None, batch_size=16) -> EmbeddingBatch``. Images are
+``(H, W)`` float arrays in [0, 1] (``chextriev.io.images.load_image``); boxes, per image, an
+``(18, 4)`` array in original pixels (NaN rows = missing region, masked) or ``None`` (then
+``loaded.box_provider`` gives them: detector and/or atlas).
+
+The path from backbone features to arrays (:func:`outputs_to_arrays`) is shared with
+training-time validation, which feeds cached backbone features through
+:func:`embed_features` instead of recomputing the frozen backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chextriev.model.preprocess import prepare_image, scale_boxes
+from chextriev.model.region_features import box_mask
+from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
+from chextriev.vocab import NUM_REGIONS
+
+BOX_SOURCES = ("given", "detector", "atlas", "detector+atlas")
+
+
+@dataclass
+class EmbeddingBatch:
+    """Numpy float32 results for ``N`` images (see ARCHITECTURE.md).
+
+    ``embeddings (N, D)`` L2-normalised; ``probabilities (N, C)``; ``region_probabilities
+    (N, 18, C)`` or None (global baselines); ``region_embeddings (N, 18, R)`` per-node readout
+    L2-normalised (zeros for missing regions) or None; ``boxes (N, 18, 4)`` original pixels;
+    ``box_sources`` one of ``BOX_SOURCES`` per image; ``binary_codes (N, K)`` uint8 0/1 for
+    binary-code models (ATH), else None.
+    """
+
+    embeddings: np.ndarray
+    probabilities: np.ndarray
+    region_probabilities: np.ndarray | None
+    region_embeddings: np.ndarray | None
+    boxes: np.ndarray
+    box_sources: list[str]
+    binary_codes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def outputs_to_arrays(model: RetrievalModel, output: ModelOutput) -> dict[str, np.ndarray | None]:
+    """A model output -> the numpy arrays of :class:`EmbeddingBatch` (all but boxes)."""
+    arrays: dict[str, np.ndarray | None] = {
+        "embeddings": model.retrieval_embedding(output).float().cpu().numpy().astype(np.float32),
+        "probabilities": torch.sigmoid(output.graph_logits.float()).cpu().numpy().astype(np.float32),
+        "region_probabilities": None,
+        "region_embeddings": None,
+        "binary_codes": None,
+    }
+    if output.node_logits is not None:
+        mask = output.mask.unsqueeze(-1).float()
+        arrays["region_probabilities"] = (torch.sigmoid(output.node_logits.float())).cpu().numpy().astype(np.float32)
+        nodes = F.normalize(output.node_embeddings.float(), dim=-1) * mask
+        arrays["region_embeddings"] = nodes.cpu().numpy().astype(np.float32)
+    if getattr(model.config, "binary", False) and output.code is not None:
+        arrays["binary_codes"] = (output.code >= 0).cpu().numpy().astype(np.uint8)
+    return arrays
+
+
+@torch.inference_mode()
+def embed_features(model: RetrievalModel, features: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray | None]:
+    """Backbone ``features`` (what ``model.extract`` returns) and ``mask (B, 18)`` -> arrays."""
+    was_training = model.training
+    model.eval()
+    try:
+        return outputs_to_arrays(model, model.forward_features(features, mask))
+    finally:
+        model.train(was_training)
+
+
+def resolve_boxes(loaded, images: Sequence[np.ndarray], boxes) -> tuple[list[np.ndarray], list[str]]:
+    """Per image ``(18, 4)`` original-pixel boxes and their source (given or from the provider)."""
+    given = list(boxes) if boxes is not None else [None] * len(images)
+    if len(given) != len(images):
+        raise ValueError(f"{len(given)} box arrays for {len(images)} images")
+    result: list[np.ndarray | None] = [None if b is None else np.asarray(b, dtype=np.float32) for b in given]
+    sources = ["given" if b is not None else "" for b in result]
+    needed = [i for i, b in enumerate(result) if b is None]
+    if needed and loaded.has_regions:
+        provided = loaded.box_provider.boxes_for([images[i] for i in needed])
+        for i, (b, source) in zip(needed, provided):
+            result[i], sources[i] = np.asarray(b, dtype=np.float32), source
+    else:  # global models do not use region boxes: report the atlas template, skip the detector
+        for i in needed:
+            h, w = np.asarray(images[i]).shape[:2]
+            result[i], sources[i] = loaded.box_provider.atlas.boxes_for(h, w), "atlas"
+    for i, b in enumerate(result):
+        if b.shape != (NUM_REGIONS, 4):
+            raise ValueError(f"boxes of image {i} must be ({NUM_REGIONS}, 4), got {b.shape}")
+    return result, sources
+
+
+def prepare_batch(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and original-pixel boxes -> ``(B, 1, size, size)`` and ``(B, 18, 4)`` model-input boxes."""
+    tensors = torch.stack([prepare_image(image, size) for image in images])
+    scaled = np.stack([scale_boxes(b, np.asarray(image).shape, size) for image, b in zip(images, boxes)])
+    return tensors, torch.from_numpy(scaled)
+
+
+@torch.inference_mode()
+def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: int = 16) -> EmbeddingBatch:
+    """Embed ``images`` with ``loaded`` (:class:`chextriev.checkpoint.LoadedModel`).
+
+    Returns an :class:`EmbeddingBatch` with one row per image, in order.
+    """
+    images = list(images)
+    all_boxes, sources = resolve_boxes(loaded, images, boxes)
+    model = loaded.model
+    model.eval()
+    parts: list[dict[str, np.ndarray | None]] = []
+    size = loaded.image_size
+    for start in range(0, len(images), max(1, int(batch_size))):
+        chunk = slice(start, start + batch_size)
+        tensors, model_boxes = prepare_batch(images[chunk], all_boxes[chunk], size)
+        tensors, model_boxes = tensors.to(loaded.device), model_boxes.to(loaded.device)
+        features = model.extract(tensors, model_boxes)
+        parts.append(embed_features(model, features, box_mask(model_boxes)))
+    return _concat(parts, np.stack(all_boxes) if all_boxes else np.zeros((0, NUM_REGIONS, 4), np.float32),
+                   sources, loaded)
+
+
+def _concat(parts, boxes: np.ndarray, sources: list[str], loaded) -> EmbeddingBatch:
+    def join(key: str) -> np.ndarray | None:
+        values = [p[key] for p in parts]
+        if not values or values[0] is None:
+            return None
+        return np.concatenate(values)
+
+    if not parts:
+        c = len(loaded.class_names)
+        return EmbeddingBatch(np.zeros((0, loaded.embedding_dim), np.float32), np.zeros((0, c), np.float32),
+                              np.zeros((0, NUM_REGIONS, c), np.float32) if loaded.has_regions else None,
+                              None, boxes, [])
+    return EmbeddingBatch(
+        embeddings=join("embeddings"),
+        probabilities=join("probabilities"),
+        region_probabilities=join("region_probabilities"),
+        region_embeddings=join("region_embeddings"),
+        boxes=boxes.astype(np.float32),
+        box_sources=sources,
+        binary_codes=join("binary_codes"),
+    )

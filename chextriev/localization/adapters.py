@@ -1,0 +1,105 @@
+"""Split a model into ``features(images) -> feature map`` and ``head(feature map) -> graph
+logits`` for class-activation maps.
+
+* graph variants V0..V6 and AnaXNet in ``roi`` mode: the backbone feature map of the whole
+  image; the head is RoIAlign of the region boxes, projection, graph and heads;
+* the global ResNet baselines: the backbone feature map; the head is average pooling, the
+  optional projection and the LayerNorm + Linear classifier;
+* ATH: its CNN's feature map; the head is its attention pooling, code and classifier.
+
+``crop`` mode models run the backbone on each region crop, never on the whole image, so they
+have no whole-image feature map: :class:`CamUnsupportedError` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from chextriev.errors import ChextrievError
+
+
+class CamUnsupportedError(ChextrievError):
+    """The model has no whole-image feature map to explain (e.g. ``crop`` mode)."""
+
+
+@dataclass
+class CamPipeline:
+    """A model split at its feature map, for one image's boxes.
+
+    Attributes:
+        features: ``(1, 1, S, S)`` image in [0, 1] -> feature map ``(1, K, h, w)``.
+        head: feature map ``(1, K, h, w)`` -> graph logits ``(1, C)``.
+        image_size: ``S``, the square model input.
+        class_names: the ``C`` finding names.
+        linear_weights: ``(C, K)`` when ``head`` is exactly a linear classifier on the
+            average-pooled feature map (plain CAM uses them); ``None`` otherwise.
+    """
+
+    features: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]
+    image_size: int
+    class_names: tuple[str, ...]
+    linear_weights: torch.Tensor | None = None
+
+
+def _region_pipeline(model: nn.Module, boxes: torch.Tensor | None) -> CamPipeline:
+    from chextriev.model.region_features import box_mask
+
+    config = model.config
+    if config.feature_mode != "roi":
+        raise CamUnsupportedError(
+            f"heatmaps need a whole-image feature map; this model uses feature_mode={config.feature_mode!r}"
+            " (per-region crops). Use a 'roi' model, or the node probabilities for anatomy-level localization."
+        )
+    if boxes is None:
+        raise ValueError("region models need the (1, 18, 4) region boxes to compute a heatmap")
+    mask = box_mask(boxes)
+
+    def head(feature_map: torch.Tensor) -> torch.Tensor:
+        pooled = model.regions.pool_regions(feature_map, boxes)
+        return model.forward_features(pooled, mask).graph_logits
+
+    return CamPipeline(model.regions.feature_map, head, config.image_size, tuple(config.class_names))
+
+
+def _global_pipeline(model: nn.Module) -> CamPipeline:
+    config = model.config
+
+    def head(feature_map: torch.Tensor) -> torch.Tensor:
+        return model.forward_features(feature_map.mean(dim=(2, 3))).graph_logits
+
+    return CamPipeline(model.features.feature_map, head, config.image_size, tuple(config.class_names))
+
+
+def _ath_pipeline(model: nn.Module) -> CamPipeline:
+    config = model.config
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return model.cnn(model.extract(images))
+
+    def head(feature_map: torch.Tensor) -> torch.Tensor:
+        # ATH.forward_features after its CNN: attention pooling, tanh code, classifier
+        pooled = (feature_map * model.attention_map(feature_map)).sum(dim=(2, 3))
+        return model.head(torch.tanh(model.to_code(pooled)))
+
+    return CamPipeline(features, head, config.image_size, tuple(config.class_names))
+
+
+def cam_pipeline(model: nn.Module, boxes: torch.Tensor | None = None) -> CamPipeline:
+    """The :class:`CamPipeline` of a :mod:`chextriev.model` network (``boxes (1, 18, 4)`` in
+    model-input pixels for region models; ignored by global ones)."""
+    kind = getattr(getattr(model, "config", None), "kind", None)
+    if kind in ("graph", "anaxnet") and hasattr(model, "regions"):
+        return _region_pipeline(model, boxes)
+    if kind == "global" and hasattr(model, "features"):
+        return _global_pipeline(model)
+    if kind == "ath" and hasattr(model, "cnn"):
+        return _ath_pipeline(model)
+    raise CamUnsupportedError(
+        f"no heatmap adapter for {type(model).__name__} (kind {kind!r}); pass a CamPipeline "
+        "(features: image -> feature map, head: feature map -> graph logits) instead"
+    )

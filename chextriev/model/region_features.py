@@ -1,0 +1,138 @@
+"""Region features: ``(images, boxes) -> (B, 18, width)`` node features and a ``(B, 18)`` mask.
+
+Two modes (SPEC section 4):
+
+* ``roi`` (default): one backbone pass over the whole ``image_size`` image, RoIAlign of every
+  region box on the stride-32 feature map (``roi_output`` grid, averaged): ``(B, 18, F)``;
+* ``crop`` (published): each box cropped from the ``image_size`` image and resized to
+  ``crop_size`` x ``crop_size`` (aspect ratio not kept; done by RoIAlign on the pixels, which
+  is crop + bilinear resize), each crop through the backbone and average-pooled.
+
+Then the trainable projection ``F -> width -> ReLU -> width``. Missing regions (NaN boxes) are
+masked: their features are zeros and the mask is False.
+
+The frozen part (:meth:`RegionFeatures.extract`) is separate from the projection so that its
+output can be cached (``chextriev.training.feature_cache``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from chextriev.model.backbone import build_trunk, freeze, normalize
+from chextriev.model.config import ModelConfig
+from chextriev.vocab import NUM_REGIONS
+
+
+def box_mask(boxes: torch.Tensor) -> torch.Tensor:
+    """``(B, 18, 4)`` boxes (NaN = missing) -> ``(B, 18)`` bool, True where present."""
+    return ~torch.isnan(boxes).any(dim=-1)
+
+
+def _roi_list(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Present boxes as RoIAlign rows ``(n, 5)``: batch index, x1, y1, x2, y2 (min size 1 px)."""
+    batch_index, region_index = torch.nonzero(mask, as_tuple=True)
+    chosen = boxes[batch_index, region_index].float()
+    x1 = torch.minimum(chosen[:, 0], chosen[:, 2])
+    y1 = torch.minimum(chosen[:, 1], chosen[:, 3])
+    x2 = torch.maximum(torch.maximum(chosen[:, 0], chosen[:, 2]), x1 + 1.0)
+    y2 = torch.maximum(torch.maximum(chosen[:, 1], chosen[:, 3]), y1 + 1.0)
+    return torch.stack([batch_index.to(chosen.dtype), x1, y1, x2, y2], dim=1)
+
+
+def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(n, F)`` rows for the True entries of ``mask (B, 18)`` -> ``(B, 18, F)`` (zeros elsewhere)."""
+    out = values.new_zeros(mask.shape[0], mask.shape[1], values.shape[-1])
+    out[mask] = values
+    return out
+
+
+class GlobalFeatures(nn.Module):
+    """The frozen (or trainable) trunk with global average pooling: ``(B,1,S,S) -> (B, F)``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed)
+        if not config.train_backbone:
+            freeze(self.trunk)
+        # Fixed per-channel standardisation of the frozen features, fitted on the training set
+        # (``set_feature_stats``); identity until fitted. Saved in the state dict.
+        self.register_buffer("feature_shift", torch.zeros(config.feature_dim))
+        self.register_buffer("feature_scale", torch.ones(config.feature_dim))
+
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise backbone features with the training set's per-channel ``mean``/``std`` ``(F,)``."""
+        self.feature_shift.copy_(mean.to(self.feature_shift))
+        self.feature_scale.copy_(std.clamp_min(1e-3).to(self.feature_scale))
+
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., F)`` backbone features -> ``(features - shift) / scale``."""
+        return (features - self.feature_shift) / self.feature_scale
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.config.train_backbone:
+            self.trunk.eval()
+        return self
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)``."""
+        return self.trunk(normalize(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(images).mean(dim=(2, 3))
+
+
+class RegionFeatures(GlobalFeatures):
+    """Region features in ``roi`` or ``crop`` mode followed by the trainable projection."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.projection = nn.Sequential(
+            nn.Linear(config.feature_dim, config.width), nn.ReLU(), nn.Linear(config.width, config.width)
+        )
+
+    def pool_regions(self, feature_map: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """RoIAlign of ``boxes (B, 18, 4)`` (model-input pixels) on ``feature_map (B, F, h, w)``.
+
+        Returns ``(B, 18, F)``, zeros for missing regions.
+        """
+        mask = box_mask(boxes)
+        if not bool(mask.any()):
+            return feature_map.new_zeros(boxes.shape[0], NUM_REGIONS, feature_map.shape[1])
+        rois = _roi_list(boxes, mask).to(feature_map.dtype)
+        scale = feature_map.shape[-1] / float(self.config.image_size)
+        k = self.config.roi_output
+        pooled = roi_align(feature_map, rois, output_size=(k, k), spatial_scale=scale,
+                           sampling_ratio=2, aligned=True)
+        return _scatter(pooled.mean(dim=(2, 3)), mask)
+
+    def crops(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop mode input: ``(n, 3, crop, crop)`` normalised crops of the present boxes, and mask."""
+        mask = box_mask(boxes)
+        rois = _roi_list(boxes, mask).to(images.dtype)
+        size = self.config.crop_size
+        crops = roi_align(normalize(images), rois, output_size=(size, size), spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)
+        return crops, mask
+
+    def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The backbone part: ``images (B, 1, S, S)`` in [0, 1], ``boxes (B, 18, 4)`` -> ``(B, 18, F)``."""
+        if self.config.feature_mode == "roi":
+            return self.pool_regions(self.feature_map(images), boxes)
+        crops, mask = self.crops(images, boxes)
+        if crops.shape[0] == 0:
+            return images.new_zeros(boxes.shape[0], NUM_REGIONS, self.config.feature_dim)
+        return _scatter(self.trunk(crops).mean(dim=(2, 3)), mask)
+
+    def project(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, 18, F)`` -> node features ``(B, 18, width)``; masked nodes set to zero."""
+        return self.projection(self.standardize(features)) * mask.unsqueeze(-1).to(features.dtype)
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1, S, S)``, ``(B, 18, 4)`` -> node features ``(B, 18, width)``, mask ``(B, 18)``."""
+        mask = box_mask(boxes)
+        return self.project(self.extract(images, boxes), mask), mask

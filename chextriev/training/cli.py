@@ -1,0 +1,78 @@
+"""``chextriev train``: train one variant or baseline and write its checkpoints.
+
+Also registers ``chextriev train-detector`` from :mod:`chextriev.anatomy.cli` when that module
+exists (the CLI dispatcher lists this module for both commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from pathlib import Path
+
+from chextriev.model.config import VARIANTS
+from chextriev.training.presets import PRESETS
+
+log = logging.getLogger(__name__)
+
+
+def _devices(value: str):
+    if value in ("auto", "cpu"):
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v]
+    return int(value)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model variant (V0..V6) or baseline; writes RUN_DIR/best.ckpt and last.ckpt",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--variant", default="v6", help=f"one of: {', '.join(VARIANTS)} (default v6)")
+    parser.add_argument("--preset", default="synthetic-small", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--data", type=Path, required=True, help="archive folder (any layout load_records reads)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
+    parser.add_argument("--backbone-weights", default=None,
+                        help="local torchvision ResNet state-dict file (default: random init, logged)")
+    parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone (no feature cache)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, N, or 0,1")
+    parser.add_argument("--strategy", default="auto", help="Lightning strategy on GPUs (e.g. ddp)")
+    parser.add_argument("--precision", default=None, help="default bf16-mixed on GPU, 32-true on CPU")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="frozen-feature cache (default $CHEXTRIEV_CACHE or ~/.cache/chextriev/features)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_train)
+    try:
+        anatomy_cli = importlib.import_module("chextriev.anatomy.cli")
+    except ModuleNotFoundError as error:
+        if error.name != "chextriev.anatomy.cli":
+            raise
+    else:
+        if "train-detector" not in subparsers.choices:
+            anatomy_cli.register(subparsers)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from chextriev.model.config import get_config
+    from chextriev.training.fit import train
+    from chextriev.training.presets import get_preset
+
+    get_config(args.variant)  # unknown names fail before any data is read
+    get_preset(args.preset)
+    result = train(
+        args.data, args.out, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
+        backbone_weights=args.backbone_weights, train_backbone=args.train_backbone, seed=args.seed,
+        devices=args.devices, strategy=args.strategy, precision=args.precision, cache_dir=args.cache_dir,
+        batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
+    )
+    score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+    print(f"trained {args.variant} ({args.preset}); splits {result.splits}; best validation mAP@10 {score}")
+    print(f"best checkpoint: {result.best}")
+    print(f"last checkpoint: {result.last}")
+    return 0

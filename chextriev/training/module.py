@@ -1,0 +1,93 @@
+"""The LightningModule: one model (any variant), its loss, and validation retrieval mAP@k.
+
+``hyper_parameters`` (what :func:`chextriev.checkpoint.load_checkpoint` reads): ``model_config``
+(``ModelConfig.to_dict()``, adjacency included), ``variant``, ``preset``, ``class_names``,
+``image_size``, ``atlas`` (``Atlas.to_dict()``), ``adjacency``, and the optimisation settings.
+
+Validation embeds the whole validation set with :func:`chextriev.embedding.embed_features`
+(the same path as :func:`chextriev.embedding.embed_images` after the frozen backbone), gathers
+every rank's embeddings and labels, and logs ``val_mAP10`` (retrieval mAP@k, SPEC protocol,
+``skip=False``, class average) computed once on the whole set; checkpoints select on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from chextriev.embedding import outputs_to_arrays
+from chextriev.model.config import ModelConfig, build_from_config
+from chextriev.training.retrieval_map import retrieval_scores
+
+MONITOR = "val_mAP10"
+
+
+class RetrievalModule(pl.LightningModule):
+    def __init__(self, model_config: dict[str, Any], variant: str = "", preset: str = "",
+                 class_names: list[str] | None = None, image_size: int | None = None,
+                 atlas: dict[str, Any] | None = None, adjacency: list[list[int]] | None = None,
+                 lr: float = 1e-4, weight_decay: float = 0.0, plateau_patience: int = 3,
+                 plateau_factor: float = 0.5, val_k: int = 10, monitor: str = MONITOR, monitor_mode: str = "max"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig.from_dict(dict(model_config))
+        self.model = build_from_config(self.config)
+        self._val: list[dict[str, torch.Tensor]] = []
+        self.last_val_scores: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ steps
+    def _output(self, batch: dict[str, torch.Tensor]):
+        if "features" in batch:
+            return self.model.forward_features(batch["features"], batch["mask"])
+        return self.model(batch["image"], batch["boxes"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        output = self._output(batch)
+        loss = self.model.loss(output, batch["labels"], batch["region_labels"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        output = self._output(batch)
+        loss = self.model.loss(output, batch["labels"], batch["region_labels"])
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["labels"].shape[0])
+        arrays = outputs_to_arrays(self.model, output)
+        self._val.append({"embeddings": torch.from_numpy(arrays["embeddings"]).to(self.device),
+                          "probabilities": torch.from_numpy(arrays["probabilities"]).to(self.device),
+                          "labels": batch["labels"].float(), "index": batch["index"]})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        local = {key: torch.cat([part[key] for part in self._val]) for key in self._val[0]}
+        self._val = []
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered = self.all_gather(local)  # each (world, n, ...): equal n (sampler pads)
+            local = {key: value.flatten(0, 1) for key, value in gathered.items()}
+        index = local["index"].cpu().numpy()
+        _, first = np.unique(index, return_index=True)  # drop the sampler's padding duplicates
+        embeddings = local["embeddings"].float().cpu().numpy()[first]
+        labels = local["labels"].float().cpu().numpy()[first]
+        k = int(self.hparams.val_k)
+        scores = retrieval_scores(embeddings, labels, k=k)
+        self.last_val_scores = scores
+        self.log(MONITOR, scores["mAP"], prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log(f"val_mHR{k}", scores["mHR"], sync_dist=False)
+        self.log(f"val_mRR{k}", scores["mRR"], sync_dist=False)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=self.hparams.monitor_mode, factor=self.hparams.plateau_factor,
+            patience=self.hparams.plateau_patience)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}

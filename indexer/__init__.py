@@ -1,0 +1,1 @@
+"""Archive to index: discovery, decoding workers, embedding, SQL catalog and Faiss index."""

@@ -1,0 +1,69 @@
+"""The embedding step of the indexer: a checkpoint's model through THE embedding function.
+
+:class:`ModelEmbedder` wraps :func:`chextriev.checkpoint.load_checkpoint` and
+:func:`chextriev.embedding.embed_images`. The pipeline accepts any object with the same
+attributes (``checkpoint_id``, ``embedding_dim``, ``class_names``, ``image_size``) and
+``__call__(images) -> EmbeddingBatch``-like result, which is how tests inject a cheap embedder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    checkpoint_id: str
+    embedding_dim: int
+    class_names: tuple[str, ...]
+    image_size: int
+
+    def __call__(self, images: Sequence[np.ndarray]):
+        """``images``: list of ``(H, W)`` float32 in [0, 1]. Returns an object with
+        ``embeddings (N, D)``, ``probabilities (N, C)``, ``region_probabilities (N, 18, C) | None``,
+        ``region_embeddings (N, 18, R) | None``, ``boxes (N, 18, 4)``, ``box_sources`` (N)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one logs and
+    falls back to ``cpu``."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        from chextriev.errors import UnknownNameError
+
+        raise UnknownNameError("device", device, ("auto", "cpu", "cuda"))
+    if device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    if device != "auto":
+        log.info("no CUDA device visible to torch: embedding on the CPU")
+    return "cpu"
+
+
+class ModelEmbedder:
+    """A checkpoint's model (loaded once) applied through ``embed_images``."""
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "auto",
+                 detector: str | Path | None = None, batch_size: int = 16):
+        from chextriev.checkpoint import load_checkpoint
+
+        self.device = resolve_device(device)
+        self.loaded = load_checkpoint(checkpoint, device=self.device, detector_path=detector)
+        self.checkpoint_id = self.loaded.checkpoint_id
+        self.embedding_dim = int(self.loaded.embedding_dim)
+        self.class_names = tuple(self.loaded.class_names)
+        self.image_size = int(self.loaded.image_size)
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[np.ndarray]):
+        from chextriev.embedding import embed_images
+
+        return embed_images(self.loaded, list(images), boxes=None, batch_size=self.batch_size)

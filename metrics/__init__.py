@@ -1,0 +1,1 @@
+"""Evaluators: retrieval, classification and localization metrics, and `chextriev evaluate`."""

@@ -1,0 +1,154 @@
+"""``chextriev evaluate``: retrieval, classification and localization of a checkpoint.
+
+    chextriev evaluate --checkpoint CKPT --data DIR [--split test] [--k 3 5 10] [--out DIR]
+                       [--skip/--no-skip] [--exclude-same none|patient|study]
+
+Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
+AUROC bars, a grid of queries with their top results) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from chextriev.errors import DataFormatError, UnknownNameError
+from metrics.evaluate import EvaluationOptions, evaluate_arrays
+from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="retrieval (mAP/mHR/mRR@k), AUROC and localization of a checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt written by `chextriev train`")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (any layout load_records detects)")
+    p.add_argument("--split", default="test", help="split evaluated (gallery = queries); 'all' for every image")
+    p.add_argument("--val-split", default="validate",
+                   help="split used to choose Youden thresholds ('none' to skip)")
+    p.add_argument("--class-list", default="imagenome", help="class list for readers that need one (imagenome, nih)")
+    p.add_argument("--k", nargs="+", type=int, default=[3, 5, 10], help="cut-offs (default 3 5 10)")
+    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
+    p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop queries with no hit from the means (published default: --skip)")
+    p.add_argument("--exclude-same", default="none", choices=EXCLUDE_SAME_MODES,
+                   help="also exclude results of the query's patient or study")
+    p.add_argument("--empty-class", default="undefined", choices=EMPTY_CLASS_MODES,
+                   help="class without queries: undefined (left out) or zero (published)")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images (first N)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
+    p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
+                   help="heatmap localization against true lesion boxes when the data has them")
+    p.add_argument("--cam-method", default="gradcam", help="cam, gradcam or gradcampp")
+    p.add_argument("--loc-max-images", type=int, default=50)
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
+                   help="for binary-code models (ATH binary): rank by Hamming distance of the codes")
+    p.set_defaults(func=run_evaluate)
+
+
+def select_split(records: list, split: str) -> list:
+    """Records of ``split`` ('all' keeps every record); a missing split names the present ones."""
+    if split == "all":
+        return list(records)
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        present = sorted({str(r.split) for r in records})
+        raise UnknownNameError("split", split, present + ["all"])
+    return chosen
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from chextriev.checkpoint import load_checkpoint
+    from chextriev.io.datasets import load_records
+    from metrics.figures import auroc_bars, per_class_bars, pick_queries, query_grid
+    from metrics.model_eval import build_inputs, embed_records
+    from metrics.report import markdown, write_report
+
+    if not args.checkpoint.is_file():
+        raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
+    loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector)
+    all_records = load_records(args.data, class_list=args.class_list)
+    records = select_split(all_records, args.split)
+    if args.max_images:
+        records = records[: args.max_images]
+    log.info("evaluating %d images of %s (split %s)", len(records), args.data, args.split)
+    embedded = embed_records(loaded, records, args.batch_size)
+    val_records = val_embedded = None
+    if args.val_split != "none" and args.val_split != args.split:
+        val_records = [r for r in all_records if r.split == args.val_split and r.labels is not None]
+        if args.max_images:
+            val_records = val_records[: args.max_images]
+        if val_records:
+            val_embedded = embed_records(loaded, val_records, args.batch_size)
+        else:
+            log.info("no %r split: Youden thresholds are not chosen", args.val_split)
+    sources = sorted(set(embedded.box_sources))
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_id": loaded.checkpoint_id,
+        "variant": getattr(loaded, "variant", "") or getattr(loaded.config, "kind", ""),
+        "data": str(args.data),
+        "box_sources": ", ".join(sources),
+    }
+    inputs = build_inputs(loaded, records, embedded, val_records=val_records, val_embedded=val_embedded, meta=meta,
+                          use_binary_codes=args.binary_codes)
+    options = EvaluationOptions(
+        ks=tuple(args.k), skip=args.skip, exclude_same=args.exclude_same, empty_class=args.empty_class,
+        split=args.split,
+    )
+    report = evaluate_arrays(inputs, options)
+    if args.localization:
+        report["localization"] = localization_block(loaded, records, embedded, args)
+    out: Path = args.out
+    paths = write_report(report, out, title=f"Evaluation of {args.checkpoint.name} on {args.data.name}")
+    if args.figures:
+        per_class_bars(report, out / "retrieval_per_class.png")
+        auroc_bars(report, out / "auroc_per_class.png")
+        known = [i for i, r in enumerate(records) if r.labels is not None]
+        thumbs = [embedded.thumbnails[i] for i in known]
+        queries = pick_queries(inputs.labels, 6)
+        if queries:
+            query_grid(thumbs, inputs.labels, inputs.class_names, report["neighbors"], queries,
+                       out / "query_grid.png", n_results=min(5, max(args.k)))
+    print(markdown(report, title="Summary").split("### k =")[0].rstrip())
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())} and figures in {out}")
+    return 0
+
+
+def localization_block(loaded: Any, records: list, embedded: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Localization against whatever ground truth the data holds (synthetic lesions, NIH boxes)."""
+    from metrics.localization_eval import evaluate_localization, nih_truth, synthetic_truth
+
+    if (args.data / "truth").is_dir():
+        truth, name = synthetic_truth(args.data), "synthetic lesions"
+    elif any(r.meta.get("lesion_boxes") for r in records):
+        truth, name = nih_truth, "NIH boxes"
+    else:
+        log.info("no ground-truth lesion boxes in %s: localization skipped", args.data)
+        return None
+    try:
+        result = evaluate_localization(
+            loaded, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
+            max_images=args.loc_max_images,
+        )
+    except ImportError as exc:  # heatmaps are provided by chextriev.localization
+        log.warning("localization skipped: %s", exc)
+        return None
+    except Exception as exc:
+        from chextriev.localization.adapters import CamUnsupportedError
+
+        if isinstance(exc, CamUnsupportedError):  # e.g. a model without a feature map
+            log.warning("localization skipped: %s", exc)
+            return None
+        raise
+    return {name: result}

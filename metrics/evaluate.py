@@ -1,0 +1,147 @@
+"""Evaluation from arrays: embeddings, probabilities and labels in, one report dict out.
+
+This is the model-free core of ``chextriev evaluate`` (:mod:`metrics.cli` embeds the images
+and calls :func:`evaluate_arrays`), so it is testable with plain arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metrics.classification import classification_report
+from metrics.localization import region_auroc
+from metrics.retrieval import neighbors_from_embeddings, retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationOptions:
+    """Every option that changes a number; written into each report."""
+
+    ks: tuple[int, ...] = (3, 5, 10)
+    skip: bool = True
+    exclude_same: str = "none"
+    empty_class: str = "undefined"
+    hit_rate: bool = True
+    split: str | None = "test"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ks"] = list(self.ks)
+        return d
+
+    def describe(self) -> str:
+        """One sentence naming every option, for the head of each report."""
+        parts = [
+            f"k = {', '.join(map(str, self.ks))}",
+            "skip=True (queries without a hit dropped)" if self.skip else "skip=False (queries without a hit count 0)",
+            "query excluded by id"
+            + ("" if self.exclude_same == "none" else f", results of the same {self.exclude_same} excluded"),
+            "classes without queries: "
+            + ("undefined, left out of averages" if self.empty_class == "undefined" else "counted as 0 (published)"),
+        ]
+        if self.split:
+            parts.append(f"split = {self.split}")
+        return "; ".join(parts) + "."
+
+
+@dataclass
+class EvaluationInputs:
+    """Arrays of the evaluated set (gallery = queries), N images, C classes.
+
+    embeddings (N, D); labels (N, C) 0/1; probabilities (N, C) or None; region_probabilities
+    (N, 18, C) or None; region_labels (N, 18, C) or None; region_mask (N, 18) bool or None;
+    val_labels / val_probabilities (M, C') for Youden thresholds, or None.
+    ``probability_columns``: the label columns (C' of them) that the probability columns
+    correspond to, when the model classifies only some of the data's classes; all when None.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    class_names: Sequence[str]
+    image_ids: Sequence[str] | None = None
+    patient_ids: Sequence[Any] | None = None
+    study_ids: Sequence[Any] | None = None
+    probabilities: np.ndarray | None = None
+    region_probabilities: np.ndarray | None = None
+    region_labels: np.ndarray | None = None
+    region_mask: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    val_probabilities: np.ndarray | None = None
+    probability_columns: Sequence[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_retrieval(inputs: EvaluationInputs, options: EvaluationOptions) -> tuple[dict[int, Any], np.ndarray]:
+    """Retrieval metrics at every k; returns ``({k: metrics}, neighbors (N, max k))``."""
+    kmax = max(options.ks)
+    neighbors, _ = neighbors_from_embeddings(
+        inputs.embeddings,
+        kmax,
+        exclude_self_ids=inputs.image_ids,
+        patient_ids=inputs.patient_ids,
+        study_ids=inputs.study_ids,
+        exclude_same=options.exclude_same,
+    )
+    results = {
+        int(k): retrieval_metrics(
+            neighbors,
+            inputs.labels,
+            int(k),
+            options.skip,
+            empty_class=options.empty_class,
+            hit_rate=options.hit_rate,
+            class_names=list(inputs.class_names),
+        )
+        for k in options.ks
+    }
+    return results, neighbors
+
+
+def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None = None) -> dict[str, Any]:
+    """The whole report: retrieval, classification, region AUROC (when the inputs allow).
+
+    Returns ``{"options", "meta", "n_images", "retrieval": {k: ...}, "classification",
+    "region_auroc", "neighbors"}`` (``neighbors`` is an (N, max k) array for figures; drop it
+    before JSON).
+    """
+    options = options or EvaluationOptions()
+    labels = np.asarray(inputs.labels, dtype=np.float32)
+    if labels.shape[0] != np.asarray(inputs.embeddings).shape[0]:
+        raise ValueError(f"{labels.shape[0]} label rows for {len(inputs.embeddings)} embeddings")
+    retrieval, neighbors = evaluate_retrieval(inputs, options)
+    report: dict[str, Any] = {
+        "options": options.as_dict(),
+        "options_text": options.describe(),
+        "meta": dict(inputs.meta),
+        "n_images": int(labels.shape[0]),
+        "n_normal": int((np.nan_to_num(labels).sum(axis=1) == 0).sum()),
+        "retrieval": retrieval,
+        "classification": None,
+        "region_auroc": None,
+        "neighbors": neighbors,
+    }
+    cols = list(range(labels.shape[1])) if inputs.probability_columns is None else list(inputs.probability_columns)
+    prob_names = [inputs.class_names[c] for c in cols]
+    if inputs.probabilities is not None and cols:
+        report["classification"] = classification_report(
+            labels[:, cols],
+            inputs.probabilities,
+            prob_names,
+            val_labels=inputs.val_labels,
+            val_scores=inputs.val_probabilities,
+        )
+    if inputs.region_probabilities is not None and inputs.region_labels is not None:
+        report["region_auroc"] = region_auroc(
+            inputs.region_labels,
+            inputs.region_probabilities,
+            inputs.region_mask,
+            class_names=prob_names,
+        )
+    return report

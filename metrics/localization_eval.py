@@ -1,0 +1,117 @@
+"""Pixel-level localization of a model: heatmaps and boxes against true lesions.
+
+Ground truth comes from the synthetic archive (``chextriev.synth.archive.load_lesions``: boxes
+and masks per lesion) or from NIH records (``record.meta["lesion_boxes"]``, boxes only).
+Heatmaps come from ``chextriev.localization.cam.heatmap`` and boxes from
+``heatmap_to_boxes``. NIH findings are mapped to the model's classes with
+:data:`chextriev.vocab.NIH_TO_IMAGENOME`; findings without a counterpart are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from chextriev.records import Record
+from metrics.localization import BOX_THRESHOLDS, BoxCase, box_localization, pixel_localization
+from metrics.model_eval import class_mapping
+
+log = logging.getLogger(__name__)
+
+# (finding in the data's vocabulary, box (4,), mask (H, W) bool or None)
+Truth = tuple[str, np.ndarray, np.ndarray | None]
+
+
+def synthetic_truth(archive_dir: Path) -> Callable[[Record], list[Truth]]:
+    """Ground truth reader for a synthetic archive (lesion boxes and masks)."""
+    from chextriev.synth.archive import load_lesions
+
+    def read(record: Record) -> list[Truth]:
+        out = []
+        for lesion in load_lesions(archive_dir, record.image_id):
+            mask = getattr(lesion, "mask", None)
+            out.append((lesion.finding, np.asarray(lesion.box, dtype=np.float64),
+                        None if mask is None else np.asarray(mask, dtype=bool)))
+        return out
+
+    return read
+
+
+def nih_truth(record: Record) -> list[Truth]:
+    """Ground truth of an NIH record: its ``meta["lesion_boxes"]`` (no masks)."""
+    return [(b["finding"], np.asarray(b["box"], dtype=np.float64), None) for b in record.meta.get("lesion_boxes", [])]
+
+
+def evaluate_localization(
+    loaded: Any,
+    records: Sequence[Record],
+    truth: Callable[[Record], list[Truth]],
+    *,
+    boxes: Sequence[np.ndarray | None] | None = None,
+    method: str = "gradcam",
+    box_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    max_images: int | None = 50,
+    thresholds: Sequence[float] = BOX_THRESHOLDS,
+) -> dict[str, Any]:
+    """Box (IoU/IoBB accuracy at T) and, where masks exist, pixel (TIoU/TIoR) localization.
+
+    ``boxes``: region boxes (18, 4) per record (e.g. those used at embedding), else the
+    record's. Only records with ground truth are scored, at most ``max_images`` of them.
+    """
+    from chextriev.io.images import load_image
+    from chextriev.localization.cam import heatmap
+
+    try:
+        from chextriev.localization.cam import heatmap_to_boxes
+    except ImportError:  # it lives in chextriev.localization.regions
+        from chextriev.localization.regions import heatmap_to_boxes
+
+    model_classes = list(loaded.class_names)
+    cases: list[BoxCase] = []
+    heatmaps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    skipped: set[str] = set()
+    used = 0
+    for i, record in enumerate(tqdm(records, desc="localization", leave=False)):
+        if max_images is not None and used >= max_images:
+            break
+        items = truth(record)
+        if not items:
+            continue
+        by_finding: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = defaultdict(list)
+        for finding, box, mask in items:
+            by_finding[finding].append((box, mask))
+        image = load_image(record.source)
+        region_boxes = boxes[i] if boxes is not None else record.boxes
+        used += 1
+        for finding, entries in by_finding.items():
+            pairs = class_mapping(model_classes, [finding])
+            if not pairs:
+                skipped.add(finding)
+                continue
+            model_name = model_classes[pairs[0][0]]
+            hm = heatmap(loaded, image, region_boxes, model_name, method=method)
+            pred = np.asarray(heatmap_to_boxes(hm, threshold=box_threshold), dtype=np.float64).reshape(-1, 4)
+            gt = np.stack([b for b, _ in entries]).reshape(-1, 4)
+            cases.append(BoxCase(record.image_id, finding, gt, pred))
+            entry_masks = [m for _, m in entries if m is not None]
+            if entry_masks and entry_masks[0].shape == hm.shape:
+                heatmaps.append(hm)
+                masks.append(np.logical_or.reduce(entry_masks))
+    if skipped:
+        log.info("findings without a model class (not scored): %s", sorted(skipped))
+    return {
+        "method": method,
+        "box_threshold": box_threshold,
+        "n_images": used,
+        "unmapped_findings": sorted(skipped),
+        "boxes": box_localization(cases, thresholds),
+        "pixels": pixel_localization(heatmaps, masks, thresholds, mask_threshold) if heatmaps else None,
+    }

@@ -1,0 +1,162 @@
+"""Write an evaluation report as JSON, CSV and markdown (every file states its options)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RETRIEVAL_COLUMNS: tuple[str, ...] = ("mAP", "mHR", "mRR", "hit")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return None if math.isnan(f) or math.isinf(f) else f
+    return value
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """``.481`` style (published table); ``n/a`` for undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    """The report (without the neighbour array) as indented JSON."""
+    data = {k: v for k, v in report.items() if k != "neighbors"}
+    path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    return path
+
+
+def retrieval_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (k, class or average) with mAP, mHR, mRR, hit, n_queries, n_kept."""
+    rows = []
+    opts = report["options"]
+    for k, res in report["retrieval"].items():
+        base = {"k": int(k), "skip": opts["skip"], "exclude_same": opts["exclude_same"],
+                "empty_class": opts["empty_class"]}
+        for name, entry in res["per_class"].items():
+            rows.append({**base, "class": name, **{m: entry.get(m) for m in RETRIEVAL_COLUMNS},
+                         "n_queries": entry["n_queries"], "n_kept": entry["n_kept"]})
+        for avg in ("class_average", "weighted_average"):
+            rows.append({**base, "class": avg, **{m: res[avg].get(m) for m in RETRIEVAL_COLUMNS},
+                         "n_queries": None, "n_kept": None})
+    return rows
+
+
+def write_csv(report: dict[str, Any], path: Path) -> Path:
+    """Retrieval rows (see :func:`retrieval_rows`) as CSV; undefined values are empty."""
+    rows = retrieval_rows(report)
+    fields = ["k", "class", *RETRIEVAL_COLUMNS, "n_queries", "n_kept", "skip", "exclude_same", "empty_class"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({f: ("" if row.get(f) is None else row.get(f)) for f in fields})
+    return path
+
+
+def triple(avg: dict[str, Any]) -> str:
+    """``mAP/mHR/mRR`` in the published table's style."""
+    return "/".join(fmt(avg.get(m)) for m in ("mAP", "mHR", "mRR"))
+
+
+def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
+    """The report as markdown: options, retrieval per k, classification, regions."""
+    lines = [f"# {title}", "", f"Options: {report.get('options_text', '')}", ""]
+    meta = report.get("meta") or {}
+    for key in ("checkpoint", "checkpoint_id", "variant", "data", "embedding", "box_sources"):
+        if key in meta:
+            lines.append(f"- {key}: {meta[key]}")
+    lines.append(f"- images: {report['n_images']} ({report.get('n_normal', 0)} normal: never queries)")
+    lines.append("")
+    ks = list(report["retrieval"])
+    lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",
+              "|---|" + "---|" * len(ks)]
+    for avg in ("class_average", "weighted_average"):
+        lines.append(f"| {avg.replace('_', ' ')} | " + " | ".join(triple(report["retrieval"][k][avg]) for k in ks) + " |")
+    lines.append("")
+    for k in ks:
+        res = report["retrieval"][k]
+        has_hit = res["options"]["hit_rate"]
+        head = "| class | queries | kept | mAP | mHR | mRR |" + (" hit |" if has_hit else "")
+        lines += [f"### k = {k}", "", head, "|---" * (head.count("|") - 1) + "|"]
+        for name, e in res["per_class"].items():
+            cells = [str(name), str(e["n_queries"]), str(e["n_kept"]), fmt(e["mAP"]), fmt(e["mHR"]), fmt(e["mRR"])]
+            if has_hit:
+                cells.append(fmt(e.get("hit")))
+            lines.append("| " + " | ".join(cells) + " |")
+        if res["undefined_classes"]:
+            lines.append(f"\nUndefined (no {'kept ' if res['options']['skip'] else ''}query): "
+                         + ", ".join(map(str, res["undefined_classes"])))
+        lines.append("")
+    cls = report.get("classification")
+    if cls:
+        au = cls["auroc"]
+        lines += ["## Classification (AUROC)", "", f"Mean over {au['n_defined']} defined classes: {fmt(au['mean'])}", ""]
+        thr = (cls.get("thresholds") or {}).get("per_class", {})
+        lines += ["| class | AUROC | threshold (val, Youden) | sensitivity | specificity | F1 |", "|---|---|---|---|---|---|"]
+        for name, v in au["per_class"].items():
+            t = thr.get(name, {})
+            lines.append(f"| {name} | {fmt(v)} | {fmt(t.get('threshold'))} | {fmt(t.get('sensitivity'))} | "
+                         f"{fmt(t.get('specificity'))} | {fmt(t.get('f1'))} |")
+        if not cls.get("thresholds"):
+            lines.append("\nNo validation data: thresholds not chosen (never chosen on test).")
+        lines.append("")
+    reg = report.get("region_auroc")
+    if reg:
+        lines += ["## Anatomy-level localization (region AUROC)", "",
+                  f"Mean over {reg['n_defined']} defined (region, finding) cells: {fmt(reg['mean'])}", "",
+                  "| finding | mean AUROC over regions |", "|---|---|"]
+        for name, v in reg["per_finding_mean"].items():
+            lines.append(f"| {name} | {fmt(v)} |")
+        lines.append("")
+    loc = report.get("localization")
+    if loc:
+        lines += ["## Pixel-level localization (heatmap boxes; ChestX-ray8 accuracy, HAM TIoU/TIoR)", ""]
+        for source, result in loc.items():
+            block = result["boxes"]
+            ts = block["thresholds"]
+            lines += [(f"### {source}: {block['n_cases']} (image, finding) cases, {result['method']}, "
+                       f"box threshold {result['box_threshold']}"), "",
+                      "| measure | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+            for m in ("iou", "iobb"):
+                lines.append(f"| {m} accuracy | " + " | ".join(fmt(block[m].get(t)) for t in ts) + " |")
+            pix = result.get("pixels")
+            if pix:
+                for m in ("TIoU", "TIoR"):
+                    lines.append(f"| {m} | " + " | ".join(fmt(pix[m].get(t)) for t in ts) + " |")
+            if result.get("unmapped_findings"):
+                lines.append(f"\nNot scored (no model class): {', '.join(result['unmapped_findings'])}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: Path, title: str = "Evaluation") -> dict[str, Path]:
+    """Write ``metrics.json``, ``retrieval.csv`` and ``report.md`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "json": write_json(report, out_dir / "metrics.json"),
+        "csv": write_csv(report, out_dir / "retrieval.csv"),
+        "markdown": _write_text(out_dir / "report.md", markdown(report, title)),
+    }
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    return path

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Training throughput (images/s) of ``roi`` vs ``crop`` region features, in one run.
+
+    .venv/bin/python scripts/bench_train.py [--backbone resnet50] [--batch 2] [--steps 2]
+        [--image-size 512] [--crop-size 224] [--append BENCHMARKS.md]
+
+One training step = backbone features (frozen, no cache: what a first epoch or
+``--train-backbone`` costs) + projection + V6 transformer + heads + backward + Adam step,
+at the published width (1024). Random images with the anatomical template boxes. The two modes
+alternate step by step so that machine load affects both alike; reports the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import torch
+
+from chextriev.anatomy.atlas import default_template
+from chextriev.model import build_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--append", default=None, help="append a markdown section to this file")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    size = args.image_size
+    images = torch.rand(args.batch, 1, size, size)
+    boxes = torch.from_numpy(default_template() * size).float().repeat(args.batch, 1, 1)
+    labels = (torch.rand(args.batch, 9) > 0.5).float()
+    region_labels = (torch.rand(args.batch, 18, 9) > 0.8).float()
+    models, optimizers, times = {}, {}, {"roi": [], "crop": []}
+    for mode in times:
+        models[mode] = build_model("v6", backbone=args.backbone, image_size=size, crop_size=args.crop_size,
+                                   feature_mode=mode).train()
+        optimizers[mode] = torch.optim.Adam([p for p in models[mode].parameters() if p.requires_grad], lr=1e-4)
+
+    def step(mode: str) -> float:
+        start = time.perf_counter()
+        model, optimizer = models[mode], optimizers[mode]
+        loss = model.loss(model(images, boxes), labels, region_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    for mode in times:  # warm-up
+        step(mode)
+    for _ in range(args.steps):
+        for mode, seconds in times.items():
+            seconds.append(step(mode))
+    rate = {mode: args.batch * len(t) / sum(t) for mode, t in times.items()}
+    lines = [
+        f"## Training throughput: roi vs crop region features ({time.strftime('%Y-%m-%d')})",
+        "",
+        (f"Command: `.venv/bin/python scripts/bench_train.py --backbone {args.backbone} --batch {args.batch} "
+        f"--steps {args.steps} --image-size {size} --crop-size {args.crop_size}`"),
+        (f"Machine: 2-core CPU, 24 GiB, no GPU (shared with other jobs while measured; modes alternated "
+        f"step by step); torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}."),
+        f"Step = frozen {args.backbone} features (no cache) + projection + V6 (width 1024) + heads + backward + Adam.",
+        "",
+        f"| mode | images/s | s/step (batch {args.batch}) |",
+        "|---|---|---|",
+    ]
+    what = {"roi": f"one {size} px pass + RoIAlign", "crop": f"18 crops of {args.crop_size} px"}
+    for mode, seconds in times.items():
+        lines.append(f"| {mode} ({what[mode]}) | {rate[mode]:.3f} | {sum(seconds) / len(seconds):.2f} |")
+    lines += ["", f"roi / crop throughput ratio: **{rate['roi'] / rate['crop']:.1f}x**", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.append:
+        with open(args.append, "a") as handle:
+            handle.write("\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The JSON API blueprint, mounted under ``/api/v1`` (see :mod:`server.openapi` for the schema).
+
+Every route needs the bearer token when one is configured. Nothing here opens a file named by
+the request: images come from the upload or from the catalog by integer id. Logs carry image
+ids, counts and timings only, never an upload's file name or a patient identifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+import numpy as np
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from server.auth import require_token
+from server.errors import ApiError, error_response
+from server.openapi import openapi_spec
+from server.results import (as_boxes, as_probabilities, boxes_list, findings_list, image_detail, jsonable,
+                            known_findings, region_matches, result_tile)
+from server.services import NotReadyError, QueryEmbedding, SearchService, decode_png, png_bytes, shrink
+from server.validation import decode_upload, parse_bool, parse_filters, parse_finding, parse_k
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(require_token)
+
+#: Longest side of the query preview returned with an upload search (the page draws on it).
+PREVIEW_SIDE = 512
+#: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
+HEATMAP_SIDE = 1024
+
+
+def service() -> SearchService:
+    return current_app.extensions["chextriev"]
+
+
+@bp.errorhandler(NotReadyError)
+def _not_ready(error: NotReadyError):
+    return error_response(503, "not_ready", f"the server is not ready: {error}", {"Retry-After": "5"})
+
+
+def _uploaded_image():
+    upload = request.files.get("image")
+    if upload is None:
+        raise ApiError(400, "missing_image", "send the image as a multipart/form-data file field named 'image'")
+    return decode_upload(upload.read(), current_app.config["MAX_PIXELS"])
+
+
+def _image_row(image_id: int) -> dict:
+    rows = service().images_or_none([image_id])
+    if not rows or rows[0] is None:
+        raise ApiError(404, "unknown_image", f"no indexed image has id {image_id}")
+    return rows[0]
+
+
+def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude_ids: list[int],
+                     exclude_patients: list[str], filters: dict, started: float, timings: dict) -> dict:
+    svc = service()
+    class_names = svc.class_names
+    searched = time.perf_counter()
+    hits = svc.search(query.embedding, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
+                      filters=filters)
+    timings["search"] = (time.perf_counter() - searched) * 1000
+    ids = [int(hit.image_id) for hit in hits]
+    rows = svc.images(ids) if ids else []
+    stored_regions = svc.region_embeddings(ids) if query.region_embeddings is not None and ids else None
+    findings = findings_list(query.probabilities, class_names)
+    predicted = {item["name"] for item in findings if item["predicted"]}
+    results = []
+    for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
+        matched = region_matches(query.region_embeddings,
+                                 None if stored_regions is None else stored_regions[rank - 1],
+                                 query.boxes, as_boxes(row.get("boxes")))
+        results.append(result_tile(
+            rank, hit, row, matched_regions=matched, query_findings=predicted,
+            thumbnail_url=url_for("api.thumbnail", image_id=int(hit.image_id)),
+            image_url=url_for("api.image", image_id=int(hit.image_id))))
+    timings["total"] = (time.perf_counter() - started) * 1000
+    return {
+        "query": {**query_info, "findings": findings, "predicted_findings": sorted(predicted),
+                  "boxes": boxes_list(query.boxes), "box_source": query.box_source},
+        "k": k,
+        "filters": filters,
+        "exclude_same_patient": bool(exclude_patients),
+        "index_size": svc.size,
+        "checkpoint_id": svc.model.checkpoint_id,
+        "results": results,
+        "timing_ms": {name: round(value, 1) for name, value in timings.items()},
+    }
+
+
+@bp.get("/healthz")
+def healthz():
+    """Alive (says nothing about the model; see ``/readyz``)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """503 until the model, index and database are loaded; then what was loaded."""
+    status = service().status()
+    response = jsonify(jsonable(status))
+    if not status["ready"]:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_spec())
+
+
+@bp.post("/search")
+def search_upload():
+    """Search with an uploaded PNG, JPEG or DICOM."""
+    started = time.perf_counter()
+    k = parse_k(request.form.get("k", request.args.get("k")))
+    exclude_same_patient = parse_bool("exclude_same_patient", request.form.get("exclude_same_patient"))
+    svc = service()
+    svc.require_ready()
+    filters = parse_filters(request.form, svc.class_names)
+    upload = _uploaded_image()
+    timings = {"decode": (time.perf_counter() - started) * 1000}
+    embedded = time.perf_counter()
+    query = svc.embed(upload.pixels)
+    timings["embed"] = (time.perf_counter() - embedded) * 1000
+    exclude_patients: list[str] = []
+    patient_note = None
+    if exclude_same_patient:
+        exclude_patients = svc.patient_keys(upload.meta)
+        if not exclude_patients:
+            patient_note = "the upload names no patient (only DICOM uploads carry PatientID): nothing excluded"
+    height, width = upload.pixels.shape
+    preview = base64.b64encode(png_bytes(upload.pixels, PREVIEW_SIDE)).decode("ascii")
+    query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
+                  "preview": f"data:image/png;base64,{preview}"}
+    payload = _search_response(query, query_info, k=k, exclude_ids=[], exclude_patients=exclude_patients,
+                               filters=filters, started=started, timings=timings)
+    if patient_note:
+        payload["notes"] = [patient_note]
+    log.info("search upload (%s, %dx%d): k=%d, %d results in %.0f ms", upload.format, width, height, k,
+             len(payload["results"]), payload["timing_ms"]["total"])
+    return jsonify(payload)
+
+
+@bp.post("/search/by-id/<int:image_id>")
+def search_by_id(image_id: int):
+    """Search with an archived image: its stored vector, no re-embedding; itself excluded."""
+    started = time.perf_counter()
+    values = request.form if request.form else request.args
+    body = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict):
+        values = {key: str(value) for key, value in body.items()}
+    k = parse_k(values.get("k"))
+    exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
+    svc = service()
+    svc.require_ready()
+    filters = parse_filters(values, svc.class_names)
+    row = _image_row(image_id)
+    region_embeddings = svc.region_embeddings([image_id])
+    probabilities = as_probabilities(row.get("probabilities"), svc.class_names)
+    query = QueryEmbedding(
+        embedding=svc.vector(image_id),
+        probabilities=np.zeros(len(svc.class_names), np.float32) if probabilities is None else probabilities,
+        region_embeddings=None if region_embeddings is None else region_embeddings[0],
+        region_probabilities=None,
+        boxes=as_boxes(row.get("boxes")),
+        box_source=str(row.get("box_source") or "stored"),
+    )
+    patient = row.get("patient")
+    query_info = {"source": "archive", "id": image_id, "image_id": row.get("image_id"),
+                  "study": row.get("study"), "patient": patient, "view": row.get("view"),
+                  "width": row.get("width"), "height": row.get("height"),
+                  "known_findings": known_findings(row),
+                  "thumbnail_url": url_for("api.thumbnail", image_id=image_id),
+                  "image_url": url_for("api.image", image_id=image_id)}
+    payload = _search_response(query, jsonable(query_info), k=k, exclude_ids=[image_id],
+                               exclude_patients=[patient] if exclude_same_patient and patient else [],
+                               filters=filters, started=started, timings={})
+    if exclude_same_patient and not patient:
+        payload["notes"] = [f"image {image_id} has no recorded patient: nothing excluded"]
+    log.info("search by id %d: k=%d, %d results in %.0f ms", image_id, k, len(payload["results"]),
+             payload["timing_ms"]["total"])
+    return jsonify(payload)
+
+
+@bp.get("/images/<int:image_id>")
+def image(image_id: int):
+    """Metadata, known findings, predicted and region probabilities, boxes of an archived image."""
+    svc = service()
+    svc.require_ready()
+    row = _image_row(image_id)
+    detail = image_detail(row, svc.class_names)
+    detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
+    return jsonify(detail)
+
+
+@bp.get("/images/<int:image_id>/thumbnail")
+def thumbnail(image_id: int):
+    """The stored thumbnail (PNG) of an archived image."""
+    svc = service()
+    svc.require_ready()
+    _image_row(image_id)
+    response = Response(svc.thumbnail(image_id), mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
+    """Stored boxes (original pixels) rescaled to an ``height x width`` rendition, or ``None``
+    when the original size is unknown (then the model's box provider boxes the rendition)."""
+    boxes, original_h, original_w = as_boxes(row.get("boxes")), row.get("height"), row.get("width")
+    if boxes is None or not original_h or not original_w:
+        return None
+    scale = np.array([width / original_w, height / original_h] * 2, dtype=np.float32)
+    return boxes * scale
+
+
+@bp.get("/images/<int:image_id>/heatmap")
+def image_heatmap(image_id: int):
+    """Grad-CAM overlay (PNG) of ``finding`` on an archived image.
+
+    The server never reads the archive, so the heatmap is computed on the stored thumbnail
+    (the preview resolution kept by the indexer) with the stored boxes rescaled to it.
+    """
+    svc = service()
+    svc.require_ready()
+    finding = parse_finding(request.args.get("finding"), svc.class_names)
+    row = _image_row(image_id)
+    pixels = decode_png(svc.thumbnail(image_id))
+    png = svc.heatmap_png(pixels, _scaled_boxes(row, *pixels.shape), finding)
+    log.info("heatmap of image %d", image_id)
+    return Response(png, mimetype="image/png")
+
+
+@bp.post("/heatmap")
+def upload_heatmap():
+    """Grad-CAM overlay (PNG) of ``finding`` on an uploaded image (the query)."""
+    svc = service()
+    svc.require_ready()
+    finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
+    upload = _uploaded_image()
+    pixels = shrink(upload.pixels, HEATMAP_SIDE)
+    return Response(svc.heatmap_png(pixels, None, finding), mimetype="image/png")

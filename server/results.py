@@ -1,0 +1,153 @@
+"""Turning model outputs and catalog rows into JSON: query findings, region boxes, result tiles
+and the per-region match explanation.
+
+Region matching: for a query and a result with region embeddings ``q, r (18, R)`` (each row
+L2-normalised), the region similarity is the row-wise cosine ``(q * r).sum(-1)`` ``(18,)``;
+regions missing in either image (NaN box) are left out; the best three are reported by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from chextriev.vocab import REGIONS
+
+#: Probability from which a query finding counts as predicted (and hits are marked on results).
+FINDING_THRESHOLD = 0.5
+#: How many best-matching regions each result names.
+TOP_REGIONS = 3
+
+
+def jsonable(value: Any) -> Any:
+    """Numpy arrays and scalars to JSON types; NaN and infinities to ``None``."""
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        number = float(value)
+        return None if math.isnan(number) or math.isinf(number) else number
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def findings_list(probabilities: np.ndarray, class_names: Sequence[str],
+                  threshold: float = FINDING_THRESHOLD) -> list[dict]:
+    """``probabilities (C,)`` as ``[{name, probability, predicted}]``, most likely first."""
+    order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
+    return [{"name": class_names[i], "probability": round(float(probabilities[i]), 4),
+             "predicted": bool(probabilities[i] >= threshold)} for i in order]
+
+
+def boxes_list(boxes: np.ndarray | None) -> list[dict]:
+    """``(18, 4)`` boxes as ``[{region, index, box: [x1, y1, x2, y2] | null}]``."""
+    if boxes is None:
+        return []
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(len(REGIONS), 4)
+    return [{"region": name, "index": i,
+             "box": None if np.isnan(boxes[i]).any() else [round(float(v), 1) for v in boxes[i]]}
+            for i, name in enumerate(REGIONS)]
+
+
+def region_matches(query: np.ndarray | None, result: np.ndarray | None,
+                   query_boxes: np.ndarray | None = None, result_boxes: np.ndarray | None = None,
+                   top: int = TOP_REGIONS) -> list[dict]:
+    """The ``top`` regions where ``query (18, R)`` and ``result (18, R)`` agree most.
+
+    Returns ``[{region, index, similarity}]`` best first; empty for global models (``None``).
+    """
+    if query is None or result is None:
+        return []
+    query = np.asarray(query, dtype=np.float32)
+    result = np.asarray(result, dtype=np.float32)
+    present = np.isfinite(query).all(axis=1) & np.isfinite(result).all(axis=1)
+    present &= (np.abs(query).sum(axis=1) > 0) & (np.abs(result).sum(axis=1) > 0)
+    for boxes in (query_boxes, result_boxes):
+        if boxes is not None:
+            present &= ~np.isnan(np.asarray(boxes, dtype=np.float32)).any(axis=1)
+    similarity = np.where(present, (np.nan_to_num(query) * np.nan_to_num(result)).sum(axis=1), -np.inf)
+    order = [int(i) for i in np.argsort(-similarity, kind="stable")[:top] if present[i]]
+    return [{"region": REGIONS[i], "index": i, "similarity": round(float(similarity[i]), 4)} for i in order]
+
+
+def as_boxes(value: Any) -> np.ndarray | None:
+    """Stored boxes (``(18, 4)`` nested lists, ``None`` rows for missing regions) as a
+    ``(18, 4)`` float32 array with NaN rows; ``None`` when none are stored."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32).reshape(len(REGIONS), 4)
+    rows = [[np.nan] * 4 if row is None else [np.nan if v is None else float(v) for v in row] for row in value]
+    return np.asarray(rows, dtype=np.float32).reshape(len(REGIONS), 4)
+
+
+def as_probabilities(value: Any, class_names: Sequence[str]) -> np.ndarray | None:
+    """Stored probabilities (``{finding: p}`` or a sequence in class order) as ``(C,)``
+    float32 in ``class_names`` order (absent findings are NaN); ``None`` when none are stored."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return np.array([float(value.get(name, np.nan)) for name in class_names], dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+def known_findings(row: Mapping[str, Any]) -> list[str] | None:
+    """The archived image's known findings as names (``None`` when its labels are unknown)."""
+    value = row.get("known_findings")
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return [str(name) for name, flag in value.items() if flag]
+    return [str(name) for name in value]
+
+
+def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list[dict],
+                query_findings: set[str], thumbnail_url: str, image_url: str) -> dict:
+    """One search result as JSON (no patient identifier other than the stored pseudonym)."""
+    known = known_findings(row)
+    return {
+        "rank": rank,
+        "id": int(hit.image_id),
+        "image_id": row.get("image_id"),
+        "similarity": round(float(hit.score), 4),
+        "study": row.get("study"),
+        "patient": row.get("patient"),
+        "view": row.get("view"),
+        "sex": row.get("sex"),
+        "age": jsonable(row.get("age")),
+        "known_findings": known,
+        "shared_findings": sorted(query_findings & set(known or ())),
+        "matched_regions": matched_regions,
+        "thumbnail_url": thumbnail_url,
+        "image_url": image_url,
+    }
+
+
+#: Catalog fields shown by ``GET /images/<id>`` (never the archive path: it can hold identifiers).
+DETAIL_FIELDS = ("id", "image_id", "patient", "study", "view", "sex", "age", "study_date", "width", "height",
+                 "format", "box_source")
+
+
+def image_detail(row: Mapping[str, Any], class_names: Sequence[str]) -> dict:
+    """``GET /images/<id>``: metadata, findings, predicted and region probabilities, boxes."""
+    probabilities = as_probabilities(row.get("probabilities"), class_names)
+    region_probabilities = row.get("region_probabilities")
+    detail = {key: jsonable(row.get(key)) for key in DETAIL_FIELDS}
+    detail["known_findings"] = known_findings(row)
+    detail["class_names"] = list(class_names)
+    detail["predicted_findings"] = [] if probabilities is None else findings_list(probabilities, class_names)
+    detail["region_probabilities"] = None if region_probabilities is None else [
+        {"region": REGIONS[i], "index": i,
+         "probabilities": {name: jsonable(round(float(p), 4)) for name, p in zip(class_names, row_p)}}
+        for i, row_p in enumerate(np.asarray(region_probabilities, dtype=np.float64))]
+    detail["boxes"] = boxes_list(as_boxes(row.get("boxes")))
+    return detail

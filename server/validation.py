@@ -1,0 +1,149 @@
+"""Request validation: ``k``, booleans, search filters, and the uploaded image.
+
+Everything here raises :class:`server.errors.ApiError` (400, or 413 for a decompression bomb)
+with a message naming the parameter and the accepted values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+K_MIN, K_MAX, K_DEFAULT = 1, 100, 10
+AGE_MIN, AGE_MAX = 0, 150
+SEXES = ("F", "M")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def parse_k(value: str | None) -> int:
+    """``k`` as an int in 1..100 (default 10)."""
+    if value is None:
+        return K_DEFAULT
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"k must be an integer from {K_MIN} to {K_MAX}, got {value!r}") from None
+    if not K_MIN <= k <= K_MAX:
+        raise ApiError(400, "bad_parameter", f"k must be from {K_MIN} to {K_MAX}, got {k}")
+    return k
+
+
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    """A boolean form/query field: 1/true/yes/on or 0/false/no/off."""
+    if value is None:
+        return default
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ApiError(400, "bad_parameter", f"{name} must be one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}, got {value!r}")
+
+
+def _parse_age(name: str, value: str) -> int:
+    try:
+        age = int(str(value).strip())
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer number of years, got {value!r}") from None
+    if not AGE_MIN <= age <= AGE_MAX:
+        raise ApiError(400, "bad_parameter", f"{name} must be from {AGE_MIN} to {AGE_MAX}, got {age}")
+    return age
+
+
+def parse_filters(form: Mapping[str, str], class_names: Sequence[str]) -> dict[str, Any]:
+    """The catalog filters present in ``form``: ``view`` (e.g. PA, AP), ``sex`` (F/M),
+    ``age_min``/``age_max`` (years), ``finding`` (one of ``class_names``). Empty fields are
+    ignored; an unknown finding or sex lists the valid values."""
+    filters: dict[str, Any] = {}
+    view = (form.get("view") or "").strip()
+    if view:
+        filters["view"] = view.upper()
+    sex = (form.get("sex") or "").strip().upper()
+    if sex:
+        if sex not in SEXES:
+            raise ApiError(400, "bad_parameter", f"sex must be one of {', '.join(SEXES)}, got {sex!r}")
+        filters["sex"] = sex
+    for name in ("age_min", "age_max"):
+        value = (form.get(name) or "").strip()
+        if value:
+            filters[name] = _parse_age(name, value)
+    if "age_min" in filters and "age_max" in filters and filters["age_min"] > filters["age_max"]:
+        raise ApiError(400, "bad_parameter", f"age_min ({filters['age_min']}) is above age_max ({filters['age_max']})")
+    finding = (form.get("finding") or "").strip()
+    if finding:
+        filters["finding"] = parse_finding(finding, class_names)
+    return filters
+
+
+def parse_finding(name: str | None, class_names: Sequence[str]) -> str:
+    """A finding name of the loaded model; unknown or missing names list the valid ones."""
+    if not name or name not in class_names:
+        given = "missing" if not name else f"unknown: {name!r}"
+        raise ApiError(400, "bad_parameter", f"finding {given}; valid: {', '.join(class_names)}")
+    return name
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An uploaded image decoded to the project's array type.
+
+    ``pixels``: ``(H, W)`` float32 in [0, 1]; ``format``: e.g. ``"png"``, ``"jpeg"``,
+    ``"dicom"``; ``meta``: DICOM tags when the upload is DICOM (never logged).
+    """
+
+    pixels: np.ndarray
+    format: str
+    meta: dict
+
+
+def header_pixel_count(data: bytes) -> int | None:
+    """Pixels the upload would decode to, read from its header only (no pixel decoding), or
+    ``None`` when the header is unreadable (then decoding fails with the reader's reason)."""
+    from chextriev.errors import ImageReadError
+    from chextriev.io.images import image_size
+
+    try:
+        height, width = image_size(bytes(data))
+    except ImageReadError:
+        return None
+    return int(height) * int(width)
+
+
+def decode_upload(data: bytes, max_pixels: int) -> DecodedUpload:
+    """Decode an uploaded PNG, JPEG or DICOM by its content (never its name).
+
+    Raises 400 for empty or unreadable content (with the reader's reason) and 413 when the
+    header announces more than ``max_pixels`` pixels (decompression-bomb guard, checked
+    before any pixel is decoded).
+    """
+    from chextriev.errors import ImageReadError
+    from chextriev.io.images import read_image
+
+    if not data:
+        raise ApiError(400, "bad_image", "the uploaded file is empty")
+    pixels = header_pixel_count(data)
+    if pixels is not None and pixels > max_pixels:
+        raise ApiError(413, "image_too_large",
+                       f"the image would decode to {pixels} pixels, above the limit of {max_pixels} (MAX_PIXELS)")
+    try:
+        loaded = read_image(data, max_pixels=max_pixels)
+    except ImageReadError as error:
+        raise ApiError(400, "bad_image", f"not a readable PNG, JPEG or DICOM image: {error.reason}") from None
+    array = np.asarray(loaded.pixels, dtype=np.float32)
+    if array.ndim != 2 or array.size == 0:
+        raise ApiError(400, "bad_image", f"expected a single-frame 2-D image, got shape {array.shape}")
+    if array.size > max_pixels:
+        raise ApiError(413, "image_too_large",
+                       f"the image has {array.size} pixels, above the limit of {max_pixels} (MAX_PIXELS)")
+    meta = dict(getattr(loaded, "meta", None) or {})
+    image_format = str(getattr(loaded, "format", None) or meta.get("format") or "unknown")
+    return DecodedUpload(pixels=array, format=image_format, meta=meta)

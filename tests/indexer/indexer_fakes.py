@@ -1,0 +1,149 @@
+"""Helpers for the indexer tests: a cheap deterministic embedder and tiny archive writers.
+
+The fake embedder stands in for a checkpoint's model where the test is about the indexer's
+bookkeeping (ledger, dedupe, kill -9, verify); the real model is exercised by
+test_indexer_model.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from chextriev.vocab import IMAGENOME_FINDINGS, NUM_REGIONS
+
+DIM = 32
+REGION_DIM = 8
+
+
+@dataclass
+class FakeBatch:
+    embeddings: np.ndarray
+    probabilities: np.ndarray
+    region_probabilities: np.ndarray
+    region_embeddings: np.ndarray
+    boxes: np.ndarray
+    box_sources: list
+
+
+class FakeEmbedder:
+    """Random projection of an 8x8 thumbnail: distinct images -> distinct unit vectors."""
+
+    checkpoint_id = "fake0000deadbeef"
+    embedding_dim = DIM
+    class_names = IMAGENOME_FINDINGS
+    image_size = 64
+
+    def __init__(self, delay: float = 0.0):
+        rng = np.random.default_rng(0)
+        self.projection = rng.standard_normal((64, DIM)).astype(np.float32)
+        self.region_projection = rng.standard_normal((64, NUM_REGIONS * REGION_DIM)).astype(np.float32)
+        self.delay = delay
+        self.calls = 0
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        small = PILImage.fromarray(image.astype(np.float32), mode="F").resize((8, 8), PILImage.Resampling.BOX)
+        x = np.asarray(small, dtype=np.float32).reshape(-1)
+        return x - x.mean()
+
+    def __call__(self, images):
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        feats = np.stack([self.features(im) for im in images])
+        emb = feats @ self.projection
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+        region = (feats @ self.region_projection).reshape(len(images), NUM_REGIONS, REGION_DIM)
+        region /= np.linalg.norm(region, axis=2, keepdims=True) + 1e-12
+        probs = 1 / (1 + np.exp(-emb[:, : len(self.class_names)] * 4))
+        boxes = np.stack([_atlas(im.shape) for im in images])
+        return FakeBatch(emb, probs.astype(np.float32),
+                         np.repeat(probs[:, None, :], NUM_REGIONS, axis=1), region, boxes,
+                         ["atlas"] * len(images))
+
+
+def _atlas(shape) -> np.ndarray:
+    h, w = shape
+    boxes = np.tile(np.array([0.1 * w, 0.1 * h, 0.9 * w, 0.9 * h], np.float32), (NUM_REGIONS, 1))
+    boxes[17] = np.nan  # one missing region
+    return boxes
+
+
+def noise_image(seed: int, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.random((8, 8)).astype(np.float32)
+    return np.kron(base, np.ones((size // 8, size // 8), np.float32))
+
+
+def write_png(path: Path, seed: int, size: int = 64) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray((noise_image(seed, size) * 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+def write_dicom(path: Path, seed: int, *, view: str | None = "PA", patient: str = "P1",
+                sop_uid: str | None = None, size: int = 64, sex: str = "F", age: str = "045Y",
+                study_uid: str | None = None) -> Path:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient
+    ds.PatientSex = sex
+    ds.PatientAge = age
+    ds.StudyDate = "20240102"
+    ds.Modality = "DX"
+    if view is not None:
+        ds.ViewPosition = view
+    pixels = (noise_image(seed, size) * 4095).astype(np.uint16)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def make_archive(root: Path, *, n_png: int = 6, n_dicom: int = 4, seed0: int = 0) -> dict:
+    """A tiny archive: PNGs with a manifest, DICOMs (one with no extension), a lateral DICOM,
+    a broken file and a byte-identical duplicate PNG. Returns what was written."""
+    written = {"png": [], "dicom": [], "lateral": [], "broken": [], "duplicate": []}
+    lines = [("path,image_id,patient_id,study_id,view,sex,age,lung opacity,pleural effusion,"
+             "atelectasis,enlarged cardiac silhouette,pulmonary edema/hazy opacity,pneumothorax,"
+             "consolidation,fluid overload/heart failure,pneumonia")]
+    for i in range(n_png):
+        rel = f"png/p{i % 3}/img{seed0 + i}.png"
+        write_png(root / rel, seed0 + i)
+        findings = ",".join(str(int(j == i % 9)) for j in range(9))
+        lines.append(f"{rel},img{seed0 + i},pat{i % 3},st{i},PA,{'M' if i % 2 else 'F'},{30 + i},{findings}")
+        written["png"].append(root / rel)
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    for i in range(n_dicom):
+        name = f"dcm/d{seed0 + i}.dcm" if i else f"dcm/d{seed0 + i}"  # one without extension
+        written["dicom"].append(write_dicom(root / name, 1000 + seed0 + i, patient=f"DP{i % 2}",
+                                            view="AP" if i % 2 else "PA"))
+    written["lateral"].append(write_dicom(root / "dcm/lateral.dcm", 5000 + seed0, view="LL"))
+    broken = root / "png/broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    written["broken"].append(broken)
+    dup = root / "png/p0/zz_copy_of_img0.png"
+    dup.write_bytes(written["png"][0].read_bytes())
+    written["duplicate"].append(dup)
+    return written

@@ -1,0 +1,116 @@
+"""Training: a few steps lower the loss for every variant; splits; internal mAP@k; CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chextriev.errors import DataFormatError, UnknownNameError
+from chextriev.model import TINY, VARIANTS, build_model
+from chextriev.training.data import split_records
+from chextriev.training.presets import PRESETS, get_preset
+from chextriev.training.retrieval_map import retrieval_scores
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_model_few_steps_lower_loss(name, tiny_batch):
+    images, boxes, labels, region_labels = tiny_batch
+    torch.manual_seed(0)
+    model = build_model(name, **TINY).train()
+    with torch.no_grad():
+        features = model.extract(images, boxes)  # frozen part, computed once
+    mask = ~torch.isnan(boxes).any(-1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = model.loss(model.forward_features(features, mask), labels, region_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0], losses
+
+
+def test_model_retrieval_map_hand_case():
+    # 4 images on a line; class 0 positives: 0, 1, 3.
+    embeddings = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = np.array([[1], [1], [0], [1]], np.float32)
+    scores = retrieval_scores(embeddings, labels, k=2)
+    # query 0 -> [1, 2]: rel [1, 0]: AP 1, HR .5, RR 1
+    # query 1 -> [0, 2]: rel [1, 0]: AP 1, HR .5, RR 1
+    # query 3 -> [2, 1]: rel [0, 1]: AP 1/2, HR .5, RR 1/2
+    assert scores["mAP"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert scores["mHR"] == pytest.approx(0.5)
+    assert scores["mRR"] == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_model_retrieval_map_matches_metrics_package():
+    retrieval = pytest.importorskip("metrics.retrieval")
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(40, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    from chextriev.training.retrieval_map import nearest
+
+    try:
+        official = retrieval.retrieval_metrics(nearest(embeddings, 10), labels, 10, skip=False)
+    except TypeError as error:  # signature drift: report, do not hide
+        pytest.fail(f"metrics.retrieval.retrieval_metrics signature changed: {error}")
+    ours = retrieval_scores(embeddings, labels, k=10)
+    assert ours["mAP"] == pytest.approx(official["class_average"]["mAP"], abs=1e-6)
+    assert ours["mHR"] == pytest.approx(official["class_average"]["mHR"], abs=1e-6)
+    assert ours["mRR"] == pytest.approx(official["class_average"]["mRR"], abs=1e-6)
+
+
+def test_model_split_records_patient_disjoint(tiny_records):
+    splits = split_records(tiny_records)
+    patients = {name: {r.patient_id for r in records} for name, records in splits.items()}
+    assert all(patients[name] for name in ("train", "validate", "test"))
+    assert not patients["train"] & patients["validate"] and not patients["train"] & patients["test"]
+    clash = [type(r)(**r.__dict__) for r in tiny_records[:5]]
+    clash[3].patient_id = clash[0].patient_id  # same patient in train and validate
+    with pytest.raises(DataFormatError, match="patient-disjoint"):
+        split_records(clash)
+    unsplit = [type(r)(**{**r.__dict__, "split": None}) for r in tiny_records]
+    by_hash = split_records(unsplit)
+    assert sum(map(len, by_hash.values())) == len(tiny_records) and by_hash["validate"]
+
+
+def test_model_presets_and_cli_errors():
+    assert {"tiny", "synthetic-small", "mimic"} <= set(PRESETS)
+    mimic = get_preset("mimic")
+    assert (mimic.lr, mimic.batch_size, mimic.accumulate, mimic.model["feature_mode"], mimic.model["backbone"]) == (
+        1e-4, 16, 8, "crop", "resnet50")
+    with pytest.raises(UnknownNameError):
+        get_preset("huge")
+    from chextriev_cli.main import main
+
+    assert main(["train", "--variant", "v9", "--data", "x", "--out", "y"]) == 2
+
+
+def test_model_train_cli_writes_checkpoints(tiny_records, tmp_path, monkeypatch):
+    from chextriev.training import fit
+
+    monkeypatch.setattr("chextriev.io.datasets.load_records", lambda path, **_: tiny_records)
+    monkeypatch.setenv("CHEXTRIEV_CACHE", str(tmp_path / "cache"))
+    from chextriev_cli.main import main
+
+    assert main(["train", "--variant", "v1", "--preset", "tiny", "--data", str(tmp_path), "--out",
+                 str(tmp_path / "run"), "--max-epochs", "1", "--no-progress"]) == 0
+    assert (tmp_path / "run" / "best.ckpt").is_file() and (tmp_path / "run" / "last.ckpt").is_file()
+    assert list((tmp_path / "run" / "logs").rglob("metrics.csv")) and list((tmp_path / "run" / "tb").rglob("events*"))
+    metrics = (next((tmp_path / "run" / "logs").rglob("metrics.csv"))).read_text()
+    assert "val_mAP10" in metrics and "train_loss" in metrics
+    assert fit.TrainResult  # module imported by the CLI
+
+
+def test_model_selection_metric():
+    from chextriev.model import get_config
+    from chextriev.training.fit import selection_metric
+
+    assert selection_metric(get_config("v6")) == ("val_mAP10", "max")
+    assert selection_metric(get_config("resnet50-projected")) == ("val_mAP10", "max")
+    assert selection_metric(get_config("resnet50")) == ("val_loss", "min")  # frozen embedding
+    assert selection_metric(get_config("resnet50", train_backbone=True)) == ("val_mAP10", "max")

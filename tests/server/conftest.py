@@ -1,0 +1,149 @@
+"""Server fixtures: a real tiny index, built once per session with the real pieces.
+
+``chextriev synth`` (6 patients, 128 px) -> ``train_tiny_checkpoint`` (v6, tiny preset) ->
+``chextriev index`` into SQLite + Faiss. The subcommands run through their own ``register``/
+``func`` (the code behind the console script) in this process. The app is loaded once
+(``LOAD=sync``) and shared; apps with other settings reuse its service (``SERVICE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from server import create_app
+
+log = logging.getLogger(__name__)
+TOKEN = "test-token-0123456789abcdef"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_subcommand(module, argv: list[str]) -> int:
+    """Parse ``argv`` with ``module.register`` and run the handler it sets (as `chextriev` does)."""
+    parser = argparse.ArgumentParser()
+    module.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+@dataclass(frozen=True)
+class TinyIndex:
+    archive: Path
+    checkpoint: Path
+    index_dir: Path
+    db_url: str
+
+    def config(self, **extra) -> dict:
+        return {"CHECKPOINT": str(self.checkpoint), "DB_URL": self.db_url, "INDEX_DIR": str(self.index_dir),
+                **extra}
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory) -> TinyIndex:
+    from chextriev.synth import cli as synth_cli
+    from chextriev.training.quick import train_tiny_checkpoint
+    from indexer import cli as index_cli
+
+    root = tmp_path_factory.mktemp("server-index")
+    archive = root / "archive"
+    assert run_subcommand(synth_cli, ["synth", "--out", str(archive), "--patients", "6", "--seed", "0",
+                                      "--size", "128"]) == 0
+    checkpoint = train_tiny_checkpoint(archive, root / "model", variant="v6")
+    index_dir = root / "index"
+    assert run_subcommand(index_cli, ["index", "--source", str(archive), "--checkpoint", str(checkpoint),
+                                      "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
+                                      "--no-progress"]) == 0
+    return TinyIndex(archive, Path(checkpoint), index_dir, f"sqlite:///{index_dir / 'catalog.sqlite'}")
+
+
+@pytest.fixture(scope="session")
+def app(tiny_index):
+    app = create_app(tiny_index.config(LOAD="sync"))
+    assert app.extensions["chextriev"].ready, app.extensions["chextriev"].error
+    return app
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def token_client(app):
+    """A client of an app that requires ``TOKEN`` (same loaded service)."""
+    return create_app({"SERVICE": app.extensions["chextriev"], "AUTH_TOKEN": TOKEN, "LOAD": "manual"}).test_client()
+
+
+@pytest.fixture(scope="session")
+def query_png(tiny_index) -> Path:
+    """An archived PNG of the tiny archive, to upload as a query."""
+    return sorted((tiny_index.archive / "files").rglob("*.png"))[0]
+
+
+@pytest.fixture(scope="session")
+def query_dicom(tiny_index) -> Path | None:
+    found = sorted((tiny_index.archive / "files").rglob("*.dcm"))
+    return found[0] if found else None
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def serve_process(tiny_index, tmp_path):
+    """Start ``python -m server.cli`` (the code of ``chextriev serve``) and wait until ready;
+    yields ``start(port, *extra_args) -> (base_url, process)``; stops every process at the end."""
+    processes: list[subprocess.Popen] = []
+
+    def start(port: int, *extra: str, wait: bool = True, token: str | None = None):
+        command = [sys.executable, "-m", "server.cli", "--checkpoint", str(tiny_index.checkpoint),
+                   "--db", tiny_index.db_url, "--index-dir", str(tiny_index.index_dir), "--port", str(port), *extra]
+        log_file = open(tmp_path / f"server-{port}.log", "wb")
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        if wait:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise AssertionError(f"server exited with {process.returncode}: "
+                                         f"{(tmp_path / f'server-{port}.log').read_text()[-2000:]}")
+                try:
+                    if requests.get(f"{base}/api/v1/readyz", headers=headers, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.3)
+            else:
+                raise AssertionError("server not ready after 120 s")
+        return base, process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def token() -> str:
+    return TOKEN
