@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     parser.add_argument("--serve", type=int, choices=(0, 1), default=1, help="1: keep serving until Ctrl-C; 0: stop after the query")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--patients", type=int, default=DEMO_PATIENTS, help="synthetic patients (default 600)")
+    parser.add_argument("--size", type=int, default=DEMO_SIZE, help="synthetic image side in pixels (default 512)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's epochs")
     parser.set_defaults(func=run_demo)
 
@@ -100,14 +101,14 @@ def _best_checkpoint(run_dir: Path) -> Path:
     return found[0]
 
 
-def generate_archive(out: Path, patients: int) -> Path:
+def generate_archive(out: Path, patients: int, size: int) -> Path:
     archive = out / "archive"
-    _step(f"1/6 synthetic archive: {patients} patients at {DEMO_SIZE}px -> {archive}")
+    _step(f"1/6 synthetic archive: {patients} patients at {size}px -> {archive}")
     if _done(archive):
         print("    already there, reusing it")
         return archive
     _cli("synth", "--out", str(archive), "--patients", str(patients), "--seed", str(DEMO_SEED),
-         "--size", str(DEMO_SIZE), "--dicom-share", str(DEMO_DICOM_SHARE))
+         "--size", str(size), "--dicom-share", str(DEMO_DICOM_SHARE))
     _mark_done(archive)
     return archive
 
@@ -252,7 +253,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    archive = generate_archive(out, args.patients)
+    archive = generate_archive(out, args.patients, args.size)
     checkpoints = train_models(out, archive, args.max_epochs)
     detector = train_detector(out, archive)
     evaluate_models(out, archive, checkpoints)

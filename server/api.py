@@ -17,9 +17,25 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from server.auth import require_token
 from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
-from server.results import (as_boxes, as_probabilities, boxes_list, findings_list, image_detail, jsonable,
-                            known_findings, region_matches, result_tile)
-from server.services import NotReadyError, QueryEmbedding, SearchService, decode_png, png_bytes, shrink
+from server.results import (
+    as_boxes,
+    as_probabilities,
+    boxes_list,
+    findings_list,
+    image_detail,
+    jsonable,
+    known_findings,
+    region_matches,
+    result_tile,
+)
+from server.services import (
+    NotReadyError,
+    QueryEmbedding,
+    SearchService,
+    decode_png,
+    png_bytes,
+    shrink,
+)
 from server.validation import decode_upload, parse_bool, parse_filters, parse_finding, parse_k
 
 log = logging.getLogger(__name__)

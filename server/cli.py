@@ -26,7 +26,8 @@ def register(subparsers) -> None:
         "serve", help="serve the similar-case search API and web page",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.ckpt) the index was built with")
-    parser.add_argument("--db", required=True, help="catalog database URL, e.g. sqlite:///index/catalog.sqlite")
+    parser.add_argument("--db", default=None,
+                        help="catalog database URL (default sqlite:///INDEX_DIR/catalog.sqlite)")
     parser.add_argument("--index-dir", type=Path, required=True, help="folder holding the Faiss index")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights (optional)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
@@ -104,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
             code = 0
             try:
                 _serve_socket(config, sock, args.threads)
-            except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+            except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
             os._exit(code)

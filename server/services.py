@@ -19,9 +19,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,9 @@ class SearchService:
 
     # ---- loading -------------------------------------------------------------------------
     def missing_settings(self) -> list[str]:
-        return [name for name, value in (("CHECKPOINT", self.checkpoint), ("DB_URL", self.db_url),
-                                         ("INDEX_DIR", self.index_dir)) if not value]
+        """Required settings that are not set (``DB_URL`` defaults to the index folder's SQLite)."""
+        return [name for name, value in (("CHECKPOINT", self.checkpoint), ("INDEX_DIR", self.index_dir))
+                if not value]
 
     def load(self) -> None:
         """Load the checkpoint and open the catalog (idempotent per process). On failure the
@@ -92,7 +94,7 @@ class SearchService:
                 missing = self.missing_settings()
                 if missing:
                     raise NotReadyError(f"not configured: set {', '.join(missing)} "
-                                        "(chextriev serve --checkpoint/--db/--index-dir, or CHEXTRIEV_* variables)")
+                                        "(chextriev serve --checkpoint/--index-dir, or CHEXTRIEV_* variables)")
                 from chextriev.checkpoint import load_checkpoint
                 from indexer.catalog import Catalog
 
@@ -115,7 +117,7 @@ class SearchService:
                 self.state = "ready"
                 log.info("ready in %.1f s: %d indexed images, checkpoint %s, index build %s",
                          self.load_seconds, catalog.size, model.checkpoint_id, catalog.build_id)
-            except Exception as error:  # any failure: report it through /readyz, keep serving
+            except Exception as error:  # noqa: BLE001 - any failure is reported through /readyz
                 self.state, self.error = "failed", f"{type(error).__name__}: {error}"
                 log.error("loading failed: %s", self.error)
 
@@ -201,8 +203,8 @@ class SearchService:
         """Top-``k`` hits (``Hit(image_id, score)``, best first) for one ``(D,)`` vector."""
         self.require_ready()
         query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, -1))
-        options = dict(exclude_ids=exclude_ids or None, exclude_patients=exclude_patients or None,
-                       filters=filters or None)
+        options = {"exclude_ids": exclude_ids or None, "exclude_patients": exclude_patients or None,
+                   "filters": filters or None}
         if self.index_on_gpu:
             with self.index_lock:
                 hits = self.catalog.search(query, k, **options)

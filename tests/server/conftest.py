@@ -86,7 +86,7 @@ def token_client(app):
 @pytest.fixture(scope="session")
 def query_png(tiny_index) -> Path:
     """An archived PNG of the tiny archive, to upload as a query."""
-    return sorted((tiny_index.archive / "files").rglob("*.png"))[0]
+    return min((tiny_index.archive / "files").rglob("*.png"))
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +112,8 @@ def serve_process(tiny_index, tmp_path):
     def start(port: int, *extra: str, wait: bool = True, token: str | None = None):
         command = [sys.executable, "-m", "server.cli", "--checkpoint", str(tiny_index.checkpoint),
                    "--db", tiny_index.db_url, "--index-dir", str(tiny_index.index_dir), "--port", str(port), *extra]
-        log_file = open(tmp_path / f"server-{port}.log", "wb")
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        with open(tmp_path / f"server-{port}.log", "wb") as log_file:  # the child keeps its own handle
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
         processes.append(process)
         base = f"http://127.0.0.1:{port}"
         if wait:
