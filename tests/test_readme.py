@@ -56,3 +56,17 @@ def test_readme_make_targets_exist():
 
 def test_readme_has_no_unfilled_placeholders():
     assert not re.search(r"\b(RESULTS_[A-Z]+|BENCHMARK_TABLE|TODO|TBD)\b", README)
+
+
+PYTHON_SCRIPT_COMMANDS = [c for c in COMMANDS if c.startswith("python scripts/")]
+
+
+@pytest.mark.parametrize("command", PYTHON_SCRIPT_COMMANDS)
+def test_readme_python_scripts_exist_and_answer_help(command):
+    import subprocess
+    import sys
+
+    script = REPO_ROOT / shlex.split(command)[1]
+    assert script.is_file(), script
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from chextriev.model.backbone import build_trunk, freeze, normalize
+from chextriev.model.backbone import build_trunk, freeze, normalize, to_channels_last
 from chextriev.model.config import ModelConfig
 from chextriev.vocab import NUM_REGIONS
 
@@ -80,7 +80,7 @@ class GlobalFeatures(nn.Module):
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)``."""
-        return self.trunk(normalize(images))
+        return self.trunk(to_channels_last(normalize(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.feature_map(images).mean(dim=(2, 3))
@@ -126,7 +126,7 @@ class RegionFeatures(GlobalFeatures):
         crops, mask = self.crops(images, boxes)
         if crops.shape[0] == 0:
             return images.new_zeros(boxes.shape[0], NUM_REGIONS, self.config.feature_dim)
-        return _scatter(self.trunk(crops).mean(dim=(2, 3)), mask)
+        return _scatter(self.trunk(to_channels_last(crops)).mean(dim=(2, 3)), mask)
 
     def project(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, 18, F)`` -> node features ``(B, 18, width)``; masked nodes set to zero."""

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                         help="frozen-feature cache (default $CHEXTRIEV_CACHE or ~/.cache/chextriev/features)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is much faster on a CPU shared with other jobs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train)
     try:
@@ -64,6 +66,10 @@ def run_train(args: argparse.Namespace) -> int:
     from chextriev.training.presets import get_preset
 
     get_config(args.variant)  # unknown names fail before any data is read
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     get_preset(args.preset)
     result = train(
         args.data, args.out, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
