@@ -67,7 +67,7 @@ def _cli(*args: str) -> None:
     """Run a `chextriev` subcommand in a child process (fresh state, its own progress output)."""
     command = [sys.executable, "-m", "chextriev_cli.main", *args]
     log.debug("running %s", " ".join(command))
-    result = subprocess.run(command)
+    result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise ChextrievError(f"step failed (exit {result.returncode}): chextriev {' '.join(args)}")
 

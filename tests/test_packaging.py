@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
 import yaml
-
-from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,8 @@ def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
         array = array.mean(axis=2)
     if array.ndim != 2:
         raise ValueError(f"image must be (H, W), got shape {array.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+    # A copy: the caller's array may be read-only (decoded buffers) and must never be written.
+    tensor = torch.tensor(array)[None, None]
     if tensor.shape[-2:] != (size, size):
         tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return tensor[0].clamp_(0.0, 1.0)

@@ -7,7 +7,7 @@ otherwise; see :mod:`chextriev.synth.frame` for the coordinates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 

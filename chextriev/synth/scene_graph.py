@@ -42,9 +42,9 @@ def build_scene_graph(*, image_id: str, patient_id: str, study_id: str, view: st
             "x1": _grid(x1, size), "y1": _grid(y1, size), "x2": _grid(x2, size), "y2": _grid(y2, size),
             "width": _grid(x2 - x1, size), "height": _grid(y2 - y1, size),
             "bbox_name": name, "synsets": [], "name": name.title(),
-            "original_x1": int(round(x1)), "original_y1": int(round(y1)),
-            "original_x2": int(round(x2)), "original_y2": int(round(y2)),
-            "original_width": int(round(x2 - x1)), "original_height": int(round(y2 - y1)),
+            "original_x1": round(x1), "original_y1": round(y1),
+            "original_x2": round(x2), "original_y2": round(y2),
+            "original_width": round(x2 - x1), "original_height": round(y2 - y1),
         })
     attributes = []
     for r, name in enumerate(REGIONS):

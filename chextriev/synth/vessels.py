@@ -45,6 +45,6 @@ def vessel_map(n: int, frame: BodyFrame, rng: np.random.Generator, blur: float =
     x1, y1 = frame.to_image(seg[:, 2], seg[:, 3])
     ends = (np.stack([x0, y0, x1, y1], axis=1) * n).tolist()
     for (ax, ay, bx, by), width in zip(ends, seg[:, 4].tolist()):
-        draw.line([(ax, ay), (bx, by)], fill=min(1.0, 0.35 + width / 4), width=max(1, int(round(width * scale))))
+        draw.line([(ax, ay), (bx, by)], fill=min(1.0, 0.35 + width / 4), width=max(1, round(width * scale)))
     out = np.asarray(canvas, dtype=np.float32)
     return gaussian_filter(out, sigma=(0.5 + blur) * scale).astype(np.float32)

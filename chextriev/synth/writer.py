@@ -92,7 +92,7 @@ def plan_jobs(config: SynthConfig) -> list[ImageJob]:
     splits = np.empty(config.patients, dtype=object)
     start = 0
     for k, (name, share) in enumerate(SPLIT_SHARES):
-        stop = config.patients if k == len(SPLIT_SHARES) - 1 else start + int(round(share * config.patients))
+        stop = config.patients if k == len(SPLIT_SHARES) - 1 else start + round(share * config.patients)
         splits[order[start:stop]] = name
         start = stop
     jobs = []

@@ -10,7 +10,7 @@ from chextriev.synth.writer import SynthConfig, write_archive
 
 
 def make_archive(out: Path, seed: int = 3, **overrides) -> Path:
-    settings = dict(patients=6, seed=seed, size=128, dicom_share=0.4, normal_share=0.3)
+    settings = {"patients": 6, "seed": seed, "size": 128, "dicom_share": 0.4, "normal_share": 0.3}
     settings.update(overrides)
     write_archive(SynthConfig(out=out, **settings), progress=False)
     return out
