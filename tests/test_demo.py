@@ -36,3 +36,17 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing it") >= 4
     assert "indexed 0," in second.stdout  # the index step found every file unchanged
+
+
+def test_nih_manifest_carries_the_official_labels(nih_sample, tmp_path):
+    import csv
+
+    from chextriev_cli.demo import nih_manifest
+
+    with open(nih_manifest(nih_sample, tmp_path)) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 621
+    row = next(r for r in rows if r["image_id"] == "00000075_000")
+    assert row["view"] in ("PA", "AP") and row["patient_id"]
+    assert sum(int(row[c]) for c in ("Atelectasis", "Cardiomegaly", "Effusion", "Hernia")) >= 0
+    assert sum(int(r["Infiltration"]) for r in rows) == 123  # the sample README's count
