@@ -66,12 +66,7 @@ def evaluate_localization(
     record's. Only records with ground truth are scored, at most ``max_images`` of them.
     """
     from chextriev.io.images import load_image
-    from chextriev.localization.cam import heatmap
-
-    try:
-        from chextriev.localization.cam import heatmap_to_boxes
-    except ImportError:  # it lives in chextriev.localization.regions
-        from chextriev.localization.regions import heatmap_to_boxes
+    from chextriev.localization import heatmap, heatmap_to_boxes
 
     model_classes = list(loaded.class_names)
     cases: list[BoxCase] = []
