@@ -23,9 +23,9 @@ from torch_geometric.nn import GCNConv
 
 from chextriev.model.config import ModelConfig
 from chextriev.model.graph_transformer import adjacency_tensor, masked_mean
-from chextriev.model.heads import Heads, masked_bce
-from chextriev.model.region_features import GlobalFeatures, RegionFeatures, box_mask
-from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
+from chextriev.model.heads import masked_bce
+from chextriev.model.region_features import GlobalFeatures, box_mask
+from chextriev.model.retrieval_model import ModelOutput, RegionRetrievalModel, RetrievalModel
 
 
 def _mask_or_none(boxes: torch.Tensor | None, batch: int, device) -> torch.Tensor:
@@ -139,29 +139,19 @@ class ATH(RetrievalModel):
 
     def retrieval_embedding(self, output: ModelOutput) -> torch.Tensor:
         if not self.config.binary:
-            return F.normalize(output.embedding.float(), dim=-1)
+            return super().retrieval_embedding(output)
         signs = torch.where(output.code >= 0, 1.0, -1.0).float()
         return signs / signs.shape[-1] ** 0.5
 
 
-class AnaXNet(RetrievalModel):
+class AnaXNet(RegionRetrievalModel):
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.regions = RegionFeatures(config)
+        super().__init__(config)
         self.gcn1 = GCNConv(config.width, config.gcn_hidden)
         self.gcn2 = GCNConv(config.gcn_hidden, config.width)
         adjacency = adjacency_tensor(config)
         adjacency.fill_diagonal_(0)  # GCNConv adds self loops
         self.register_buffer("edge_index", adjacency.nonzero().T.contiguous(), persistent=False)
-        self.heads = Heads(config.width, config.num_classes)
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.config.width
-
-    def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        return self.regions.extract(images, boxes)
 
     def _batched_edges(self, mask: torch.Tensor) -> torch.Tensor:
         """Edge index ``(2, E)`` over ``B * 18`` nodes, without edges touching missing nodes."""

@@ -76,14 +76,14 @@ class RetrievalModel(nn.Module):
         return None
 
 
-class GraphRetrievalModel(RetrievalModel):
-    """Region features -> graph transformer (or none, V0) -> heads; embedding = graph readout."""
+class RegionRetrievalModel(RetrievalModel):
+    """Base of the models built on the 18 region features (V0..V6, AnaXNet): the region feature
+    module ``regions``, the graph and node ``heads``, and a ``width``-dimensional embedding."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.regions = RegionFeatures(config)
-        self.graph = GraphTransformer(config)
         self.heads = Heads(config.width, config.num_classes)
 
     @property
@@ -93,6 +93,14 @@ class GraphRetrievalModel(RetrievalModel):
     def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Backbone region features ``(B, 18, F)`` (before the trainable projection)."""
         return self.regions.extract(images, boxes)
+
+
+class GraphRetrievalModel(RegionRetrievalModel):
+    """Region features -> graph transformer (or none, V0) -> heads; embedding = graph readout."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.graph = GraphTransformer(config)
 
     def forward_features(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
         """``features (B, 18, F)``, ``mask (B, 18)`` -> :class:`ModelOutput`."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server import create_app
 from chextriev_cli.main import main as chextriev
+from server import create_app
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_every_nih_image_is_indexed_and_searchable(nih_sample, nih_index, tiny_i
     assert len(results) == 5 and all(r["id"] != 1 for r in results)
     assert client.get(f"/api/v1/images/{results[0]['id']}/thumbnail").status_code == 200
 
-    rgba = [p for p in sorted((nih_sample / "images").glob("*.png")) if _mode(p) == "RGBA"][0]
+    rgba = next(p for p in sorted((nih_sample / "images").glob("*.png")) if _mode(p) == "RGBA")
     with open(rgba, "rb") as handle:
         upload = client.post("/api/v1/search", data={"image": (handle, rgba.name), "k": "3"},
                              content_type="multipart/form-data")
