@@ -28,13 +28,18 @@ def parse_k(value: str | None) -> int:
     """``k`` as an int in 1..100 (default 10)."""
     if value is None:
         return K_DEFAULT
+    return _bounded_int("k", value, K_MIN, K_MAX, f"an integer from {K_MIN} to {K_MAX}")
+
+
+def _bounded_int(name: str, value: str, low: int, high: int, kind: str) -> int:
+    """``value`` as an int in ``low..high``; 400 saying ``name must be <kind>`` otherwise."""
     try:
-        k = int(str(value).strip())
+        number = int(str(value).strip())
     except ValueError:
-        raise ApiError(400, "bad_parameter", f"k must be an integer from {K_MIN} to {K_MAX}, got {value!r}") from None
-    if not K_MIN <= k <= K_MAX:
-        raise ApiError(400, "bad_parameter", f"k must be from {K_MIN} to {K_MAX}, got {k}")
-    return k
+        raise ApiError(400, "bad_parameter", f"{name} must be {kind}, got {value!r}") from None
+    if not low <= number <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be from {low} to {high}, got {number}")
+    return number
 
 
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
@@ -50,13 +55,7 @@ def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
 
 
 def _parse_age(name: str, value: str) -> int:
-    try:
-        age = int(str(value).strip())
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer number of years, got {value!r}") from None
-    if not AGE_MIN <= age <= AGE_MAX:
-        raise ApiError(400, "bad_parameter", f"{name} must be from {AGE_MIN} to {AGE_MAX}, got {age}")
-    return age
+    return _bounded_int(name, value, AGE_MIN, AGE_MAX, "an integer number of years")
 
 
 def parse_filters(form: Mapping[str, str], class_names: Sequence[str]) -> dict[str, Any]:
