@@ -4,7 +4,9 @@ Two dataset kinds, chosen by :class:`RetrievalDataModule`:
 
 * :class:`FeatureDataset` (frozen backbone): backbone features computed once per image by the
   model's own ``extract`` and stored in the :class:`FeatureCache`; items hold ``features``,
-  ``mask``, ``labels``, ``region_labels``, ``index``;
+  ``mask``, ``labels``, ``region_labels``, ``index``. The cache keys need each image's content
+  hash, taken from the cache's memo (path, size, mtime) so a training start does not re-read
+  files already hashed;
 * :class:`ImageDataset` (ATH, ``--train-backbone``): items hold ``image (1, S, S)``,
   ``boxes (18, 4)`` model-input pixels, ``labels``, ``region_labels``, ``index``.
 
@@ -32,7 +34,7 @@ from chextriev.model.config import ModelConfig
 from chextriev.model.preprocess import prepare_image, scale_boxes
 from chextriev.model.region_features import box_mask
 from chextriev.records import Record
-from chextriev.training.feature_cache import FeatureCache, config_signature, content_hash
+from chextriev.training.feature_cache import FeatureCache, config_signature
 from chextriev.vocab import NUM_REGIONS
 
 log = logging.getLogger(__name__)
@@ -158,11 +160,12 @@ def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: Featur
     signature = config_signature(config)
     size = config.image_size
     keys, masks, model_boxes = [], [], []
-    for record in records:
+    hashes = cache.content_hashes(record.source for record in records)  # memoised: no re-read per start
+    for record, image_hash in zip(records, hashes):
         shape = record_shape(record)
         boxes = scale_boxes(record_boxes(record, atlas, shape), shape, size)
         use_boxes = None if config.kind == "global" else boxes
-        keys.append(FeatureCache.key(content_hash(record.source), signature, use_boxes))
+        keys.append(FeatureCache.key(image_hash, signature, use_boxes))
         masks.append(~np.isnan(boxes).any(axis=1))
         model_boxes.append(boxes)
 
