@@ -39,8 +39,12 @@ def register(subparsers) -> None:
                         help="local torchvision ResNet state-dict file (default: random init, logged)")
     parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone (no feature cache)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, N, or 0,1")
-    parser.add_argument("--strategy", default="auto", help="Lightning strategy on GPUs (e.g. ddp)")
+    parser.add_argument("--devices", type=_devices, default="auto",
+                        help="Lightning devices: auto, N, or GPU ids 0,1 (default auto: every GPU, else 1 CPU "
+                             "process); without a GPU, N > 1 trains in N CPU processes (DDP, gloo)")
+    parser.add_argument("--strategy", default="auto",
+                        help="Lightning strategy (default auto: ddp_spawn for N CPU processes, ddp for several GPUs; "
+                             "plain ddp, ddp_spawn, ddp_fork, ddp_notebook get find_unused_parameters=True)")
     parser.add_argument("--precision", default=None, help="default bf16-mixed on GPU, 32-true on CPU")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="frozen-feature cache (default $CHEXTRIEV_CACHE or ~/.cache/chextriev/features)")

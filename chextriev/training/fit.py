@@ -4,6 +4,12 @@
 ``scripts/train_all_variants.py`` call it); it writes under ``out``:
 ``best.ckpt`` (best validation mAP@10), ``last.ckpt``, ``logs/`` (CSV) and ``tb/``
 (TensorBoard), and returns a :class:`TrainResult`.
+
+Processes: one on CPU by default. ``devices=N`` (N > 1) without a GPU trains in N CPU
+processes with ``ddp_spawn`` (gloo backend; validation mAP@10 on the gathered whole set, see
+:mod:`chextriev.training.module`), tested in ``tests/model/test_model_ddp.py``; on GPUs
+``devices`` / ``strategy`` go to Lightning as given (``auto`` on several GPUs: ``ddp``), a path
+not tested here. See :func:`trainer_devices`.
 """
 
 from __future__ import annotations
@@ -84,6 +90,63 @@ def _accelerator(devices: Any) -> str:
     return "gpu" if torch.cuda.is_available() and devices not in (0, "0", "cpu") else "cpu"
 
 
+CPU_DDP_STRATEGY = "ddp_spawn_find_unused_parameters_true"  # gloo; spawned workers: the caller is not re-run
+# The variants leave some heads out of the loss (graph importance 1 or 0: the node or the graph
+# head gets no gradient), which plain DDP rejects at the first step; these names detect them.
+_FIND_UNUSED = {name: f"{name}_find_unused_parameters_true" for name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")}
+
+
+def _process_count(devices: Any, gpu: bool) -> int:
+    """How many processes ``devices`` asks for (CPU: an int or digit string > 1, else 1)."""
+    if isinstance(devices, bool):
+        return 1
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            devices = [v for v in text.split(",") if v.strip()]
+        elif text.lstrip("-").isdigit():
+            devices = int(text)
+        else:  # "auto", "cpu"
+            return torch.cuda.device_count() if gpu and text == "auto" else 1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) if gpu else 1
+    if isinstance(devices, int):
+        return torch.cuda.device_count() if gpu and devices == -1 else max(devices, 1)
+    return 1
+
+
+def trainer_devices(accelerator: str, devices: Any, strategy: str | None) -> tuple[Any, str]:
+    """``(devices, strategy)`` for the Trainer.
+
+    CPU: one process (``devices`` 1, strategy ``auto``) unless ``devices`` is a count > 1,
+    which runs that many processes with ``ddp_spawn`` (gloo backend) when ``strategy`` is
+    ``auto``; an explicit strategy is passed through, with ``devices`` as the process count.
+    GPU: ``devices`` passed through; ``auto`` on more than one GPU becomes ``ddp``.
+    Plain ``ddp``/``ddp_spawn``/``ddp_fork``/``ddp_notebook`` get ``find_unused_parameters``.
+    """
+    gpu = accelerator == "gpu"
+    count = _process_count(devices, gpu)
+    if strategy in (None, "", "auto"):
+        strategy = "auto" if count <= 1 else "ddp" if gpu else CPU_DDP_STRATEGY
+    strategy = _FIND_UNUSED.get(strategy, strategy)
+    return (devices if gpu else count), strategy
+
+
+def _checkpoint_score(path: Path, checkpoint: ModelCheckpoint) -> float | None:
+    """The best score from the callback, else from its state saved in ``path``.
+
+    Multi-process launchers (``ddp_spawn``, ``ddp_fork``) train in child processes and give the
+    main process only ``best_model_path`` back, not ``best_model_score``.
+    """
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False).get("callbacks", {}).get(checkpoint.state_key, {})
+    score = state.get("best_model_score")
+    return float(score) if score is not None else None
+
+
 def train_records(records: Sequence[Record], out: str | Path, *, variant: str = "v6", preset: str = "synthetic-small",
                   max_epochs: int | None = None, backbone_weights: str | None = None,
                   train_backbone: bool = False, seed: int = 0, devices: Any = "auto",
@@ -130,14 +193,19 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
     fit_feature_stats(module.model, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, save_last=True,
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, save_last=False,
                                  save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks = [checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience)]
+    # last.ckpt from its own callback: since Lightning 2.6, save_last=True writes last.ckpt only
+    # when a top-k checkpoint is saved at the same step (a copy of best.ckpt with save_top_k=1)
+    last_checkpoint = ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1,
+                                      auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks = [checkpoint, last_checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience)]
     loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")]
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer_devices_, trainer_strategy = trainer_devices(accelerator, devices, strategy)
     trainer = pl.Trainer(
         default_root_dir=out, max_epochs=settings.max_epochs, accelerator=accelerator,
-        devices=devices if accelerator == "gpu" else 1, strategy=strategy if accelerator == "gpu" else "auto",
+        devices=trainer_devices_, strategy=trainer_strategy,
         precision=precision, accumulate_grad_batches=settings.accumulate, callbacks=callbacks, logger=loggers,
         enable_progress_bar=progress, log_every_n_steps=5, deterministic=False, num_sanity_val_steps=0,
         enable_model_summary=progress,
@@ -152,10 +220,10 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         trainer.fit(module, datamodule=data)
     best = out / "best.ckpt"
     last = out / "last.ckpt"
-    score = checkpoint.best_model_score
+    score = _checkpoint_score(best, checkpoint)
     if cache is not None:
         log.info("feature cache %s: %d hits, %d computed", cache.directory, cache.hits, cache.misses)
-    return TrainResult(best=best, last=last, out=out, best_score=float(score) if score is not None else None,
+    return TrainResult(best=best, last=last, out=out, best_score=score,
                        splits={k: len(v) for k, v in splits.items()})
 
 

@@ -8,10 +8,18 @@ Validation embeds the whole validation set with :func:`chextriev.embedding.embed
 (the same path as :func:`chextriev.embedding.embed_images` after the frozen backbone), gathers
 every rank's embeddings and labels, and logs ``val_mAP10`` (retrieval mAP@k, SPEC protocol,
 ``skip=False``, class average) computed once on the whole set; checkpoints select on it.
+
+Several processes: each rank gets ``ceil(N / world)`` validation items from Lightning's
+``DistributedSampler`` (padded with repeats of the first items), ``all_gather`` stacks them,
+and the repeats are dropped by dataset ``index``; every rank then computes the same score on
+the same ``N`` items, so it is logged without ``sync_dist`` and checkpointing / early stopping
+agree on all ranks. Tested with 2 CPU processes (``ddp_spawn``, gloo:
+``tests/model/test_model_ddp.py``); multi-GPU DDP is the same code but untested here.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,7 +55,7 @@ class RetrievalModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         output = self._output(batch)
         loss = self.model.loss(output, batch["labels"], batch["region_labels"])
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch["labels"].shape[0])
         return loss
 
@@ -59,6 +67,11 @@ class RetrievalModule(pl.LightningModule):
         self._val.append({"embeddings": torch.from_numpy(arrays["embeddings"]).to(self.device),
                           "probabilities": torch.from_numpy(arrays["probabilities"]).to(self.device),
                           "labels": batch["labels"].float(), "index": batch["index"]})
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # the retrieval scores are computed on the gathered set, equal on every rank: no sync
+            warnings.filterwarnings("ignore", message=r".*self\.log\('val_m(AP|HR|RR)\d+', \.\.\., sync_dist=True\)")
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
