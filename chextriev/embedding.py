@@ -54,7 +54,7 @@ def outputs_to_arrays(model: RetrievalModel, output: ModelOutput) -> dict[str, n
     """A model output -> the numpy arrays of :class:`EmbeddingBatch` (all but boxes)."""
     arrays: dict[str, np.ndarray | None] = {
         "embeddings": model.retrieval_embedding(output).float().cpu().numpy().astype(np.float32),
-        "probabilities": torch.sigmoid(output.graph_logits.float()).cpu().numpy().astype(np.float32),
+        "probabilities": torch.sigmoid(model.image_logits(output).float()).cpu().numpy().astype(np.float32),
         "region_probabilities": None,
         "region_embeddings": None,
         "binary_codes": None,

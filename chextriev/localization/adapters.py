@@ -1,8 +1,10 @@
-"""Split a model into ``features(images) -> feature map`` and ``head(feature map) -> graph
+"""Split a model into ``features(images) -> feature map`` and ``head(feature map) -> image
 logits`` for class-activation maps.
 
 * graph variants V0..V6 and AnaXNet in ``roi`` mode: the backbone feature map of the whole
-  image; the head is RoIAlign of the region boxes, projection, graph and heads;
+  image; the head is RoIAlign of the region boxes, projection, graph and heads, read out
+  through ``model.image_logits`` (the node head's regions for anatomy-supervised V0-anatomy
+  and V4, whose graph head never trains);
 * the global ResNet baselines: the backbone feature map; the head is average pooling, the
   optional projection and the LayerNorm + Linear classifier;
 * ATH: its CNN's feature map; the head is its attention pooling, code and classifier.
@@ -32,7 +34,7 @@ class CamPipeline:
 
     Attributes:
         features: ``(1, 1, S, S)`` image in [0, 1] -> feature map ``(1, K, h, w)``.
-        head: feature map ``(1, K, h, w)`` -> graph logits ``(1, C)``.
+        head: feature map ``(1, K, h, w)`` -> image logits ``(1, C)``.
         image_size: ``S``, the square model input.
         class_names: the ``C`` finding names.
         linear_weights: ``(C, K)`` when ``head`` is exactly a linear classifier on the
@@ -61,7 +63,7 @@ def _region_pipeline(model: nn.Module, boxes: torch.Tensor | None) -> CamPipelin
 
     def head(feature_map: torch.Tensor) -> torch.Tensor:
         pooled = model.regions.pool_regions(feature_map, boxes)
-        return model.forward_features(pooled, mask).graph_logits
+        return model.image_logits(model.forward_features(pooled, mask))
 
     return CamPipeline(model.regions.feature_map, head, config.image_size, tuple(config.class_names))
 
@@ -101,5 +103,5 @@ def cam_pipeline(model: nn.Module, boxes: torch.Tensor | None = None) -> CamPipe
         return _ath_pipeline(model)
     raise CamUnsupportedError(
         f"no heatmap adapter for {type(model).__name__} (kind {kind!r}); pass a CamPipeline "
-        "(features: image -> feature map, head: feature map -> graph logits) instead"
+        "(features: image -> feature map, head: feature map -> image logits) instead"
     )

@@ -7,7 +7,9 @@ Every model (``build_model`` result) is a :class:`RetrievalModel`:
 * ``forward_features(features, mask (B,18) bool) -> ModelOutput``;
 * ``forward(images, boxes) -> ModelOutput`` = both;
 * ``loss(output, labels (B,C), region_labels (B,18,C)) -> scalar`` (NaN targets ignored);
-* ``retrieval_embedding(output) -> (B, D)`` L2-normalised: the one embedding used everywhere.
+* ``retrieval_embedding(output) -> (B, D)`` L2-normalised: the one embedding used everywhere;
+* ``image_logits(output) -> (B, C)``: the image-level finding logits (graph head, or the node
+  head's regions for anatomy-supervised models).
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ class RetrievalModel(nn.Module):
     def retrieval_embedding(self, output: ModelOutput) -> torch.Tensor:
         """``(B, D)`` L2-normalised embedding (cosine similarity = inner product)."""
         return F.normalize(output.embedding.float(), dim=-1)
+
+    def image_logits(self, output: ModelOutput) -> torch.Tensor:
+        """``(B, C)`` image-level finding logits: what classifies the image everywhere
+        (validation, evaluation, indexing, queries, heatmaps).
+
+        The graph head's logits, except for anatomy-supervised models (``graph_importance``
+        0: V0-anatomy, V4), whose graph head receives no gradient and stays at its random
+        initialisation. There the image logit of finding ``c`` is the largest node logit of
+        ``c`` over the present regions: an image holds a finding when any region does (SPEC:
+        image label = OR over regions), and sigmoid is monotonic, so this is the largest
+        region probability.
+        """
+        if self.config.graph_importance > 0 or output.node_logits is None or output.mask is None:
+            return output.graph_logits
+        present = output.mask.unsqueeze(-1)
+        logits = output.node_logits.masked_fill(~present, torch.finfo(output.node_logits.dtype).min)
+        return logits.max(dim=1).values
 
     @property
     def embedding_dim(self) -> int:

@@ -83,3 +83,64 @@ def test_model_feature_standardisation_is_used_and_saved(tiny_batch):
     model.regions.set_feature_stats(torch.full((512,), 0.5), torch.full((512,), 2.0))
     assert not torch.allclose(before, _signature(model, tiny_batch))
     assert float(model.state_dict()["regions.feature_scale"][0]) == 2.0
+
+
+@pytest.mark.parametrize("name", ["v0-anatomy", "v4"])
+def test_model_anatomy_variants_classify_images_from_regions(name, tiny_batch):
+    """gi=0 trains only the node head: the image logit is the largest present-region logit."""
+    images, boxes, _, _ = tiny_batch
+    model = build_model(name, **TINY).eval()
+    with torch.no_grad():
+        output = model(images, boxes)
+        logits = model.image_logits(output)
+        output.node_logits[0, 3] = 1e4  # region 3 of image 0 is missing: must not count
+        masked = model.image_logits(output)
+    expected = output.node_logits.clone()
+    expected[0, 3] = float("-inf")
+    assert torch.equal(masked, expected.max(dim=1).values)
+    assert not torch.allclose(logits, output.graph_logits)
+    assert torch.allclose(masked[1:], logits[1:])
+
+
+@pytest.mark.parametrize("name", ["v0-image", "v6", "resnet50", "ath", "anaxnet"])
+def test_model_image_supervised_variants_classify_with_graph_head(name, tiny_batch):
+    images, boxes, _, _ = tiny_batch
+    model = build_model(name, **TINY).eval()
+    with torch.no_grad():
+        output = model(images, boxes)
+    assert torch.equal(model.image_logits(output), output.graph_logits)
+
+
+def test_model_ath_triplet_loss_is_batch_all_hand_case():
+    from chextriev.model.baselines import triplet_loss
+
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # 0, 1, 2 share a finding
+    codes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # cosine distances: d01 = 0, d02 = d03 = d12 = d13 = 1, d23 = 0. Triplets (a, p, n), margin .5:
+    # (0,1,3) 0 - 1 + .5 < 0; (0,2,3) .5; (1,0,3) < 0; (1,2,3) .5; (2,0,3) 1.5; (2,1,3) 1.5; 3 has no positive.
+    # Batch-all: mean of the positive terms = (.5 + .5 + 1.5 + 1.5) / 4 = 1.0 (batch-hard would give .833).
+    assert float(triplet_loss(codes, labels, margin=0.5)) == pytest.approx(1.0)
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    codes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # every triplet satisfied: nothing to learn
+    assert float(triplet_loss(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]]), labels, margin=0.5)) == 0.0
+    # a NaN label row is skipped, leaving too few rows for a triplet
+    unknown = labels.clone()
+    unknown[2, 0] = float("nan")
+    assert float(triplet_loss(codes, unknown, margin=0.5)) == 0.0
+
+
+def test_model_ath_triplet_loss_pushes_collapsed_codes_apart():
+    """Near-identical codes of two label groups are pushed apart (the loss falls from the margin)."""
+    from chextriev.model.baselines import triplet_loss
+
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    codes = (torch.ones(4, 3) + 1e-3 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    optimizer = torch.optim.SGD([codes], lr=0.5)
+    before = float(triplet_loss(codes, labels, margin=0.5))
+    for _ in range(50):
+        loss = triplet_loss(codes, labels, margin=0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(triplet_loss(codes, labels, margin=0.5)) < before - 0.2
