@@ -40,7 +40,7 @@ if [[ -z "${CHEXTRIEV:-}" ]]; then
 fi
 RUN_DIR="${RUN_DIR:-runs/$DATASET/$VARIANT}"
 RESULTS="${RESULTS:-results/$DATASET}"
-SYNTH_PATIENTS="${SYNTH_PATIENTS:-200}"
+SYNTH_PATIENTS="${SYNTH_PATIENTS:-600}"
 EXTRA_ARGS=("$@")
 
 ensure_synthetic() {

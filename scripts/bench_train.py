@@ -8,6 +8,10 @@ One training step = backbone features (frozen, no cache: what a first epoch or
 ``--train-backbone`` costs) + projection + V6 transformer + heads + backward + Adam step,
 at the published width (1024). Random images with the anatomical template boxes. The two modes
 alternate step by step so that machine load affects both alike; reports the ratio.
+
+A third row times the step on cached backbone features (``forward_features`` + backward +
+Adam): what every later epoch costs with a frozen backbone and the feature cache, the same for
+both modes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--append", default=None, help="append a markdown section to this file")
+    parser.add_argument("--machine", default="shared with other jobs while measured",
+                        help="how loaded the machine was, for the report line")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     size = args.image_size
@@ -44,15 +50,21 @@ def main(argv: list[str] | None = None) -> int:
                                    feature_mode=mode).train()
         optimizers[mode] = torch.optim.Adam([p for p in models[mode].parameters() if p.requires_grad], lr=1e-4)
 
+    with torch.no_grad():
+        cached = models["roi"].extract(images, boxes)  # what the feature cache holds
+    mask = ~torch.isnan(boxes).any(dim=-1)
+
     def step(mode: str) -> float:
         start = time.perf_counter()
-        model, optimizer = models[mode], optimizers[mode]
-        loss = model.loss(model(images, boxes), labels, region_labels)
+        model, optimizer = models["roi" if mode == "cached" else mode], optimizers["roi" if mode == "cached" else mode]
+        output = model.forward_features(cached, mask) if mode == "cached" else model(images, boxes)
+        loss = model.loss(output, labels, region_labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return time.perf_counter() - start
 
+    times["cached"] = []
     for mode in times:  # warm-up
         step(mode)
     for _ in range(args.steps):
@@ -64,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         (f"Command: `.venv/bin/python scripts/bench_train.py --backbone {args.backbone} --batch {args.batch} "
         f"--steps {args.steps} --image-size {size} --crop-size {args.crop_size}`"),
-        (f"Machine: 2-core CPU, 24 GiB, no GPU (shared with other jobs while measured; modes alternated "
-        f"step by step); torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}."),
+        (f"Machine: 2-core CPU, 24 GiB, no GPU ({args.machine}; modes alternated step by step); "
+         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}."),
         f"Step = frozen {args.backbone} features (no cache) + projection + V6 (width 1024) + heads + backward + Adam.",
         "",
         f"| mode | images/s | s/step (batch {args.batch}) |",
         "|---|---|---|",
     ]
-    what = {"roi": f"one {size} px pass + RoIAlign", "crop": f"18 crops of {args.crop_size} px"}
+    what = {"roi": f"one {size} px pass + RoIAlign", "crop": f"18 crops of {args.crop_size} px",
+            "cached": "cached backbone features, either mode"}
     for mode, seconds in times.items():
         lines.append(f"| {mode} ({what[mode]}) | {rate[mode]:.3f} | {sum(seconds) / len(seconds):.2f} |")
     lines += ["", f"roi / crop throughput ratio: **{rate['roi'] / rate['crop']:.1f}x**", ""]

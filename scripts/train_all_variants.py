@@ -1,15 +1,27 @@
 #!/usr/bin/env python
-"""Train every variant and baseline on one archive and write one results table.
+"""Train every variant and baseline on one archive, over one or more seeds; one results table.
 
     .venv/bin/python scripts/train_all_variants.py --data ARCHIVE --out RESULTS_DIR \
-        [--preset synthetic-small] [--variants v6,resnet50] [--max-epochs N] [--cache-dir DIR]
+        [--preset synthetic-small] [--variants v6,resnet50] [--seeds 0,1,2] [--max-epochs N] \
+        [--cache-dir DIR] [--fresh]
 
-For each variant: ``chextriev.training.fit.train_records`` (best checkpoint on validation
-mAP@10), then the test split (held-out patients) is embedded with THE embedding function
-(``chextriev.embedding.embed_images`` on ``load_checkpoint(best.ckpt)``) and scored with
-``metrics``: mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False, class average) and mean
-AUROC of the image-level probabilities. An ``untrained`` row embeds with a V6 model at its
-initialisation (same frozen backbone). Writes ``RESULTS_DIR/results.md`` and ``results.json``.
+For each seed and variant: ``chextriev.training.fit.train_records`` (best checkpoint on
+validation mAP@10), then the test split (held-out patients) is embedded with THE embedding
+function (``chextriev.embedding.embed_images`` on ``load_checkpoint(best.ckpt)``) and scored
+with ``metrics``: mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False, class average) and mean
+AUROC of the image-level probabilities. An ``untrained`` row per seed embeds with a V6 model
+at that seed's initialisation (same frozen backbone, same fitted feature standardisation).
+
+The seed sets the model initialisation and the batch order; the patients of each split are the
+same for every seed (the archive's split column, else one hash of the patient id), so every
+seed is scored on the same test images. The table
+shows the mean over seeds and, per variant, its mAP@10 minus the same seed's untrained
+mAP@10: mean, standard deviation and the smallest margin over seeds.
+
+Writes ``RESULTS_DIR/results.md`` and ``results.json`` (every seed's rows; rewritten after each
+variant, so a killed run keeps what it finished). A rerun with the same ``--out`` reuses the
+rows already in ``results.json`` for the same preset, archive and epoch limit (``--fresh``
+retrains everything).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +71,7 @@ def untrained_model(records, preset: str, seed: int, cache: Path) -> LoadedModel
     """V6 at its initialisation, with the same (fitted, not learned) feature standardisation."""
     from chextriev.anatomy.atlas import Atlas
 
-    splits = split_records(records, seed=seed)
+    splits = split_records(records)
     atlas = Atlas.fit(splits["train"])
     config = resolve_config("v6", get_preset(preset).model, records[0].class_names,
                             cooccurrence_adjacency(r.region_labels for r in splits["train"]))
@@ -68,17 +81,73 @@ def untrained_model(records, preset: str, seed: int, cache: Path) -> LoadedModel
     return LoadedModel.from_model(model, atlas=atlas, variant="untrained")
 
 
-def markdown(rows: dict[str, dict], meta: dict) -> str:
-    header = ["model"] + [f"k={k} mAP/mHR/mRR" for k in KS] + ["AUROC", "train s"]
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def summarise(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Rows of every seed -> per model: the mean of each metric over seeds, ``seeds`` (count),
+    and ``margin`` (mean, sd, min over seeds of mAP@10 minus that seed's untrained mAP@10)."""
+    names = {name for rows in per_seed.values() for name in rows}
+    summary: dict[str, dict] = {}
+    for name in names:
+        seeds = [seed for seed, rows in per_seed.items() if name in rows]
+        rows = [per_seed[seed][name] for seed in seeds]
+        entry: dict = {"seeds": len(rows)}
+        for metric in rows[0]:
+            values = [r[metric] for r in rows if r.get(metric) is not None]
+            entry[metric] = _mean_sd(values)[0] if values else None
+        margins = [per_seed[s][name]["mAP@10"] - per_seed[s]["untrained"]["mAP@10"]
+                   for s in seeds if "untrained" in per_seed[s]]
+        if margins and name != "untrained":
+            mean, sd = _mean_sd(margins)
+            entry["margin"] = {"mean": mean, "sd": sd, "min": float(min(margins))}
+        summary[name] = entry
+    return summary
+
+
+def markdown(summary: dict[str, dict], meta: dict) -> str:
+    header = ["model"] + [f"k={k} mAP/mHR/mRR" for k in KS] + ["AUROC", "mAP@10 - untrained: mean ± sd (min)",
+                                                              "train s"]
+    seeds = ", ".join(str(s) for s in meta["seeds"])
     lines = [(f"Test split (held-out patients): {meta['test_images']} images; preset `{meta['preset']}`; "
-             f"archive `{meta['data']}`; class average, skip=False."), "",
+              f"archive `{meta['data']}`; class average, skip=False; mean over seeds {seeds}."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in [n for n in ORDER if n in rows] + [n for n in rows if n not in ORDER]:
-        r = rows[name]
+    for name in [n for n in ORDER if n in summary] + sorted(n for n in summary if n not in ORDER):
+        r = summary[name]
         cells = [f"{r[f'mAP@{k}']:.3f}/{r[f'mHR@{k}']:.3f}/{r[f'mRR@{k}']:.3f}" for k in KS]
-        auroc = "n/a" if r["AUROC"] is None else f"{r['AUROC']:.3f}"
-        lines.append("| " + " | ".join([name, *cells, auroc, f"{r.get('train_seconds', 0):.0f}"]) + " |")
+        auroc = "n/a" if r.get("AUROC") is None else f"{r['AUROC']:.3f}"
+        margin = r.get("margin")
+        margin_cell = "-" if margin is None else f"{margin['mean']:+.3f} ± {margin['sd']:.3f} ({margin['min']:+.3f})"
+        lines.append("| " + " | ".join([name, *cells, auroc, margin_cell, f"{r.get('train_seconds') or 0:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _previous_rows(path: Path, meta: dict) -> dict[str, dict[str, dict]]:
+    """Rows of an earlier run with the same preset, archive and epoch limit, keyed by seed."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s is unreadable: starting afresh", path)
+        return {}
+    same = {key: saved.get("meta", {}).get(key) for key in ("preset", "data", "max_epochs")}
+    if same != {key: meta[key] for key in same}:
+        log.info("%s is from another preset, archive or epoch limit: not reused", path)
+        return {}
+    return {str(seed): rows for seed, rows in saved.get("per_seed", {}).items()}
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct integers, got {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(v for v in ORDER if v != "untrained"))
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--fresh", action="store_true", help="retrain rows already in RESULTS_DIR/results.json")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (1 is much faster on a CPU shared with other jobs)")
     args = parser.parse_args(argv)
@@ -100,24 +170,49 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
-    records = load_records(args.data)
-    test = split_records(records, seed=args.seed)["test"]
+    # One patient-disjoint split for every seed: the archive's own split column, else a hash of
+    # the patient id, written into the records so that train_records(seed=...) keeps it.
+    records = [replace(record, split=name) for name, items in split_records(load_records(args.data)).items()
+               for record in items]
+    test = [record for record in records if record.split == "test"]
+    if len(test) <= max(KS):
+        parser.error(f"{args.data} has {len(test)} test images: scoring at k={max(KS)} needs more than {max(KS)}")
     images = [load_image(r.source) for r in test]
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.out / "feature-cache"
-    rows: dict[str, dict] = {"untrained": evaluate(untrained_model(records, args.preset, args.seed, cache), test, images)}
-    for name in variants:
-        start = time.perf_counter()
-        result = train_records(records, args.out / name, variant=name, preset=args.preset, max_epochs=args.max_epochs,
-                               seed=args.seed, cache_dir=cache, progress=False)
-        seconds = time.perf_counter() - start
-        rows[name] = {**evaluate(load_checkpoint(result.best), test, images), "train_seconds": seconds,
-                      "val_mAP@10": result.best_score}
-        log.info("%s: test mAP@10 %.3f, AUROC %s (%.0f s)", name, rows[name]["mAP@10"], rows[name]["AUROC"], seconds)
-        (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
-    meta = {"preset": args.preset, "data": str(args.data), "test_images": len(test), "seed": args.seed}
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    table = markdown(rows, meta)
+    meta = {"preset": args.preset, "data": str(args.data.resolve()), "max_epochs": args.max_epochs,
+            "test_images": len(test), "seeds": args.seeds}
+    results = args.out / "results.json"
+    previous = {} if args.fresh else _previous_rows(results, meta)
+    per_seed: dict[str, dict[str, dict]] = {}
+
+    def save() -> None:
+        results.write_text(json.dumps({"meta": meta, "per_seed": per_seed, "summary": summarise(per_seed)},
+                                      indent=2))
+
+    for seed in args.seeds:
+        key = str(seed)
+        done = previous.get(key, {})
+        rows = per_seed.setdefault(key, {})
+        run_dir = args.out if len(args.seeds) == 1 and seed == 0 else args.out / f"seed{seed}"
+        for name in ["untrained", *variants]:
+            if name in done:
+                rows[name] = done[name]
+                log.info("seed %d %s: reusing the row in %s", seed, name, results)
+                continue
+            start = time.perf_counter()
+            if name == "untrained":
+                rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test, images)
+            else:
+                result = train_records(records, run_dir / name, variant=name, preset=args.preset,
+                                       max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False)
+                rows[name] = {**evaluate(load_checkpoint(result.best), test, images),
+                              "train_seconds": time.perf_counter() - start, "val_mAP@10": result.best_score}
+            log.info("seed %d %s: test mAP@10 %.3f, AUROC %s (%.0f s)", seed, name, rows[name]["mAP@10"],
+                     rows[name]["AUROC"], time.perf_counter() - start)
+            save()
+    save()
+    table = markdown(summarise(per_seed), meta)
     (args.out / "results.md").write_text(table)
     print(table)
     return 0

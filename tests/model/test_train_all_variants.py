@@ -1,0 +1,70 @@
+"""scripts/train_all_variants.py: per-seed rows -> means and paired margins; a tiny run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_all_variants.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_all_variants", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(map10: float, auroc: float | None = 0.5) -> dict:
+    row = {f"{m}@{k}": map10 for k in (3, 5, 10) for m in ("mAP", "mHR", "mRR")}
+    row["AUROC"] = auroc
+    return row
+
+
+def test_train_all_variants_summary_is_mean_and_paired_margin(script):
+    per_seed = {"0": {"untrained": _row(0.30), "v6": _row(0.50, 0.8)},
+                "1": {"untrained": _row(0.34), "v6": _row(0.44, 0.6)},
+                "2": {"untrained": _row(0.32), "v6": _row(0.47, None)}}
+    summary = script.summarise(per_seed)
+    assert summary["v6"]["seeds"] == 3
+    assert summary["v6"]["mAP@10"] == pytest.approx((0.50 + 0.44 + 0.47) / 3)
+    assert summary["v6"]["AUROC"] == pytest.approx(0.7)  # seeds without an AUROC are left out
+    margins = [0.20, 0.10, 0.15]  # each seed against its own untrained row
+    assert summary["v6"]["margin"]["mean"] == pytest.approx(0.15)
+    assert summary["v6"]["margin"]["sd"] == pytest.approx(0.05)  # sample sd of .20, .10, .15
+    assert summary["v6"]["margin"]["min"] == pytest.approx(min(margins))
+    assert "margin" not in summary["untrained"]
+    table = script.markdown(summary, {"test_images": 9, "preset": "tiny", "data": "x", "seeds": [0, 1, 2]})
+    assert "| v6 | 0.470/0.470/0.470 |" in table and "+0.150 ± 0.050 (+0.100)" in table
+
+
+def test_train_all_variants_rejects_bad_seeds(script):
+    with pytest.raises(Exception, match="distinct"):
+        script._seeds("1,1")
+    with pytest.raises(Exception, match="integers"):
+        script._seeds("a,b")
+
+
+@pytest.mark.slow
+def test_train_all_variants_tiny_run_and_resume(script, tmp_path, caplog):
+    from chextriev.synth.writer import SynthConfig, write_archive
+
+    archive = tmp_path / "archive"
+    write_archive(SynthConfig(out=archive, patients=60, seed=1, size=64, dicom_share=0.0), progress=False)
+    out = tmp_path / "all"
+    argv = ["--data", str(archive), "--out", str(out), "--preset", "tiny", "--variants", "v0-image",
+            "--seeds", "0,1", "--max-epochs", "1", "--threads", "1"]
+    assert script.main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["per_seed"]) == {"0", "1"}
+    assert set(saved["per_seed"]["0"]) == {"untrained", "v0-image"}
+    assert (out / "seed0" / "v0-image" / "best.ckpt").is_file() and (out / "seed1" / "v0-image" / "best.ckpt").is_file()
+    assert "v0-image" in (out / "results.md").read_text()
+    caplog.set_level("INFO")
+    assert script.main(argv) == 0  # everything reused: nothing retrained
+    assert sum("reusing the row" in r.getMessage() for r in caplog.records) == 4
+    assert json.loads((out / "results.json").read_text())["per_seed"] == saved["per_seed"]
