@@ -3,7 +3,8 @@
 * ``tiny`` — tests: ResNet18, 64 px, width 64, 2 heads, 2 epochs, batch 8 (seconds on CPU).
 * ``synthetic-small`` — the synthetic archive on CPU: ResNet18 (random, frozen, features
   cached), 256 px, ``roi`` features, transformer width 256 / 4 heads / ff 512 (smaller than
-  the published 1024/8/4096 so that ~1,000 images train in minutes on 2 cores), batch 32,
+  the published 1024/8/4096 so that ~1,000 images train in minutes on 2 cores), ATH's CNN
+  16/32/64/128/256 channels (half the default widths, same five stages), batch 32,
   lr 1e-3, up to 20 epochs, early stop after 5 epochs without a better validation mAP@10.
 * ``mimic`` — the published setting: ResNet50 frozen, ``crop`` features (224 crops), width
   1024, Adam lr 1e-4, batch 16 x gradient accumulation 8, ReduceLROnPlateau on validation
@@ -41,7 +42,7 @@ PRESETS: dict[str, Preset] = {
     "synthetic-small": Preset(
         "synthetic-small",
         model={"backbone": "resnet18", "image_size": 256, "feature_mode": "roi", "width": 256, "heads": 4,
-               "ff_width": 512, "gcn_hidden": 512, "ath_channels": (16, 32, 64, 128)},
+               "ff_width": 512, "gcn_hidden": 512, "ath_channels": (16, 32, 64, 128, 256)},
         lr=1e-3, batch_size=32, max_epochs=20, patience=5,
     ),
     "mimic": Preset(
