@@ -96,7 +96,9 @@ SCHEMAS: dict[str, Any] = {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
         "error": {"type": "string"}, "index_size": {"type": "integer"}, "index_build_id": {"type": "string"},
         "checkpoint_id": {"type": "string"}, "class_names": {"type": "array", "items": {"type": "string"}},
-        "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"}}},
+        "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
+        "load_seconds": {"type": "number"},
+        "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 
 

@@ -143,7 +143,8 @@ class SearchService:
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""
-        info: dict[str, Any] = {"ready": self.ready, "state": self.state}
+        # worker_pid: which process answered (``--workers N`` forks N that share one socket)
+        info: dict[str, Any] = {"ready": self.ready, "state": self.state, "worker_pid": os.getpid()}
         if self.error:
             info["error"] = self.error
         if self.ready:

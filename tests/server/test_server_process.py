@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -52,6 +53,16 @@ def test_refuses_non_loopback_without_token(tiny_index, free_port):
 @pytest.mark.slow
 def test_forked_workers_each_load_and_serve(serve_process, free_port):
     base, process = serve_process(free_port, "--workers", "2", "--threads", "2")
+    # serve_process returns once one worker is ready; the other may still be loading (503 with
+    # Retry-After, as it should): wait until both have answered ready
+    ready_workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(ready_workers) < 2 and time.monotonic() < deadline:
+        response = requests.get(f"{base}/api/v1/readyz", timeout=10)
+        if response.status_code == 200:
+            ready_workers.add(response.json()["worker_pid"])
+        time.sleep(0.05)
+    assert len(ready_workers) == 2, f"ready workers after 120 s: {ready_workers}"
     statuses = {requests.post(f"{base}/api/v1/search/by-id/1", data={"k": "2"}, timeout=60).status_code
                 for _ in range(6)}
     assert statuses == {200}
