@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def step(mode: str) -> float:
         start = time.perf_counter()
-        model, optimizer = models["roi" if mode == "cached" else mode], optimizers["roi" if mode == "cached" else mode]
+        trained = "roi" if mode == "cached" else mode  # the cached step trains the roi model
+        model, optimizer = models[trained], optimizers[trained]
         output = model.forward_features(cached, mask) if mode == "cached" else model(images, boxes)
         loss = model.loss(output, labels, region_labels)
         optimizer.zero_grad()

@@ -18,8 +18,9 @@ seed is scored on the same test images. The table
 shows the mean over seeds and, per variant, its mAP@10 minus the same seed's untrained
 mAP@10: mean, standard deviation and the smallest margin over seeds.
 
-Writes ``RESULTS_DIR/results.md`` and ``results.json`` (every seed's rows; rewritten after each
-variant, so a killed run keeps what it finished). A rerun with the same ``--out`` reuses the
+Checkpoints go to ``RESULTS_DIR/seed<S>/<variant>/``. Writes ``RESULTS_DIR/results.md`` and
+``results.json`` (every seed's rows; rewritten after each variant, so a killed run keeps what it
+finished). A rerun with the same ``--out`` reuses the
 rows already in ``results.json`` for the same preset, archive and epoch limit (``--fresh``
 retrains everything).
 """
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         key = str(seed)
         done = previous.get(key, {})
         rows = per_seed.setdefault(key, {})
-        run_dir = args.out if len(args.seeds) == 1 and seed == 0 else args.out / f"seed{seed}"
+        run_dir = args.out / f"seed{seed}"
         for name in ["untrained", *variants]:
             if name in done:
                 rows[name] = done[name]
