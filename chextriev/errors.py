@@ -31,3 +31,22 @@ class ImageReadError(ChextrievError):
 
 class DataFormatError(ChextrievError):
     """A metadata file (CSV, scene graph JSON, manifest) that does not follow its format."""
+
+
+class SourceError(ChextrievError):
+    """A record source (an archive folder, a DICOMweb service) that cannot be read as a whole:
+    the message names it (never with credentials) and says what to do."""
+
+
+class SourceUnavailableError(SourceError):
+    """The source cannot be reached now (connection refused, timeout, 502/503/504): nothing is
+    wrong with the records; rerun when it is back."""
+
+
+class SourceAuthError(SourceError):
+    """The source refused the credentials (HTTP 401 or 403)."""
+
+
+class InstanceFetchError(ImageReadError):
+    """One record's bytes could not be fetched (e.g. HTTP 404 or 500 for one DICOMweb
+    instance); the others can still be read."""

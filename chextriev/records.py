@@ -9,11 +9,20 @@ Conventions shared by the whole project:
   in :data:`chextriev.vocab.REGIONS` order; a missing region is a row of NaN (masked, never
   dropped);
 * labels are 0/1 float32 arrays over ``class_names``: image-level ``(C,)`` and region-level
-  ``(18, C)``; ``None`` means unknown (an unlabelled archive image), not normal.
+  ``(18, C)``; ``None`` means unknown (an unlabelled archive image), not normal;
+* every record has a ``key``, its stable identity in an indexing ledger: the resolved absolute
+  path for files, ``dicomweb:<service root>/studies/<S>/series/<E>/instances/<I>`` for a
+  DICOMweb instance (never with credentials); and a ``version`` for change detection:
+  ``"<size>:<mtime_ns>"`` for files, ``None`` for immutable sources (a DICOMweb instance is
+  immutable by its SOPInstanceUID).
+
+Records are plain picklable data (they cross into decoding worker processes) and never carry
+credentials.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +49,12 @@ class Record:
     origin: str = ""  # which reader and file produced this record
     split: str | None = None  # train / validate / test when the dataset says
     meta: dict[str, Any] = field(default_factory=dict)  # study_date, sex, age, uids, ...
+    key: str = ""  # ledger identity; default: the resolved absolute path of a file source
+    version: str | None = None  # "<size>:<mtime_ns>" for files; None = immutable source
 
     def __post_init__(self) -> None:
+        if not self.key and isinstance(self.source, (str, Path)):
+            self.key = os.path.realpath(self.source)
         if self.labels is not None:
             self.labels = np.asarray(self.labels, dtype=np.float32)
             if self.class_names and self.labels.shape != (len(self.class_names),):

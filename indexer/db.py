@@ -5,12 +5,15 @@ Tables
 ``patients``      one row per (optionally pseudonymised) patient identifier.
 ``studies``       one row per study (StudyInstanceUID or the manifest's study id).
 ``images``        one row per distinct image content (unique ``content_hash``; unique
-                  ``sop_instance_uid`` when DICOM): metadata, predictions, boxes, status
+                  ``sop_instance_uid`` when DICOM; the study, series and SOP instance UIDs
+                  stored as keyed HMACs when the run pseudonymises): metadata, predictions,
+                  boxes, status
                   (``indexed`` / ``skipped`` / ``failed`` / ``removed``), the exact embedding
                   (float32 bytes, ``(D,)``), the region embeddings (float16 bytes, ``(18, R)``)
                   and a small PNG thumbnail. The database is the durable source of truth: the
                   Faiss index is derived from the ``indexed`` rows.
-``sources``       the ledger of discovered files (path, size, mtime, hash) pointing at the image
+``sources``       the ledger of discovered records (``path`` = the record key: a file's path or
+                  ``dicomweb:<root>/studies/..``; size, mtime, hash) pointing at the image
                   row holding their content; duplicates are sources that point at an image whose
                   ``source_path`` is another file. Reruns skip sources whose size and mtime are
                   unchanged.
@@ -94,6 +97,7 @@ class Image(Base):
     format: Mapped[str | None] = mapped_column(String(16))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(128), unique=True)
     study_instance_uid: Mapped[str | None] = mapped_column(String(128))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(128))
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
     view: Mapped[str | None] = mapped_column(String(32), index=True)

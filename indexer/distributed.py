@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.decode import OK, Decoded, decode
-from indexer.discovery import Candidate, discover
+from chextriev.records import Record
+from indexer.decode import OK, Decoded, decode, given_boxes
+from indexer.discovery import discover
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +195,18 @@ def _collate(items):
     return items
 
 
-class _CandidateDataset:
-    """torch Dataset of candidates; ``__getitem__`` decodes in DataLoader workers."""
+class _RecordDataset:
+    """torch Dataset of records; ``__getitem__`` decodes in DataLoader workers."""
 
-    def __init__(self, candidates: Sequence[Candidate], max_side: int):
-        self.candidates = list(candidates)
+    def __init__(self, records: Sequence[Record], max_side: int):
+        self.records = list(records)
         self.max_side = max_side
 
     def __len__(self) -> int:
-        return len(self.candidates)
+        return len(self.records)
 
     def __getitem__(self, i: int) -> Decoded:
-        return decode(self.candidates[i], self.max_side)
+        return decode(self.records[i], self.max_side)
 
 
 def make_predict_module(embedder_factory):
@@ -227,8 +228,9 @@ def make_predict_module(embedder_factory):
                                              if device == "cuda" else "cpu")
 
         def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
-            pixels = [d.pixels for d in batch if d.status == OK and d.pixels is not None]
-            outputs = self.embedder(pixels) if pixels else None
+            ready = [d for d in batch if d.status == OK and d.pixels is not None]
+            outputs = self.embedder([d.pixels for d in ready],
+                                    boxes=[given_boxes(d) for d in ready]) if ready else None
             return batch, outputs
 
     return EmbedPredictModule()
@@ -272,8 +274,8 @@ def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir
         return EmbedderInfo(embedder.checkpoint_id, int(embedder.embedding_dim),
                             tuple(embedder.class_names))
 
-    candidates = discover(source)
-    loader = DataLoader(_CandidateDataset(candidates, max_side), batch_size=batch_size,
+    records = discover(source)
+    loader = DataLoader(_RecordDataset(records, max_side), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=strategy, logger=False, enable_checkpointing=False,

@@ -3,7 +3,10 @@
 :class:`ModelEmbedder` wraps :func:`chextriev.checkpoint.load_checkpoint` and
 :func:`chextriev.embedding.embed_images`. The pipeline accepts any object with the same
 attributes (``checkpoint_id``, ``embedding_dim``, ``class_names``, ``image_size``) and
-``__call__(images) -> EmbeddingBatch``-like result, which is how tests inject a cheap embedder.
+``__call__(images, boxes=None) -> EmbeddingBatch``-like result, which is how tests inject a cheap
+embedder. ``boxes`` are the records' given region boxes (ImaGenome scene graphs, the synthetic
+archive's), per image ``(18, 4)`` in pixels of the image passed, or ``None`` where the box
+provider (detector / atlas) decides.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ class Embedder(Protocol):
     class_names: tuple[str, ...]
     image_size: int
 
-    def __call__(self, images: Sequence[np.ndarray]):
-        """``images``: list of ``(H, W)`` float32 in [0, 1]. Returns an object with
+    def __call__(self, images: Sequence[np.ndarray],
+                 boxes: Sequence[np.ndarray | None] | None = None):
+        """``images``: list of ``(H, W)`` float32 in [0, 1]; ``boxes``: per image ``(18, 4)`` in
+        that image's pixels (``box_sources`` then says ``"given"``) or None. Returns an object with
         ``embeddings (N, D)``, ``probabilities (N, C)``, ``region_probabilities (N, 18, C) | None``,
         ``region_embeddings (N, 18, R) | None``, ``boxes (N, 18, 4)``, ``box_sources`` (N)."""
 
@@ -63,7 +68,10 @@ class ModelEmbedder:
         self.image_size = int(self.loaded.image_size)
         self.batch_size = batch_size
 
-    def __call__(self, images: Sequence[np.ndarray]):
+    def __call__(self, images: Sequence[np.ndarray],
+                 boxes: Sequence[np.ndarray | None] | None = None):
         from chextriev.embedding import embed_images
 
-        return embed_images(self.loaded, list(images), boxes=None, batch_size=self.batch_size)
+        if boxes is not None and all(b is None for b in boxes):
+            boxes = None
+        return embed_images(self.loaded, list(images), boxes=boxes, batch_size=self.batch_size)

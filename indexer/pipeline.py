@@ -1,5 +1,5 @@
-"""Archive -> catalog + index: discovery, decoding workers, batched embedding, one transaction per
-batch, index checkpoints.
+"""Archive -> catalog + index: records from the source (``chextriev.io.sources``, the one reader
+path), decoding workers, batched embedding, one transaction per batch, index checkpoints.
 
 Durability (why kill -9 at any moment is safe):
 
@@ -14,20 +14,28 @@ Durability (why kill -9 at any moment is safe):
 3. every run ends with a sync, so a rerun after a kill (even one with nothing new to index) makes
    the index agree with the database again.
 
-Incremental: files whose size and mtime match the ledger are not read; a changed file is
-re-hashed and, when its content changed, re-indexed (its old image row goes when no other file
-holds that content). Duplicates (same content hash, or same SOPInstanceUID) are indexed once;
-the other files are recorded in the ledger pointing at the indexed image.
+Incremental (:mod:`indexer.discovery`): records whose key and version match the ledger are not
+read (files: size and mtime; DICOMweb instances: the SOPInstanceUID key alone, failed ones are
+tried again); a changed file is re-hashed and, when its content changed, re-indexed (its old
+image row goes when no other file holds that content). Duplicates (same content hash, or same
+SOPInstanceUID) are indexed once; the other records are ledger rows pointing at the indexed image.
+
+Records stream: the source is read while earlier records are decoded, in chunks of
+``_CHUNK`` records, so memory stays flat however large the archive. When the source becomes
+unreachable mid-run (a DICOMweb service going down), what was decoded is committed, the index
+is synced, and :class:`~chextriev.errors.SourceUnavailableError` is raised: the records not
+fetched are not in the ledger, so the next run fetches them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +43,7 @@ import numpy as np
 from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
-from chextriev.errors import ChextrievError
+from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
 from indexer.db import (
     STATUS_FAILED,
     STATUS_INDEXED,
@@ -49,8 +57,17 @@ from indexer.db import (
     make_engine,
     make_sessionmaker,
 )
-from indexer.decode import FAILED, OK, SKIPPED, Decoded, decode_task
-from indexer.discovery import discover
+from indexer.decode import (
+    FAILED,
+    OK,
+    SKIPPED,
+    UNAVAILABLE,
+    Decoded,
+    decode_task,
+    given_boxes,
+    init_worker,
+)
+from indexer.discovery import LedgerEntry, open_archive, pending
 from indexer.sync import sync_index
 
 log = logging.getLogger(__name__)
@@ -86,13 +103,33 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def _decoded_stream(tasks: list, workers: int) -> Iterator[Decoded]:
-    if workers <= 0 or len(tasks) < 2:
-        yield from map(decode_task, tasks)
+#: Records taken from the source at a time (bounds memory on a million-file archive).
+_CHUNK = 512
+
+
+def _decoded_stream(tasks: Iterable, workers: int, connections=()) -> Iterator[Decoded]:
+    tasks = iter(tasks)
+    first = list(itertools.islice(tasks, _CHUNK))
+    if workers <= 0 or len(first) < 2:
+        yield from map(decode_task, itertools.chain(first, tasks))
         return
     context = mp.get_context("spawn")  # no fork after torch threads exist
-    with context.Pool(workers) as pool:
-        yield from pool.imap(decode_task, tasks, chunksize=max(1, min(16, len(tasks) // (workers * 8) or 1)))
+    with context.Pool(workers, initializer=init_worker, initargs=(tuple(connections),)) as pool:
+        chunk = first
+        while chunk:
+            chunksize = max(1, min(16, len(chunk) // (workers * 8) or 1))
+            yield from pool.imap(decode_task, chunk, chunksize=chunksize)
+            chunk = list(itertools.islice(tasks, _CHUNK))
+
+
+def _read_ledger(session) -> dict[str, LedgerEntry]:
+    """``{key: LedgerEntry}`` of every ledger row (the version of a file key is its size:mtime)."""
+    rows = session.execute(
+        select(Source.path, Source.file_size, Source.mtime_ns, Source.content_hash, Image.status)
+        .outerjoin(Image, Image.id == Source.image_pk))
+    return {key: LedgerEntry(f"{size}:{mtime}" if os.path.isabs(key) else None, content_hash,
+                             status == STATUS_FAILED)
+            for key, size, mtime, content_hash, status in rows}
 
 
 class _Writer:
@@ -141,22 +178,23 @@ class _Writer:
             return
         with self.sessions() as session:
             hashes = [d.content_hash for d in items if d.content_hash]
-            uids = [d.meta.get("sop_instance_uid") for d in items if d.meta.get("sop_instance_uid")]
+            uids = [self._key(d.meta.get("sop_instance_uid")) for d in items
+                    if d.meta.get("sop_instance_uid")]
             by_hash = dict(session.execute(
                 select(Image.content_hash, Image.id).where(Image.content_hash.in_(hashes))).all()) if hashes else {}
             by_uid = dict(session.execute(
                 select(Image.sop_instance_uid, Image.id).where(Image.sop_instance_uid.in_(uids))).all()) if uids else {}
             ledger = {s.path: s for s in session.scalars(
-                select(Source).where(Source.path.in_([d.path for d in items])))}
+                select(Source).where(Source.path.in_([d.key for d in items])))}
             # Decide each item: duplicate, content unchanged, or new image row.
             new_rows: list[tuple[Decoded, Image]] = []
             batch_hash: dict[str, Image] = {}
             batch_uid: dict[str, Image] = {}
             targets: list[tuple[Decoded, int | Image | None]] = []
             for d in items:
-                content_hash = d.content_hash or "unreadable:" + d.path
-                uid = d.meta.get("sop_instance_uid")
-                old = ledger.get(d.path)
+                content_hash = d.content_hash or "unreadable:" + d.key
+                uid = self._key(d.meta.get("sop_instance_uid"))
+                old = ledger.get(d.key)
                 if old is not None and old.content_hash == d.content_hash and d.pixels is None \
                         and d.status == OK:
                     targets.append((d, old.image_pk))  # touched, same content
@@ -184,9 +222,9 @@ class _Writer:
             session.flush()
             for d, target in targets:
                 image_pk = target.id if isinstance(target, Image) else target
-                old = ledger.get(d.path)
+                old = ledger.get(d.key)
                 if old is None:
-                    session.add(Source(path=d.path, file_size=d.file_size, mtime_ns=d.mtime_ns,
+                    session.add(Source(path=d.key, file_size=d.file_size, mtime_ns=d.mtime_ns,
                                        content_hash=d.content_hash, image_pk=image_pk))
                     continue
                 previous = old.image_pk
@@ -212,11 +250,11 @@ class _Writer:
             else:
                 self.summary.failed += 1
         image = Image(
-            image_id=meta.get("image_id") or os.path.splitext(os.path.basename(d.path))[0],
-            source_path=d.path, content_hash=content_hash, file_size=d.file_size,
-            mtime_ns=d.mtime_ns, format=d.fmt, sop_instance_uid=meta.get("sop_instance_uid"),
-            study_instance_uid=(meta.get("study_id") if meta.get("sop_instance_uid")
-                                and self.pseudonymiser is None else None),
+            image_id=meta.get("image_id") or os.path.splitext(os.path.basename(d.key))[0],
+            source_path=d.key, content_hash=content_hash, file_size=d.file_size,
+            mtime_ns=d.mtime_ns, format=d.fmt, sop_instance_uid=self._key(meta.get("sop_instance_uid")),
+            study_instance_uid=self._key(meta.get("study_instance_uid")),
+            series_instance_uid=self._key(meta.get("series_instance_uid")),
             patient_id=patient_pk, study_id=self._study(session, meta, patient_pk) if meta else None,
             view=meta.get("view"), study_date=meta.get("study_date"), sex=meta.get("sex"),
             age=meta.get("age"), known_findings=meta.get("known_findings"), status=status,
@@ -228,7 +266,7 @@ class _Writer:
         return image
 
     def _embed(self, rows: list[tuple[Decoded, Image]]) -> None:
-        batch = self.embedder([d.pixels for d, _ in rows])
+        batch = self.embedder([d.pixels for d, _ in rows], boxes=[given_boxes(d) for d, _ in rows])
         for i, (d, image) in enumerate(rows):
             height, width = d.pixels.shape
             scale = np.array([d.original_hw[1] / width, d.original_hw[0] / height] * 2, np.float32)
@@ -263,49 +301,44 @@ class _Writer:
         self.summary.indexed += 1
 
 
-def run_index(source: str | Path, *, embedder, index_dir: str | Path, db_url: str | None = None,
+def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
               workers: int = 0, batch_size: int = 16, index_type: str = "auto",
               device: str = "cpu", pseudonymiser: Pseudonymiser | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
-              nprobe: int = 32, progress: bool = True) -> IndexSummary:
+              nprobe: int = 32, progress: bool = True, source_options: dict | None = None
+              ) -> IndexSummary:
     """Index ``source`` into ``db_url`` + ``index_dir``; see the module docstring.
 
+    ``source``: anything :func:`chextriev.io.sources.open_source` accepts (a folder, a manifest
+    CSV, an image file, an ``http(s)://`` DICOMweb root; ``source_options`` go to it), or a
+    :class:`~chextriev.io.sources.RecordSource`.
     ``embedder``: a :class:`indexer.embedder.ModelEmbedder` (or any object with its interface).
-    ``workers``: decoding processes (0 = decode in this process).
+    ``workers``: decoding (and fetching) processes (0 = in this process).
+
+    Raises:
+        SourceUnavailableError: the source went away mid-run (what was done is kept).
+        SourceError: the source cannot be read at all (unreachable, credentials refused).
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
+    archive = open_archive(source, manifest=manifest, exclude=(index_dir,),
+                           **(source_options or {}))
+    log.info("indexing %s", archive.describe())
     engine = make_engine(db_url or default_db_url(index_dir))
     sessions = make_sessionmaker(engine)
     summary = IndexSummary()
     with sessions() as session:
         others = set(session.scalars(select(Image.checkpoint_id).where(
             Image.status == STATUS_INDEXED, Image.checkpoint_id != embedder.checkpoint_id).distinct()))
-        ledger = {path: (size, mtime, content_hash) for path, size, mtime, content_hash in
-                  session.execute(select(Source.path, Source.file_size, Source.mtime_ns,
-                                         Source.content_hash))}
+        ledger = _read_ledger(session)
     if others:
         raise ChextrievError(
             f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
             f"this run uses {embedder.checkpoint_id}. Index into a new --index-dir/--db.")
-    candidates = discover(source, manifest=manifest, exclude=(index_dir,))
-    summary.discovered = len(candidates)
     max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-    tasks = []
-    for candidate in candidates:
-        known = ledger.get(candidate.path)
-        if known is not None:
-            try:
-                stat = os.stat(candidate.path)
-            except OSError:
-                continue
-            if stat.st_size == known[0] and stat.st_mtime_ns == known[1]:
-                summary.unchanged += 1
-                continue
-        tasks.append((candidate, max_side, known[2] if known else None))
-    log.info("%d file(s) discovered, %d unchanged, %d to process",
-             len(candidates), summary.unchanged, len(tasks))
+    tasks = ((record, max_side, known_hash)
+             for record, known_hash in pending(archive.iter_records(), ledger, summary))
 
     def checkpoint() -> None:
         manifest_ = sync_index(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
@@ -314,26 +347,40 @@ def run_index(source: str | Path, *, embedder, index_dir: str | Path, db_url: st
         summary.index_size, summary.build_id = manifest_.n_vectors, manifest_.build_id
 
     writer = _Writer(sessions, embedder, pseudonymiser, summary)
-    pending: list[Decoded] = []
+    pending_items: list[Decoded] = []
     n_pixels = 0
     batches = 0
-    bar = tqdm(total=len(tasks), unit="img", desc="indexing", disable=not progress, smoothing=0.1)
+    stopped: SourceError | None = None
+    bar = tqdm(unit="img", desc="indexing", disable=not progress, smoothing=0.1)
     try:
-        for decoded in _decoded_stream(tasks, workers):
-            pending.append(decoded)
-            n_pixels += decoded.pixels is not None
-            bar.update(1)
-            if n_pixels >= batch_size or len(pending) >= 8 * batch_size:
-                writer.write(pending)
-                pending, n_pixels = [], 0
-                batches += 1
-                if checkpoint_every and batches % checkpoint_every == 0:
-                    checkpoint()
-                bar.set_postfix(indexed=summary.indexed, failed=summary.failed, refresh=False)
-        writer.write(pending)
+        try:
+            for decoded in _decoded_stream(tasks, workers, archive.connections()):
+                if decoded.status == UNAVAILABLE:
+                    stopped = SourceUnavailableError(decoded.reason or "the source went away")
+                    break
+                pending_items.append(decoded)
+                n_pixels += decoded.pixels is not None
+                bar.update(1)
+                if n_pixels >= batch_size or len(pending_items) >= 8 * batch_size:
+                    writer.write(pending_items)
+                    pending_items, n_pixels = [], 0
+                    batches += 1
+                    if checkpoint_every and batches % checkpoint_every == 0:
+                        checkpoint()
+                    bar.set_postfix(indexed=summary.indexed, failed=summary.failed, refresh=False)
+        except SourceError as error:  # the search itself failed (e.g. a QIDO-RS page)
+            stopped = error
+        writer.write(pending_items)
     finally:
         bar.close()
+    log.info("%d record(s) discovered, %d unchanged", summary.discovered, summary.unchanged)
+    if stopped is not None and not batches and not pending_items and not ledger:
+        engine.dispose()
+        raise stopped  # nothing was ever indexed from it: no index to sync
     checkpoint()
     summary.seconds = time.perf_counter() - started
     engine.dispose()
+    if stopped is not None:
+        raise type(stopped)(f"{stopped} (this run stored {summary.indexed} new image(s) before "
+                            "stopping)")
     return summary

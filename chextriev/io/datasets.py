@@ -1,6 +1,7 @@
 """One entry point: ``load_records(path)`` detects the dataset layout and reads it.
 
-Detection order:
+Detection order (the registry :data:`DATASET_LAYOUTS`; a new reader joins it with
+:func:`register_layout`):
 
 1. synthetic archive: ``manifest.csv`` and ``scene_graph/`` ->
    :func:`chextriev.synth.archive.read_archive`;
@@ -10,17 +11,20 @@ Detection order:
 3. NIH ChestX-ray14: ``Data_Entry_2017*.csv(.gz)`` -> :func:`chextriev.io.nih.read_nih`;
 4. otherwise a plain folder of PNG/JPEG/DICOM (a DICOM tree included), with an optional
    manifest -> :func:`chextriev.io.folder.read_folder`. A ``.csv`` path is read as a manifest.
+
+For indexing, :func:`chextriev.io.sources.open_source` uses the same detection and streams.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chextriev.errors import DataFormatError
+from chextriev.errors import DataFormatError, UnknownNameError
 from chextriev.io.folder import read_dicom_tree, read_folder
 from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.mimic import is_mimic_layout, read_mimic
@@ -29,21 +33,109 @@ from chextriev.records import Record
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("synthetic", "mimic", "nih", "folder", "dicom")
-
 __all__ = [
+    "DATASET_LAYOUTS",
     "LAYOUTS",
+    "DatasetLayout",
     "detect_layout",
+    "layout_names",
     "load_records",
     "read_dicom_tree",
     "read_folder",
     "read_mimic",
     "read_nih",
+    "register_layout",
 ]
 
 
+@dataclass(frozen=True)
+class DatasetLayout:
+    """A dataset layout with its own reader.
+
+    ``detect(folder) -> bool`` must be cheap (a few ``stat`` calls, no walk of the images);
+    ``read(folder, class_list, **options) -> list[Record]``; ``class_list`` is the reader's
+    default when the caller passes ``None`` ("as the dataset says"); ``None`` here means the
+    reader ignores the argument (its archive carries its own class list).
+    """
+
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[..., list[Record]]
+    class_list: str | None = None
+
+
+def _is_synthetic(path: Path) -> bool:
+    return (path / "manifest.csv").is_file() and (path / "scene_graph").is_dir()
+
+
+def _read_synthetic(path: Path, class_list: Any = None, **options: Any) -> list[Record]:
+    from chextriev.synth.archive import read_archive  # written by the synth package
+
+    records = read_archive(path, **_accepted(read_archive, options))
+    if (
+        records
+        and class_list is not None
+        and records[0].class_names
+        and resolve_class_names(class_list) != tuple(records[0].class_names)
+    ):
+        log.warning(
+            "the archive uses its own class list %s; %r ignored", records[0].class_names, class_list
+        )
+    return records
+
+
+def _default_imagenome_dir(root: Path) -> Path | None:
+    for candidate in (root / "scene_graph", root / "silver_dataset" / "scene_graph"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _read_mimic(path: Path, class_list: Any, **options: Any) -> list[Record]:
+    if "imagenome_dir" not in options:
+        options["imagenome_dir"] = _default_imagenome_dir(path)
+    return read_mimic(path, class_list, **options)
+
+
+#: Dataset layouts in detection order; the plain folder is the fallback after all of them.
+DATASET_LAYOUTS: list[DatasetLayout] = [
+    DatasetLayout("synthetic", _is_synthetic, _read_synthetic, None),
+    DatasetLayout("mimic", is_mimic_layout, _read_mimic, "imagenome"),
+    DatasetLayout("nih", is_nih_layout, read_nih, "nih"),
+]
+#: The fallback layouts (plain folder, DICOM-only tree).
+FOLDER_LAYOUTS = ("folder", "dicom")
+LAYOUTS = tuple(layout.name for layout in DATASET_LAYOUTS) + FOLDER_LAYOUTS
+
+
+def register_layout(layout: DatasetLayout, *, before: str | None = None) -> None:
+    """Add a dataset layout to the detection (at the end, or before the layout ``before``)."""
+    global LAYOUTS
+    names = [entry.name for entry in DATASET_LAYOUTS]
+    if layout.name in names or layout.name in FOLDER_LAYOUTS:
+        raise ValueError(f"dataset layout {layout.name!r} is already registered")
+    position = names.index(before) if before in names else len(DATASET_LAYOUTS)
+    DATASET_LAYOUTS.insert(position, layout)
+    LAYOUTS = tuple(entry.name for entry in DATASET_LAYOUTS) + FOLDER_LAYOUTS
+
+
+def layout_names() -> tuple[str, ...]:
+    """Every layout name :func:`load_records` accepts (registered ones included)."""
+    return tuple(entry.name for entry in DATASET_LAYOUTS) + FOLDER_LAYOUTS
+
+
+def dataset_layout(name: str) -> DatasetLayout | None:
+    """The registered dataset layout ``name`` (``None`` for ``folder``/``dicom``)."""
+    for entry in DATASET_LAYOUTS:
+        if entry.name == name:
+            return entry
+    if name in FOLDER_LAYOUTS:
+        return None
+    raise UnknownNameError("dataset layout", name, layout_names())
+
+
 def detect_layout(path: str | Path) -> str:
-    """One of :data:`LAYOUTS` for the folder ``path``.
+    """One of :func:`layout_names` for the folder ``path`` (a file: ``"folder"``).
 
     Raises:
         DataFormatError: ``path`` does not exist.
@@ -53,12 +145,9 @@ def detect_layout(path: str | Path) -> str:
         raise DataFormatError(f"{path} does not exist")
     if path.is_file():
         return "folder"
-    if (path / "manifest.csv").is_file() and (path / "scene_graph").is_dir():
-        return "synthetic"
-    if is_mimic_layout(path):
-        return "mimic"
-    if is_nih_layout(path):
-        return "nih"
+    for entry in DATASET_LAYOUTS:
+        if entry.detect(path):
+            return entry.name
     return "folder"
 
 
@@ -73,16 +162,21 @@ def _accepted(func: Any, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in params}
 
 
-def _default_imagenome_dir(root: Path) -> Path | None:
-    for candidate in (root / "scene_graph", root / "silver_dataset" / "scene_graph"):
-        if candidate.is_dir():
-            return candidate
-    return None
+def read_layout(
+    path: Path, layout: str, class_list: str | Sequence[str] | None, **options: Any
+) -> list[Record]:
+    """Read ``path`` with the registered dataset layout ``layout`` (``None`` class list: its own)."""
+    entry = dataset_layout(layout)
+    if entry is None:
+        raise UnknownNameError("dataset layout", layout, [e.name for e in DATASET_LAYOUTS])
+    if class_list is None:
+        class_list = entry.class_list
+    return entry.read(path, class_list, **options)
 
 
 def load_records(
     path: str | Path,
-    class_list: str | Sequence[str] = "imagenome",
+    class_list: str | Sequence[str] | None = "imagenome",
     *,
     layout: str | None = None,
     **options: Any,
@@ -91,8 +185,9 @@ def load_records(
 
     Args:
         path: the dataset folder (or a manifest CSV).
-        class_list: class-list name (``"imagenome"``, ``"nih"``) or finding names.
-        layout: force one of :data:`LAYOUTS` instead of detecting it.
+        class_list: class-list name (``"imagenome"``, ``"nih"``), finding names, or ``None``
+            (each dataset's own list; a manifest's own columns).
+        layout: force one of :func:`layout_names` instead of detecting it.
         **options: passed to the reader (``imagenome_dir`` for MIMIC, ``only_existing`` for
             NIH, ``manifest``/``include_unlisted`` for folders, ...).
 
@@ -100,35 +195,14 @@ def load_records(
         DataFormatError: missing path, or no images found.
         UnknownNameError: an unknown ``layout`` or class list.
     """
-    from chextriev.errors import UnknownNameError
-
     path = Path(path)
     if layout is None:
         layout = detect_layout(path)
-    elif layout not in LAYOUTS:
-        raise UnknownNameError("dataset layout", layout, LAYOUTS)
+    elif layout not in layout_names():
+        raise UnknownNameError("dataset layout", layout, layout_names())
     log.info("%s: reading as %s", path, layout)
-    if layout == "synthetic":
-        from chextriev.synth.archive import read_archive  # written by the synth package
-
-        records = read_archive(path, **_accepted(read_archive, options))
-        if (
-            records
-            and records[0].class_names
-            and resolve_class_names(class_list) != tuple(records[0].class_names)
-        ):
-            log.warning(
-                "the archive uses its own class list %s; %r ignored",
-                records[0].class_names,
-                class_list,
-            )
-        return records
-    if layout == "mimic":
-        if "imagenome_dir" not in options:
-            options["imagenome_dir"] = _default_imagenome_dir(path)
-        return read_mimic(path, class_list, **options)
-    if layout == "nih":
-        return read_nih(path, class_list, **options)
+    if layout not in FOLDER_LAYOUTS:
+        return read_layout(path, layout, class_list, **options)
     if path.is_file():
         return read_folder(path.parent, class_list, manifest=path, **options)
     if layout == "dicom":

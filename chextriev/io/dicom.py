@@ -139,16 +139,85 @@ def metadata_from_dataset(ds: Any) -> dict[str, Any]:
 
 def parse_dicom_age(value: str | None) -> float | None:
     """A DICOM Age String (``"045Y"``, ``"006M"``, ``"003W"``, ``"010D"``) -> years, or None."""
-    if not value:
-        return None
-    text = str(value).strip().upper()
-    unit = text[-1:] if text[-1:].isalpha() else "Y"
-    number = text[:-1] if text[-1:].isalpha() else text
-    try:
-        n = float(number)
-    except ValueError:
-        return None
-    return n / {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}.get(unit, 1.0)
+    from chextriev.io.fields import normalise_age
+
+    return normalise_age(value)
+
+
+#: Record fields taken from the DICOM tags, and the tag each comes from (tags win over hints).
+TAG_FIELDS: dict[str, str] = {
+    "patient_id": "PatientID",
+    "study_id": "StudyInstanceUID",
+    "view": "ViewPosition",
+}
+#: ``Record.meta`` keys filled from the tags (normalised), and the tag each comes from.
+TAG_META: dict[str, str] = {
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_date": "StudyDate",
+    "sex": "PatientSex",
+    "age": "PatientAge",
+    "modality": "Modality",
+}
+
+
+def normalised_tags(tags: dict[str, Any]) -> dict[str, Any]:
+    """The kept tags (:func:`metadata_from_dataset`, or a QIDO-RS result) as record fields.
+
+    Returns ``{field: value}`` for the present, non-empty ones among :data:`TAG_FIELDS` and
+    :data:`TAG_META`; ``sex`` is ``M``/``F``/``O``, ``age`` is years (float).
+    """
+    from chextriev.io.fields import normalise_age, normalise_sex
+
+    out: dict[str, Any] = {}
+    for name, tag in {**TAG_FIELDS, **TAG_META}.items():
+        value = tags.get(tag)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is None or str(value).strip() == "":
+            continue
+        if name == "sex":
+            value = normalise_sex(value)
+        elif name == "age":
+            value = normalise_age(value)
+        else:
+            value = str(value).strip()
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def merge_tags(record: Any, tags: dict[str, Any]) -> Any:
+    """Merge DICOM tags into a :class:`~chextriev.records.Record` (in place; returns it).
+
+    The rule, the same for every reader: the tags win over manifest hints for the patient,
+    study and view (``patient_id``, ``study_id`` = StudyInstanceUID, ``view`` =
+    ViewPosition) and for ``meta`` ``study_instance_uid``, ``series_instance_uid``,
+    ``sop_instance_uid``, ``study_date``, ``sex``, ``age``, ``modality``; a hint stays where the
+    tag is absent. ``image_id`` becomes the SOPInstanceUID when the reader derived it from the
+    file name (``meta["image_id_source"] == "path"``), never when a manifest or dataset named it. ``image_size`` comes from Rows/Columns.
+    """
+    fields = normalised_tags(tags)
+    for name in TAG_FIELDS:
+        if name in fields:
+            setattr(record, name, fields[name])
+    for name in TAG_META:
+        if name in fields:
+            record.meta[name] = fields[name]
+    sop = fields.get("sop_instance_uid")
+    if sop and record.meta.get("image_id_source") == "path":
+        record.image_id = sop
+        record.meta["image_id_source"] = "dataset"
+    rows, cols = tags.get("Rows"), tags.get("Columns")
+    if rows and cols:
+        try:
+            record.image_size = (int(rows), int(cols))
+        except (TypeError, ValueError):
+            pass
+    if tags.get("TransferSyntaxUID"):
+        record.meta["transfer_syntax"] = str(tags["TransferSyntaxUID"])
+    return record
 
 
 def _dcmread(source: str | Path | bytes, name: str, **kwargs: Any) -> Any:

@@ -121,7 +121,7 @@ def test_plain_folder_and_dicom_tree(tmp_path):
     dcm = recs["dicom"]
     assert dcm.patient_id == "PAT001" and dcm.view == "PA" and dcm.image_size == (4, 4)
     assert (
-        dcm.image_id == dcm.meta["SOPInstanceUID"] and dcm.study_id == dcm.meta["StudyInstanceUID"]
+        dcm.image_id == dcm.meta["sop_instance_uid"] and dcm.study_id == dcm.meta["study_instance_uid"]
     )
     tree = load_records(tmp_path, layout="dicom", progress=False)
     assert [r.meta["format"] for r in tree] == ["dicom"]
