@@ -12,12 +12,13 @@ The display pipeline (DICOM PS3.3 C.11, PS3.4 N.2) applied by :func:`read_dicom`
 5. result ``(H, W)`` float32 in ``[0, 1]``. Colour images become luminance; multi-frame
    objects give their first frame.
 
-Transfer syntaxes: see ``chextriev/io/README.md``. Uncompressed (implicit/explicit little
-endian, explicit big endian), deflated and RLE decode with pydicom alone; JPEG baseline /
-extended and JPEG 2000 decode when Pillow's codecs are present; JPEG lossless, JPEG-LS and
-HTJ2K need a pixel-data plugin (``pylibjpeg`` + ``pylibjpeg-libjpeg`` / ``pylibjpeg-openjpeg``,
-``pyjpegls`` or ``gdcm``). A syntax with no installed decoder raises
-:class:`~chextriev.errors.ImageReadError` naming the syntax and the plugins to install.
+Transfer syntaxes: see ``chextriev/io/README.md``. A default install decodes every syntax a
+chest radiograph comes in, with permissively licensed plugins only: uncompressed, deflated and
+RLE (pydicom, ``pylibjpeg-rle``), JPEG Lossless process 14 and JPEG extended 12-bit
+(``python-gdcm``), JPEG-LS (``pyjpegls``, ``python-gdcm``), JPEG 2000 and HTJ2K
+(``pylibjpeg-openjpeg``, ``python-gdcm``), JPEG baseline (Pillow). An unknown transfer syntax
+UID, or a syntax with no installed decoder, raises :class:`~chextriev.errors.ImageReadError`
+naming the syntax (and, for the latter, the plugins to install).
 """
 
 from __future__ import annotations
@@ -277,7 +278,16 @@ def check_decodable(tsuid: Any, name: str) -> None:
     from pydicom.uid import UID
 
     uid = UID(str(tsuid))
-    if not uid.is_compressed:
+    try:
+        compressed = uid.is_compressed
+    except ValueError:  # not a transfer syntax pydicom knows (private, misspelt, or not one)
+        raise ImageReadError(
+            name,
+            f"unknown transfer syntax UID {str(uid)!r}: not a DICOM transfer syntax this reader "
+            "knows, so the pixel data cannot be decoded (ask the sender to transcode it, e.g. to "
+            "Explicit VR Little Endian or JPEG Lossless)",
+        ) from None
+    if not compressed:
         return
     label = f"{uid.name} ({uid})" if uid.is_valid else repr(str(uid))
     try:
