@@ -3,8 +3,15 @@
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
         [--device auto|cpu|cuda] [--workers N] [--batch-size B]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--pseudonymise]
+    chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
+        [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
+        [--dicomweb-token-file FILE | --dicomweb-user USER --dicomweb-password-file FILE]
+        [--ca-bundle FILE] [--insecure]
     chextriev index verify --index-dir idx [--db URL]      # exit 1 when they disagree
     chextriev index remove --index-dir idx [--db URL] ID [ID ...]
+
+ARCHIVE: a folder (a dataset layout or a plain tree of PNG/JPEG/DICOM), a manifest CSV, an
+image file, or an ``http(s)://`` DICOMweb service root (``chextriev.io.sources.open_source``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ from pathlib import Path
 
 from chextriev.errors import ChextrievError
 from indexer.vector_index import INDEX_TYPES
+
+TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)
+PASSWORD_ENV = "CHEXTRIEV_DICOMWEB_PASSWORD"
+_WEB_FLAGS = ("modality", "study_date", "study_uids_file", "dicomweb_token_file", "dicomweb_user",
+              "dicomweb_password_file", "ca_bundle")
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "index", help="index an archive (DICOM/PNG/JPEG) into SQL + Faiss",
         description="Index an archive; `index verify` and `index remove` maintain it.")
-    parser.add_argument("--source", type=Path, help="archive folder, manifest CSV or image file")
+    parser.add_argument("--source", help="archive folder, manifest CSV, image file, or an "
+                                          "http(s):// DICOMweb service root (a PACS)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="manifest CSV (path, patient_id, study_id, view, sex, age, findings); "
                              "only its files are indexed")
@@ -51,6 +64,23 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="sync the Faiss index every N batches (and at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    web = parser.add_argument_group("DICOMweb source (--source http(s)://...)")
+    web.add_argument("--modality", nargs="+", default=None, metavar="M",
+                     help="modalities searched (default CR DX; 'any' for all)")
+    web.add_argument("--study-date", default=None, metavar="FROM-TO",
+                     help="StudyDate range YYYYMMDD-YYYYMMDD (either end may be left open)")
+    web.add_argument("--study-uids-file", type=Path, default=None,
+                     help="only these studies: a file of StudyInstanceUIDs, one a line")
+    web.add_argument("--dicomweb-token-file", type=Path, default=None,
+                     help=f"bearer token file (else ${TOKEN_ENV})")
+    web.add_argument("--dicomweb-user", default=None, help="basic-auth user")
+    web.add_argument("--dicomweb-password-file", type=Path, default=None,
+                     help=f"basic-auth password file (else ${PASSWORD_ENV})")
+    web.add_argument("--ca-bundle", type=Path, default=None,
+                     help="CA certificates to verify the service's TLS certificate with")
+    web.add_argument("--insecure", action="store_true",
+                     help="do not verify TLS certificates (logs a warning; not for production)")
+    web.add_argument("--page-size", type=int, default=500, help="QIDO-RS results per request")
     parser.set_defaults(func=_index)
     actions = parser.add_subparsers(dest="index_action", metavar="ACTION")
     verify = actions.add_parser("verify", help="check that database and index agree")
@@ -71,8 +101,36 @@ def _sessions(args):
     return make_sessionmaker(make_engine(url))
 
 
+def source_options(args) -> dict:
+    """The DICOMweb options of ``args`` (empty for a local source; DICOMweb flags with a local
+    source are an error)."""
+    from chextriev.io.sources import is_url
+
+    if not is_url(args.source):
+        given = [f"--{name.replace('_', '-')}" for name in _WEB_FLAGS if getattr(args, name)]
+        if given or args.insecure:
+            raise ChextrievError(f"{', '.join(given or ['--insecure'])} only apply to an "
+                                 "http(s):// DICOMweb --source")
+        return {}
+    from chextriev.io.dicomweb import DEFAULT_MODALITIES, credentials_from
+
+    modalities = [m for item in (args.modality or DEFAULT_MODALITIES) for m in item.split(",")]
+    return {
+        "modalities": () if [m.lower() for m in modalities] == ["any"] else tuple(modalities),
+        "study_date": args.study_date,
+        "study_uids": args.study_uids_file,
+        "credentials": credentials_from(token_file=args.dicomweb_token_file,
+                                        user=args.dicomweb_user,
+                                        password_file=args.dicomweb_password_file),
+        "ca_bundle": args.ca_bundle,
+        "insecure": args.insecure,
+        "page_size": args.page_size,
+    }
+
+
 def _index(args) -> int:
     from indexer.db import Pseudonymiser
+    from indexer.discovery import open_archive
     from indexer.embedder import ModelEmbedder, resolve_device
     from indexer.pipeline import run_index
 
@@ -85,10 +143,13 @@ def _index(args) -> int:
     index_dir = args.index_dir or Path("index")
     pseudonymiser = Pseudonymiser.from_env_or_file(args.pseudonym_key_file) \
         if args.pseudonymise else None
+    source = open_archive(args.source, manifest=args.manifest, exclude=(index_dir,),
+                          **source_options(args))
+    source.check()  # an unreachable PACS or refused credentials fail before the model loads
     embedder = ModelEmbedder(args.checkpoint, device=args.device, detector=args.detector,
                              batch_size=args.batch_size)
     summary = run_index(
-        args.source, embedder=embedder, index_dir=index_dir, db_url=args.db,
+        source, embedder=embedder, index_dir=index_dir, db_url=args.db,
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), pseudonymiser=pseudonymiser,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,

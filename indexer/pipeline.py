@@ -252,7 +252,10 @@ class _Writer:
         image = Image(
             image_id=meta.get("image_id") or os.path.splitext(os.path.basename(d.key))[0],
             source_path=d.key, content_hash=content_hash, file_size=d.file_size,
-            mtime_ns=d.mtime_ns, format=d.fmt, sop_instance_uid=self._key(meta.get("sop_instance_uid")),
+            mtime_ns=d.mtime_ns, format=d.fmt,
+            # a failed image is no dedupe target: its instance may still arrive (a retried fetch)
+            sop_instance_uid=self._key(meta.get("sop_instance_uid")) if status != STATUS_FAILED
+            else None,
             study_instance_uid=self._key(meta.get("study_instance_uid")),
             series_instance_uid=self._key(meta.get("series_instance_uid")),
             patient_id=patient_pk, study_id=self._study(session, meta, patient_pk) if meta else None,

@@ -299,15 +299,15 @@ class DicomwebConnection:
                         f"the DICOMweb service {self.root} refused the credentials (HTTP {code} "
                         f"{reason}) for {what}: check the token or the user and password"
                         + ("" if self.credentials else "; none were given")) from None
-                if code in (502, 503, 504) and attempt < self.retries:
-                    attempt += 1
-                    time.sleep(0.25 * attempt)
-                    continue
+                if code in (502, 503, 504):
+                    if attempt < self.retries:
+                        attempt += 1
+                        time.sleep(0.25 * attempt)
+                        continue
+                    raise SourceUnavailableError(
+                        f"the DICOMweb service {self.root} is unavailable (HTTP {code} {reason} "
+                        f"to {what}); rerun when it is back: work done so far is kept") from None
                 if key is None:
-                    if code in (502, 503, 504):
-                        raise SourceUnavailableError(
-                            f"the DICOMweb service {self.root} is unavailable (HTTP {code} "
-                            f"{reason}) for {what}") from None
                     raise SourceError(
                         f"the DICOMweb service {self.root} answered HTTP {code} {reason} to "
                         f"{what}") from None
@@ -385,7 +385,9 @@ class DicomwebSource(RecordSource):
         if insecure:
             log.warning("TLS certificate verification is OFF for %s (--insecure): anyone on the "
                         "network path can read and alter the images", self.root)
-        if credentials is not None and self.root.startswith("http://"):
+        host = urlsplit(self.root).hostname or ""
+        if credentials is not None and self.root.startswith("http://") and host not in (
+                "localhost", "127.0.0.1", "::1"):
             log.warning("credentials are sent unencrypted to %s: use https://", self.root)
         from chextriev.io.sources import register_connections
 
@@ -399,6 +401,11 @@ class DicomwebSource(RecordSource):
 
     def connections(self) -> tuple[DicomwebConnection, ...]:
         return (self.connection,)
+
+    def check(self) -> None:
+        """One QIDO-RS request (``limit=1``): raises SourceUnavailableError / SourceAuthError."""
+        study, filters = next(self._queries())
+        self.connection.search(study_uid=study, filters=filters, limit=1, offset=0)
 
     def _queries(self) -> Iterator[tuple[str | None, dict[str, str]]]:
         for study in self.study_uids or (None,):

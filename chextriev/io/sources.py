@@ -75,6 +75,13 @@ class RecordSource:
         """What a worker process needs to :func:`fetch_bytes` these records (picklable)."""
         return ()
 
+    def check(self) -> None:
+        """Fail fast when the source cannot be read at all (a no-op for local sources).
+
+        Raises:
+            SourceError: e.g. an unreachable DICOMweb service, or refused credentials.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
