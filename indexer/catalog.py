@@ -256,17 +256,18 @@ class Catalog:
         ``known_findings`` ({finding: 0/1} or None), ``probabilities`` ({finding: p}),
         ``region_probabilities`` ((18, C) nested lists), ``boxes`` ((18, 4) nested lists, None
         rows missing), ``box_source``, ``source_path``, ``width``, ``height``, ``status``,
-        ``format``.
+        ``format``, ``study_instance_uid``, ``series_instance_uid``, ``sop_instance_uid``
+        (keyed HMACs when pseudonymised), ``pseudonymised``.
         """
         ids = [int(i) for i in ids]
         with self.sessions() as session:
             rows = session.execute(
-                select(Image, Patient.key, Study.key)
+                select(Image, Patient.key, Study.key, Patient.pseudonymised)
                 .outerjoin(Patient, Patient.id == Image.patient_id)
                 .outerjoin(Study, Study.id == Image.study_id)
                 .where(Image.id.in_(ids))
             ).all()
-        by_id = {image.id: (image, patient, study) for image, patient, study in rows}
+        by_id = {image.id: (image, patient, study, pseudo) for image, patient, study, pseudo in rows}
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise UnknownImageError(missing)
@@ -319,7 +320,8 @@ def _holds(known: dict | None, probs: dict, finding: str) -> bool:
     return float(probs.get(finding, 0.0)) >= 0.5
 
 
-def _image_dict(image: Image, patient_key: str | None, study_key: str | None) -> dict:
+def _image_dict(image: Image, patient_key: str | None, study_key: str | None,
+                pseudonymised: bool | None = None) -> dict:
     return {
         "id": image.id,
         "image_id": image.image_id,
@@ -339,4 +341,9 @@ def _image_dict(image: Image, patient_key: str | None, study_key: str | None) ->
         "height": image.height,
         "status": image.status,
         "format": image.format,
+        # DICOM UIDs as stored (keyed HMACs when the run pseudonymised: then ``pseudonymised``)
+        "study_instance_uid": image.study_instance_uid,
+        "series_instance_uid": image.series_instance_uid,
+        "sop_instance_uid": image.sop_instance_uid,
+        "pseudonymised": bool(pseudonymised),
     }

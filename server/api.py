@@ -93,7 +93,8 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
         results.append(result_tile(
             rank, hit, row, matched_regions=matched, query_findings=predicted,
             thumbnail_url=url_for("api.thumbnail", image_id=int(hit.image_id)),
-            image_url=url_for("api.image", image_id=int(hit.image_id))))
+            image_url=url_for("api.image", image_id=int(hit.image_id)),
+            viewer_template=current_app.config.get("VIEWER_URL")))
     timings["total"] = (time.perf_counter() - started) * 1000
     return {
         "query": {**query_info, "findings": findings, "predicted_findings": sorted(predicted),
@@ -210,7 +211,7 @@ def image(image_id: int):
     svc = service()
     svc.require_ready()
     row = _image_row(image_id)
-    detail = image_detail(row, svc.class_names)
+    detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"))
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     return jsonify(detail)
 

@@ -40,6 +40,11 @@ def register(subparsers) -> None:
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding the bearer token clients must send (required off loopback)")
     parser.add_argument("--max-upload-mb", type=int, default=64, help="upload limit in MiB (default 64)")
+    parser.add_argument("--viewer-url", default=None, metavar="TEMPLATE",
+                        help="PACS viewer link for each result, e.g. "
+                             "'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}' "
+                             "(placeholders {study_uid}, {series_uid}, {instance_uid}; "
+                             "default $CHEXTRIEV_VIEWER_URL)")
     parser.set_defaults(func=serve)
 
 
@@ -67,7 +72,8 @@ def app_config(args: argparse.Namespace) -> dict:
             "DETECTOR": str(args.detector) if args.detector else None, "DEVICE": args.device,
             "TORCH_THREADS": args.torch_threads,
             "HOST": args.host, "AUTH_TOKEN": read_token(args.token_file),
-            "MAX_CONTENT_LENGTH": args.max_upload_mb * 1024 * 1024}
+            "MAX_CONTENT_LENGTH": args.max_upload_mb * 1024 * 1024,
+            **({"VIEWER_URL": args.viewer_url} if args.viewer_url else {})}
 
 
 def _serve_socket(config: dict, sock: socket.socket, threads: int) -> None:

@@ -16,6 +16,9 @@ Keys (``app.config``):
   ``"sync"`` (load before ``create_app`` returns) or ``"manual"`` (the caller calls
   ``app.extensions["chextriev"].load()``, used by tests of the not-ready state).
 * ``SECRET_KEY``: from ``CHEXTRIEV_SECRET_KEY`` or random per process (no fixed default).
+* ``VIEWER_URL``: a PACS viewer URL template with ``{study_uid}``, ``{series_uid}``,
+  ``{instance_uid}`` (``chextriev serve --viewer-url``, ``CHEXTRIEV_VIEWER_URL``); results then
+  carry ``viewer_url`` (see :func:`server.results.viewer_link`). Checked at start-up.
 
 Environment variables ``CHEXTRIEV_<KEY>`` fill any key not given explicitly, so
 ``flask --app server run`` works with ``CHEXTRIEV_CHECKPOINT``, ``CHEXTRIEV_DB_URL``,
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_TOKEN": None,
     "HOST": "127.0.0.1",
     "LOAD": "background",
+    "VIEWER_URL": None,
 }
 INT_KEYS = ("MAX_CONTENT_LENGTH", "MAX_PIXELS")
 LOAD_MODES = ("background", "sync", "manual")
@@ -80,6 +84,8 @@ def resolve_config(config: Mapping[str, Any] | None = None,
         from chextriev.errors import UnknownNameError
 
         raise UnknownNameError("load mode", merged["LOAD"], LOAD_MODES)
+    if merged["VIEWER_URL"]:
+        check_viewer_url(str(merged["VIEWER_URL"]))
     merged.setdefault("SECRET_KEY", environ.get(ENV_PREFIX + "SECRET_KEY") or secrets.token_hex(32))
     check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"])
     return merged
@@ -102,3 +108,18 @@ def check_bind_safety(host: str, token: str | None) -> None:
             f"refusing to serve on {host} without a bearer token: pass --token-file FILE "
             "(or set CHEXTRIEV_AUTH_TOKEN), or bind 127.0.0.1"
         )
+
+
+def check_viewer_url(template: str) -> None:
+    """Refuse a viewer URL template that is not http(s) or uses unknown placeholders."""
+    from server.results import viewer_placeholders
+
+    if not template.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"--viewer-url must be an http(s):// URL template, got {template!r}")
+    try:
+        names = viewer_placeholders(template)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not names:
+        raise ConfigError(f"--viewer-url {template!r} uses none of {{study_uid}}, {{series_uid}}, "
+                          "{instance_uid}: every result would open the same page")

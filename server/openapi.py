@@ -13,6 +13,17 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_UID = {"type": "string", "nullable": True,
+        "description": "DICOM UID as stored (a keyed HMAC when the index is pseudonymised)"}
+_DICOM_FIELDS = {
+    "study_instance_uid": _UID, "series_instance_uid": _UID, "sop_instance_uid": _UID,
+    "viewer_url": {"type": "string", "nullable": True,
+                   "description": "PACS viewer link (only with --viewer-url; null when it cannot "
+                                  "be built, e.g. a pseudonymised index: see viewer_note)"},
+    "viewer_note": {"type": "string", "description": "why viewer_url is null"},
+}
+
+
 def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
@@ -77,7 +88,7 @@ SCHEMAS: dict[str, Any] = {
         "shared_findings": {"type": "array", "items": {"type": "string"},
                             "description": "known findings that the query is predicted to have"},
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
-        "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}},
+        "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}, **_DICOM_FIELDS}},
     "SearchResponse": {"type": "object", "properties": {
         "query": _ref("Query"), "k": {"type": "integer"}, "filters": {"type": "object"},
         "exclude_same_patient": {"type": "boolean"}, "index_size": {"type": "integer"},
@@ -91,7 +102,8 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {"type": "array", "items": _ref("Finding")},
         "region_probabilities": {"type": "array", "nullable": True, "items": {"type": "object"}},
         "boxes": {"type": "array", "items": _ref("RegionBox")}, "box_source": {"type": "string"},
-        "class_names": {"type": "array", "items": {"type": "string"}}, "thumbnail_url": {"type": "string"}}},
+        "class_names": {"type": "array", "items": {"type": "string"}}, "thumbnail_url": {"type": "string"},
+        **_DICOM_FIELDS}},
     "Ready": {"type": "object", "properties": {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
         "error": {"type": "string"}, "index_size": {"type": "integer"}, "index_build_id": {"type": "string"},

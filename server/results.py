@@ -4,13 +4,23 @@ and the per-region match explanation.
 Region matching: for a query and a result with region embeddings ``q, r (18, R)`` (each row
 L2-normalised), the region similarity is the row-wise cosine ``(q * r).sum(-1)`` ``(18,)``;
 regions missing in either image (NaN box) are left out; the best three are reported by name.
+
+DICOM UIDs and the PACS viewer link: every result and ``GET /images/<id>`` carry
+``study_instance_uid``, ``series_instance_uid`` and ``sop_instance_uid`` as the catalog stores
+them (keyed HMACs when the index was pseudonymised) and, with a viewer template configured
+(``chextriev serve --viewer-url 'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}'``),
+``viewer_url`` built from it (:func:`viewer_link`). A pseudonymised index does not hold the real
+UIDs, so no link can be built: ``viewer_url`` is then ``null`` and ``viewer_note`` says why.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -110,8 +120,64 @@ def known_findings(row: Mapping[str, Any]) -> list[str] | None:
     return [str(name) for name in value]
 
 
+#: The placeholders a viewer URL template may use, and the catalog field each is filled from.
+VIEWER_PLACEHOLDERS = {"study_uid": "study_instance_uid", "series_uid": "series_instance_uid",
+                       "instance_uid": "sop_instance_uid"}
+UID_FIELDS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
+_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def viewer_placeholders(template: str) -> list[str]:
+    """The placeholder names in ``template``; raises ``ValueError`` naming unknown ones."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise ValueError(f"viewer URL template {template!r} is malformed: {error}") from None
+    unknown = sorted(set(names) - set(VIEWER_PLACEHOLDERS))
+    if unknown:
+        raise ValueError(f"viewer URL template uses unknown placeholder(s) {unknown}; valid: "
+                         + ", ".join("{" + name + "}" for name in VIEWER_PLACEHOLDERS))
+    return names
+
+
+def viewer_link(template: str | None, row: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(viewer URL, None)``, or ``(None, note)`` when no correct link can be built.
+
+    No template: ``(None, None)``. The UIDs are URL-quoted into the template.
+    """
+    if not template:
+        return None, None
+    names = viewer_placeholders(template)
+    if row.get("pseudonymised"):
+        return None, ("the index stores pseudonymised DICOM UIDs, so no link to the PACS viewer "
+                      "can be built")
+    values = {}
+    for name in names:
+        value = row.get(VIEWER_PLACEHOLDERS[name])
+        if not value:
+            return None, f"this image has no DICOM {VIEWER_PLACEHOLDERS[name]} for the viewer link"
+        if not _DICOM_UID.match(str(value)):
+            return None, (f"the stored {VIEWER_PLACEHOLDERS[name]} is not a DICOM UID (a "
+                          "pseudonymised index?), so no viewer link can be built")
+        values[name] = quote(str(value), safe="")
+    return template.format_map(values), None
+
+
+def dicom_fields(row: Mapping[str, Any], viewer_template: str | None) -> dict:
+    """The UIDs of a catalog row and, when a viewer template is set, ``viewer_url`` (and
+    ``viewer_note`` when it cannot be built)."""
+    out = {name: row.get(name) for name in UID_FIELDS}
+    if viewer_template:
+        url, note = viewer_link(viewer_template, row)
+        out["viewer_url"] = url
+        if note:
+            out["viewer_note"] = note
+    return out
+
+
 def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list[dict],
-                query_findings: set[str], thumbnail_url: str, image_url: str) -> dict:
+                query_findings: set[str], thumbnail_url: str, image_url: str,
+                viewer_template: str | None = None) -> dict:
     """One search result as JSON (no patient identifier other than the stored pseudonym)."""
     known = known_findings(row)
     return {
@@ -129,6 +195,7 @@ def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list
         "matched_regions": matched_regions,
         "thumbnail_url": thumbnail_url,
         "image_url": image_url,
+        **dicom_fields(row, viewer_template),
     }
 
 
@@ -137,11 +204,14 @@ DETAIL_FIELDS = ("id", "image_id", "patient", "study", "view", "sex", "age", "st
                  "format", "box_source")
 
 
-def image_detail(row: Mapping[str, Any], class_names: Sequence[str]) -> dict:
-    """``GET /images/<id>``: metadata, findings, predicted and region probabilities, boxes."""
+def image_detail(row: Mapping[str, Any], class_names: Sequence[str],
+                 viewer_template: str | None = None) -> dict:
+    """``GET /images/<id>``: metadata, DICOM UIDs (and the viewer link), findings, predicted
+    and region probabilities, boxes."""
     probabilities = as_probabilities(row.get("probabilities"), class_names)
     region_probabilities = row.get("region_probabilities")
     detail = {key: jsonable(row.get(key)) for key in DETAIL_FIELDS}
+    detail.update(dicom_fields(row, viewer_template))
     detail["known_findings"] = known_findings(row)
     detail["class_names"] = list(class_names)
     detail["predicted_findings"] = [] if probabilities is None else findings_list(probabilities, class_names)

@@ -179,6 +179,9 @@ def test_pseudonymisation(archive, tmp_path, fake_embedder, monkeypatch):
               progress=False)
     with _sessions(tmp_path / "p")() as s:
         keys = set(s.scalars(select(Patient.key)))
+        uids = s.execute(select(Image.study_instance_uid, Image.series_instance_uid,
+                                Image.sop_instance_uid).where(Image.format == "dicom")).all()
+    assert uids and all(len(u) == 32 and "." not in u for row in uids for u in row)  # HMACs
     assert "pat0" not in keys and "DP0" not in keys
     assert pseudo("pat0") in keys and len(pseudo("pat0")) == 32
     assert Pseudonymiser(b"other")("pat0") != pseudo("pat0")
