@@ -171,37 +171,17 @@ def format_retrieval_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def index_data(out: Path, source: Path, checkpoint: Path, detector: Path, label: str,
-               manifest: Path | None = None) -> tuple[str, Path]:
+def index_data(out: Path, source: Path, checkpoint: Path, detector: Path, label: str) -> tuple[str, Path]:
+    """``chextriev index`` of ``source``: any source the indexer reads (the synthetic archive with
+    its true boxes and labels, the NIH sample folder with its official labels, any folder)."""
     index_dir = out / "index" / label
     db_url = f"sqlite:///{(index_dir / 'catalog.sqlite').resolve()}"
     _step(f"5/6 indexing {source} -> {index_dir}")
     index_dir.mkdir(parents=True, exist_ok=True)
     # Incremental by design: a rerun indexes only what is new, so no marker is needed here.
-    extra = ["--manifest", str(manifest)] if manifest is not None else []
     _cli("index", "--source", str(source), "--checkpoint", str(checkpoint), "--db", db_url,
-         "--index-dir", str(index_dir), "--detector", str(detector), *extra)
+         "--index-dir", str(index_dir), "--detector", str(detector))
     return db_url, index_dir
-
-
-def nih_manifest(sample: Path, out: Path) -> Path:
-    """A manifest CSV of the NIH sample (path, patient, view, sex, age and the 14 official labels
-    as 0/1 columns), so that the index knows each real image's findings."""
-    import csv
-
-    from chextriev.io.nih import read_nih
-
-    path = out / "nih-sample-manifest.csv"
-    records = read_nih(sample, progress=False)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        classes = list(records[0].class_names) if records else []
-        writer.writerow(["path", "image_id", "patient_id", "view", "sex", "age", *classes])
-        for record in records:
-            writer.writerow([Path(record.source).resolve(), record.image_id, record.patient_id, record.view or "",
-                             record.meta.get("sex") or "", record.meta.get("age") or "",
-                             *(int(v) for v in record.labels)])
-    return path
 
 
 def _wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -279,20 +259,19 @@ def run_demo(args: argparse.Namespace) -> int:
     checkpoints = train_models(out, archive, args.max_epochs)
     detector = train_detector(out, archive)
     evaluate_models(out, archive, checkpoints)
-    manifest = None
     if args.data == "synthetic":
         source, label = archive, "synthetic"
     elif args.data == "nih-sample":
+        # The NIH folder itself (Data_Entry_2017 CSV + images/): read by chextriev.io's NIH reader,
+        # so the index knows each real image's official labels, sex, age and view.
         source, label = nih_sample_dir(), "nih-sample"
         if not (source / "images").is_dir():
             raise ChextrievError(f"NIH sample not found at {source}; set CHEXTRIEV_NIH_SAMPLE")
-        manifest = nih_manifest(source, out)
-        source = source / "images"
     else:
         source, label = Path(args.data), Path(args.data).name
         if not source.exists():
             raise ChextrievError(f"--data {source}: no such folder")
-    db_url, index_dir = index_data(out, source, checkpoints["v6"], detector, label, manifest)
+    db_url, index_dir = index_data(out, source, checkpoints["v6"], detector, label)
     print(f"\nDemo pipeline ready in {time.monotonic() - started:.0f} s (everything under {out}/)")
     serve_and_query(checkpoints["v6"], detector, db_url, index_dir, _query_image(source), bool(args.serve), args.port)
     return 0

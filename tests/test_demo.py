@@ -38,17 +38,17 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert "indexed 0," in second.stdout  # the index step found every file unchanged
 
 
-def test_nih_manifest_carries_the_official_labels(nih_sample, tmp_path):
-    import csv
+def test_nih_sample_is_indexed_with_the_official_labels(nih_sample):
+    """The demo indexes the NIH folder itself (no manifest bridge): the indexer's records carry
+    the official labels, sex, age and view of every image."""
+    from indexer.decode import catalog_meta
+    from indexer.discovery import discover
 
-    from chextriev_cli.demo import nih_manifest
-
-    with open(nih_manifest(nih_sample, tmp_path)) as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 621
-    row = next(r for r in rows if r["image_id"] == "00000075_000")
+    records = discover(nih_sample)
+    assert len(records) == 621
+    rows = {r.image_id: catalog_meta(r) for r in records}
+    row = rows["00000075_000"]
     # Official label file: "00000075_000.png,Cardiomegaly,0,75,61,F,PA,..."
-    assert row["view"] == "PA" and row["sex"] == "F" and float(row["age"]) == 61
-    assert row["Cardiomegaly"] == "1"
-    assert sum(int(row[c]) for c in row if c not in ("path", "image_id", "patient_id", "view", "sex", "age")) == 1
-    assert sum(int(r["Infiltration"]) for r in rows) == 123  # the sample README's count
+    assert row["raw_view"] == "PA" and row["sex"] == "F" and row["age"] == 61
+    assert row["known_findings"]["Cardiomegaly"] == 1 and sum(row["known_findings"].values()) == 1
+    assert sum(r["known_findings"]["Infiltration"] for r in rows.values()) == 123  # sample README
