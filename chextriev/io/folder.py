@@ -20,7 +20,7 @@ A CSV (``.gz`` allowed), one row per image:
   (``PatientSex``), ``age`` (``PatientAge``; years, or a DICOM age string like ``045Y``),
   ``study_date`` (``StudyDate``), ``split``. Column names are case-insensitive.
 * labels, either a ``labels`` column (also ``findings``, ``finding_labels``) of ``|``-separated
-  finding names (``No Finding`` / ``normal`` / ``none`` = no finding; an empty cell = unknown),
+  finding names (``No Finding`` / ``normal`` / ``none`` or an empty cell = no finding),
   or one 0/1 column per finding (names case-insensitive; an empty cell makes the row's labels
   unknown; with an explicit class list, a finding without a column counts as 0).
 
@@ -294,16 +294,14 @@ def read_manifest(
                 fields[name] = value
         labels: np.ndarray | None = None
         if label_col is not None and not finding_cols:
-            text = cell(row[label_col])
-            if text is not None:
-                labels = np.zeros(len(names), dtype=np.float32)
-                for item in text.split("|"):
-                    item = item.strip()
-                    if not item or item.lower() in NO_FINDING_NAMES:
-                        continue
-                    if item.lower() not in index:
-                        raise UnknownNameError("finding", f"{item} (in {where})", names)
-                    labels[index[item.lower()]] = 1.0
+            labels = np.zeros(len(names), dtype=np.float32)  # an empty cell: no finding
+            for item in (cell(row[label_col]) or "").split("|"):
+                item = item.strip()
+                if not item or item.lower() in NO_FINDING_NAMES:
+                    continue
+                if item.lower() not in index:
+                    raise UnknownNameError("finding", f"{item} (in {where})", names)
+                labels[index[item.lower()]] = 1.0
         elif finding_cols:
             values = [_parse_value(row[c], c, where) for c, _ in finding_cols]
             if all(v is not None for v in values):
