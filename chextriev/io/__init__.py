@@ -1,5 +1,6 @@
 """Real-format readers (PNG/JPEG/DICOM images, Chest ImaGenome, MIMIC-CXR-JPG, NIH
-ChestX-ray14, plain folders) yielding :class:`chextriev.records.Record`; see README.md."""
+ChestX-ray14, plain folders, DICOMweb services) yielding :class:`chextriev.records.Record`;
+``chextriev.io.sources.open_source`` is the one entry point for any source; see README.md."""
 
 from chextriev.io.images import LoadedImage, load_image, read_image
 

@@ -89,8 +89,9 @@ def test_upload_search_returns_findings_boxes_and_ranked_results(client, app, qu
     assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     similarities = [r["similarity"] for r in results]
     assert similarities == sorted(similarities, reverse=True)
-    # The query is itself archived: it comes first, with cosine 1.
-    assert results[0]["image_id"] == query_png.stem and results[0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    # The query is itself archived: it comes first. Its archived copy was indexed with the
+    # archive's true region boxes, the upload's come from the detector/atlas: cosine near 1.
+    assert results[0]["image_id"] == query_png.stem and results[0]["similarity"] > 0.98
     for result in results:
         assert result["thumbnail_url"] == f"/api/v1/images/{result['id']}/thumbnail"
         assert result["patient"] and result["study"]
@@ -121,7 +122,7 @@ def test_upload_exclude_same_patient(client, app, query_dicom):
     size = service.catalog.size
     plain = client.post("/api/v1/search", data=_upload(query_dicom, k=str(size))).json
     patient = plain["results"][0]["patient"]
-    assert plain["results"][0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    assert plain["results"][0]["similarity"] > 0.98  # its archived copy (indexed with true boxes)
     excluded = client.post("/api/v1/search", data=_upload(query_dicom, k=str(size), exclude_same_patient="1")).json
     assert excluded["exclude_same_patient"] is True
     assert patient not in {r["patient"] for r in excluded["results"]}
