@@ -122,14 +122,22 @@ def search(page, query: Path, k: int = K) -> None:
     expect(page.locator("#vp-case")).to_have_attribute("data-loaded", "true", timeout=30_000)
 
 
+def settle(page) -> None:
+    """Wait until the viewports have drawn what the last input asked for (they draw on the next
+    animation frame)."""
+    page.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 def state(page, canvas: str) -> dict:
     """What a viewport shows: window, level, zoom, centre, invert, heatmap, regions."""
+    settle(page)
     data = page.locator(canvas).evaluate("c => ({...c.dataset})")
     return {key: (float(value) if key in ("window", "level", "zoom", "cx", "cy") else value)
             for key, value in data.items()}
 
 
 def stats(page, canvas: str) -> dict:
+    settle(page)
     return page.locator(canvas).evaluate(CANVAS_STATS)
 
 
@@ -267,7 +275,6 @@ def test_overlays_toggle_per_finding_and_per_region(page, big_query, screenshots
     for canvas in ("#vp-query", "#vp-case"):
         expect(page.locator(canvas)).to_have_attribute("data-heat", finding, timeout=30_000)
     expect(page.locator("#heat-current")).to_have_text(finding)
-    page.wait_for_function("() => true")
     assert stats(page, "#vp-query")["coloured"] > plain + 0.01, "the heatmap adds colour"
     # another finding replaces it; the active one again turns it off
     second = page.locator("#heat-findings button").nth(1)
@@ -298,6 +305,8 @@ def test_overlays_toggle_per_finding_and_per_region(page, big_query, screenshots
     page.keyboard.press("h")  # the last heatmap back on, from the keyboard
     expect(page.locator("#vp-case")).to_have_attribute("data-heat", second.get_attribute("data-finding"),
                                                        timeout=30_000)
+    page.click("#heat-menu summary")  # open, to show the per-finding toggles
+    expect(page.locator("#heat-findings button[aria-pressed=true]")).to_have_count(1)
     page.wait_for_timeout(300)
     screenshots(page, "viewer_overlays")
 
