@@ -27,14 +27,26 @@ async function apiFetch(path, options = {}) {
 }
 const apiJSON = async (path, options) => (await apiFetch(path, options)).json();
 
-// Images behind the token cannot use <img src>: fetch them as blobs (cached by URL and key).
+// Images behind the token cannot use <img src>: fetch them as blobs, cached by URL and key; the
+// oldest are released beyond BLOB_CACHE_SIZE (previews of a long session add up).
+const BLOB_CACHE_SIZE = 300;
 function blobURL(path, options, key = path) {
   if (path.startsWith("data:")) return Promise.resolve(path);
-  if (!state.blobCache.has(key)) {
-    state.blobCache.set(key, apiFetch(path, options).then((r) => r.blob()).then((b) => URL.createObjectURL(b))
-      .catch((error) => { state.blobCache.delete(key); throw error; }));
+  const cache = state.blobCache;
+  if (cache.has(key)) {
+    const entry = cache.get(key);
+    cache.delete(key); cache.set(key, entry); // most recently used last
+    return entry;
   }
-  return state.blobCache.get(key);
+  const entry = apiFetch(path, options).then((r) => r.blob()).then((b) => URL.createObjectURL(b))
+    .catch((error) => { cache.delete(key); throw error; });
+  cache.set(key, entry);
+  while (cache.size > BLOB_CACHE_SIZE) {
+    const [oldest, promise] = cache.entries().next().value;
+    cache.delete(oldest);
+    promise.then((url) => setTimeout(() => URL.revokeObjectURL(url), 60_000), () => {});
+  }
+  return entry;
 }
 function loadImage(src) {
   return new Promise((resolve, reject) => {

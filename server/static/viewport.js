@@ -51,6 +51,7 @@
       this.shownRegions = new Set();
       this.highlights = new Map(); // region index -> label (best-matching regions)
       this.frame = 0;
+      this.windowDirty = false;
       new ResizeObserver(() => this.requestRender()).observe(canvas);
     }
 
@@ -125,7 +126,14 @@
 
     setInvert(invert) { this.invert = Boolean(invert); this.applyWindow(); }
 
+    /** Re-window on the next frame (several drags within one frame cost one pass). */
     applyWindow() {
+      this.windowDirty = true;
+      this.requestRender();
+    }
+
+    windowPixels() {
+      this.windowDirty = false;
       if (this.grey) {
         const { width, center } = this.window;
         const low = center - width / 2;
@@ -141,7 +149,6 @@
         }
         this.windowContext.putImageData(this.pixels, 0, 0);
       }
-      this.requestRender();
     }
 
     // ------------------------------------------------------------------ geometry
@@ -203,6 +210,7 @@
       context.fillRect(0, 0, width, height);
       this.updateReadouts();
       if (!this.image) return;
+      if (this.windowDirty) this.windowPixels();
       const s = this.scale() * ratio;
       const ox = width / 2 - this.view.cx * this.image.width * s;
       const oy = height / 2 - this.view.cy * this.image.height * s;
