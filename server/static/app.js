@@ -282,7 +282,7 @@ async function selectResult(index, { focus = true } = {}) {
     caseView.setBoxes(detail.boxes);
     $("case-empty").hidden = true;
     renderCaseFindings(result, detail);
-    setPacsLink(result.viewer_url || detail.viewer_url);
+    setPacsLink(result.viewer_url || detail.viewer_url, result.viewer_note || detail.viewer_note);
     applyRegions();
     refreshHeat({ queryToo: false });
     syncToolbar();
@@ -305,10 +305,15 @@ function move(step) {
   if (next !== state.selected) selectResult(next);
 }
 
-function setPacsLink(url) {
-  const link = $("case-pacs");
+// `viewer_url` (server started with --viewer-url): a link to the case in the PACS viewer; when
+// the server could not build one it sends `viewer_url: null` and `viewer_note` (why); neither
+// field without a configured viewer: nothing is shown.
+function setPacsLink(url, note) {
+  const link = $("case-pacs"), missing = $("case-pacs-none");
   link.hidden = !url;
+  missing.hidden = Boolean(url) || !note;
   if (url) { link.href = url; link.title = "Open this case in the hospital's PACS viewer (new tab)"; }
+  if (!url && note) missing.title = note;
 }
 
 function renderCaseFindings(result, detail) {

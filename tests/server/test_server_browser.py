@@ -375,9 +375,10 @@ def test_an_archived_image_is_a_query_and_the_finding_filter_says_how_it_matched
 
 
 def test_the_pacs_link_appears_when_the_api_sends_a_viewer_url(page):
-    """The page's side of `--viewer-url` (the API field comes with the DICOMweb work): the
-    server's by-id response is passed through with a `viewer_url` on each result, as that API
-    sends it. (A by-id search: Chromium does not hand an intercepted upload's file to the route.)"""
+    """The page's side of `--viewer-url` (the API fields come with the DICOMweb work on main):
+    the server's by-id response is passed through with `viewer_url` on each result, or `null`
+    and `viewer_note`, as that API sends them. (A by-id search: Chromium does not hand an
+    intercepted upload's file to the route.)"""
     import json
 
     from playwright.sync_api import expect
@@ -385,8 +386,11 @@ def test_the_pacs_link_appears_when_the_api_sends_a_viewer_url(page):
     def with_viewer_url(route):
         response = route.fetch()
         body = response.json()
-        for result in body["results"]:
-            result["viewer_url"] = f"https://pacs.example.org/viewer?case={result['id']}"
+        for index, result in enumerate(body["results"]):
+            if index == 2:  # as the API sends it when it cannot build one (e.g. a pseudonymised index)
+                result["viewer_url"], result["viewer_note"] = None, "the index stores pseudonymised DICOM UIDs"
+            else:
+                result["viewer_url"] = f"https://pacs.example.org/viewer?case={result['id']}"
         route.fulfill(response=response, body=json.dumps(body))
 
     page.route("**/api/v1/search/by-id/*", with_viewer_url)
@@ -399,6 +403,11 @@ def test_the_pacs_link_appears_when_the_api_sends_a_viewer_url(page):
     case_id = page.locator("#results li").first.get_attribute("data-id")
     assert link.get_attribute("href") == f"https://pacs.example.org/viewer?case={case_id}"
     assert link.get_attribute("target") == "_blank" and "noopener" in link.get_attribute("rel")
+    expect(page.locator("#case-pacs-none")).to_be_hidden()
     page.keyboard.press("j")  # the next case has its own link
     expect(link).to_have_attribute("href", "https://pacs.example.org/viewer?case="
                                    + page.locator("#results li").nth(1).get_attribute("data-id"))
+    page.keyboard.press("j")  # no link for this one: the reason, no dead link
+    expect(link).to_be_hidden()
+    expect(page.locator("#case-pacs-none")).to_be_visible()
+    expect(page.locator("#case-pacs-none")).to_have_attribute("title", "the index stores pseudonymised DICOM UIDs")
