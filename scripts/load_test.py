@@ -14,7 +14,8 @@ Example::
     python scripts/load_test.py --url http://127.0.0.1:8000 --mode upload --images q1.png q2.png \\
         --clients 1 --seconds 30
 
-Or let the script serve an index itself (waitress in this process, on 127.0.0.1 and a free port),
+Or let the script serve an index itself (the production gunicorn server in a child process, on
+127.0.0.1 and a free port),
 optionally padding the Faiss index with ``--pad-random N`` random L2-normalised vectors to measure
 search latency at a larger size (the padding ids are not in the database, so they cost search
 time but never appear in results; ``index_size`` still counts the real images only)::
@@ -165,31 +166,47 @@ def pad_index(catalog, pad_random: int, index_type: str) -> None:
 
 
 def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_random: int,
-                     threads: int, index_type: str = "auto", torch_threads: int | None = None) -> str:
-    """Serve the index with waitress in a daemon thread on 127.0.0.1; returns the base URL."""
+                     threads: int, index_type: str = "auto", torch_threads: int | None = None,
+                     workers: int = 1) -> str:
+    """Serve the index with the production server (gunicorn, as ``chextriev serve``) in a forked
+    child process on 127.0.0.1 and a free port; each worker pads its own index when asked.
+    Returns the base URL once the server is ready."""
+    import multiprocessing
     import socket
 
-    import waitress
+    from server.config import resolve_config
+    from server.serving import serve, worker_app
 
-    from server import create_app
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = resolve_config({"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "DB_URL": db_url,
+                               "TORCH_THREADS": torch_threads, "PORT": port, "THREADS": threads,
+                               "WORKERS": workers, "CONFIG_FILE": None, "LOAD": "sync"})
 
-    config = {"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "LOAD": "sync",
-              "DB_URL": db_url or f"sqlite:///{index_dir / 'catalog.sqlite'}", "TORCH_THREADS": torch_threads}
-    logging.getLogger("server").setLevel(logging.WARNING)  # no per-request lines in the report
-    app = create_app(config)
-    service = app.extensions["chextriev"]
-    if not service.ready:
-        raise SystemExit(f"cannot load the index: {service.error}")
-    if pad_random:
-        pad_index(service.catalog, pad_random, index_type)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=waitress.serve, args=(app,),
-                              kwargs={"sockets": [sock], "threads": threads, "ident": "chextriev"}, daemon=True)
-    thread.start()
-    return f"http://127.0.0.1:{port}"
+    def padded_app(values: dict):
+        logging.getLogger("server").setLevel(logging.WARNING)  # no per-request lines in the report
+        app = worker_app(values)
+        service = app.extensions["chextriev"]
+        if not service.ready:
+            raise SystemExit(f"cannot load the index: {service.error}")
+        if pad_random:
+            pad_index(service.catalog, pad_random, index_type)
+        return app
+
+    server = multiprocessing.get_context("fork").Process(
+        target=serve, args=(lambda: settings, padded_app), kwargs={"settings": settings}, daemon=True)
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and server.is_alive():
+        try:
+            if requests.get(f"{base}/api/v1/readyz", timeout=5).status_code == 200:
+                return base
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the in-process server did not become ready (see its log above)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--pad-random", type=int, default=0, help="add N random vectors to the Faiss index")
     serving.add_argument("--pad-index-type", default="auto", choices=("auto", "flat", "ivf-flat", "ivf-pq"),
                          help="index type of the padded index (default auto: what the indexer builds)")
-    serving.add_argument("--threads", type=int, default=8, help="waitress threads (default 8)")
+    serving.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    serving.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serving.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -218,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.checkpoint and args.index_dir):
             raise SystemExit("serving in process needs both --checkpoint and --index-dir")
         base = serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
-                                args.pad_index_type, args.torch_threads)
+                                args.pad_index_type, args.torch_threads, args.workers)
     else:
         base = require_loopback(args.url)
     token = args.token_file.read_text().strip() if args.token_file else None

@@ -1,8 +1,9 @@
 """CheXtriev HTTP server: similar-case search API (``/api/v1``) and the web page (``/``).
 
 ``create_app(config=None)`` is the only way to get an app (no module-global one):
-``flask --app server run`` calls it and reads ``CHEXTRIEV_*`` environment variables
-(see :mod:`server.config`); ``chextriev serve`` (:mod:`server.cli`) runs it under waitress.
+``flask --app server run`` calls it and reads the configuration file named by
+``CHEXTRIEV_CONFIG`` and ``CHEXTRIEV_*`` environment variables (see :mod:`server.config`);
+``chextriev serve`` (:mod:`server.cli`) runs it in every gunicorn worker (:mod:`server.serving`).
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ from server.auth import require_token
 from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
+    FINDING_FILTER_RULE,
     as_boxes,
     as_probabilities,
     boxes_list,
+    finding_filter_basis,
     findings_list,
     image_detail,
     jsonable,
@@ -29,6 +31,7 @@ from server.results import (
     result_tile,
 )
 from server.services import (
+    HEATMAP_STYLES,
     NotReadyError,
     QueryEmbedding,
     SearchService,
@@ -43,8 +46,9 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_token)
 
-#: Longest side of the query preview returned with an upload search (the page draws on it).
-PREVIEW_SIDE = 512
+#: Longest side of the query preview returned with an upload search (the viewer draws on it;
+#: the size of the archive's previews, so that query and result compare at the same detail).
+PREVIEW_SIDE = 1024
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
 
@@ -63,6 +67,12 @@ def _uploaded_image():
     if upload is None:
         raise ApiError(400, "missing_image", "send the image as a multipart/form-data file field named 'image'")
     return decode_upload(upload.read(), current_app.config["MAX_PIXELS"])
+
+
+def _preview_url(image_id: int) -> str:
+    """The URL of the image an archived case is viewed at. Until the catalog stores a preview
+    per image (and serves it on its own route), that is the stored thumbnail."""
+    return url_for("api.thumbnail", image_id=image_id)
 
 
 def _image_row(image_id: int) -> dict:
@@ -84,20 +94,22 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     rows = svc.images(ids) if ids else []
     stored_regions = svc.region_embeddings(ids) if query.region_embeddings is not None and ids else None
     findings = findings_list(query.probabilities, class_names)
-    predicted = {item["name"] for item in findings if item["predicted"]}
+    predicted = [item["name"] for item in findings if item["predicted"]]
+    finding = filters.get("finding")
     results = []
     for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
         matched = region_matches(query.region_embeddings,
                                  None if stored_regions is None else stored_regions[rank - 1],
                                  query.boxes, as_boxes(row.get("boxes")))
         results.append(result_tile(
-            rank, hit, row, matched_regions=matched, query_findings=predicted,
+            rank, hit, row, matched_regions=matched, query_findings=set(predicted), class_names=class_names,
             thumbnail_url=url_for("api.thumbnail", image_id=int(hit.image_id)),
-            image_url=url_for("api.image", image_id=int(hit.image_id)),
+            preview_url=_preview_url(int(hit.image_id)),
+            image_url=url_for("api.image", image_id=int(hit.image_id)), finding_filter=finding,
             viewer_template=current_app.config.get("VIEWER_URL")))
     timings["total"] = (time.perf_counter() - started) * 1000
-    return {
-        "query": {**query_info, "findings": findings, "predicted_findings": sorted(predicted),
+    payload = {
+        "query": {**query_info, "findings": findings, "predicted_findings": predicted,
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,
@@ -107,6 +119,11 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
         "results": results,
         "timing_ms": {name: round(value, 1) for name, value in timings.items()},
     }
+    if finding:
+        bases = [finding_filter_basis(row) for row in rows]
+        payload["finding_filter"] = {"finding": finding, "rule": FINDING_FILTER_RULE,
+                                     "matched_on": {basis: bases.count(basis) for basis in ("known", "predicted")}}
+    return payload
 
 
 @bp.get("/healthz")
@@ -154,7 +171,7 @@ def search_upload():
     height, width = upload.pixels.shape
     preview = base64.b64encode(png_bytes(upload.pixels, PREVIEW_SIDE)).decode("ascii")
     query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
-                  "preview": f"data:image/png;base64,{preview}"}
+                  "known_findings": None, "preview_url": f"data:image/png;base64,{preview}"}
     payload = _search_response(query, query_info, k=k, exclude_ids=[], exclude_patients=exclude_patients,
                                filters=filters, started=started, timings=timings)
     if patient_note:
@@ -194,6 +211,7 @@ def search_by_id(image_id: int):
                   "width": row.get("width"), "height": row.get("height"),
                   "known_findings": known_findings(row),
                   "thumbnail_url": url_for("api.thumbnail", image_id=image_id),
+                  "preview_url": _preview_url(image_id),
                   "image_url": url_for("api.image", image_id=image_id)}
     payload = _search_response(query, jsonable(query_info), k=k, exclude_ids=[image_id],
                                exclude_patients=[patient] if exclude_same_patient and patient else [],
@@ -213,6 +231,7 @@ def image(image_id: int):
     row = _image_row(image_id)
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"))
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
+    detail["preview_url"] = _preview_url(image_id)
     return jsonify(detail)
 
 
@@ -237,9 +256,17 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
     return boxes * scale
 
 
+def _heatmap_style(value: str | None) -> str:
+    style = (value or "overlay").strip().lower()
+    if style not in HEATMAP_STYLES:
+        raise ApiError(400, "bad_parameter", f"style must be one of {', '.join(HEATMAP_STYLES)}, got {value!r}")
+    return style
+
+
 @bp.get("/images/<int:image_id>/heatmap")
 def image_heatmap(image_id: int):
-    """Grad-CAM overlay (PNG) of ``finding`` on an archived image.
+    """Grad-CAM of ``finding`` on an archived image, as a PNG: ``style=overlay`` (default, blended
+    on the image) or ``style=layer`` (transparent colour layer to draw over the image).
 
     The server never reads the archive, so the heatmap is computed on the stored thumbnail
     (the preview resolution kept by the indexer) with the stored boxes rescaled to it.
@@ -247,19 +274,23 @@ def image_heatmap(image_id: int):
     svc = service()
     svc.require_ready()
     finding = parse_finding(request.args.get("finding"), svc.class_names)
+    style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
     pixels = decode_png(svc.thumbnail(image_id))
-    png = svc.heatmap_png(pixels, _scaled_boxes(row, *pixels.shape), finding)
+    png = svc.heatmap_png(pixels, _scaled_boxes(row, *pixels.shape), finding, style=style)
     log.info("heatmap of image %d", image_id)
-    return Response(png, mimetype="image/png")
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 @bp.post("/heatmap")
 def upload_heatmap():
-    """Grad-CAM overlay (PNG) of ``finding`` on an uploaded image (the query)."""
+    """Grad-CAM of ``finding`` on an uploaded image (the query), as a PNG (``style`` as above)."""
     svc = service()
     svc.require_ready()
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
+    style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()
     pixels = shrink(upload.pixels, HEATMAP_SIDE)
-    return Response(svc.heatmap_png(pixels, None, finding), mimetype="image/png")
+    return Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")

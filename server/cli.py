@@ -1,9 +1,14 @@
-"""`chextriev serve`: the production server (waitress), loopback by default.
+"""`chextriev serve`: the production server (gunicorn, supervised pre-fork), loopback by default.
 
-``--workers N`` (N > 1) binds the socket once, then forks N processes that each build their
-own app (model, index, database loaded after the fork) and serve the shared socket with
-``--threads`` threads each. A non-loopback ``--host`` needs ``--token-file`` (or
-``CHEXTRIEV_AUTH_TOKEN``): the server refuses to start otherwise.
+Settings come from, lowest first: defaults < configuration file (--config FILE or
+CHEXTRIEV_CONFIG, TOML) < environment (CHEXTRIEV_*) < these flags. `--print-config` shows
+the result and where each value came from. A non-loopback host needs a bearer token
+(token_file, or CHEXTRIEV_AUTH_TOKEN): the server refuses to start otherwise.
+
+`--workers N` runs N processes, each loading model, index and catalog after the fork. The
+master replaces a worker that dies or hangs (silent, or a request running longer than
+--timeout), reloads the configuration on SIGHUP (new workers, old ones stopped gracefully),
+stops gracefully on SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,127 +16,93 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from chextriev.errors import ChextrievError
+from server.config import (
+    FROM_ENVIRONMENT,
+    SETTINGS,
+    ConfigError,
+    describe,
+    resolve_config,
+    resolve_settings,
+)
 
 log = logging.getLogger(__name__)
+
+#: Settings ``chextriev serve`` cannot run without.
+REQUIRED = ("CHECKPOINT", "INDEX_DIR")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve the similar-case search API and web page",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.ckpt) the index was built with")
-    parser.add_argument("--db", default=None,
-                        help="catalog database URL (default sqlite:///INDEX_DIR/catalog.sqlite)")
-    parser.add_argument("--index-dir", type=Path, required=True, help="folder holding the Faiss index")
-    parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights (optional)")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per process (default 4)")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="intra-op threads per worker (default: torch's choice; 1 is best on a busy CPU)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="file holding the bearer token clients must send (required off loopback)")
-    parser.add_argument("--max-upload-mb", type=int, default=64, help="upload limit in MiB (default 64)")
-    parser.add_argument("--viewer-url", default=None, metavar="TEMPLATE",
-                        help="PACS viewer link for each result, e.g. "
-                             "'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}' "
-                             "(placeholders {study_uid}, {series_uid}, {instance_uid}; "
-                             "default $CHEXTRIEV_VIEWER_URL)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="TOML configuration file (default: CHEXTRIEV_CONFIG, else none)")
+    for setting in SETTINGS:
+        default = "required" if setting.key in REQUIRED else f"default {setting.default_doc or setting.default}"
+        parser.add_argument(setting.flag, dest=setting.name, default=None,
+                            type=int if setting.kind == "int" else str, metavar=setting.metavar,
+                            help=f"{setting.help} (env {setting.env_var}; {default})")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective settings and where each came from, then exit")
     parser.set_defaults(func=serve)
 
 
-def read_token(path: Path | None) -> str | None:
-    """The bearer token from ``path`` (stripped), else ``CHEXTRIEV_AUTH_TOKEN``, else ``None``."""
-    if path is None:
-        return os.environ.get("CHEXTRIEV_AUTH_TOKEN") or None
-    try:
-        token = path.read_text().strip()
-    except OSError as error:
-        raise ChextrievError(f"cannot read the token file {path}: {error.strerror}") from None
-    if len(token) < 16:
-        raise ChextrievError(f"the token in {path} is shorter than 16 characters: use a long random one "
-                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    return token
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, by ``app.config`` key."""
+    return {setting.key: getattr(args, setting.name) for setting in SETTINGS
+            if getattr(args, setting.name, None) is not None}
 
 
-def app_config(args: argparse.Namespace) -> dict:
-    if args.workers < 1 or args.threads < 1:
-        raise ChextrievError("--workers and --threads must be at least 1")
-    for flag, path in (("--checkpoint", args.checkpoint), ("--index-dir", args.index_dir)):
-        if not path.exists():
-            raise ChextrievError(f"{flag} {path} does not exist")
-    return {"CHECKPOINT": str(args.checkpoint), "DB_URL": args.db, "INDEX_DIR": str(args.index_dir),
-            "DETECTOR": str(args.detector) if args.detector else None, "DEVICE": args.device,
-            "TORCH_THREADS": args.torch_threads,
-            "HOST": args.host, "AUTH_TOKEN": read_token(args.token_file),
-            "MAX_CONTENT_LENGTH": args.max_upload_mb * 1024 * 1024,
-            **({"VIEWER_URL": args.viewer_url} if args.viewer_url else {})}
+def config_file(args: argparse.Namespace) -> Any:
+    return args.config if args.config is not None else FROM_ENVIRONMENT
 
 
-def _serve_socket(config: dict, sock: socket.socket, threads: int) -> None:
-    import waitress
+def resolve_for_serving(args: argparse.Namespace) -> dict[str, Any]:
+    """The app settings for ``args`` (re-read from file and environment on every call), with
+    the required paths present."""
+    values = resolve_config({**given_flags(args), "CONFIG_FILE": config_file(args), "LOAD": "sync"})
+    missing = [setting for setting in SETTINGS if setting.key in REQUIRED and not values[setting.key]]
+    if missing:
+        raise ConfigError("missing " + ", ".join(
+            f"{s.name} ({s.flag}, {s.env_var} or the configuration file)" for s in missing))
+    for setting in SETTINGS:
+        if setting.key in REQUIRED and not Path(values[setting.key]).exists():
+            raise ConfigError(f"{setting.name} {values[setting.key]} does not exist")
+    return values
 
-    from server import create_app
 
-    app = create_app(config)
-    waitress.serve(app, sockets=[sock], threads=threads, ident="chextriev")
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast, with the reason, when ``host:port`` cannot be bound (gunicorn would retry)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            raise ChextrievError(f"cannot bind {host}:{port}: {error.strerror}") from None
 
 
 def serve(args: argparse.Namespace) -> int:
-    from server.config import check_bind_safety
-
-    config = app_config(args)
-    check_bind_safety(args.host, config["AUTH_TOKEN"])
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as error:
-        raise ChextrievError(f"cannot bind {args.host}:{args.port}: {error.strerror}") from None
-    sock.listen(1024)
-    port = sock.getsockname()[1]
-    log.info("serving on http://%s:%d/ (%d worker(s) x %d threads%s)", args.host, port, args.workers,
-             args.threads, ", bearer token required" if config["AUTH_TOKEN"] else "")
-    if args.workers == 1:
-        _serve_socket(config, sock, args.threads)
+    if args.print_config:
+        print(describe(resolve_settings(given_flags(args), os.environ, config_file(args))))
         return 0
-    children: list[int] = []
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:  # child: build the app (and load the model) after the fork
-            code = 0
-            try:
-                _serve_socket(config, sock, args.threads)
-            except BaseException:
-                log.exception("worker %d failed", os.getpid())
-                code = 1
-            os._exit(code)
-        children.append(pid)
+    from server.serving import serve as run_server
+    from server.serving import use_log_format
 
-    def _stop(signum, frame):
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+    values = resolve_for_serving(args)
+    check_port_free(values["HOST"], values["PORT"])
+    use_log_format()
+    log.info("serving on http://%s:%d/ (%d worker(s) x %d threads, timeout %d s%s)", values["HOST"],
+             values["PORT"], values["WORKERS"], values["THREADS"], values["TIMEOUT"],
+             ", bearer token required" if values["AUTH_TOKEN"] else "")
+    run_server(lambda: resolve_for_serving(args), settings=values)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

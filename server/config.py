@@ -1,28 +1,31 @@
-"""Server configuration: defaults, environment variables, and the bind-address safety rule.
+"""Server configuration: one table of settings, four layers, and the bind-address safety rule.
 
-Keys (``app.config``):
+Every setting has a name (its key in a TOML configuration file), a command-line flag
+(``--index-dir`` for ``index_dir``), an environment variable (``CHEXTRIEV_INDEX_DIR``) and a key
+in ``app.config`` (``INDEX_DIR``); :data:`SETTINGS` lists them all. One precedence, lowest first:
 
-* ``CHECKPOINT`` (path), ``DB_URL`` (SQLAlchemy URL), ``INDEX_DIR`` (path), ``DETECTOR``
-  (optional path): what :class:`server.services.SearchService` loads.
-* ``DEVICE``: torch device for the model (default ``"cpu"``); ``TORCH_THREADS``: intra-op
-  threads per worker process (default: torch's choice).
-* ``MAX_CONTENT_LENGTH``: upload limit in bytes (default 64 MiB; beyond: 413 JSON).
-* ``MAX_PIXELS``: decompression-bomb guard, the most pixels an upload may decode to
-  (default 64 Mpx; beyond: 413 JSON, checked from the header before decoding).
-* ``AUTH_TOKEN``: bearer token required on every ``/api`` route when set.
-* ``HOST``: the address the server is bound to; any non-loopback address requires
-  ``AUTH_TOKEN`` (:func:`check_bind_safety`).
+    defaults  <  configuration file  <  environment (CHEXTRIEV_*)  <  flags / explicit config
+
+The file is named by ``--config FILE`` or ``CHEXTRIEV_CONFIG``; it is TOML with the settings
+at the top level (an unknown key is an error that lists the valid ones; relative paths in it
+are resolved against the file's folder), so a deployment is one file::
+
+    checkpoint = "/srv/chextriev/v6/best.ckpt"
+    index_dir = "/srv/chextriev/index"
+    host = "0.0.0.0"
+    token_file = "/etc/chextriev/token"
+    workers = 4
+
+The bearer token comes from ``token_file`` (any layer) or from ``CHEXTRIEV_AUTH_TOKEN`` (the
+token itself, environment only, never in a file); when both are set the higher layer wins.
+Keys that are not settings (only through ``create_app(config)`` or the environment):
+
+* ``AUTH_TOKEN``: the bearer token required on every ``/api`` route when set.
+* ``MAX_CONTENT_LENGTH``: upload limit in bytes (default: ``max_upload_mb`` MiB).
 * ``LOAD``: ``"background"`` (default: load in a thread, ``/readyz`` says 503 until done),
-  ``"sync"`` (load before ``create_app`` returns) or ``"manual"`` (the caller calls
-  ``app.extensions["chextriev"].load()``, used by tests of the not-ready state).
+  ``"sync"`` (load before ``create_app`` returns; each ``chextriev serve`` worker does this) or
+  ``"manual"`` (the caller calls ``app.extensions["chextriev"].load()``, used by tests).
 * ``SECRET_KEY``: from ``CHEXTRIEV_SECRET_KEY`` or random per process (no fixed default).
-* ``VIEWER_URL``: a PACS viewer URL template with ``{study_uid}``, ``{series_uid}``,
-  ``{instance_uid}`` (``chextriev serve --viewer-url``, ``CHEXTRIEV_VIEWER_URL``); results then
-  carry ``viewer_url`` (see :func:`server.results.viewer_link`). Checked at start-up.
-
-Environment variables ``CHEXTRIEV_<KEY>`` fill any key not given explicitly, so
-``flask --app server run`` works with ``CHEXTRIEV_CHECKPOINT``, ``CHEXTRIEV_DB_URL``,
-``CHEXTRIEV_INDEX_DIR`` (and the optional ones) exported.
 """
 
 from __future__ import annotations
@@ -30,65 +33,271 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from chextriev.errors import ChextrievError
+from chextriev.errors import ChextrievError, UnknownNameError
 
-DEFAULTS: dict[str, Any] = {
-    "CHECKPOINT": None,
-    "DB_URL": None,
-    "INDEX_DIR": None,
-    "DETECTOR": None,
-    "DEVICE": "cpu",
-    "TORCH_THREADS": None,
-    "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
-    "MAX_PIXELS": 64 * 1024 * 1024,
-    "AUTH_TOKEN": None,
-    "HOST": "127.0.0.1",
-    "LOAD": "background",
-    "VIEWER_URL": None,
-}
-INT_KEYS = ("MAX_CONTENT_LENGTH", "MAX_PIXELS")
-LOAD_MODES = ("background", "sync", "manual")
 ENV_PREFIX = "CHEXTRIEV_"
+CONFIG_ENV = "CHEXTRIEV_CONFIG"
+TOKEN_ENV = "CHEXTRIEV_AUTH_TOKEN"
+LOAD_MODES = ("background", "sync", "manual")
+MIB = 1024 * 1024
+#: The shortest bearer token accepted from a token file.
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(ChextrievError):
-    """A server setting that is missing or unsafe."""
+    """A server setting that is missing, malformed or unsafe."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One server setting: ``name`` in the file, ``--name-with-dashes`` on the command line,
+    ``CHEXTRIEV_<KEY>`` in the environment (unless ``env`` says otherwise), ``key`` in
+    ``app.config``. ``kind``: ``str``, ``path`` (relative to the file's folder in a file),
+    ``int`` (with ``low``/``high`` bounds). ``default`` ``None`` means unset."""
+
+    name: str
+    key: str
+    kind: str
+    default: Any
+    help: str
+    low: int | None = None
+    high: int | None = None
+    env: str | None = None
+    #: How the default reads in ``--help`` when it is not a plain value.
+    default_doc: str | None = None
+
+    @property
+    def metavar(self) -> str:
+        return {"int": "N", "path": "PATH"}.get(self.kind, "URL" if self.key == "DB_URL" else "TEXT")
+
+    @property
+    def env_var(self) -> str:
+        return self.env or ENV_PREFIX + self.key
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("checkpoint", "CHECKPOINT", "path", None, "model checkpoint (.ckpt) the index was built with"),
+    Setting("index_dir", "INDEX_DIR", "path", None, "folder holding the Faiss index"),
+    Setting("db", "DB_URL", "str", None, "catalog database URL (any SQLAlchemy URL)",
+            default_doc="sqlite:///INDEX_DIR/catalog.sqlite"),
+    Setting("detector", "DETECTOR", "path", None, "anatomy detector weights",
+            default_doc="none: the atlas boxes uploads"),
+    Setting("device", "DEVICE", "str", "cpu", "torch device for the model"),
+    Setting("torch_threads", "TORCH_THREADS", "int", None,
+            "intra-op threads per worker (1 is best on a busy CPU)", low=1, default_doc="torch's choice"),
+    Setting("host", "HOST", "str", "127.0.0.1", "bind address (any non-loopback address needs a token)"),
+    Setting("port", "PORT", "int", 8000, "TCP port", low=0, high=65535),
+    Setting("workers", "WORKERS", "int", 1, "worker processes, each with its own model and index", low=1),
+    Setting("threads", "THREADS", "int", 4, "request threads per worker", low=1),
+    Setting("timeout", "TIMEOUT", "int", 120,
+            "seconds: a worker silent or with a request running this long is replaced", low=1),
+    Setting("graceful_timeout", "GRACEFUL_TIMEOUT", "int", 30,
+            "seconds a stopping or reloading worker gets to finish its requests", low=1),
+    Setting("token_file", "TOKEN_FILE", "path", None,
+            "file holding the bearer token clients must send (required off loopback)",
+            default_doc="none, or CHEXTRIEV_AUTH_TOKEN"),
+    Setting("max_upload_mb", "MAX_UPLOAD_MB", "int", 64, "upload limit in MiB", low=1),
+    Setting("max_pixels", "MAX_PIXELS", "int", 64 * MIB,
+            "most pixels an upload may decode to (read from its header first)", low=1),
+    Setting("viewer_url", "VIEWER_URL", "str", None,
+            "PACS viewer link template for each result, e.g. "
+            "'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}' (placeholders {study_uid}, "
+            "{series_uid}, {instance_uid}; checked at start-up)", default_doc="none"),
+)
+BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+BY_KEY: dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
+LAYERS = ("default", "file", "environment", "flag")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The merged settings: ``values`` by ``app.config`` key, ``sources`` says which layer (and
+    for the file and environment, which file or variable) gave each one."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    config_file: Path | None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a TOML file, by ``app.config`` key, parsed; relative paths resolved
+    against the file's folder. Unknown keys raise :class:`UnknownNameError` listing the valid ones."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"the configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the configuration file {path}: {error}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for name, raw in table.items():
+        setting = BY_NAME.get(name)
+        if setting is None:
+            raise UnknownNameError(f"setting in {path}", name, [s.name for s in SETTINGS])
+        value = parse_value(setting, raw, f"{name} in {path}")
+        if setting.kind == "path" and value is not None and not Path(value).is_absolute():
+            value = str((path.parent / value).resolve())
+        values[setting.key] = value
+    return values
+
+
+def parse_value(setting: Setting, raw: Any, where: str) -> Any:
+    """``raw`` (a TOML value, an environment string or a Python value) as ``setting``'s type;
+    ``None`` or an empty string is unset. Raises :class:`ConfigError` naming ``where``."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if setting.kind in ("str", "path"):
+        if isinstance(raw, (str, Path)):
+            return str(raw).strip()
+        raise ConfigError(f"{where} must be a string, got {raw!r}")
+    if isinstance(raw, (bool, float)):
+        raise ConfigError(f"{where} must be an integer, got {raw!r}")
+    try:
+        number = int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"{where} must be an integer, got {raw!r}") from None
+    if setting.low is not None and number < setting.low:
+        raise ConfigError(f"{where} must be at least {setting.low}, got {number}")
+    if setting.high is not None and number > setting.high:
+        raise ConfigError(f"{where} must be at most {setting.high}, got {number}")
+    return number
+
+
+#: ``config_file`` default of :func:`resolve_settings`: the file named by ``CHEXTRIEV_CONFIG``.
+FROM_ENVIRONMENT: Any = object()
+
+
+def resolve_settings(given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                     config_file: Any = FROM_ENVIRONMENT) -> Resolved:
+    """Merge defaults < ``config_file`` < environment < ``given``.
+
+    ``given``: values by ``app.config`` key (command-line flags; ``None`` = not given). Keys
+    that are not settings pass through unchanged. ``config_file``: a TOML file, ``None`` for
+    none, or (default) the one ``CHEXTRIEV_CONFIG`` names. The token is resolved into
+    ``AUTH_TOKEN``.
+    """
+    environ = os.environ if environ is None else environ
+    given = {key: value for key, value in (given or {}).items() if value is not None}
+    path = (environ.get(CONFIG_ENV) or None) if config_file is FROM_ENVIRONMENT else config_file
+    from_file = read_config_file(path) if path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        value, source = setting.default, "default"
+        if setting.key in from_file and from_file[setting.key] is not None:
+            value, source = from_file[setting.key], f"file {path}"
+        env_value = parse_value(setting, environ.get(setting.env_var), setting.env_var)
+        if env_value is not None:
+            value, source = env_value, f"environment {setting.env_var}"
+        if setting.key in given:
+            value, source = parse_value(setting, given[setting.key], f"{setting.flag} ({setting.key})"), "flag"
+        values[setting.key], sources[setting.key] = value, source
+    for key, value in given.items():
+        if key not in BY_KEY:
+            values[key], sources[key] = value, "flag"
+    _resolve_token(values, sources, environ)
+    return Resolved(values, sources, Path(path) if path else None)
+
+
+def _layer(source: str) -> int:
+    return LAYERS.index(source.split(" ", 1)[0])
+
+
+def _resolve_token(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> None:
+    """``AUTH_TOKEN`` from explicit config, ``token_file`` or ``CHEXTRIEV_AUTH_TOKEN``: the
+    higher layer wins (the token file on equal layers)."""
+    if values.get("AUTH_TOKEN"):
+        return
+    env_token = (environ.get(TOKEN_ENV) or "").strip() or None
+    token_file = values.get("TOKEN_FILE")
+    if token_file and (not env_token or _layer(sources["TOKEN_FILE"]) >= LAYERS.index("environment")):
+        values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = read_token(Path(token_file)), sources["TOKEN_FILE"]
+    elif env_token:
+        values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = env_token, f"environment {TOKEN_ENV}"
+    else:
+        values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = None, "default"
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (stripped), at least :data:`MIN_TOKEN_LENGTH` characters."""
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"cannot read the token file {path}: {error.strerror}") from None
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"the token in {path} is shorter than {MIN_TOKEN_LENGTH} characters: use a long "
+                          "random one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
 
 
 def resolve_config(config: Mapping[str, Any] | None = None,
                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Merge defaults < environment (``CHEXTRIEV_<KEY>``) < ``config``; validate the result."""
+    """The ``app.config`` of :func:`server.create_app`: :func:`resolve_settings` with
+    ``config`` as the top layer, then the derived and internal keys, validated (the bind rule
+    included). ``CONFIG_FILE`` in ``config`` names the file (``None``: no file, whatever
+    ``CHEXTRIEV_CONFIG`` says); without it, ``CHEXTRIEV_CONFIG`` does."""
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = dict(DEFAULTS)
-    for key in DEFAULTS:
-        value = environ.get(ENV_PREFIX + key)
-        if value not in (None, ""):
-            merged[key] = value
-    merged.update(config or {})
-    if merged["TORCH_THREADS"] not in (None, ""):
-        try:
-            merged["TORCH_THREADS"] = int(merged["TORCH_THREADS"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"TORCH_THREADS must be an integer, got {merged['TORCH_THREADS']!r}") from None
-    for key in INT_KEYS:
-        try:
-            merged[key] = int(merged[key])
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be an integer number of bytes/pixels, got {merged[key]!r}") from None
-        if merged[key] <= 0:
-            raise ConfigError(f"{key} must be positive, got {merged[key]}")
+    config = dict(config or {})
+    config_file = config.pop("CONFIG_FILE", FROM_ENVIRONMENT)
+    merged = dict(resolve_settings(config, environ, config_file).values)
+    if "MAX_CONTENT_LENGTH" not in config:
+        merged["MAX_CONTENT_LENGTH"] = merged["MAX_UPLOAD_MB"] * MIB
+    merged["MAX_CONTENT_LENGTH"] = _positive_int("MAX_CONTENT_LENGTH", merged["MAX_CONTENT_LENGTH"])
+    merged["LOAD"] = config.get("LOAD") or environ.get(ENV_PREFIX + "LOAD") or "background"
     if merged["LOAD"] not in LOAD_MODES:
-        from chextriev.errors import UnknownNameError
-
         raise UnknownNameError("load mode", merged["LOAD"], LOAD_MODES)
+    if merged["VIEWER_URL"]:
+        check_viewer_url(str(merged["VIEWER_URL"]))
     if merged["VIEWER_URL"]:
         check_viewer_url(str(merged["VIEWER_URL"]))
     merged.setdefault("SECRET_KEY", environ.get(ENV_PREFIX + "SECRET_KEY") or secrets.token_hex(32))
     check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"])
     return merged
+
+
+def _positive_int(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be an integer number of bytes, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{key} must be positive, got {number}")
+    return number
+
+
+def describe(resolved: Resolved) -> str:
+    """The effective settings as a TOML document (loadable as a configuration file), each line
+    commented with where its value came from; the token itself is never shown."""
+    lines = ["# effective chextriev serve settings (lowest first: default < file < environment < flag)"]
+    for setting in SETTINGS:
+        value = resolved.values.get(setting.key)
+        source = resolved.sources.get(setting.key, "default")
+        text = f"# {setting.name} = (unset)" if value is None else f"{setting.name} = {_toml(value)}"
+        lines.append(f"{text:<60} # {source}")
+    token_source = resolved.sources.get("AUTH_TOKEN", "default")
+    lines.append(f"{'# bearer token: ' + ('set' if resolved.values.get('AUTH_TOKEN') else 'none'):<60}"
+                 f" # {token_source}")
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def is_loopback(host: str) -> bool:
@@ -105,9 +314,13 @@ def check_bind_safety(host: str, token: str | None) -> None:
     """Refuse a non-loopback bind address without a bearer token."""
     if not is_loopback(host) and not token:
         raise ConfigError(
-            f"refusing to serve on {host} without a bearer token: pass --token-file FILE "
-            "(or set CHEXTRIEV_AUTH_TOKEN), or bind 127.0.0.1"
+            f"refusing to serve on {host} without a bearer token: set token_file (--token-file FILE, "
+            "CHEXTRIEV_TOKEN_FILE or the configuration file) or CHEXTRIEV_AUTH_TOKEN, or bind 127.0.0.1"
         )
+
+
+#: A callable that resolves the settings anew (``chextriev serve`` calls it again on SIGHUP).
+Resolver = Callable[[], Resolved]
 
 
 def check_viewer_url(template: str) -> None:

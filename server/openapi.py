@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.services import HEATMAP_STYLES
 from server.validation import AGE_MAX, AGE_MIN, K_DEFAULT, K_MAX, K_MIN
 
 API_VERSION = "1.0.0"
@@ -48,8 +49,9 @@ SEARCH_FIELDS: dict[str, Any] = {
     "sex": {"type": "string", "enum": ["F", "M"]},
     "age_min": {"type": "integer", "minimum": AGE_MIN, "maximum": AGE_MAX},
     "age_max": {"type": "integer", "minimum": AGE_MIN, "maximum": AGE_MAX},
-    "finding": {"type": "string", "description": "only images with this known finding (one of the model's "
-                                                 "class names, see /readyz)"},
+    "finding": {"type": "string", "description": "only images with this finding (one of the model's class names, "
+                                                 "see /readyz): by the known label when the image has labels, else "
+                                                 "by the prediction; the response's finding_filter says which"},
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -71,9 +73,14 @@ SCHEMAS: dict[str, Any] = {
         "id": {"type": "integer", "description": "archive queries only"},
         "format": {"type": "string", "description": "upload queries: png, jpeg or dicom"},
         "width": {"type": "integer", "nullable": True}, "height": {"type": "integer", "nullable": True},
-        "preview": {"type": "string", "description": "upload queries: data: URL of a PNG preview (longest side 512)"},
-        "findings": {"type": "array", "items": _ref("Finding")},
-        "predicted_findings": {"type": "array", "items": {"type": "string"}},
+        "preview_url": {"type": "string", "description": "the image to view the query at: for uploads a data: URL "
+                                                         "of a PNG (longest side 1024), for archive queries a route"},
+        "thumbnail_url": {"type": "string", "description": "archive queries only"},
+        "known_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
+                           "description": "labels of an archived query; null for uploads (not known)"},
+        "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
+        "predicted_findings": {"type": "array", "items": {"type": "string"},
+                               "description": "findings with probability >= 0.5, most likely first"},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {"type": "string", "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "properties": {
@@ -84,15 +91,33 @@ SCHEMAS: dict[str, Any] = {
         "view": {"type": "string", "nullable": True}, "sex": {"type": "string", "nullable": True},
         "age": {"type": "number", "nullable": True},
         "known_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
-                           "description": "null when the archive image's labels are unknown"},
+                           "description": "labels from reports or annotations; null when the image's labels are "
+                                          "unknown"},
+        "predicted_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
+                               "description": "the model's findings at probability >= 0.5 (stored at indexing), "
+                                              "most likely first; never merged with known_findings"},
         "shared_findings": {"type": "array", "items": {"type": "string"},
                             "description": "known findings that the query is predicted to have"},
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
-        "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}, **_DICOM_FIELDS}},
+        "finding_filter": _ref("FindingFilterMatch"),
+        "thumbnail_url": {"type": "string"},
+        "preview_url": {"type": "string", "description": "the image to view the case at (for now the thumbnail)"},
+        "image_url": {"type": "string"}, **_DICOM_FIELDS}},
+    "FindingFilterMatch": {"type": "object", "description": "with a finding filter only: how this image matched it",
+                           "properties": {"finding": {"type": "string"},
+                                          "matched_on": {"type": "string", "enum": ["known", "predicted"]}}},
+    "FindingFilter": {"type": "object", "description": "with a finding filter only", "properties": {
+        "finding": {"type": "string"},
+        "rule": {"type": "string", "description": "known label when the image has labels, else predicted >= 0.5"},
+        "matched_on": {"type": "object", "description": "how many results matched on known labels and on "
+                                                        "predictions", "properties": {
+                                                            "known": {"type": "integer"},
+                                                            "predicted": {"type": "integer"}}}}},
     "SearchResponse": {"type": "object", "properties": {
         "query": _ref("Query"), "k": {"type": "integer"}, "filters": {"type": "object"},
         "exclude_same_patient": {"type": "boolean"}, "index_size": {"type": "integer"},
         "checkpoint_id": {"type": "string"}, "results": {"type": "array", "items": _ref("Result")},
+        "finding_filter": _ref("FindingFilter"),
         "notes": {"type": "array", "items": {"type": "string"}},
         "timing_ms": {"type": "object", "additionalProperties": {"type": "number"}}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row", "properties": {
@@ -103,7 +128,7 @@ SCHEMAS: dict[str, Any] = {
         "region_probabilities": {"type": "array", "nullable": True, "items": {"type": "object"}},
         "boxes": {"type": "array", "items": _ref("RegionBox")}, "box_source": {"type": "string"},
         "class_names": {"type": "array", "items": {"type": "string"}}, "thumbnail_url": {"type": "string"},
-        **_DICOM_FIELDS}},
+        "preview_url": {"type": "string"}, **_DICOM_FIELDS}},
     "Ready": {"type": "object", "properties": {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
         "error": {"type": "string"}, "index_size": {"type": "integer"}, "index_build_id": {"type": "string"},
@@ -133,6 +158,10 @@ def openapi_spec() -> dict[str, Any]:
     """The OpenAPI 3.0 document (paths relative to the server URL ``/api/v1``)."""
     finding_query = {"name": "finding", "in": "query", "required": True, "schema": {"type": "string"},
                      "description": "a class name of the model (see /readyz)"}
+    style_query = {"name": "style", "in": "query", "required": False,
+                   "schema": {"type": "string", "enum": list(HEATMAP_STYLES), "default": "overlay"},
+                   "description": "overlay: RGB, heat blended on the image; layer: RGBA colour layer (alpha in "
+                                  "proportion to the heat) to draw over the image"}
     return {
         "openapi": "3.0.3",
         "info": {"title": "CheXtriev similar-case search", "version": API_VERSION,
@@ -174,15 +203,16 @@ def openapi_spec() -> dict[str, Any]:
             "/images/{image_id}/heatmap": {"get": {
                 "summary": "Grad-CAM overlay of a finding on an indexed image (computed on the stored thumbnail: "
                            "the server never reads the archive)",
-                "parameters": [IMAGE_ID, finding_query],
-                "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding"),
+                "parameters": [IMAGE_ID, finding_query, style_query],
+                "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
                               "404": _error("unknown id"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
                 "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image", "finding"],
                     "properties": {"image": {"type": "string", "format": "binary"},
-                                   "finding": {"type": "string"}}}}}},
+                                   "finding": {"type": "string"},
+                                   "style": {"type": "string", "enum": list(HEATMAP_STYLES)}}}}}},
                 "responses": {"200": {"description": "PNG", **PNG},
                               "400": _error("missing/unknown finding, missing or unreadable image"),
                               "413": _error("too large"), **COMMON_ERRORS}}},

@@ -1,6 +1,9 @@
 """Turning model outputs and catalog rows into JSON: query findings, region boxes, result tiles
 and the per-region match explanation.
 
+Known findings (the archive's labels, from reports or annotations) and predicted findings (the
+model's probabilities at :data:`FINDING_THRESHOLD`) are always separate fields, never merged.
+
 Region matching: for a query and a result with region embeddings ``q, r (18, R)`` (each row
 L2-normalised), the region similarity is the row-wise cosine ``(q * r).sum(-1)`` ``(18,)``;
 regions missing in either image (NaN box) are left out; the best three are reported by name.
@@ -110,6 +113,27 @@ def as_probabilities(value: Any, class_names: Sequence[str]) -> np.ndarray | Non
     return np.asarray(value, dtype=np.float32)
 
 
+def predicted_findings(probabilities: np.ndarray | None, class_names: Sequence[str],
+                       threshold: float = FINDING_THRESHOLD) -> list[str] | None:
+    """Names of the findings with ``probabilities (C,)`` at or above ``threshold``, most likely
+    first; ``None`` when no probabilities are known."""
+    if probabilities is None:
+        return None
+    return [item["name"] for item in findings_list(probabilities, class_names, threshold) if item["predicted"]]
+
+
+#: What the catalog's ``finding`` filter tested for an image (``indexer.catalog``: the known
+#: label when the image has labels, else the predicted probability at 0.5).
+FINDING_FILTER_RULE = ("known label when the image has labels, else predicted probability >= "
+                       f"{FINDING_THRESHOLD}")
+
+
+def finding_filter_basis(row: Mapping[str, Any]) -> str:
+    """``"known"`` or ``"predicted"``: which of the two the catalog's ``finding`` filter used for
+    this image (the same test as ``indexer.catalog``: labels present or not)."""
+    return "known" if row.get("known_findings") else "predicted"
+
+
 def known_findings(row: Mapping[str, Any]) -> list[str] | None:
     """The archived image's known findings as names (``None`` when its labels are unknown)."""
     value = row.get("known_findings")
@@ -176,11 +200,16 @@ def dicom_fields(row: Mapping[str, Any], viewer_template: str | None) -> dict:
 
 
 def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list[dict],
-                query_findings: set[str], thumbnail_url: str, image_url: str,
-                viewer_template: str | None = None) -> dict:
-    """One search result as JSON (no patient identifier other than the stored pseudonym)."""
+                query_findings: set[str], class_names: Sequence[str], thumbnail_url: str, preview_url: str,
+                image_url: str, finding_filter: str | None = None, viewer_template: str | None = None) -> dict:
+    """One search result as JSON (no patient identifier other than the stored pseudonym).
+
+    ``known_findings`` and ``predicted_findings`` stay apart; ``shared_findings`` are the known
+    ones the query is predicted to have. With a ``finding_filter``, ``finding_filter`` says
+    whether the image matched it by its known label or by its prediction. With a
+    ``viewer_template``, the PACS link (:func:`dicom_fields`)."""
     known = known_findings(row)
-    return {
+    tile = {
         "rank": rank,
         "id": int(hit.image_id),
         "image_id": row.get("image_id"),
@@ -191,12 +220,18 @@ def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list
         "sex": row.get("sex"),
         "age": jsonable(row.get("age")),
         "known_findings": known,
+        "predicted_findings": predicted_findings(as_probabilities(row.get("probabilities"), class_names),
+                                                 class_names),
         "shared_findings": sorted(query_findings & set(known or ())),
         "matched_regions": matched_regions,
         "thumbnail_url": thumbnail_url,
+        "preview_url": preview_url,
         "image_url": image_url,
         **dicom_fields(row, viewer_template),
     }
+    if finding_filter:
+        tile["finding_filter"] = {"finding": finding_filter, "matched_on": finding_filter_basis(row)}
+    return tile
 
 
 #: Catalog fields shown by ``GET /images/<id>`` (never the archive path: it can hold identifiers).

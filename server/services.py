@@ -31,6 +31,12 @@ from chextriev.errors import ChextrievError
 log = logging.getLogger(__name__)
 
 STATES = ("idle", "loading", "ready", "failed")
+#: ``overlay``: the heat blended on the image (RGB); ``layer``: the same colours as a transparent
+#: RGBA layer (alpha in proportion to the heat), which drawn over the grey image gives the overlay.
+HEATMAP_STYLES = ("overlay", "layer")
+#: Opacity of the hottest pixel (as in :func:`chextriev.localization.overlay.overlay_rgb`).
+HEAT_ALPHA = 0.45
+HEAT_COLORMAP = "jet"
 
 
 class NotReadyError(ChextrievError):
@@ -182,8 +188,10 @@ class SearchService:
             box_source=str(batch.box_sources[0]),
         )
 
-    def heatmap_png(self, pixels: np.ndarray, boxes: np.ndarray | None, finding: str) -> bytes:
-        """Grad-CAM of ``finding`` on ``pixels`` ``(H, W)``, overlaid on the image, as PNG."""
+    def heatmap_png(self, pixels: np.ndarray, boxes: np.ndarray | None, finding: str,
+                    style: str = "overlay") -> bytes:
+        """Grad-CAM of ``finding`` on ``pixels`` ``(H, W)`` as PNG: overlaid on the image
+        (``style="overlay"``) or as a transparent colour layer of the same size (``"layer"``)."""
         from chextriev.localization.cam import heatmap, overlay_png
 
         self.require_ready()
@@ -191,7 +199,9 @@ class SearchService:
             if boxes is None:
                 boxes = self.model.box_provider.boxes_for([pixels])[0][0]
             heat = heatmap(self.model, pixels, boxes, finding, method="gradcam")
-        return overlay_png(pixels, heat)
+        if style == "layer":
+            return heat_layer_png(heat)
+        return overlay_png(pixels, heat, alpha=HEAT_ALPHA, colormap=HEAT_COLORMAP)
 
     # ---- catalog -------------------------------------------------------------------------
     @property
@@ -267,6 +277,20 @@ class SearchService:
             return None
         stored = self.catalog.region_embeddings(list(ids))
         return None if stored is None else np.asarray(stored, dtype=np.float32)
+
+
+def heat_layer_png(heat: np.ndarray, alpha: float = HEAT_ALPHA, colormap: str = HEAT_COLORMAP) -> bytes:
+    """``heat (H, W)`` in [0, 1] as an RGBA PNG: the colour map's colour at opacity
+    ``alpha * heat``, so that it composited over the grey image equals the overlay PNG."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
+    rgba = colormaps[colormap](heat)
+    rgba[..., 3] = alpha * heat
+    buffer = io.BytesIO()
+    Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -1,10 +1,15 @@
-// CheXtriev web page: plain JavaScript, no build step. Talks to the JSON API under data-api.
+// CheXtriev viewer page: plain JavaScript, no build step. Talks to the JSON API under data-api;
+// the images are drawn by viewport.js (window/level, zoom, pan, overlays).
 "use strict";
 
 const API = document.body.dataset.api;
+const { Viewport, ViewerGroup } = window.ChextrievViewport;
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("chextriev-token") || "", classNames: [], file: null,
-  payload: null, queryImage: null, blobCache: new Map(), current: null, ready: false };
+const state = {
+  token: sessionStorage.getItem("chextriev-token") || "", ready: false, file: null, payload: null,
+  selected: -1, selection: 0, details: new Map(), blobCache: new Map(),
+  heatFinding: "", lastHeatFinding: "", regionMode: "best", shownRegions: new Set(),
+};
 
 // ---------------------------------------------------------------- API helpers
 function headers() { return state.token ? { Authorization: `Bearer ${state.token}` } : {}; }
@@ -12,7 +17,7 @@ function headers() { return state.token ? { Authorization: `Bearer ${state.token
 async function apiFetch(path, options = {}) {
   const response = await fetch(path.startsWith(`${API}/`) ? path : `${API}${path}`,
     { ...options, headers: { ...headers(), ...(options.headers || {}) } });
-  if (response.status === 401) { $("token-box").hidden = false; }
+  if (response.status === 401) $("token-box").hidden = false;
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { const body = await response.json(); if (body.error) message = body.error.message; } catch (_) { /* not JSON */ }
@@ -20,16 +25,28 @@ async function apiFetch(path, options = {}) {
   }
   return response;
 }
-async function apiJSON(path, options) { return (await apiFetch(path, options)).json(); }
+const apiJSON = async (path, options) => (await apiFetch(path, options)).json();
 
-// Images behind the token cannot use <img src>: fetch them as blobs (cached by URL).
-async function blobURL(path, options) {
-  const key = options ? `${path}#${options.cacheKey || ""}` : path;
-  if (!state.blobCache.has(key)) {
-    state.blobCache.set(key, apiFetch(path, options).then((r) => r.blob()).then((b) => URL.createObjectURL(b))
-      .catch((error) => { state.blobCache.delete(key); throw error; }));
+// Images behind the token cannot use <img src>: fetch them as blobs, cached by URL and key; the
+// oldest are released beyond BLOB_CACHE_SIZE (previews of a long session add up).
+const BLOB_CACHE_SIZE = 300;
+function blobURL(path, options, key = path) {
+  if (path.startsWith("data:")) return Promise.resolve(path);
+  const cache = state.blobCache;
+  if (cache.has(key)) {
+    const entry = cache.get(key);
+    cache.delete(key); cache.set(key, entry); // most recently used last
+    return entry;
   }
-  return state.blobCache.get(key);
+  const entry = apiFetch(path, options).then((r) => r.blob()).then((b) => URL.createObjectURL(b))
+    .catch((error) => { cache.delete(key); throw error; });
+  cache.set(key, entry);
+  while (cache.size > BLOB_CACHE_SIZE) {
+    const [oldest, promise] = cache.entries().next().value;
+    cache.delete(oldest);
+    promise.then((url) => setTimeout(() => URL.revokeObjectURL(url), 60_000), () => {});
+  }
+  return entry;
 }
 function loadImage(src) {
   return new Promise((resolve, reject) => {
@@ -38,6 +55,23 @@ function loadImage(src) {
     image.onerror = () => reject(new Error("the image could not be displayed"));
     image.src = src;
   });
+}
+
+// ---------------------------------------------------------------- viewports
+const queryView = new Viewport($("vp-query"), { title: "Query", wlReadout: $("query-wl"), zoomReadout: $("query-zoom") });
+const caseView = new Viewport($("vp-case"), { title: "Similar case", wlReadout: $("case-wl"), zoomReadout: $("case-zoom") });
+const group = new ViewerGroup([queryView, caseView]);
+group.onChange(syncToolbar);
+
+function syncToolbar() {
+  $("tool-wl").setAttribute("aria-pressed", String(group.tool === "wl"));
+  $("tool-pan").setAttribute("aria-pressed", String(group.tool === "pan"));
+  $("invert").setAttribute("aria-pressed", String(group.active.invert));
+  for (const button of document.querySelectorAll(".preset")) {
+    button.setAttribute("aria-pressed", String(group.active.window.preset === button.dataset.preset));
+  }
+  $("link-view").checked = group.linkView;
+  $("link-window").checked = group.linkWindow;
 }
 
 // ---------------------------------------------------------------- status
@@ -54,7 +88,8 @@ async function refreshStatus() {
       pill.className = "status status-ok";
       pill.textContent = `ready · ${status.index_size.toLocaleString()} images · model ${status.checkpoint_id.slice(0, 8)}`;
       pill.title = `index build ${status.index_build_id}, checkpoint ${status.checkpoint_id}`;
-      setClassNames(status.class_names || []);
+      const select = $("finding");
+      select.replaceChildren(new Option("any", ""), ...(status.class_names || []).map((n) => new Option(n, n)));
       return;
     }
     pill.className = status.state === "failed" ? "status status-bad" : "status status-wait";
@@ -64,12 +99,6 @@ async function refreshStatus() {
     pill.className = "status status-bad"; pill.textContent = "server unreachable";
   }
   setTimeout(refreshStatus, 3000);
-}
-
-function setClassNames(names) {
-  state.classNames = names;
-  const select = $("finding");
-  select.replaceChildren(new Option("any", ""), ...names.map((name) => new Option(name, name)));
 }
 
 // ---------------------------------------------------------------- search
@@ -90,98 +119,79 @@ function showMessage(text, kind = "error") {
 }
 
 function busy(text) {
-  $("empty").hidden = true;
-  $("results-head").hidden = false;
-  $("results-title").innerHTML = `<span class="spinner"></span>${text}`;
+  $("results-title").innerHTML = `<span class="spinner" aria-hidden="true"></span>${text}`;
   $("results-info").textContent = "";
 }
 
-async function searchUpload(file) {
-  state.file = file;
+async function runSearch(request, label) {
   showMessage("");
-  busy("Searching…");
+  busy(label);
+  try {
+    await render(await request());
+  } catch (error) {
+    $("results-title").textContent = "Similar cases";
+    showMessage(error.status === 503 ? `The server is not ready yet: ${error.message}` : error.message);
+  }
+}
+
+function searchUpload(file) {
+  state.file = file;
   const form = searchForm();
   form.set("image", file);
-  try {
-    render(await apiJSON("/search", { method: "POST", body: form }));
-  } catch (error) {
-    failed(error);
-  }
+  return runSearch(() => apiJSON("/search", { method: "POST", body: form }), "Searching…");
 }
 
-async function searchArchive(id) {
+function searchArchive(id) {
   state.file = null;
-  showMessage("");
-  busy(`Searching with archived image ${id}…`);
-  try {
-    render(await apiJSON(`/search/by-id/${encodeURIComponent(id)}`, { method: "POST", body: searchForm() }));
-  } catch (error) {
-    failed(error);
-  }
+  return runSearch(() => apiJSON(`/search/by-id/${encodeURIComponent(id)}`, { method: "POST", body: searchForm() }),
+    `Searching with image ${id}…`);
 }
 
-function failed(error) {
-  $("results-title").textContent = "Results";
-  $("results").replaceChildren();
-  showMessage(error.status === 503 ? `The server is not ready yet: ${error.message}` : error.message);
-}
-
-// ---------------------------------------------------------------- rendering
+// ---------------------------------------------------------------- rendering a response
 async function render(payload) {
   state.payload = payload;
+  state.selected = -1;
+  state.details.clear();
   const query = payload.query;
-  state.queryImage = await loadImage(query.source === "upload" ? query.preview : await blobURL(query.thumbnail_url));
-  renderQuery(payload);
-  renderResults(payload);
-}
-
-function fitCanvas(canvas, width, height, maxSide) {
-  const scale = maxSide / Math.max(width, height);
-  canvas.width = Math.round(width * scale); canvas.height = Math.round(height * scale);
-}
-
-// Draws `image` on `canvas` with region boxes (original-pixel coordinates, scaled by the
-// original size) and the `highlight` regions (map index -> label) in the match colour.
-function drawRadiograph(canvas, image, boxes, original, { showAll = true, highlight = new Map(), maxSide = 420 } = {}) {
-  const width = original.width || image.naturalWidth, height = original.height || image.naturalHeight;
-  fitCanvas(canvas, width, height, maxSide);
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
-  const sx = canvas.width / width, sy = canvas.height / height;
-  ctx.font = "600 11px system-ui, sans-serif";
-  for (const item of boxes || []) {
-    if (!item.box) continue;
-    const isMatch = highlight.has(item.index);
-    if (!showAll && !isMatch) continue;
-    const [x1, y1, x2, y2] = item.box;
-    ctx.lineWidth = isMatch ? 2.5 : 1;
-    ctx.strokeStyle = isMatch ? "#ffd166" : "rgba(79, 163, 255, 0.75)";
-    ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
-    if (isMatch) {
-      const label = highlight.get(item.index);
-      const textWidth = ctx.measureText(label).width + 8;
-      ctx.fillStyle = "rgba(0, 0, 0, 0.72)";
-      ctx.fillRect(x1 * sx, Math.max(0, y1 * sy - 16), textWidth, 16);
-      ctx.fillStyle = "#ffd166";
-      ctx.fillText(label, x1 * sx + 4, Math.max(12, y1 * sy - 4));
-    }
-  }
-}
-
-function queryOriginal(query) {
-  return { width: query.width || state.queryImage.naturalWidth, height: query.height || state.queryImage.naturalHeight };
-}
-
-function renderQuery(payload) {
-  const query = payload.query;
-  $("query-card").hidden = false;
+  const image = await loadImage(await blobURL(query.preview_url));
+  queryView.setImage(image, { width: query.width, height: query.height });
+  queryView.setBoxes(query.boxes);
+  $("query-empty").hidden = true;
   $("query-meta").textContent = query.source === "upload"
     ? `upload · ${query.format.toUpperCase()} · ${query.width}×${query.height}`
-    : `archive #${query.id}${query.view ? " · " + query.view : ""}`;
-  $("box-source").textContent = `boxes: ${query.box_source}`;
-  drawRadiograph($("query-canvas"), state.queryImage, query.boxes, queryOriginal(query),
-    { showAll: $("show-regions").checked, maxSide: 260 });
-  const list = $("query-findings");
+    : `archive #${query.id}${query.view ? " · " + query.view : ""}${query.width ? ` · ${query.width}×${query.height}` : ""}`;
+  group.reset();
+  renderQueryFindings(query);
+  renderHeatToggles(query);
+  renderRegionList(query.boxes);
+  renderResults(payload);
+  if (payload.notes) showMessage(payload.notes.join(" "), "info");
+  if (payload.results.length) await selectResult(0, { focus: false });
+  else {
+    caseView.clear();
+    $("case-empty").hidden = false;
+    $("case-title").textContent = "Case";
+    $("case-meta").textContent = "";
+  }
+  refreshHeat();
+}
+
+function chip(text, kind) {
+  const span = document.createElement("span");
+  span.className = `chip ${kind}`;
+  span.textContent = text;
+  return span;
+}
+
+function findingChips(container, names, { shared = [], unknown = "unknown", none = "none" } = {}) {
+  if (names == null) { container.replaceChildren(chip(unknown, "empty")); return; }
+  if (!names.length) { container.replaceChildren(chip(none, "empty")); return; }
+  container.replaceChildren(...names.map((name) => (shared.includes(name)
+    ? chip(`✓ ${name}`, "known shared") : chip(name, "known"))));
+}
+
+function renderQueryFindings(query) {
+  const list = $("query-predicted");
   list.replaceChildren(...query.findings.map((finding) => {
     const li = document.createElement("li");
     const pct = Math.round(finding.probability * 100);
@@ -189,137 +199,351 @@ function renderQuery(payload) {
     li.querySelector(".name").textContent = finding.name;
     return li;
   }));
-  if (query.known_findings) {
-    const li = document.createElement("li");
-    li.className = "muted";
-    li.textContent = `known: ${query.known_findings.length ? query.known_findings.join(", ") : "none"}`;
-    list.append(li);
-  }
-}
-
-function chip(text, shared) {
-  const span = document.createElement("span");
-  span.className = `chip${shared ? " shared" : ""}`;
-  span.textContent = shared ? `✓ ${text}` : text;
-  return span;
+  $("query-known-box").hidden = query.source !== "archive";
+  if (query.source === "archive") findingChips($("query-known"), query.known_findings, { none: "no finding" });
 }
 
 function renderResults(payload) {
   const results = payload.results;
   $("results-title").textContent = `${results.length} similar case${results.length === 1 ? "" : "s"}`;
   const filters = Object.entries(payload.filters || {}).map(([k, v]) => `${k}=${v}`).join(", ");
-  $("results-info").textContent = `of ${payload.index_size.toLocaleString()} indexed · ${Math.round(payload.timing_ms.total)} ms`
-    + (filters ? ` · filters: ${filters}` : "") + (payload.exclude_same_patient ? " · same patient excluded" : "");
-  if (payload.notes) showMessage(payload.notes.join(" "), "info");
-  const tiles = results.map((result) => {
-    const tile = document.createElement("article");
-    tile.className = `tile${result.shared_findings.length ? " hit" : ""}`;
-    tile.tabIndex = 0;
-    tile.dataset.id = result.id;
-    tile.innerHTML = `<div class="thumb"><img alt=""><span class="rank">#${result.rank}</span><span class="sim">${result.similarity.toFixed(3)}</span></div>
-      <div class="body"><div class="ids"><span class="iid"></span><span class="vw"></span></div><div class="chips"></div><div class="regions"></div></div>`;
-    tile.querySelector(".iid").textContent = `#${result.id} · ${result.image_id || ""}`.trim();
-    tile.querySelector(".iid").title = `${result.image_id || ""}\nstudy ${result.study || "?"}, patient ${result.patient || "?"}`;
-    tile.querySelector(".vw").textContent = [result.view, result.sex, result.age != null ? Math.round(result.age) : null].filter((x) => x != null && x !== "").join(" · ");
-    const chips = tile.querySelector(".chips");
-    const known = result.known_findings;
-    if (known === null) chips.append(Object.assign(chip("findings unknown"), { className: "chip none" }));
-    else if (!known.length) chips.append(Object.assign(chip("no finding"), { className: "chip none" }));
-    else known.forEach((name) => chips.append(chip(name, result.shared_findings.includes(name))));
-    const regions = tile.querySelector(".regions");
-    if (result.matched_regions.length) {
-      regions.innerHTML = "best match: " + result.matched_regions.map(() => "<b></b>").join(", ");
-      regions.querySelectorAll("b").forEach((b, i) => { b.textContent = result.matched_regions[i].region; });
+  $("results-info").textContent = `of ${payload.index_size.toLocaleString()} · ${Math.round(payload.timing_ms.total)} ms`
+    + (filters ? ` · ${filters}` : "") + (payload.exclude_same_patient ? " · patient excluded" : "");
+  const note = $("filter-note");
+  const filter = payload.finding_filter;
+  note.hidden = !filter;
+  if (filter) {
+    note.textContent = `Finding filter “${filter.finding}”: ${filter.matched_on.known} matched by known label, `
+      + `${filter.matched_on.predicted} by the model's prediction (images without labels).`;
+  }
+  const items = results.map((result, index) => {
+    const li = document.createElement("li");
+    li.id = `result-${index}`;
+    li.className = `result${result.shared_findings.length ? " hit" : ""}`;
+    li.setAttribute("role", "option");
+    li.setAttribute("aria-selected", "false");
+    li.dataset.index = index;
+    li.dataset.id = result.id;
+    li.innerHTML = `<img class="thumb" alt="" width="56" height="56">
+      <div class="r-body">
+        <div class="r-top"><span class="rank">#${result.rank}</span><span class="iid"></span><span class="sim"></span></div>
+        <div class="r-line"><span class="r-label">Known</span><span class="chips r-known"></span></div>
+        <div class="r-line"><span class="r-label">Model</span><span class="chips r-pred"></span></div>
+      </div>`;
+    li.querySelector(".iid").textContent = `case ${result.id}`;
+    li.querySelector(".sim").textContent = result.similarity.toFixed(3);
+    li.querySelector(".sim").title = "cosine similarity of the embeddings";
+    findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
+    const predicted = li.querySelector(".r-pred");
+    if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
+    else if (!result.predicted_findings.length) predicted.replaceChildren(chip("none", "empty"));
+    else predicted.replaceChildren(...result.predicted_findings.map((name) => chip(name, "predicted")));
+    if (result.finding_filter) {
+      li.querySelector(".r-top").append(chip(result.finding_filter.matched_on === "known" ? "filter: label" : "filter: model",
+        "filter"));
     }
-    blobURL(result.thumbnail_url).then((url) => { tile.querySelector("img").src = url; }).catch(() => {});
-    tile.addEventListener("click", () => openCompare(result));
-    tile.addEventListener("keydown", (event) => { if (event.key === "Enter") openCompare(result); });
-    return tile;
+    li.title = `Case ${result.id}, rank ${result.rank}, similarity ${result.similarity.toFixed(3)}`
+      + (result.shared_findings.length ? `; shares ${result.shared_findings.join(", ")} with the query's prediction` : "");
+    blobURL(result.thumbnail_url).then((url) => { li.querySelector(".thumb").src = url; }).catch(() => {});
+    li.addEventListener("click", () => selectResult(index));
+    return li;
   });
-  $("results").replaceChildren(...tiles);
+  $("results").replaceChildren(...items);
+  $("results").removeAttribute("aria-activedescendant");
 }
 
-// ---------------------------------------------------------------- comparison
-async function openCompare(result) {
+// ---------------------------------------------------------------- choosing a case
+async function selectResult(index, { focus = true } = {}) {
   const payload = state.payload;
-  const detail = await apiJSON(`/images/${result.id}`).catch((error) => { showMessage(error.message); return null; });
-  if (!detail) return;
-  state.current = { result, detail, resultImage: await loadImage(await blobURL(result.thumbnail_url)) };
-  $("compare-title").textContent = `Query vs. case #${result.id} · cosine similarity ${result.similarity.toFixed(3)}`;
-  $("cmp-result-caption").textContent = `Case #${result.id}${result.image_id ? " (" + result.image_id + ")" : ""}`
-    + (result.known_findings ? ` · known: ${result.known_findings.join(", ") || "no finding"}` : "");
-  const select = $("heat-finding");
-  const preferred = result.shared_findings[0] || payload.query.predicted_findings[0] || payload.query.findings[0].name;
-  select.replaceChildren(...payload.query.findings.map((f) => new Option(f.name, f.name, false, f.name === preferred)));
-  renderDetails(result, detail);
-  $("compare").hidden = false;
-  drawCompare();
+  if (!payload || index < 0 || index >= payload.results.length) return;
+  const result = payload.results[index];
+  const ticket = ++state.selection; // a later selection wins over a slower earlier one
+  state.selected = index;
+  const list = $("results");
+  for (const item of list.children) item.setAttribute("aria-selected", String(Number(item.dataset.index) === index));
+  const item = list.children[index];
+  list.setAttribute("aria-activedescendant", item.id);
+  item.scrollIntoView({ block: "nearest" });
+  if (focus && document.activeElement !== list && !document.activeElement.matches("canvas")) list.focus({ preventScroll: true });
+  $("case-title").textContent = `Case ${result.id}`;
+  $("case-title").title = result.image_id ? `archive image ${result.image_id}` : "";
+  $("case-meta").textContent = `rank ${result.rank} of ${payload.results.length} · similarity ${result.similarity.toFixed(3)}`;
+  $("announce").textContent = `Case ${result.id}, rank ${result.rank} of ${payload.results.length}, similarity ${result.similarity.toFixed(3)}`;
+  try {
+    const [detail, image] = await Promise.all([caseDetail(result.id),
+      blobURL(result.preview_url).then(loadImage)]);
+    if (ticket !== state.selection) return;
+    caseView.setImage(image, { width: detail.width || image.naturalWidth, height: detail.height || image.naturalHeight });
+    if (group.linkWindow) {
+      caseView.invert = queryView.invert;
+      caseView.setWindow(queryView.window.preset ? caseView.presetWindow(queryView.window.preset) : queryView.window);
+    }
+    if (group.linkView) caseView.setView(queryView.view);
+    caseView.setBoxes(detail.boxes);
+    $("case-empty").hidden = true;
+    renderCaseFindings(result, detail);
+    setPacsLink(result.viewer_url || detail.viewer_url, result.viewer_note || detail.viewer_note);
+    applyRegions();
+    refreshHeat({ queryToo: false });
+    syncToolbar();
+  } catch (error) {
+    if (ticket === state.selection) showMessage(`Case ${result.id}: ${error.message}`);
+  }
 }
 
-function renderDetails(result, detail) {
-  const box = $("compare-details");
-  const regionRows = result.matched_regions.map((m) => `<tr><td></td><td>${m.similarity.toFixed(3)}</td></tr>`).join("");
-  box.innerHTML = `<div><h3>Best-matching regions</h3><table class="match-table">${regionRows || "<tr><td>not available for this model</td><td></td></tr>"}</table></div>
-    <div><h3>Case</h3><table class="case-table"></table></div>`;
-  box.querySelectorAll(".match-table tr").forEach((tr, i) => { if (result.matched_regions[i]) tr.firstChild.textContent = result.matched_regions[i].region; });
+function caseDetail(id) {
+  if (!state.details.has(id)) {
+    state.details.set(id, apiJSON(`/images/${id}`).catch((error) => { state.details.delete(id); throw error; }));
+  }
+  return state.details.get(id);
+}
+
+function move(step) {
+  const payload = state.payload;
+  if (!payload || !payload.results.length) return;
+  const next = state.selected < 0 ? 0 : Math.min(payload.results.length - 1, Math.max(0, state.selected + step));
+  if (next !== state.selected) selectResult(next);
+}
+
+// `viewer_url` (server started with --viewer-url): a link to the case in the PACS viewer; when
+// the server could not build one it sends `viewer_url: null` and `viewer_note` (why); neither
+// field without a configured viewer: nothing is shown.
+function setPacsLink(url, note) {
+  const link = $("case-pacs"), missing = $("case-pacs-none");
+  link.hidden = !url;
+  missing.hidden = Boolean(url) || !note;
+  if (url) { link.href = url; link.title = "Open this case in the hospital's PACS viewer (new tab)"; }
+  if (!url && note) missing.title = note;
+}
+
+function renderCaseFindings(result, detail) {
+  findingChips($("case-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
+  const predicted = $("case-predicted");
+  const above = (detail.predicted_findings || []).filter((f) => f.predicted);
+  if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
+  else if (!above.length) predicted.replaceChildren(chip("none at 50 % or more", "empty"));
+  else predicted.replaceChildren(...above.map((f) => chip(`${f.name} ${Math.round(f.probability * 100)}%`, "predicted")));
   const rows = [["study", detail.study], ["patient", detail.patient], ["view", detail.view], ["sex", detail.sex],
-    ["age", detail.age], ["boxes", detail.box_source],
-    ["shared findings", result.shared_findings.join(", ") || "none"]];
-  const table = box.querySelector(".case-table");
-  for (const [name, value] of rows) {
-    const tr = table.insertRow();
-    tr.insertCell().textContent = name;
-    tr.insertCell().textContent = value == null || value === "" ? "—" : String(value);
+    ["age", detail.age == null ? null : Math.round(detail.age)], ["size", detail.width ? `${detail.width}×${detail.height}` : null],
+    ["boxes", detail.box_source]];
+  if (result.finding_filter) {
+    rows.push(["filter", `${result.finding_filter.finding} by ${result.finding_filter.matched_on === "known" ? "known label" : "model prediction"}`]);
   }
+  $("case-details").replaceChildren(...rows.map(([name, value]) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="k"></span><span class="v"></span>`;
+    li.querySelector(".k").textContent = name;
+    li.querySelector(".v").textContent = value == null || value === "" ? "—" : String(value);
+    return li;
+  }));
 }
 
-async function heatmapImage(isQuery) {
-  const finding = $("heat-finding").value;
+// ---------------------------------------------------------------- overlays: regions
+function currentMatches() {
+  const result = state.payload && state.payload.results[state.selected];
+  return result ? result.matched_regions : [];
+}
+
+function renderRegionList(boxes) {
+  const list = $("region-list");
+  list.replaceChildren(...boxes.map((item) => {
+    const label = document.createElement("label");
+    label.className = "check region";
+    label.innerHTML = `<input type="checkbox"><span class="region-name"></span><span class="region-sim"></span>`;
+    label.querySelector(".region-name").textContent = item.region;
+    const input = label.querySelector("input");
+    input.dataset.index = item.index;
+    input.disabled = !item.box;
+    input.addEventListener("change", () => {
+      state.regionMode = "custom";
+      if (input.checked) state.shownRegions.add(item.index); else state.shownRegions.delete(item.index);
+      drawRegions();
+    });
+    return label;
+  }));
+}
+
+function applyRegions(mode = state.regionMode) {
+  state.regionMode = mode;
+  const boxes = (state.payload && state.payload.query.boxes) || [];
+  if (mode === "best") state.shownRegions = new Set(currentMatches().map((m) => m.index));
+  else if (mode === "all") state.shownRegions = new Set(boxes.filter((b) => b.box).map((b) => b.index));
+  else if (mode === "none") state.shownRegions = new Set();
+  drawRegions();
+}
+
+function drawRegions() {
+  const matches = currentMatches();
+  $("regions-current").textContent = { best: "best", all: "all", none: "none" }[state.regionMode]
+    || `${state.shownRegions.size} shown`;
+  const highlights = new Map(matches.map((m, i) => [m.index, `${i + 1}. ${m.region} ${m.similarity.toFixed(2)}`]));
+  for (const input of $("region-list").querySelectorAll("input")) {
+    const index = Number(input.dataset.index);
+    input.checked = state.shownRegions.has(index);
+    const match = matches.findIndex((m) => m.index === index);
+    const label = input.closest("label");
+    label.classList.toggle("match", match >= 0);
+    label.querySelector(".region-sim").textContent = match >= 0 ? `★${match + 1} ${matches[match].similarity.toFixed(2)}` : "";
+  }
+  for (const viewport of [queryView, caseView]) viewport.setRegions(state.shownRegions, highlights);
+}
+
+// ---------------------------------------------------------------- overlays: Grad-CAM
+function renderHeatToggles(query) {
+  const box = $("heat-findings");
+  box.replaceChildren(...query.findings.map((finding) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = `toggle${finding.predicted ? " pos" : ""}`;
+    button.dataset.finding = finding.name;
+    button.setAttribute("aria-pressed", "false");
+    button.innerHTML = `<span class="t-name"></span><span class="t-pct"></span>`;
+    button.querySelector(".t-name").textContent = finding.name;
+    button.querySelector(".t-pct").textContent = `${Math.round(finding.probability * 100)}%`;
+    button.title = `Grad-CAM of ${finding.name} on both images (query probability ${Math.round(finding.probability * 100)} %)`;
+    button.addEventListener("click", () => setHeat(state.heatFinding === finding.name ? "" : finding.name));
+    return button;
+  }));
+  if (state.heatFinding && !query.findings.some((f) => f.name === state.heatFinding)) state.heatFinding = "";
+  syncHeatToggles();
+}
+
+function syncHeatToggles() {
+  for (const button of $("heat-findings").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.finding === state.heatFinding));
+  }
+  $("heat-current").textContent = state.heatFinding || "off";
+}
+
+function setHeat(finding) {
+  state.heatFinding = finding;
+  if (finding) state.lastHeatFinding = finding;
+  syncHeatToggles();
+  refreshHeat();
+}
+
+function toggleHeat() {
+  const query = state.payload && state.payload.query;
+  if (!query) return;
+  setHeat(state.heatFinding ? "" : state.lastHeatFinding || query.predicted_findings[0] || query.findings[0].name);
+}
+
+function heatLayer(kind, finding) {
   const query = state.payload.query;
-  if (isQuery && query.source === "upload") {
-    const form = new FormData(); form.set("image", state.file); form.set("finding", finding);
-    return loadImage(await blobURL("/heatmap", { method: "POST", body: form, cacheKey: `${state.file.name}:${state.file.size}:${finding}` }));
+  const style = "layer";
+  if (kind === "query" && query.source === "upload") {
+    const form = new FormData();
+    form.set("image", state.file); form.set("finding", finding); form.set("style", style);
+    const key = `heat:upload:${state.file.name}:${state.file.size}:${state.file.lastModified}:${finding}`;
+    return blobURL("/heatmap", { method: "POST", body: form }, key).then(loadImage);
   }
-  const id = isQuery ? query.id : state.current.result.id;
-  return loadImage(await blobURL(`/images/${id}/heatmap?finding=${encodeURIComponent(finding)}`));
+  const id = kind === "query" ? query.id : state.payload.results[state.selected].id;
+  return blobURL(`/images/${id}/heatmap?finding=${encodeURIComponent(finding)}&style=${style}`).then(loadImage);
 }
 
-async function drawCompare() {
-  const { result, detail, resultImage } = state.current;
-  const query = state.payload.query;
-  const highlight = $("regions-on").checked
-    ? new Map(result.matched_regions.map((m, i) => [m.index, `${i + 1}. ${m.region}`])) : new Map();
-  let qImage = state.queryImage, rImage = resultImage;
-  if ($("heat-on").checked) {
-    try { [qImage, rImage] = await Promise.all([heatmapImage(true), heatmapImage(false)]); }
-    catch (error) { showMessage(`Heatmap failed: ${error.message}`); }
-  }
-  const options = { showAll: false, highlight };
-  drawRadiograph($("cmp-query"), qImage, query.boxes, queryOriginal(query), options);
-  drawRadiograph($("cmp-result"), rImage, detail.boxes,
-    { width: detail.width || resultImage.naturalWidth, height: detail.height || resultImage.naturalHeight }, options);
+async function refreshHeat({ queryToo = true } = {}) {
+  const finding = state.heatFinding;
+  const targets = [["case", caseView]];
+  if (queryToo) targets.unshift(["query", queryView]);
+  for (const [, viewport] of targets) if (!finding) viewport.setHeat(null, "");
+  if (!finding || !state.payload) return;
+  const selection = state.selection;
+  await Promise.all(targets.map(async ([kind, viewport]) => {
+    if (kind === "case" && state.selected < 0) return;
+    try {
+      const layer = await heatLayer(kind, finding);
+      if (state.heatFinding === finding && (kind === "query" || selection === state.selection)) viewport.setHeat(layer, finding);
+    } catch (error) {
+      showMessage(`Heatmap failed: ${error.message}`);
+    }
+  }));
 }
-
-function closeCompare() { $("compare").hidden = true; state.current = null; }
 
 // ---------------------------------------------------------------- wiring
+function typing(target) {
+  return target.matches("input, select, textarea, [contenteditable]") && !target.matches("[type=checkbox], [type=range]");
+}
+
+function onKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+  if ($("help").open) return;
+  const inList = event.target === $("results");
+  const key = event.key;
+  const actions = {
+    j: () => move(1), k: () => move(-1),
+    "+": () => group.zoomBy(group.active, 1.25), "=": () => group.zoomBy(group.active, 1.25),
+    "-": () => group.zoomBy(group.active, 0.8), "_": () => group.zoomBy(group.active, 0.8),
+    0: () => group.fit(), r: () => group.reset(), i: () => group.toggleInvert(),
+    1: () => group.preset("default"), 2: () => group.preset("lung"), 3: () => group.preset("mediastinum"),
+    4: () => group.preset("bone"),
+    w: () => { group.tool = "wl"; syncToolbar(); }, p: () => { group.tool = "pan"; syncToolbar(); },
+    h: () => toggleHeat(), b: () => applyRegions(state.regionMode === "none" ? "best" : "none"),
+    l: () => group.setLinkView(!group.linkView), "?": () => openHelp(),
+  };
+  if (inList && (key === "ArrowDown" || key === "ArrowUp" || key === "Home" || key === "End")) {
+    event.preventDefault();
+    if (key === "Home") selectResult(0);
+    else if (key === "End") selectResult(state.payload ? state.payload.results.length - 1 : 0);
+    else move(key === "ArrowDown" ? 1 : -1);
+    return;
+  }
+  const action = actions[key.length === 1 ? key.toLowerCase() : key] || actions[key];
+  if (!action) return;
+  if (!queryView.hasImage && !["?", "w", "p"].includes(key.toLowerCase())) return;
+  event.preventDefault();
+  action();
+}
+
+function openHelp() { $("help").showModal(); }
+
+// the overlay menus (<details>) close on Escape and on a click elsewhere
+function closeMenus(except = null) {
+  for (const menu of document.querySelectorAll("details.menu[open]")) if (menu !== except) menu.open = false;
+}
+
 function init() {
   const drop = $("drop");
   $("file").addEventListener("change", (event) => { if (event.target.files[0]) searchUpload(event.target.files[0]); });
-  for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  for (const name of ["dragleave", "drop"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
-  drop.addEventListener("drop", (event) => { const file = event.dataTransfer.files[0]; if (file) searchUpload(file); });
-  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") $("file").click(); });
+  // a file dropped anywhere on the page is a query
+  for (const name of ["dragenter", "dragover"]) {
+    document.addEventListener(name, (e) => { if (e.dataTransfer && [...e.dataTransfer.types].includes("Files")) { e.preventDefault(); drop.classList.add("over"); } });
+  }
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault(); drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) searchUpload(file);
+  });
+  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file").click(); } });
   $("by-id").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("archive-id").value.trim();
     if (id) searchArchive(id);
   });
-  $("show-regions").addEventListener("change", () => { if (state.payload) renderQuery(state.payload); });
-  for (const id of ["heat-finding", "heat-on", "regions-on"]) $(id).addEventListener("change", () => { if (state.current) drawCompare(); });
-  $("compare-close").addEventListener("click", closeCompare);
-  $("compare").addEventListener("click", (event) => { if (event.target.id === "compare") closeCompare(); });
-  document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeCompare(); });
+  $("tool-wl").addEventListener("click", () => { group.tool = "wl"; syncToolbar(); });
+  $("tool-pan").addEventListener("click", () => { group.tool = "pan"; syncToolbar(); });
+  for (const button of document.querySelectorAll(".preset")) button.addEventListener("click", () => group.preset(button.dataset.preset));
+  $("zoom-in").addEventListener("click", () => group.zoomBy(group.active, 1.25));
+  $("zoom-out").addEventListener("click", () => group.zoomBy(group.active, 0.8));
+  $("invert").addEventListener("click", () => group.toggleInvert());
+  $("reset").addEventListener("click", () => group.reset());
+  $("link-view").addEventListener("change", (event) => group.setLinkView(event.target.checked));
+  $("link-window").addEventListener("change", (event) => group.setLinkWindow(event.target.checked));
+  $("heat-opacity").addEventListener("input", (event) => {
+    for (const viewport of [queryView, caseView]) viewport.setHeatOpacity(Number(event.target.value) / 100);
+  });
+  $("regions-best").addEventListener("click", () => applyRegions("best"));
+  $("regions-all").addEventListener("click", () => applyRegions("all"));
+  $("regions-none").addEventListener("click", () => applyRegions("none"));
+  $("help-open").addEventListener("click", openHelp);
+  document.addEventListener("pointerdown", (event) => closeMenus(event.target.closest("details.menu")));
+  for (const menu of document.querySelectorAll("details.menu")) {
+    menu.addEventListener("toggle", () => { if (menu.open) closeMenus(menu); });
+    menu.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && menu.open) { event.stopPropagation(); menu.open = false; menu.querySelector("summary").focus(); }
+    });
+  }
+  document.addEventListener("keydown", onKey);
   $("token-save").addEventListener("click", () => {
     state.token = $("token").value.trim();
     sessionStorage.setItem("chextriev-token", state.token);
@@ -328,6 +552,7 @@ function init() {
     refreshStatus();
   });
   if (document.body.dataset.needsToken === "true" && !state.token) $("token-box").hidden = false;
+  syncToolbar();
   refreshStatus();
 }
 

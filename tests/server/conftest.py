@@ -95,8 +95,7 @@ def query_dicom(tiny_index) -> Path | None:
     return found[0] if found else None
 
 
-@pytest.fixture()
-def free_port() -> int:
+def unused_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,44 +103,73 @@ def free_port() -> int:
 
 
 @pytest.fixture()
+def free_port() -> int:
+    return unused_port()
+
+
+def start_server(tiny_index: TinyIndex, port: int, log_dir: Path, *extra: str, wait: bool = True,
+                 token: str | None = None) -> tuple[str, subprocess.Popen]:
+    """Start ``python -m server.cli`` (the code of ``chextriev serve``) on 127.0.0.1:``port``
+    serving the tiny index, logging to ``log_dir/server-<port>.log``; with ``wait``, return once
+    it answers ready (fails with the log's tail if it exits first or is not ready in 120 s)."""
+    command = [sys.executable, "-m", "server.cli", "--checkpoint", str(tiny_index.checkpoint),
+               "--db", tiny_index.db_url, "--index-dir", str(tiny_index.index_dir), "--port", str(port), *extra]
+    log_path = log_dir / f"server-{port}.log"
+    with open(log_path, "wb") as log_file:  # the child keeps its own handle
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    if wait:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{base}/api/v1/readyz", headers=headers, timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        else:
+            stop_server(process)
+            raise AssertionError("server not ready after 120 s")
+    return base, process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM (graceful), then SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture()
 def serve_process(tiny_index, tmp_path):
-    """Start ``python -m server.cli`` (the code of ``chextriev serve``) and wait until ready;
-    yields ``start(port, *extra_args) -> (base_url, process)``; stops every process at the end."""
+    """``start(port, *extra_args) -> (base_url, process)``: :func:`start_server` in this test's
+    temp dir; stops every process it started at the end."""
     processes: list[subprocess.Popen] = []
 
     def start(port: int, *extra: str, wait: bool = True, token: str | None = None):
-        command = [sys.executable, "-m", "server.cli", "--checkpoint", str(tiny_index.checkpoint),
-                   "--db", tiny_index.db_url, "--index-dir", str(tiny_index.index_dir), "--port", str(port), *extra]
-        with open(tmp_path / f"server-{port}.log", "wb") as log_file:  # the child keeps its own handle
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        base, process = start_server(tiny_index, port, tmp_path, *extra, wait=wait, token=token)
         processes.append(process)
-        base = f"http://127.0.0.1:{port}"
-        if wait:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise AssertionError(f"server exited with {process.returncode}: "
-                                         f"{(tmp_path / f'server-{port}.log').read_text()[-2000:]}")
-                try:
-                    if requests.get(f"{base}/api/v1/readyz", headers=headers, timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.3)
-            else:
-                raise AssertionError("server not ready after 120 s")
         return base, process
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def module_server(tiny_index, tmp_path_factory):
+    """One server with the default settings for a whole test module (e.g. the browser tests):
+    its base URL."""
+    base, process = start_server(tiny_index, unused_port(), tmp_path_factory.mktemp("module-server"))
+    yield base
+    stop_server(process)
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,7 @@ def test_upload_search_returns_findings_boxes_and_ranked_results(client, app, qu
     assert probabilities == sorted(probabilities, reverse=True) and all(0 <= p <= 1 for p in probabilities)
     assert [b["region"] for b in query["boxes"]] == list(REGIONS)
     assert query["box_source"] in BOX_SOURCES
-    assert query["preview"].startswith("data:image/png;base64,")
+    assert query["preview_url"].startswith("data:image/png;base64,") and query["known_findings"] is None
     results = body["results"]
     assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     similarities = [r["similarity"] for r in results]
@@ -94,6 +94,7 @@ def test_upload_search_returns_findings_boxes_and_ranked_results(client, app, qu
     assert results[0]["image_id"] == query_png.stem and results[0]["similarity"] > 0.98
     for result in results:
         assert result["thumbnail_url"] == f"/api/v1/images/{result['id']}/thumbnail"
+        assert result["preview_url"] == result["thumbnail_url"]  # until the catalog stores previews
         assert result["patient"] and result["study"]
         assert isinstance(result["known_findings"], list)
         assert set(result["shared_findings"]) <= set(result["known_findings"]) & set(query["predicted_findings"])
@@ -136,6 +137,54 @@ def grey_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((64, 64), 90, np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_known_and_predicted_findings_come_apart(client, app):
+    service = app.extensions["chextriev"]
+    class_names = service.class_names
+    target = int(service.catalog.index.ids[0])
+    body = client.post(f"/api/v1/search/by-id/{target}", data={"k": "100"}).json
+    rows = {row["id"]: row for row in service.images([r["id"] for r in body["results"]])}
+    for result in body["results"]:
+        row = rows[result["id"]]
+        assert result["known_findings"] == [name for name, flag in row["known_findings"].items() if flag]
+        expected = sorted((name for name in class_names if row["probabilities"][name] >= 0.5),
+                          key=lambda name: -row["probabilities"][name])
+        assert result["predicted_findings"] == expected
+        assert "finding_filter" not in result
+    assert "finding_filter" not in body
+    query = body["query"]
+    assert query["known_findings"] is not None and query["preview_url"] == f"/api/v1/images/{target}/thumbnail"
+    probabilities = {f["name"]: f["probability"] for f in query["findings"]}
+    assert query["predicted_findings"] == [f["name"] for f in query["findings"] if f["predicted"]]
+    assert all(probabilities[name] >= 0.5 for name in query["predicted_findings"])
+
+
+def test_the_finding_filter_says_whether_it_used_the_label_or_the_prediction(client, app):
+    service = app.extensions["chextriev"]
+    rows = service.images([int(i) for i in service.catalog.index.ids])
+    finding = next(name for name in service.class_names if any((row["known_findings"] or {}).get(name) for row in rows))
+    body = client.post(f"/api/v1/search/by-id/{rows[0]['id']}", data={"k": "100", "finding": finding}).json
+    summary = body["finding_filter"]
+    assert summary["finding"] == finding and "known label" in summary["rule"]
+    assert summary["matched_on"]["known"] + summary["matched_on"]["predicted"] == len(body["results"]) > 0
+    for result in body["results"]:
+        assert result["finding_filter"] == {"finding": finding, "matched_on": "known"}  # every image has labels
+        assert finding in result["known_findings"]
+
+
+def test_large_upload_gets_a_preview_at_viewing_size(client):
+    """A 2048 px query: its preview (what the viewer draws) is 1024 px on the long side."""
+    import base64
+
+    pixels = np.add.outer(np.linspace(0, 255, 2048), np.linspace(0, 255, 1536)) / 2  # 2048 rows x 1536
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "PNG")
+    body = client.post("/api/v1/search", data=_upload(buffer.getvalue(), k="2")).json
+    query = body["query"]
+    assert (query["width"], query["height"]) == (1536, 2048)
+    preview = base64.b64decode(query["preview_url"].split(",", 1)[1])
+    assert _png_size(preview) == (768, 1024)
 
 
 # ---------------------------------------------------------------------------- by-id search
@@ -189,6 +238,31 @@ def test_image_detail_thumbnail_and_heatmaps(client, app, query_png):
     assert heat.status_code == 200 and heat.mimetype == "image/png" and _png_size(heat.data) == (width, height)
     upload_heat = client.post("/api/v1/heatmap", data=_upload(query_png, finding=finding))
     assert upload_heat.status_code == 200 and _png_size(upload_heat.data) == Image.open(query_png).size
+    assert detail["preview_url"] == f"/api/v1/images/{image_id}/thumbnail"
+
+
+def test_heatmap_layer_composited_on_the_image_is_the_overlay(client, app):
+    """style=layer: a transparent RGBA layer that, drawn over the grey image (as the viewer does,
+    after its own window/level), gives exactly the overlay PNG."""
+    service = app.extensions["chextriev"]
+    image_id = int(service.catalog.index.ids[1])
+    finding = service.class_names[1]
+    query = {"finding": finding}
+    overlay = client.get(f"/api/v1/images/{image_id}/heatmap", query_string=query)
+    layer = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={**query, "style": "layer"})
+    assert layer.status_code == 200 and layer.mimetype == "image/png"
+    with Image.open(io.BytesIO(layer.data)) as image:
+        assert image.mode == "RGBA"
+        rgba = np.asarray(image, dtype=np.float64) / 255
+    grey = np.asarray(Image.open(io.BytesIO(client.get(f"/api/v1/images/{image_id}/thumbnail").data)).convert("L"),
+                      dtype=np.float64)[..., None] / 255
+    composite = rgba[..., :3] * rgba[..., 3:] + grey * (1 - rgba[..., 3:])
+    expected = np.asarray(Image.open(io.BytesIO(overlay.data)).convert("RGB"), dtype=np.float64) / 255
+    assert composite.shape == expected.shape
+    assert np.abs(composite - expected).max() <= 3 / 255
+    assert rgba[..., 3].max() > 0.05  # some heat shows (not an empty layer)
+    bad = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={**query, "style": "sepia"})
+    assert bad.status_code == 400 and "overlay, layer" in bad.json["error"]["message"]
 
 
 # ---------------------------------------------------------------------------- errors
