@@ -132,13 +132,17 @@ class _AdvisoryLock:
         self.what = what
         self.connection = None
 
-    def _holder(self) -> dict | None:
-        from indexer.db import WriterLock
+    def _has_table(self, connection) -> bool:
+        from sqlalchemy import inspect
 
+        return "writer_lock" in inspect(connection).get_table_names()
+
+    def _holder(self) -> dict | None:
         with self.engine.connect() as connection:
+            if not self._has_table(connection):
+                return None
             row = connection.execute(text(
-                f"SELECT pid, host, started, command FROM {WriterLock.__tablename__} WHERE id = 1"
-            )).first()
+                "SELECT pid, host, started, command FROM writer_lock WHERE id = 1")).first()
         if row is None or row[0] is None:
             return None
         return {"pid": row[0], "host": row[1], "started": str(row[2]), "command": row[3]}
@@ -156,19 +160,29 @@ class _AdvisoryLock:
                 log.info("waiting for the writer lock of %s", self.what)
                 announced = True
             time.sleep(_POLL)
-        connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
-        connection.execute(text(
+        self.connection = connection
+        self.holder = holder
+        self.note()
+
+    def note(self) -> None:
+        """Record the holder in ``writer_lock`` (once the table exists: a new catalog gets its
+        tables after the lock is taken)."""
+        if self.connection is None or not self._has_table(self.connection):
+            return
+        holder = self.holder
+        self.connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
+        self.connection.execute(text(
             "INSERT INTO writer_lock (id, pid, host, started, command) "
             "VALUES (1, :pid, :host, :started, :command)"),
             {"pid": holder.pid, "host": holder.host,
              "started": datetime.strptime(holder.started, "%Y-%m-%dT%H:%M:%SZ"),
              "command": holder.command})
-        self.connection = connection
 
     def release(self) -> None:
         if self.connection is not None:
             try:
-                self.connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
+                if self._has_table(self.connection):
+                    self.connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
                 self.connection.execute(text("SELECT pg_advisory_unlock(:key)"),
                                         {"key": ADVISORY_KEY})
             finally:
@@ -207,6 +221,12 @@ class CatalogLock:
             self.release()
             raise
         return self
+
+    def note_holder(self) -> None:
+        """Record the holder where the lock lives in a table (after the schema exists)."""
+        for lock in self.held:
+            if isinstance(lock, _AdvisoryLock):
+                lock.note()
 
     def release(self) -> None:
         while self.held:

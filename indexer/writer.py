@@ -338,6 +338,7 @@ class WritableCatalog:
             self._lock = CatalogLock(self.index_dir, engine=self.engine, db_url=self.db_url,
                                      wait=self.wait).acquire()
             migrations.ensure_current(self.engine, self.db_url, create=self.create)
+            self._lock.note_holder()
         except BaseException:
             self.close()
             raise
