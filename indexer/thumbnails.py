@@ -22,6 +22,8 @@ def compact(data: bytes | None, side: int = THUMBNAIL_SIDE, quality: int = JPEG_
     if not data:
         return None
     with PILImage.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG" and image.mode == "L" and max(image.size) <= side:
+            return bytes(data)  # already compact (e.g. made so by the decoding worker)
         image = image.convert("L")
         if max(image.size) > side:
             image.thumbnail((side, side), PILImage.Resampling.LANCZOS)

@@ -107,8 +107,9 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
                 np.asarray(outputs["region_probabilities"], dtype=np.float64), 6).tolist()
         if outputs.get("region_embeddings") is not None:
             values["region_dim"] = int(np.asarray(outputs["region_embeddings"]).shape[1])
-        values["boxes"] = [None if np.isnan(row).any() else [round(float(v), 2) for v in row]
-                           for row in np.asarray(outputs["boxes"], dtype=np.float32)]
+        boxes = np.round(np.asarray(outputs["boxes"], dtype=np.float64), 2)
+        missing = np.isnan(boxes).any(axis=1)
+        values["boxes"] = [None if gone else row for gone, row in zip(missing, boxes.tolist())]
         values["box_source"] = str(outputs["box_source"])
     return values
 
@@ -253,8 +254,9 @@ class CatalogWriter:
                 rows.append(values)
             new_pk: list[int] = []
             if rows:
-                result = session.execute(insert(Image).returning(
-                    Image.id, sort_by_parameter_order=True), rows)
+                # Core insert: one multi-row INSERT ... RETURNING per page, no ORM unit of work
+                result = session.connection().execute(insert(Image.__table__).returning(
+                    Image.__table__.c.id, sort_by_parameter_order=True), rows)
                 new_pk = [r[0] for r in result.all()]
             committed = self.store.committed
             if embedded:
@@ -285,7 +287,7 @@ class CatalogWriter:
                 if old.image_pk is not None and old.image_pk != pk:
                     previous.add(old.image_pk)
             if add_sources:
-                session.execute(insert(Source), add_sources)
+                session.connection().execute(insert(Source.__table__), add_sources)
             if change_sources:
                 session.execute(update(Source), change_sources)
             removals = 0

@@ -92,10 +92,19 @@ def upgrade(engine: Engine, *, index_dir: str | Path | None = None, to: str = "h
     """
     from alembic import command
 
-    with engine.begin() as connection:
-        before = current_revision(connection)
-        # A legacy catalog has no alembic_version: 0001 then adds only what it lacks.
-        command.upgrade(_config(connection, index_dir), to)
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # SQLite alters tables by copying them; foreign keys would refuse the drop of the old
+            # copy (the pragma only takes effect outside a transaction).
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        with connection.begin():
+            before = current_revision(connection)
+            # A legacy catalog has no alembic_version: 0001 then adds only what it lacks.
+            command.upgrade(_config(connection, index_dir), to)
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
     with engine.connect() as connection:
         after = current_revision(connection)
     return before, after

@@ -32,37 +32,47 @@ def upgrade() -> None:
     from chextriev.errors import ChextrievError
     from indexer.vector_store import NUM_REGIONS, VectorStore
 
-    op.create_table(
-        "catalog_state",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("generation", sa.BigInteger, nullable=False),
-        sa.Column("store_rows", sa.BigInteger, nullable=False),
-        sa.Column("removals", sa.BigInteger, nullable=False),
-        sa.Column("updated", sa.DateTime, nullable=False),
-    )
-    op.create_table(
-        "writer_lock",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("pid", sa.Integer),
-        sa.Column("host", sa.String(256)),
-        sa.Column("started", sa.DateTime),
-        sa.Column("command", sa.Text),
-    )
-    with op.batch_alter_table("images") as batch:
-        batch.add_column(sa.Column("vector_slot", sa.BigInteger))
     bind = op.get_bind()
+    inspector = sa.inspect(bind)
+    tables = set(inspector.get_table_names())
+    columns = {c["name"] for c in inspector.get_columns("images")}
     images = sa.table("images", sa.column("id", sa.Integer), sa.column("embedding", sa.LargeBinary),
                       sa.column("region_embedding", sa.LargeBinary),
                       sa.column("region_dim", sa.Integer), sa.column("vector_slot", sa.BigInteger))
-    total = bind.execute(sa.select(sa.func.count()).select_from(images)
-                         .where(images.c.embedding.is_not(None))).scalar()
+    total = 0
+    if "embedding" in columns:
+        total = bind.execute(sa.select(sa.func.count()).select_from(images)
+                             .where(images.c.embedding.is_not(None))).scalar()
+    index_dir = context.config.attributes.get("index_dir")
+    if total and index_dir is None:  # checked before any change (SQLite DDL is not rolled back)
+        raise ChextrievError(
+            f"this upgrade moves {total} stored embeddings into files beside the index: "
+            "pass the index folder (`chextriev db upgrade --db URL --index-dir DIR`)")
+    # Each step is skipped when already done, so a run interrupted on SQLite (whose DDL is not
+    # transactional) can simply be run again.
+    if "catalog_state" not in tables:
+        op.create_table(
+            "catalog_state",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("generation", sa.BigInteger, nullable=False),
+            sa.Column("store_rows", sa.BigInteger, nullable=False),
+            sa.Column("removals", sa.BigInteger, nullable=False),
+            sa.Column("updated", sa.DateTime, nullable=False),
+        )
+    if "writer_lock" not in tables:
+        op.create_table(
+            "writer_lock",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("pid", sa.Integer),
+            sa.Column("host", sa.String(256)),
+            sa.Column("started", sa.DateTime),
+            sa.Column("command", sa.Text),
+        )
+    if "vector_slot" not in columns:
+        with op.batch_alter_table("images") as batch:
+            batch.add_column(sa.Column("vector_slot", sa.BigInteger))
     rows = 0
     if total:
-        index_dir = context.config.attributes.get("index_dir")
-        if index_dir is None:
-            raise ChextrievError(
-                f"this upgrade moves {total} stored embeddings into files beside the index: "
-                "pass the index folder (`chextriev db upgrade --db URL --index-dir DIR`)")
         first = bind.execute(sa.select(images.c.embedding, images.c.region_dim)
                              .where(images.c.embedding.is_not(None)).limit(1)).first()
         dim = len(first[0]) // 4
@@ -93,11 +103,13 @@ def upgrade() -> None:
             last = int(keys[-1])
         rows = store.committed
         log.info("moved %d embeddings into %s", rows, store.root)
+    op.execute(sa.text("DELETE FROM catalog_state"))
     op.execute(sa.text("INSERT INTO catalog_state (id, generation, store_rows, removals, updated) "
                        "VALUES (1, 1, :rows, 0, CURRENT_TIMESTAMP)").bindparams(rows=rows))
     with op.batch_alter_table("images") as batch:
-        batch.drop_column("embedding")
-        batch.drop_column("region_embedding")
+        if "embedding" in columns:
+            batch.drop_column("embedding")
+            batch.drop_column("region_embedding")
         batch.create_unique_constraint("uq_images_vector_slot", ["vector_slot"])
         batch.create_index("ix_images_status_slot", ["status", "vector_slot"])
 
