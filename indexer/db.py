@@ -250,6 +250,7 @@ def make_engine(db_url: str, *, create: bool = True, check: bool = True,
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 
     try:
