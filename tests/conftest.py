@@ -29,7 +29,7 @@ def nih_sample() -> Path:
 
 
 # A throwaway PostgreSQL server and the two-backend `catalog_url` fixture (tests/postgres_fixtures.py).
-import sys  # noqa: E402
+import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: E402,F401
+from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401

@@ -99,7 +99,7 @@ def start_postgres(root: Path) -> tuple[PostgresServer, dict]:
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
         result = subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l",
                                  str(log), "-w", "-t", "60", "start"], capture_output=True,
-                                text=True, env=env, cwd=root, **run_as)
+                                text=True, env=env, cwd=root, check=False, **run_as)
         if result.returncode == 0:
             server = PostgresServer("127.0.0.1", port, USER, data)
             _wait_ready(server)

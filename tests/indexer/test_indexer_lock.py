@@ -78,7 +78,8 @@ def test_two_concurrent_runs(tmp_path, catalog_url):
         # A second run through the CLI (a real second process): refused, holder named.
         command = [sys.executable, "-m", "chextriev_cli.main", "index", "repair", "--index-dir",
                    str(index_dir)] + (["--db", catalog_url] if catalog_url else [])
-        refused = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
+                                 check=False)
         assert refused.returncode != 0
         assert f"pid {first.pid}" in refused.stderr and socket.gethostname() in refused.stderr
         assert "--wait" in refused.stderr and "Traceback" not in refused.stderr
@@ -131,9 +132,9 @@ def test_postgres_lock_spans_index_folders(tmp_path, postgres_url):
     from indexer.db import make_engine
 
     engine = make_engine(postgres_url)
-    with CatalogLock(tmp_path / "a", engine=engine, db_url=postgres_url):
-        with pytest.raises(LockHeldError, match=f"pid {os.getpid()}"):
-            CatalogLock(tmp_path / "b", engine=engine, db_url=postgres_url).acquire()
+    with (CatalogLock(tmp_path / "a", engine=engine, db_url=postgres_url),
+          pytest.raises(LockHeldError, match=f"pid {os.getpid()}")):
+        CatalogLock(tmp_path / "b", engine=engine, db_url=postgres_url).acquire()
     with CatalogLock(tmp_path / "b", engine=engine, db_url=postgres_url):
         pass
     engine.dispose()

@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import open_sessions
 from indexer_fakes import FakeEmbedder, write_dicom, write_png
 from sqlalchemy import func, select
 
-from conftest import open_sessions
 from indexer.catalog import Catalog, UnknownImageError
 from indexer.db import Image, Patient, Pseudonymiser, Source
 from indexer.pipeline import run_index
@@ -63,7 +63,7 @@ def test_self_search_and_metadata(indexed):
     assert mimetype == "image/jpeg" and stored.startswith(b"\xff\xd8") and len(stored) < 4096
     region = catalog.region_embeddings(ids[:2])
     assert region.shape == (2, 18, 8)
-    expected = FakeEmbedder()([np.asarray(Image_open(by_name["img0"]["source_path"]))])
+    expected = FakeEmbedder()([np.asarray(pixels_of(by_name["img0"]["source_path"]))])
     got = catalog.region_embeddings([by_name["img0"]["id"]])[0]
     np.testing.assert_allclose(got, expected.region_embeddings[0], atol=0.01)  # int8 codes
     np.testing.assert_allclose(catalog.vectors([by_name["img0"]["id"]])[0],
@@ -73,7 +73,7 @@ def test_self_search_and_metadata(indexed):
         catalog.images([10_000])
 
 
-def Image_open(path):  # noqa: N802 - the pixels as the indexer decodes them
+def pixels_of(path):  # the pixels as the indexer decodes them
     from chextriev.io.images import load_image
 
     return load_image(path)

@@ -38,10 +38,11 @@ def test_long_ledger_keys(tmp_path, postgres_url):
 
 def _statements_per_batch(tmp_path, url, batch):
     """Statements the writer sends for one batch of ``batch`` new images."""
+    from indexer_fakes import _Info
+
     from indexer.pipeline import IndexSummary
     from indexer.sync import open_store
     from indexer.writer import CatalogWriter, WritableCatalog
-    from indexer_fakes import _Info
 
     index_dir = tmp_path / f"b{batch}"
     with WritableCatalog(index_dir, url) as catalog:
