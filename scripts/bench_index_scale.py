@@ -203,6 +203,8 @@ def run_size(n: int, args, model: StandIn) -> dict:
     disk = folder_bytes(index_dir)
     faiss_bytes = sum(folder_bytes(index_dir / d) for d in ("segments", "builds")
                       if (index_dir / d).is_dir())
+    store_bytes = folder_bytes(index_dir / "store") if (index_dir / "store").is_dir() else 0
+    db_bytes = sum(p.stat().st_size for p in index_dir.glob("catalog.sqlite*"))
     result = {
         "n": n, "code": "after" if after else "before (0.1)", "db": "postgresql" if db_url
         else "sqlite", "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
@@ -210,6 +212,8 @@ def run_size(n: int, args, model: StandIn) -> dict:
         "wchar": io_after["wchar"] - io_before["wchar"],
         "write_bytes": io_after["write_bytes"] - io_before["write_bytes"],
         "index_dir_bytes": disk, "faiss_bytes": faiss_bytes,
+        "bytes_per_image": {"store": round(store_bytes / n), "faiss": round(faiss_bytes / n),
+                            "sqlite": round(db_bytes / n), "total": round(disk / n)},
         "peak_rss_mb_indexing": round(index_peak), "n_vectors": manifest.n_vectors,
         "segments": len(getattr(manifest, "segments", []) or []) or 1,
     }
