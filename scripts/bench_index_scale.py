@@ -177,10 +177,13 @@ def run_size(n: int, args, model: StandIn) -> dict:
         def checkpoint():
             return sync_index(sessions, index_dir, checkpoint_id=model.checkpoint_id,
                               dim=model.embedding_dim)
-    chunk_start, batches, done = time.perf_counter(), 0, 0
+    chunk_start, batches, done, writing = time.perf_counter(), 0, 0, 0.0
     while done < n:
         count = min(args.batch, n - done)
-        writer.write(model.items(done, count))
+        items = model.items(done, count)
+        t = time.perf_counter()
+        writer.write(items)
+        writing += time.perf_counter() - t
         done += count
         batches += 1
         if args.checkpoint_every and batches % args.checkpoint_every == 0:
@@ -209,6 +212,7 @@ def run_size(n: int, args, model: StandIn) -> dict:
         "n": n, "code": "after" if after else "before (0.1)", "db": "postgresql" if db_url
         else "sqlite", "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
         "seconds_per_10k": [round(t, 2) for t in chunk_times],
+        "writer_rows_per_s": round(n / writing, 1),
         "wchar": io_after["wchar"] - io_before["wchar"],
         "write_bytes": io_after["write_bytes"] - io_before["write_bytes"],
         "index_dir_bytes": disk, "faiss_bytes": faiss_bytes,
