@@ -64,8 +64,16 @@ class Holder:
     @classmethod
     def me(cls) -> Holder:
         return cls(os.getpid(), socket.gethostname(),
-                   datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                   " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:500])
+                   datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), _command_line())
+
+
+def _command_line() -> str:
+    """This process's command line for the lock record, URLs with their passwords masked."""
+    from indexer.db import safe_url
+
+    words = [os.path.basename(a) if i == 0 else (safe_url(a) if "://" in a else a)
+             for i, a in enumerate(sys.argv)]
+    return " ".join(words)[:500]
 
 
 def _deadline(wait: float | None) -> float:

@@ -159,3 +159,11 @@ def test_save_never_deletes_what_the_manifest_names(tmp_path):
         assert (tmp_path / rel).is_file(), rel
     assert set(named.files()) == set(Manifest.read(tmp_path).files())
     assert VectorIndex.load(tmp_path).ntotal == 25
+
+
+def test_lock_record_masks_passwords(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/x/chextriev", "index", "--db", "postgresql://u:s3cret@h/db"])
+    with CatalogLock(tmp_path):
+        holder = lock_holder(tmp_path)
+    assert "s3cret" not in holder["command"] and "postgresql://u:***@h/db" in holder["command"]
+    assert holder["pid"] == os.getpid()
