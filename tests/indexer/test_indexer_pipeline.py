@@ -205,3 +205,18 @@ def test_pseudonymisation(archive, tmp_path, fake_embedder, monkeypatch):
     assert "pat0" not in keys and "DP0" not in keys
     assert pseudo("pat0") in keys and len(pseudo("pat0")) == 32
     assert Pseudonymiser(b"other")("pat0") != pseudo("pat0")
+
+
+def test_catalog_reload_swaps_in_the_newest_build(indexed, fake_embedder):
+    catalog = Catalog.open(indexed.db_url, indexed.index_dir)
+    assert catalog.reload() is False  # nothing newer
+    old_build, old_size = catalog.build_id, catalog.size
+    write_png(indexed.root / "png/new/later.png", 4321)
+    run_index(indexed.root, embedder=fake_embedder, index_dir=indexed.index_dir,
+              db_url=indexed.db_url, progress=False)
+    assert catalog.size == old_size and catalog.build_id == old_build  # still the old snapshot
+    assert catalog.reload() is True
+    assert catalog.size == old_size + 1 and catalog.build_id != old_build
+    new_id = catalog.lookup("later")
+    hits = catalog.search(catalog.vectors([new_id]), k=1)
+    assert hits[0][0].image_id == new_id
