@@ -65,8 +65,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_postgres(root: Path) -> tuple[PostgresServer, dict]:
-    """initdb + pg_ctl start under ``root``; returns the server and the subprocess options."""
+def start_postgres(root: Path, *, durable: bool = False) -> tuple[PostgresServer, dict]:
+    """initdb + pg_ctl start under ``root``; returns the server and the subprocess options.
+
+    ``durable=False`` (tests) turns fsync off; benchmarks pass ``durable=True``."""
     for tool in ("initdb", "pg_ctl", "postgres"):
         if not (PG_BIN / tool).is_file():
             _unavailable(f"{PG_BIN / tool} does not exist")
@@ -95,8 +97,9 @@ def start_postgres(root: Path) -> tuple[PostgresServer, dict]:
     last_error = ""
     for _attempt in range(3):  # a free port can be taken between bind() and the server's start
         port = _free_port()
-        options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=100"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         result = subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l",
                                  str(log), "-w", "-t", "60", "start"], capture_output=True,
                                 text=True, env=env, cwd=root, check=False, **run_as)
