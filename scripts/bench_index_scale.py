@@ -188,11 +188,11 @@ def run_size(n: int, args, model: StandIn) -> dict:
         batches += 1
         if args.checkpoint_every and batches % args.checkpoint_every == 0:
             checkpoint()
-        if done % 10_000 == 0 or done == n:
+        if done // 10_000 > (done - count) // 10_000 or done == n:  # crossed a 10k mark
             now = time.perf_counter()
             chunk_times.append(now - chunk_start)
             chunk_start = now
-            if done % 100_000 == 0 or done == n:
+            if done // 100_000 > (done - count) // 100_000 or done == n:
                 print(f"  {done:>9,} images  {now - started:8.1f} s  rss {peak_rss_mb():7.0f} MB",
                       file=sys.stderr, flush=True)
     manifest = checkpoint()
