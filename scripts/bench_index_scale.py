@@ -56,6 +56,11 @@ def proc_io() -> dict[str, int]:
     return out
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -177,6 +182,9 @@ def run_size(n: int, args, model: StandIn) -> dict:
         def checkpoint():
             return sync_index(sessions, index_dir, checkpoint_id=model.checkpoint_id,
                               dim=model.embedding_dim)
+    chunk_cpu: list[float] = []
+    chunk_images: list[int] = []
+    cpu_start, images_start = cpu_seconds(), 0
     chunk_start, batches, done, writing = time.perf_counter(), 0, 0, 0.0
     while done < n:
         count = min(args.batch, n - done)
@@ -189,9 +197,11 @@ def run_size(n: int, args, model: StandIn) -> dict:
         if args.checkpoint_every and batches % args.checkpoint_every == 0:
             checkpoint()
         if done // 10_000 > (done - count) // 10_000 or done == n:  # crossed a 10k mark
-            now = time.perf_counter()
-            chunk_times.append(now - chunk_start)
-            chunk_start = now
+            now, cpu = time.perf_counter(), cpu_seconds()
+            chunk_images.append(done - images_start)
+            chunk_times.append((now - chunk_start) * 10_000 / chunk_images[-1])
+            chunk_cpu.append((cpu - cpu_start) * 10_000 / chunk_images[-1])
+            chunk_start, cpu_start, images_start = now, cpu, done
             if done // 100_000 > (done - count) // 100_000 or done == n:
                 print(f"  {done:>9,} images  {now - started:8.1f} s  rss {peak_rss_mb():7.0f} MB",
                       file=sys.stderr, flush=True)
@@ -212,6 +222,7 @@ def run_size(n: int, args, model: StandIn) -> dict:
         "n": n, "code": "after" if after else "before (0.1)", "db": "postgresql" if db_url
         else "sqlite", "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
         "seconds_per_10k": [round(t, 2) for t in chunk_times],
+        "cpu_seconds_per_10k": [round(t, 2) for t in chunk_cpu],
         "writer_rows_per_s": round(n / writing, 1),
         "wchar": io_after["wchar"] - io_before["wchar"],
         "write_bytes": io_after["write_bytes"] - io_before["write_bytes"],
@@ -222,10 +233,11 @@ def run_size(n: int, args, model: StandIn) -> dict:
         "segments": len(getattr(manifest, "segments", []) or []) or 1,
     }
     if n >= 100_000:
-        per = np.array(chunk_times) / 10_000
-        deciles = np.array_split(per, 10)
-        result["seconds_per_10k_by_decile"] = [round(float(d.mean() * 1e4), 2) for d in deciles]
-        result["last_over_first_decile"] = round(float(deciles[-1].mean() / deciles[0].mean()), 2)
+        for key, series in (("seconds", chunk_times), ("cpu_seconds", chunk_cpu)):
+            deciles = np.array_split(np.array(series), 10)
+            result[f"{key}_per_10k_by_decile"] = [round(float(d.mean()), 2) for d in deciles]
+            result[f"{key}_last_over_first_decile"] = round(
+                float(deciles[-1].mean() / deciles[0].mean()), 2)
     result["written_over_final_size"] = round(result["write_bytes"] / max(disk, 1), 2)
     result.update(search_latency(index_dir, db_url, model, n, args))
     result["peak_rss_mb_total"] = round(peak_rss_mb())
