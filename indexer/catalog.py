@@ -20,6 +20,12 @@ A search with filters is exact over the allowed set when that set is at most 50,
 (brute force on the exact vectors), else it runs on the approximate index with an ID selector.
 Exclusions (ids, patients) are applied by over-fetching, so a search always returns k hits when
 k images remain.
+
+Storage: metadata in SQL; exact embeddings and region embeddings in the vector store beside the
+index (memory-mapped, :mod:`indexer.vector_store`); the Faiss segments mapped from disk
+(``IO_FLAG_MMAP``). Everything a search reads is one immutable snapshot: :meth:`Catalog.reload`
+builds the snapshot of the newest committed build beside the old one and swaps it in with one
+assignment, so searches running meanwhile finish on the old one (no error window).
 """
 
 from __future__ import annotations
@@ -39,15 +45,21 @@ from indexer.db import (
     Image,
     Patient,
     Study,
-    db_state,
+    catalog_state,
+    default_db_url,
+    image_status,
     make_engine,
     make_sessionmaker,
 )
-from indexer.vector_index import VectorIndex
+from indexer.sync import StoreExact, open_store
+from indexer.thumbnails import as_png, mimetype
+from indexer.vector_index import IndexStateError, Manifest, VectorIndex
+from indexer.vector_store import StoreError
 
 log = logging.getLogger(__name__)
 
 FILTER_KEYS = ("view", "sex", "age_min", "age_max", "finding")
+_CHUNK = 20_000
 
 
 class UnknownImageError(ChextrievError, LookupError):
@@ -67,174 +79,235 @@ class Hit:
     score: float
 
 
-class Catalog:
-    """SQL metadata + Faiss index of one indexed archive (read only)."""
+@dataclass
+class _Snapshot:
+    """Everything a search reads, from one committed build (replaced whole on reload)."""
 
-    def __init__(self, engine, index: VectorIndex, *, db_url: str, index_dir: Path):
+    index: VectorIndex
+    store: Any  # VectorStore | None
+    generation: int
+    ids: np.ndarray
+    slots: np.ndarray
+    patient_pk: np.ndarray
+    patient_key: np.ndarray
+    view: np.ndarray
+    sex: np.ndarray
+    age: np.ndarray
+    class_names: tuple[str, ...]
+    holds: np.ndarray  # (n, C) bool: image holds finding c (known label, else p >= 0.5)
+    patient_rows: dict
+
+
+class Catalog:
+    """SQL metadata + vector store + Faiss index of one indexed archive (read only)."""
+
+    def __init__(self, engine, *, db_url: str, index_dir: Path, device: str = "cpu"):
         self.engine = engine
         self.sessions = make_sessionmaker(engine)
-        self.index = index
         self.db_url = db_url
         self.index_dir = Path(index_dir)
-        self._load_metadata()
+        self.device = device
+        self._snap = self._load()
 
     @classmethod
     def open(cls, db_url: str | None, index_dir: str | Path, *, device: str = "cpu") -> Catalog:
         """Open the database at ``db_url`` (default ``sqlite:///<index_dir>/catalog.sqlite``)
-        and the index saved in ``index_dir``. Raises ChextrievError when either is missing."""
-        from indexer.db import default_db_url
-
+        and the index saved in ``index_dir``. Raises ChextrievError when either is missing, or
+        when the catalog's schema revision is not this code's (naming ``chextriev db upgrade``)."""
         index_dir = Path(index_dir)
         db_url = db_url or default_db_url(index_dir)
-        if db_url.startswith("sqlite:///") and not Path(db_url[len("sqlite:///"):]).is_file():
-            raise ChextrievError(f"no catalog database at {db_url} (run `chextriev index` first)")
         engine = make_engine(db_url, create=False)
-        index = VectorIndex.load(index_dir, device=device)
-        return cls(engine, index, db_url=db_url, index_dir=index_dir)
+        try:
+            return cls(engine, db_url=db_url, index_dir=index_dir, device=device)
+        except BaseException:
+            engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     # ------------------------------------------------------------------ state
-    def _load_metadata(self) -> None:
-        """Compact in-memory columns of the indexed images, for filters and exclusions."""
+    def _load(self) -> _Snapshot:
+        """Read the newest committed build and the metadata of its images (one snapshot)."""
+        index = VectorIndex.load(self.index_dir, device=self.device, mmap=True)
         with self.sessions() as session:
-            rows = session.execute(
-                select(Image.id, Image.patient_id, Patient.key, Image.view, Image.sex, Image.age,
-                       Image.known_findings, Image.probabilities)
-                .outerjoin(Patient, Patient.id == Image.patient_id)
-                .where(Image.status == STATUS_INDEXED)
-                .order_by(Image.id)
-            ).all()
-            self._db_state = db_state(session)
-        self._ids = np.array([r[0] for r in rows], dtype=np.int64)
-        self._patient_pk = np.array([r[1] if r[1] is not None else -1 for r in rows], np.int64)
-        self._patient_key = np.array([r[2] or "" for r in rows], dtype=object)
-        self._view = np.array([(r[3] or "").upper() for r in rows], dtype=object)
-        self._sex = np.array([(r[4] or "").upper() for r in rows], dtype=object)
-        self._age = np.array([r[5] if r[5] is not None else np.nan for r in rows], np.float64)
-        probs = [r[7] or {} for r in rows]
-        self._class_names: tuple[str, ...] = tuple(probs[0]) if probs else ()
-        # (n, C) bool: image holds finding c (known label, else predicted p >= 0.5).
-        self._holds = np.array([[_holds(r[6], p, c) for c in self._class_names]
-                                for r, p in zip(rows, probs)], dtype=bool).reshape(
-                                    len(rows), len(self._class_names))
-        self._patient_rows: dict[object, list[int]] = {}
-        for row, (pk, key) in enumerate(zip(self._patient_pk.tolist(), self._patient_key.tolist())):
+            state = catalog_state(session)
+            store = open_store(session, self.index_dir)
+            ids, slots, ppk, pkey, view, sex, age, holds = [], [], [], [], [], [], [], []
+            class_names: tuple[str, ...] | None = None
+            query = (select(Image.id, Image.vector_slot, Image.patient_id, Patient.key,
+                            Image.view, Image.sex, Image.age, Image.known_findings,
+                            Image.probabilities)
+                     .outerjoin(Patient, Patient.id == Image.patient_id)
+                     .where(Image.status == STATUS_INDEXED).order_by(Image.id)
+                     .execution_options(yield_per=_CHUNK))
+            for rows in session.execute(query).partitions():
+                for r in rows:
+                    probs = r[8] or {}
+                    if class_names is None:
+                        class_names = tuple(probs)
+                    ids.append(r[0])
+                    slots.append(-1 if r[1] is None else r[1])
+                    ppk.append(-1 if r[2] is None else r[2])
+                    pkey.append(r[3] or "")
+                    view.append((r[4] or "").upper())
+                    sex.append((r[5] or "").upper())
+                    age.append(np.nan if r[6] is None else r[6])
+                    holds.append([_holds(r[7], probs, c) for c in class_names])
+        class_names = class_names or ()
+        snap = _Snapshot(
+            index=index, store=store, generation=int(state.generation),
+            ids=np.array(ids, np.int64), slots=np.array(slots, np.int64),
+            patient_pk=np.array(ppk, np.int64), patient_key=np.array(pkey, dtype=object),
+            view=np.array(view, dtype=object), sex=np.array(sex, dtype=object),
+            age=np.array(age, np.float64), class_names=class_names,
+            holds=np.array(holds, dtype=bool).reshape(len(ids), len(class_names)),
+            patient_rows={})
+        if store is not None:
+            known = snap.slots >= 0
+            index.exact = StoreExact(store, snap.ids[known], snap.slots[known])
+        for row, (pk, key) in enumerate(zip(snap.patient_pk.tolist(), snap.patient_key.tolist())):
             if pk >= 0:
-                self._patient_rows.setdefault(pk, []).append(row)
-                self._patient_rows.setdefault(key, []).append(row)
-        manifest = self.index.manifest
-        if manifest is not None and manifest.db_state != self._db_state:
-            log.warning(
-                "index build %s does not reflect the database (run `chextriev index verify`); "
-                "hits missing from the database are dropped", manifest.build_id)
+                snap.patient_rows.setdefault(pk, []).append(row)
+                snap.patient_rows.setdefault(key, []).append(row)
+        manifest = index.manifest
+        if manifest is not None and manifest.catalog_generation != snap.generation:
+            log.info("index build %s reflects catalog generation %d, the catalog is at %d "
+                     "(indexing in progress, or run `chextriev index verify`); hits missing from "
+                     "the catalog are dropped", manifest.build_id, manifest.catalog_generation,
+                     snap.generation)
+        return snap
+
+    def reload(self) -> bool:
+        """Open the newest committed build when it is not the one in use; True when swapped.
+
+        The new snapshot is built beside the old one and swapped in with one assignment, so
+        concurrent searches never see a half-loaded state. On failure the old snapshot stays in
+        use and the error is raised (retry later)."""
+        manifest = Manifest.read(self.index_dir)
+        current = self._snap.index.manifest
+        if current is not None and manifest.build_id == current.build_id:
+            return False
+        try:
+            snap = self._load()
+        except (IndexStateError, StoreError):
+            snap = self._load()  # the build moved on while we read it: once more
+        self._snap = snap
+        return True
 
     def refresh(self) -> bool:
-        """Reload the index and metadata when a newer build was saved; True when reloaded."""
-        from indexer.vector_index import Manifest
+        """Alias of :meth:`reload`."""
+        return self.reload()
 
-        manifest = Manifest.read(self.index_dir)
-        if self.index.manifest is not None and manifest.build_id == self.index.manifest.build_id:
-            return False
-        self.index = VectorIndex.load(self.index_dir, device=self.index.device)
-        self._load_metadata()
-        return True
+    @property
+    def index(self) -> VectorIndex:
+        return self._snap.index
 
     @property
     def size(self) -> int:
         """Number of searchable images (in the index and indexed in the database)."""
-        return int(np.isin(self.index.ids, self._ids).sum())
+        snap = self._snap
+        return int(np.isin(snap.index.ids, snap.ids).sum())
 
     @property
     def build_id(self) -> str | None:
-        return self.index.manifest.build_id if self.index.manifest else None
+        return self._snap.index.manifest.build_id if self._snap.index.manifest else None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self._snap.index.manifest
 
     @property
     def checkpoint_id(self) -> str | None:
-        return self.index.manifest.checkpoint_id if self.index.manifest else None
+        return self._snap.index.manifest.checkpoint_id if self._snap.index.manifest else None
 
     @property
     def embedding_dim(self) -> int:
-        return self.index.dim
+        return self._snap.index.dim
 
     @property
     def is_current(self) -> bool:
-        """True when the index build reflects the current database state."""
-        return self.index.manifest is not None and self.index.manifest.db_state == self._db_state
+        """True when the index build reflects the catalog state it was opened with."""
+        manifest = self._snap.index.manifest
+        return manifest is not None and manifest.catalog_generation == self._snap.generation
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._class_names
+        return self._snap.class_names
+
+    def status(self, ids: Iterable[int]) -> dict[int, str]:
+        """``{id: status}`` (``indexed`` / ``skipped`` / ``failed`` / ``removed``) of the known
+        ids; unknown ids are absent. One indexed query: cheap per request."""
+        with self.sessions() as session:
+            return image_status(session, ids)
 
     # ------------------------------------------------------------------ search
-    def _allowed_mask(self, filters: dict[str, Any]) -> np.ndarray:
+    def _allowed_mask(self, snap: _Snapshot, filters: dict[str, Any]) -> np.ndarray:
         unknown = set(filters) - set(FILTER_KEYS)
         if unknown:
             raise UnknownNameError("filter", min(unknown), FILTER_KEYS)
-        mask = np.ones(len(self._ids), dtype=bool)
+        mask = np.ones(len(snap.ids), dtype=bool)
         if filters.get("view"):
             views = filters["view"]
             views = [views] if isinstance(views, str) else list(views)
-            mask &= np.isin(self._view, [v.upper() for v in views])
+            mask &= np.isin(snap.view, [v.upper() for v in views])
         if filters.get("sex"):
-            mask &= self._sex == str(filters["sex"]).upper()[:1]
+            mask &= snap.sex == str(filters["sex"]).upper()[:1]
         if filters.get("age_min") is not None:
-            mask &= self._age >= float(filters["age_min"])  # NaN compares False
+            mask &= snap.age >= float(filters["age_min"])  # NaN compares False
         if filters.get("age_max") is not None:
-            mask &= self._age <= float(filters["age_max"])
+            mask &= snap.age <= float(filters["age_max"])
         if filters.get("finding"):
             findings = filters["finding"]
             findings = [findings] if isinstance(findings, str) else list(findings)
             for finding in findings:
-                if finding not in self._class_names:
-                    raise UnknownNameError("finding", finding, self._class_names)
-                mask &= self._holds[:, self._class_names.index(finding)]
+                if finding not in snap.class_names:
+                    raise UnknownNameError("finding", finding, snap.class_names)
+                mask &= snap.holds[:, snap.class_names.index(finding)]
         return mask
 
     def search(self, vectors, k: int, *, exclude_ids: Iterable[int] | None = None,
                exclude_patients: Iterable[str | int] | None = None,
-               filters: dict[str, Any] | None = None) -> list[list[Hit]]:
+               filters: dict[str, Any] | None = None, nprobe: int | None = None
+               ) -> list[list[Hit]]:
         """The ``k`` most similar indexed images for each query vector.
 
         ``vectors`` ``(n, D)`` (L2-normalised here); ``exclude_ids`` database ids to leave out;
         ``exclude_patients`` patient keys as :meth:`images` reports them (``"patient"``) or
-        patient primary keys; ``filters`` see the module docstring. Returns one list of at most
-        ``k`` :class:`Hit` per query, best first.
+        patient primary keys; ``filters`` see the module docstring; ``nprobe`` IVF lists to
+        scan (default: the build's). Returns one list of at most ``k`` :class:`Hit` per query,
+        best first.
         """
+        snap = self._snap
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if vectors.shape[1] != self.index.dim:
+        if vectors.shape[1] != snap.index.dim:
             raise ChextrievError(
                 f"query vectors have dimension {vectors.shape[1]} but the index holds "
-                f"{self.index.dim}-d vectors (checkpoint {self.checkpoint_id})")
-        excluded = np.zeros(len(self._ids), dtype=bool)
+                f"{snap.index.dim}-d vectors (checkpoint {self.checkpoint_id})")
+        excluded = np.zeros(len(snap.ids), dtype=bool)
         if exclude_ids is not None:
-            excluded[self._rows_of(np.fromiter((int(i) for i in exclude_ids), np.int64))] = True
+            excluded[_rows_of(snap.ids, np.fromiter((int(i) for i in exclude_ids), np.int64))] = True
         for patient in exclude_patients or ():
             key = int(patient) if isinstance(patient, (int, np.integer)) else str(patient)
-            excluded[self._patient_rows.get(key, [])] = True
+            excluded[snap.patient_rows.get(key, [])] = True
         allowed_ids = None
         if filters:
-            allowed_ids = self._ids[self._allowed_mask(filters) & ~excluded]
+            allowed_ids = snap.ids[self._allowed_mask(snap, filters) & ~excluded]
             fetch = k
         else:
             fetch = k + int(excluded.sum())
         # Over-fetch a little so that stale index entries (not in the database) can be dropped.
-        fetch = min(fetch + 8, max(self.index.ntotal, 1))
-        scores, ids = self.index.search(vectors, fetch, allowed_ids=allowed_ids)
+        fetch = min(fetch + 8, max(snap.index.ntotal, 1))
+        scores, ids = snap.index.search(vectors, fetch, allowed_ids=allowed_ids, nprobe=nprobe)
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, ids):
-            pos = np.clip(np.searchsorted(self._ids, row_ids), 0, max(len(self._ids) - 1, 0))
-            keep = (row_ids >= 0) & (len(self._ids) > 0)
-            if len(self._ids):
-                keep &= (self._ids[pos] == row_ids) & ~excluded[pos]
+            pos = np.clip(np.searchsorted(snap.ids, row_ids), 0, max(len(snap.ids) - 1, 0))
+            keep = (row_ids >= 0) & (len(snap.ids) > 0)
+            if len(snap.ids):
+                keep &= (snap.ids[pos] == row_ids) & ~excluded[pos]
             results.append([Hit(int(i), float(s))
                             for i, s in zip(row_ids[keep][:k], row_scores[keep][:k])])
         return results
-
-    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Metadata rows of the known ``ids`` (unknown ids are ignored)."""
-        if not len(self._ids) or not len(ids):
-            return np.zeros(0, np.int64)
-        pos = np.clip(np.searchsorted(self._ids, ids), 0, len(self._ids) - 1)
-        return pos[self._ids[pos] == ids]
 
     # ------------------------------------------------------------------ rows
     def lookup(self, image_id: str) -> int | None:
@@ -273,45 +346,60 @@ class Catalog:
             raise UnknownImageError(missing)
         return [_image_dict(*by_id[i]) for i in ids]
 
-    def thumbnail(self, image_id: int) -> bytes:
-        """The PNG thumbnail of one image."""
+    def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
+        """The stored thumbnail as it is stored (JPEG; PNG in older catalogs) and its MIME type."""
         with self.sessions() as session:
             data = session.execute(select(Image.thumbnail).where(Image.id == int(image_id))).first()
         if data is None or data[0] is None:
             raise UnknownImageError([image_id])
-        return bytes(data[0])
+        return bytes(data[0]), mimetype(data[0])
+
+    def thumbnail(self, image_id: int) -> bytes:
+        """The thumbnail of one image as PNG."""
+        return as_png(self.thumbnail_bytes(image_id)[0])
+
+    def _slots(self, ids: Sequence[int]) -> dict[int, int | None]:
+        with self.sessions() as session:
+            return dict(session.execute(select(Image.id, Image.vector_slot)
+                                        .where(Image.id.in_([int(i) for i in ids]))).all())
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """Embeddings ``(n, D)`` float32 of ``ids`` (from the index sidecar, else the database)."""
+        """Exact embeddings ``(n, D)`` float32, L2-normalised, of ``ids`` (indexed or not, as
+        long as they have one)."""
+        snap = self._snap
         ids = np.asarray([int(i) for i in ids], dtype=np.int64)
-        out = self.index.vectors(ids)
-        missing = np.isnan(out).any(axis=1)
+        out = snap.index.vectors(ids) if snap.index.exact is not None else np.full(
+            (len(ids), snap.index.dim), np.nan, np.float32)
+        missing = ~np.isfinite(out).all(axis=1)
         if missing.any():
-            with self.sessions() as session:
-                rows = dict(session.execute(
-                    select(Image.id, Image.embedding).where(Image.id.in_(ids[missing].tolist()))
-                ).all())
-            absent = [int(i) for i in ids[missing] if rows.get(int(i)) is None]
-            if absent:
-                raise UnknownImageError(absent)
-            for pos in np.flatnonzero(missing):
-                out[pos] = np.frombuffer(rows[int(ids[pos])], dtype=np.float32)
+            slots = self._slots(ids[missing].tolist())
+            absent = [int(i) for i in ids[missing] if slots.get(int(i)) is None]
+            if absent or snap.store is None:
+                raise UnknownImageError(absent or ids[missing].tolist())
+            rows = np.array([slots[int(i)] for i in ids[missing]], np.int64)
+            vec = snap.store.embeddings(rows)
+            out[missing] = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
         return out
 
     def region_embeddings(self, ids: Sequence[int]) -> np.ndarray | None:
         """Per-region embeddings ``(n, 18, R)`` float32, or None when the model has none."""
         ids = [int(i) for i in ids]
-        with self.sessions() as session:
-            rows = {pk: (blob, dim) for pk, blob, dim in session.execute(
-                select(Image.id, Image.region_embedding, Image.region_dim).where(Image.id.in_(ids))
-            ).all()}
-        missing = [i for i in ids if i not in rows]
+        slots = self._slots(ids)
+        missing = [i for i in ids if i not in slots]
         if missing:
             raise UnknownImageError(missing)
-        if not ids or any(rows[i][0] is None for i in ids):
+        store = self._snap.store
+        if not ids or store is None or not store.region_dim or any(slots[i] is None for i in ids):
             return None
-        return np.stack([np.frombuffer(rows[i][0], dtype=np.float16).reshape(18, rows[i][1])
-                         for i in ids]).astype(np.float32)
+        return store.regions(np.array([slots[i] for i in ids], np.int64))
+
+
+def _rows_of(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Metadata rows of the known ``ids`` (unknown ids are ignored)."""
+    if not len(known) or not len(ids):
+        return np.zeros(0, np.int64)
+    pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+    return pos[known[pos] == ids]
 
 
 def _holds(known: dict | None, probs: dict, finding: str) -> bool:

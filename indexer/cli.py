@@ -1,14 +1,17 @@
-"""``chextriev index``: build or update an index; ``index verify``; ``index remove``.
+"""``chextriev index``: build or update an index; ``index verify``, ``index repair``,
+``index remove``; ``chextriev db upgrade``.
 
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
-        [--device auto|cpu|cuda] [--workers N] [--batch-size B]
+        [--device auto|cpu|cuda] [--workers N] [--batch-size B] [--wait [SECONDS]]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--pseudonymise]
     chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
         [--dicomweb-token-file FILE | --dicomweb-user USER --dicomweb-password-file FILE]
         [--ca-bundle FILE] [--insecure]
-    chextriev index verify --index-dir idx [--db URL]      # exit 1 when they disagree
+    chextriev index verify --index-dir idx [--db URL] [--sample N]  # exit 1 when they disagree
+    chextriev index repair --index-dir idx [--db URL]               # rebuild the index
     chextriev index remove --index-dir idx [--db URL] ID [ID ...]
+    chextriev db upgrade (--db URL | --index-dir DIR)               # schema upgrade in place
 
 ARCHIVE: a folder (a dataset layout or a plain tree of PNG/JPEG/DICOM), a manifest CSV, an
 image file, or an ``http(s)://`` DICOMweb service root (``chextriev.io.sources.open_source``).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -36,7 +40,16 @@ def _common(parser: argparse.ArgumentParser, *, required_dir: bool) -> None:
     parser.add_argument("--index-dir", required=required_dir, type=Path,
                         help="folder of the Faiss index (and of the default SQLite catalog)")
     parser.add_argument("--db", default=None,
-                        help="SQLAlchemy URL (default sqlite:///<index-dir>/catalog.sqlite)")
+                        help="SQLAlchemy URL, e.g. postgresql://user@host/db (default "
+                             "sqlite:///<index-dir>/catalog.sqlite)")
+
+
+def _wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", nargs="?", type=float, const=math.inf, default=None,
+                        metavar="SECONDS",
+                        help="when another run holds the catalog's writer lock, wait for it "
+                             "(SECONDS at most; no value: as long as it takes) instead of "
+                             "stopping at once")
 
 
 def register(subparsers) -> None:
@@ -64,6 +77,7 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="sync the Faiss index every N batches (and at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _wait(parser)
     web = parser.add_argument_group("DICOMweb source (--source http(s)://...)")
     web.add_argument("--modality", nargs="+", default=None, metavar="M",
                      help="modalities searched (default CR DX; 'any' for all)")
@@ -83,22 +97,48 @@ def register(subparsers) -> None:
     web.add_argument("--page-size", type=int, default=500, help="QIDO-RS results per request")
     parser.set_defaults(func=_index)
     actions = parser.add_subparsers(dest="index_action", metavar="ACTION")
-    verify = actions.add_parser("verify", help="check that database and index agree")
+    verify = actions.add_parser(
+        "verify", help="check the index payload against the catalog",
+        description="Checksums of every index file, the ids inside the index against the "
+                    "catalog (both ways), and the vectors inside the index against the "
+                    "catalog's embeddings. Exit 1 when anything differs.")
     _common(verify, required_dir=True)
+    verify.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="compare the vectors of N random images (default: all)")
     verify.set_defaults(func=_verify)
+    repair = actions.add_parser("repair", help="rebuild the index from the catalog")
+    _common(repair, required_dir=True)
+    _wait(repair)
+    repair.set_defaults(func=_repair)
     remove = actions.add_parser("remove", help="remove images from the database and the index")
     _common(remove, required_dir=True)
+    _wait(remove)
     remove.add_argument("ids", nargs="+", help="database ids or dataset image ids")
     remove.set_defaults(func=_remove)
+
+    db = subparsers.add_parser("db", help="catalog database maintenance",
+                               description="Catalog database maintenance.")
+    db_actions = db.add_subparsers(dest="db_action", metavar="ACTION")
+    db_actions.required = True
+    upgrade = db_actions.add_parser(
+        "upgrade", help="upgrade a catalog's schema in place (rows kept)",
+        description="Upgrade a catalog to this chextriev's schema revision, in place. Give the "
+                    "index folder: revisions that move data beside the index need it.")
+    _common(upgrade, required_dir=False)
+    _wait(upgrade)
+    upgrade.set_defaults(func=_db_upgrade)
 
 
 def _sessions(args):
     from indexer.db import default_db_url, make_engine, make_sessionmaker
 
-    url = args.db or default_db_url(args.index_dir)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise ChextrievError(f"no catalog database at {url}")
-    return make_sessionmaker(make_engine(url))
+    return make_sessionmaker(make_engine(args.db or default_db_url(args.index_dir), create=False))
+
+
+def _writable(args):
+    from indexer.writer import WritableCatalog
+
+    return WritableCatalog(args.index_dir, args.db, wait=args.wait, create=False)
 
 
 def source_options(args) -> dict:
@@ -153,7 +193,7 @@ def _index(args) -> int:
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), pseudonymiser=pseudonymiser,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
-        progress=not args.no_progress)
+        progress=not args.no_progress, wait=args.wait)
     print(summary.format())
     return 0
 
@@ -161,17 +201,57 @@ def _index(args) -> int:
 def _verify(args) -> int:
     from indexer.sync import verify
 
-    problems = verify(_sessions(args), args.index_dir)
+    problems = verify(_sessions(args), args.index_dir, sample=args.sample)
     for problem in problems:
         print(f"DIFFERENCE: {problem}")
-    if not problems:
-        print(f"OK: database and index in {args.index_dir} agree")
+    if problems:
+        print(f"run `chextriev index repair --index-dir {args.index_dir}` to rebuild the index "
+              "from the catalog")
+    else:
+        checked = f"{args.sample} sampled" if args.sample else "all"
+        print(f"OK: catalog and index in {args.index_dir} agree (checksums, ids, {checked} "
+              "vectors)")
     return 1 if problems else 0
+
+
+def _repair(args) -> int:
+    from indexer.sync import repair
+
+    with _writable(args) as catalog:
+        manifest = repair(catalog.sessions, args.index_dir)
+    print(f"rebuilt index {manifest.build_id}: {manifest.n_vectors} vectors "
+          f"({manifest.index_type}, {len(manifest.segments)} segment(s))")
+    return 0
 
 
 def _remove(args) -> int:
     from indexer.sync import remove_images
 
-    removed = remove_images(_sessions(args), args.index_dir, args.ids)
+    with _writable(args) as catalog:
+        removed = remove_images(catalog.sessions, args.index_dir, args.ids)
     print(f"removed {removed} image(s)")
+    return 0
+
+
+def _db_upgrade(args) -> int:
+    from indexer import migrations
+    from indexer.db import default_db_url, make_engine, safe_url
+    from indexer.lock import CatalogLock
+
+    if args.db is None and args.index_dir is None:
+        raise ChextrievError("`chextriev db upgrade` needs --db URL or --index-dir DIR")
+    url = args.db or default_db_url(args.index_dir)
+    engine = make_engine(url, create=False, check=False, schema=False)
+    try:
+        with engine.connect() as connection:
+            if migrations.current_revision(connection) is None:
+                raise ChextrievError(f"no catalog in {safe_url(url)} (run `chextriev index`)")
+        with CatalogLock(args.index_dir, engine=engine, db_url=url, wait=args.wait):
+            before, after = migrations.upgrade(engine, index_dir=args.index_dir)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"the catalog in {safe_url(url)} is already at revision {after}")
+    else:
+        print(f"upgraded the catalog in {safe_url(url)} from revision {before} to {after}")
     return 0

@@ -2,25 +2,30 @@
 
 Tables
 ------
-``patients``      one row per (optionally pseudonymised) patient identifier.
-``studies``       one row per study (StudyInstanceUID or the manifest's study id).
-``images``        one row per distinct image content (unique ``content_hash``; unique
-                  ``sop_instance_uid`` when DICOM; the study, series and SOP instance UIDs
-                  stored as keyed HMACs when the run pseudonymises): metadata, predictions,
-                  boxes, status
-                  (``indexed`` / ``skipped`` / ``failed`` / ``removed``), the exact embedding
-                  (float32 bytes, ``(D,)``), the region embeddings (float16 bytes, ``(18, R)``)
-                  and a small PNG thumbnail. The database is the durable source of truth: the
-                  Faiss index is derived from the ``indexed`` rows.
-``sources``       the ledger of discovered records (``path`` = the record key: a file's path or
-                  ``dicomweb:<root>/studies/..``; size, mtime, hash) pointing at the image
-                  row holding their content; duplicates are sources that point at an image whose
-                  ``source_path`` is another file. Reruns skip sources whose size and mtime are
-                  unchanged.
-``index_builds``  one row per saved Faiss index build.
+``patients``       one row per (optionally pseudonymised) patient identifier.
+``studies``        one row per study (StudyInstanceUID or the manifest's study id).
+``images``         one row per distinct image content (unique ``content_hash``; unique
+                   ``sop_instance_uid`` when DICOM; the study, series and SOP instance UIDs
+                   stored as keyed HMACs when the run pseudonymises): metadata, predictions, boxes, status
+                   (``indexed`` / ``skipped`` / ``failed`` / ``removed``), a compact JPEG
+                   thumbnail, and ``vector_slot``: the row of its exact embedding and region
+                   embeddings in the vector store beside the index (:mod:`indexer.vector_store`).
+                   The bulk vectors are not in SQL rows.
+``sources``        the ledger of discovered records (``path`` holds the record key: an absolute
+                   path, or a ``dicomweb:`` key) pointing at the image row holding their content.
+``index_builds``   one row per saved Faiss index build.
+``catalog_state``  one row: ``generation`` (bumped by every transaction that changes the indexed
+                   set), ``store_rows`` (the vector store's committed length: the commit point of
+                   the vector files), ``removals`` (bumped whenever an image leaves the indexed
+                   set). The index manifest records the values it reflects, so a checkpoint only
+                   looks at what changed.
+``writer_lock``    who holds the one-writer lock (informational: the lock itself is a
+                   PostgreSQL advisory lock or a file lock, see :mod:`indexer.lock`).
 
-Only portable SQL types are used (Integer, BigInteger, String, Text, Float, DateTime,
-LargeBinary, JSON); SQLite gets WAL mode and a busy timeout through a connect hook.
+The schema is versioned with Alembic (``indexer/migrations``); :func:`open_engine` creates and
+stamps a new catalog, and refuses one whose revision differs from the code's, naming
+``chextriev db upgrade``. Only portable SQL types are used; SQLite gets WAL mode and a busy
+timeout through a connect hook. ``postgresql://`` URLs use psycopg 3 (installed by default).
 """
 
 from __future__ import annotations
@@ -37,15 +42,19 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     create_engine,
     event,
+    inspect,
     select,
+    update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from chextriev.errors import ChextrievError
@@ -57,6 +66,10 @@ STATUS_REMOVED = "removed"
 STATUSES = (STATUS_INDEXED, STATUS_SKIPPED, STATUS_FAILED, STATUS_REMOVED)
 
 PSEUDONYM_KEY_ENV = "CHEXTRIEV_PSEUDONYM_KEY"
+
+
+class CatalogSchemaError(ChextrievError):
+    """A catalog whose schema revision is not the one this code uses (or no catalog at all)."""
 
 
 def utcnow() -> datetime:
@@ -114,10 +127,10 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     checkpoint_id: Mapped[str | None] = mapped_column(String(32))
-    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 (D,)
-    region_embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16 (18, R)
+    # Row of the exact embedding / region embeddings in the vector store (NULL: none stored).
+    vector_slot: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     region_dim: Mapped[int | None] = mapped_column(Integer)
-    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)  # PNG
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)  # JPEG (older catalogs: PNG)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     updated: Mapped[datetime] = mapped_column(
         DateTime, default=utcnow, onupdate=utcnow, nullable=False
@@ -127,6 +140,7 @@ class Image(Base):
 class Source(Base):
     __tablename__ = "sources"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The record key (absolute path, or a ``dicomweb:...`` key of up to a few hundred chars).
     path: Mapped[str] = mapped_column(String(1024), unique=True, nullable=False)
     file_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -150,19 +164,84 @@ class IndexBuild(Base):
     build_dir: Mapped[str] = mapped_column(String(256), nullable=False)
 
 
+class CatalogState(Base):
+    __tablename__ = "catalog_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    store_rows: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    removals: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class WriterLock(Base):
+    __tablename__ = "writer_lock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(256))
+    started: Mapped[datetime | None] = mapped_column(DateTime)
+    command: Mapped[str | None] = mapped_column(Text)
+
+
+Index("ix_images_status_slot", Image.status, Image.vector_slot)
+
+
+# ---------------------------------------------------------------------- engine and schema
 def default_db_url(index_dir: str | Path) -> str:
     """``sqlite:///<index_dir>/catalog.sqlite`` (the default catalog location)."""
     return f"sqlite:///{Path(index_dir).resolve() / 'catalog.sqlite'}"
 
 
-def make_engine(db_url: str, *, create: bool = True) -> Engine:
-    """An engine for ``db_url``; SQLite gets WAL, ``synchronous=NORMAL`` and foreign keys.
+def normalise_url(db_url: str) -> str:
+    """The SQLAlchemy URL to connect with: ``postgresql://`` and ``postgres://`` (which
+    SQLAlchemy maps to psycopg2) use psycopg 3, the driver installed by default; an explicit
+    driver (``postgresql+psycopg2://``) is kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if db_url.startswith(prefix):
+            return "postgresql+psycopg://" + db_url[len(prefix):]
+    return db_url
 
-    With ``create`` the tables are created when missing (idempotent).
+
+def safe_url(db_url: str) -> str:
+    """``db_url`` with any password masked (for logs and error messages)."""
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def sqlite_path(db_url: str) -> Path | None:
+    """The file of a file-backed SQLite URL, else None."""
+    url = make_url(normalise_url(db_url))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def make_engine(db_url: str, *, create: bool = True, check: bool = True,
+                schema: bool = True) -> Engine:
+    """An engine for ``db_url``.
+
+    With ``create`` a catalog with no tables is created and stamped with the current schema
+    revision. With ``check`` (the default) a catalog at another revision raises
+    :class:`CatalogSchemaError` naming ``chextriev db upgrade``. ``schema=False``: neither
+    (the caller runs :func:`indexer.migrations.ensure_current` itself, e.g. after taking the
+    writer lock). SQLite gets WAL, ``synchronous=NORMAL``, foreign keys and a busy timeout.
     """
-    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
-        Path(db_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(db_url, future=True)
+    from indexer import migrations
+
+    path = sqlite_path(db_url)
+    if path is not None:
+        if not create and not path.is_file():
+            raise CatalogSchemaError(f"no catalog database at {db_url} (run `chextriev index`)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(normalise_url(db_url), future=True)
+    except ArgumentError as error:
+        raise ChextrievError(f"not a database URL: {safe_url(db_url)} ({error})") from error
+    except ModuleNotFoundError as error:  # pragma: no cover - a driver the user named
+        raise ChextrievError(f"the database driver for {safe_url(db_url)} is not installed: "
+                             f"{error.name} (postgresql:// uses psycopg, installed by default)"
+                             ) from error
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -172,30 +251,72 @@ def make_engine(db_url: str, *, create: bool = True) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 
-    if create:
-        Base.metadata.create_all(engine)
+    try:
+        if schema and (create or check):
+            migrations.ensure_current(engine, db_url, create=create, check=check)
+    except OperationalError as error:
+        engine.dispose()
+        raise ChextrievError(f"cannot open the catalog database {safe_url(db_url)}: "
+                             f"{error.orig}") from error
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
+
+
+def has_tables(engine: Engine) -> bool:
+    return "images" in inspect(engine).get_table_names()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False, future=True)
 
 
-def db_state(session) -> str:
-    """A hash of the indexed set: sha256 over the sorted ids and content hashes of ``indexed`` rows.
+# ---------------------------------------------------------------------- catalog state
+def catalog_state(session, *, for_update: bool = False) -> CatalogState:
+    """The one ``catalog_state`` row (created when missing)."""
+    query = select(CatalogState).where(CatalogState.id == 1)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    state = session.scalars(query).first()
+    if state is None:
+        state = CatalogState(id=1, generation=0, store_rows=0, removals=0)
+        session.add(state)
+        session.flush()
+    return state
 
-    The index manifest records it, so ``verify`` and :class:`~indexer.catalog.Catalog` can tell
-    whether an index reflects the database.
-    """
+
+def bump_generation(session, *, removals: int = 0, store_rows: int | None = None) -> None:
+    """Record in this transaction that the indexed set changed (and how)."""
+    state = catalog_state(session, for_update=True)
+    values = {"generation": CatalogState.generation + 1, "updated": utcnow(),
+              "removals": CatalogState.removals + int(removals)}
+    if store_rows is not None:
+        values["store_rows"] = int(store_rows)
+    session.execute(update(CatalogState).where(CatalogState.id == state.id).values(**values))
+
+
+def db_state(session) -> str:
+    """A full hash of the indexed set: sha256 over the sorted ids, content hashes and vector
+    slots of ``indexed`` rows (O(n): used by ``verify``, not at checkpoints)."""
     digest = hashlib.sha256()
     rows = session.execute(
-        select(Image.id, Image.content_hash).where(Image.status == STATUS_INDEXED).order_by(Image.id)
-    )
-    for pk, content_hash in rows:
-        digest.update(f"{pk}:{content_hash};".encode())
+        select(Image.id, Image.content_hash, Image.vector_slot)
+        .where(Image.status == STATUS_INDEXED).order_by(Image.id))
+    for pk, content_hash, slot in rows:
+        digest.update(f"{pk}:{content_hash}:{slot};".encode())
     return digest.hexdigest()
+
+
+def image_status(session, ids) -> dict[int, str]:
+    """``{id: status}`` for the known ``ids`` (one indexed query; cheap per id)."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    return dict(session.execute(select(Image.id, Image.status).where(Image.id.in_(ids))).all())
 
 
 class Pseudonymiser:

@@ -139,14 +139,15 @@ class _ShardEmbedder:
 
 def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | None = None,
                  index_type: str = "auto", pseudonymiser=None, device: str = "cpu",
-                 batch_size: int = 256):
+                 batch_size: int = 256, wait: float | None = None):
     """Write every shard of ``shard_dir`` into the catalog and build one index; returns the
     :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing."""
     from sqlalchemy import select
 
-    from indexer.db import Source, default_db_url, make_engine, make_sessionmaker
-    from indexer.pipeline import IndexSummary, _Writer
-    from indexer.sync import sync_index
+    from indexer.db import Source
+    from indexer.pipeline import IndexSummary
+    from indexer.sync import IndexSyncer, open_store
+    from indexer.writer import CatalogWriter, WritableCatalog
 
     shards = sorted(Path(shard_dir).glob("shard-*.npz"))
     if not shards:
@@ -154,39 +155,41 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
 
         raise ChextrievError(f"no shard-*.npz files in {shard_dir}")
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(db_url or default_db_url(index_dir))
-    sessions = make_sessionmaker(engine)
     summary = IndexSummary()
     info = None
-    seen: set[str] = set()
-    with sessions() as session:
-        seen.update(session.scalars(select(Source.path)))
-    writer = None
-    for shard in shards:
-        items, shard_info = read_shard(shard)
-        if info is None:
-            info = shard_info
-            writer = _Writer(sessions, _ShardEmbedder(info), pseudonymiser, summary)
-        elif shard_info != info:
-            from chextriev.errors import ChextrievError
+    with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
+        sessions = catalog.sessions
+        seen: set[str] = set()
+        with sessions() as session:
+            seen.update(session.scalars(select(Source.path)))
+        writer = None
+        for shard in shards:
+            items, shard_info = read_shard(shard)
+            if info is None:
+                info = shard_info
+                with sessions() as session:
+                    store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
+                writer = CatalogWriter(sessions, _ShardEmbedder(info), pseudonymiser, summary,
+                                       store=store)
+            elif shard_info != info:
+                from chextriev.errors import ChextrievError
 
-            raise ChextrievError(f"{shard} was made by checkpoint {shard_info.checkpoint_id}, "
-                                 f"the first shard by {info.checkpoint_id}")
-        fresh = []
-        for d in items:  # DistributedSampler pads ranks with repeated files: keep the first
-            summary.discovered += 1
-            if d.path in seen:
-                summary.unchanged += 1
-                continue
-            seen.add(d.path)
-            fresh.append(d)
-        for start in range(0, len(fresh), batch_size):
-            writer.write(fresh[start:start + batch_size])
-    manifest = sync_index(sessions, index_dir, checkpoint_id=info.checkpoint_id,
-                          dim=info.embedding_dim, index_type=index_type, device=device)
+                raise ChextrievError(f"{shard} was made by checkpoint {shard_info.checkpoint_id}, "
+                                     f"the first shard by {info.checkpoint_id}")
+            fresh = []
+            for d in items:  # DistributedSampler pads ranks with repeated files: keep the first
+                summary.discovered += 1
+                if d.path in seen:
+                    summary.unchanged += 1
+                    continue
+                seen.add(d.path)
+                fresh.append(d)
+            for start in range(0, len(fresh), batch_size):
+                writer.write(fresh[start:start + batch_size])
+        manifest = IndexSyncer(sessions, index_dir, checkpoint_id=info.checkpoint_id,
+                               dim=info.embedding_dim, index_type=index_type, device=device,
+                               store=writer.store).sync()
     summary.index_size, summary.build_id = manifest.n_vectors, manifest.build_id
-    engine.dispose()
     return summary
 
 

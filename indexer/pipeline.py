@@ -1,18 +1,24 @@
 """Archive -> catalog + index: records from the source (``chextriev.io.sources``, the one reader
-path), decoding workers, batched embedding, one transaction per batch, index checkpoints.
+path), decoding workers, batched embedding, one transaction per batch, incremental index
+checkpoints, one writer at a time.
 
 Durability (why kill -9 at any moment is safe):
 
-1. each batch (its embeddings, predictions, thumbnails, the skipped/failed/duplicate files seen
-   since the previous batch, and their ``sources`` ledger rows) is written in ONE transaction;
-   a killed run loses at most the uncommitted batch, whose files are not in the ledger and are
-   therefore processed again by the next run;
-2. the database stores the exact embedding of every indexed image: the Faiss index is derived
-   state, re-synced from the database every ``checkpoint_every`` batches and at the end
-   (:func:`indexer.sync.sync_index`), saved atomically with a manifest recording the database
-   state it reflects;
+1. each batch (its image rows, predictions, thumbnails, the skipped/failed/duplicate records
+   seen since the previous batch, and their ``sources`` ledger rows) is written in ONE
+   transaction (:mod:`indexer.writer`); its vectors go to the vector store first (fsynced), and
+   the transaction moves the store's committed length; a killed run loses at most the
+   uncommitted batch, whose records are not in the ledger and are therefore processed again by
+   the next run;
+2. the catalog (database + vector store) holds the exact embedding of every indexed image: the
+   Faiss index is derived state, brought up to date every ``checkpoint_every`` batches and at
+   the end (:class:`indexer.sync.IndexSyncer`), which writes only the new vectors as a new
+   segment and commits a new manifest by rename;
 3. every run ends with a sync, so a rerun after a kill (even one with nothing new to index) makes
-   the index agree with the database again.
+   the index agree with the catalog again.
+
+One writer per catalog: the run holds the writer locks (:mod:`indexer.lock`) from start to end;
+a second run names the holder and stops, or waits with ``wait``.
 
 Incremental (:mod:`indexer.discovery`): records whose key and version match the ledger are not
 read (files: size and mtime; DICOMweb instances: the SOPInstanceUID key alone, failed ones are
@@ -39,36 +45,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
-from indexer.db import (
-    STATUS_FAILED,
-    STATUS_INDEXED,
-    STATUS_SKIPPED,
-    Image,
-    Patient,
-    Pseudonymiser,
-    Source,
-    Study,
-    default_db_url,
-    make_engine,
-    make_sessionmaker,
-)
-from indexer.decode import (
-    FAILED,
-    OK,
-    SKIPPED,
-    UNAVAILABLE,
-    Decoded,
-    decode_task,
-    given_boxes,
-    init_worker,
-)
+from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Pseudonymiser, Source
+from indexer.decode import UNAVAILABLE, Decoded, decode_task, init_worker
 from indexer.discovery import LedgerEntry, open_archive, pending
-from indexer.sync import sync_index
+from indexer.sync import IndexSyncer, open_store
+from indexer.writer import CatalogWriter, WritableCatalog
 
 log = logging.getLogger(__name__)
 
@@ -132,183 +117,12 @@ def _read_ledger(session) -> dict[str, LedgerEntry]:
             for key, size, mtime, content_hash, status in rows}
 
 
-class _Writer:
-    """Turns decoded files into database rows, one transaction per batch."""
-
-    def __init__(self, sessions, embedder, pseudonymiser: Pseudonymiser | None,
-                 summary: IndexSummary):
-        self.sessions = sessions
-        self.embedder = embedder
-        self.pseudonymiser = pseudonymiser
-        self.summary = summary
-
-    def _key(self, identifier: str | None) -> str | None:
-        if identifier is None or str(identifier).strip() == "":
-            return None
-        identifier = str(identifier).strip()
-        return self.pseudonymiser(identifier) if self.pseudonymiser else identifier
-
-    def _patient(self, session, meta: dict) -> int | None:
-        key = self._key(meta.get("patient_id"))
-        if key is None:
-            return None
-        pk = session.scalar(select(Patient.id).where(Patient.key == key))
-        if pk is None:
-            patient = Patient(key=key, pseudonymised=self.pseudonymiser is not None, sex=meta.get("sex"))
-            session.add(patient)
-            session.flush()
-            pk = patient.id
-        return pk
-
-    def _study(self, session, meta: dict, patient_pk: int | None) -> int | None:
-        key = self._key(meta.get("study_id"))
-        if key is None:
-            return None
-        pk = session.scalar(select(Study.id).where(Study.key == key))
-        if pk is None:
-            study = Study(key=key, patient_id=patient_pk, study_date=meta.get("study_date"))
-            session.add(study)
-            session.flush()
-            pk = study.id
-        return pk
-
-    def write(self, items: list[Decoded]) -> None:
-        """Embed the new frontal images among ``items`` and commit everything in one transaction."""
-        if not items:
-            return
-        with self.sessions() as session:
-            hashes = [d.content_hash for d in items if d.content_hash]
-            uids = [self._key(d.meta.get("sop_instance_uid")) for d in items
-                    if d.meta.get("sop_instance_uid")]
-            by_hash = dict(session.execute(
-                select(Image.content_hash, Image.id).where(Image.content_hash.in_(hashes))).all()) if hashes else {}
-            by_uid = dict(session.execute(
-                select(Image.sop_instance_uid, Image.id).where(Image.sop_instance_uid.in_(uids))).all()) if uids else {}
-            ledger = {s.path: s for s in session.scalars(
-                select(Source).where(Source.path.in_([d.key for d in items])))}
-            # Decide each item: duplicate, content unchanged, or new image row.
-            new_rows: list[tuple[Decoded, Image]] = []
-            batch_hash: dict[str, Image] = {}
-            batch_uid: dict[str, Image] = {}
-            targets: list[tuple[Decoded, int | Image | None]] = []
-            for d in items:
-                content_hash = d.content_hash or "unreadable:" + d.key
-                uid = self._key(d.meta.get("sop_instance_uid"))
-                old = ledger.get(d.key)
-                if old is not None and old.content_hash == d.content_hash and d.pixels is None \
-                        and d.status == OK:
-                    targets.append((d, old.image_pk))  # touched, same content
-                    self.summary.unchanged += 1
-                    continue
-                existing = by_hash.get(content_hash) or (by_uid.get(uid) if uid else None) \
-                    or batch_hash.get(content_hash) or (batch_uid.get(uid) if uid else None)
-                if existing is not None:
-                    targets.append((d, existing))
-                    self.summary.duplicates += 1
-                    continue
-                image = self._image_row(session, d, content_hash)
-                batch_hash[content_hash] = image
-                if uid:
-                    batch_uid[uid] = image
-                new_rows.append((d, image))
-                targets.append((d, image))
-            to_embed = [(d, image) for d, image in new_rows
-                        if image.status == STATUS_INDEXED and d.embedded is None]
-            if to_embed:
-                self._embed(to_embed)
-            for d, image in new_rows:
-                if image.status == STATUS_INDEXED and d.embedded is not None:
-                    self._store(image, d.embedded)
-            session.flush()
-            for d, target in targets:
-                image_pk = target.id if isinstance(target, Image) else target
-                old = ledger.get(d.key)
-                if old is None:
-                    session.add(Source(path=d.key, file_size=d.file_size, mtime_ns=d.mtime_ns,
-                                       content_hash=d.content_hash, image_pk=image_pk))
-                    continue
-                previous = old.image_pk
-                old.file_size, old.mtime_ns = d.file_size, d.mtime_ns
-                old.content_hash, old.image_pk = d.content_hash, image_pk
-                if previous is not None and previous != image_pk:
-                    session.flush()
-                    others = session.scalar(select(func.count(Source.id)).where(
-                        Source.image_pk == previous))
-                    if not others:
-                        session.delete(session.get(Image, previous))
-                        self.summary.replaced += 1
-            session.commit()
-
-    def _image_row(self, session, d: Decoded, content_hash: str) -> Image:
-        meta = d.meta
-        patient_pk = self._patient(session, meta) if meta else None
-        status = {OK: STATUS_INDEXED, SKIPPED: STATUS_SKIPPED, FAILED: STATUS_FAILED}[d.status]
-        if status != STATUS_INDEXED:
-            self.summary.reasons[d.reason or status] += 1
-            if status == STATUS_SKIPPED:
-                self.summary.skipped += 1
-            else:
-                self.summary.failed += 1
-        image = Image(
-            image_id=meta.get("image_id") or os.path.splitext(os.path.basename(d.key))[0],
-            source_path=d.key, content_hash=content_hash, file_size=d.file_size,
-            mtime_ns=d.mtime_ns, format=d.fmt,
-            # a failed image is no dedupe target: its instance may still arrive (a retried fetch)
-            sop_instance_uid=self._key(meta.get("sop_instance_uid")) if status != STATUS_FAILED
-            else None,
-            study_instance_uid=self._key(meta.get("study_instance_uid")),
-            series_instance_uid=self._key(meta.get("series_instance_uid")),
-            patient_id=patient_pk, study_id=self._study(session, meta, patient_pk) if meta else None,
-            view=meta.get("view"), study_date=meta.get("study_date"), sex=meta.get("sex"),
-            age=meta.get("age"), known_findings=meta.get("known_findings"), status=status,
-            reason=d.reason, thumbnail=d.thumbnail,
-            height=d.original_hw[0] if d.original_hw else None,
-            width=d.original_hw[1] if d.original_hw else None,
-        )
-        session.add(image)
-        return image
-
-    def _embed(self, rows: list[tuple[Decoded, Image]]) -> None:
-        batch = self.embedder([d.pixels for d, _ in rows], boxes=[given_boxes(d) for d, _ in rows])
-        for i, (d, image) in enumerate(rows):
-            height, width = d.pixels.shape
-            scale = np.array([d.original_hw[1] / width, d.original_hw[0] / height] * 2, np.float32)
-            self._store(image, {
-                "embedding": batch.embeddings[i],
-                "probabilities": batch.probabilities[i],
-                "region_probabilities": None if batch.region_probabilities is None
-                else batch.region_probabilities[i],
-                "region_embeddings": None if batch.region_embeddings is None
-                else batch.region_embeddings[i],
-                "boxes": np.asarray(batch.boxes[i], dtype=np.float32) * scale,
-                "box_source": batch.box_sources[i],
-            })
-
-    def _store(self, image: Image, out: dict) -> None:
-        """Write one image's model outputs (see ``Decoded.embedded``) into its row."""
-        classes = tuple(self.embedder.class_names)
-        image.embedding = np.asarray(out["embedding"], dtype=np.float32).tobytes()
-        image.checkpoint_id = self.embedder.checkpoint_id
-        image.probabilities = {c: round(float(p), 6)
-                               for c, p in zip(classes, np.asarray(out["probabilities"]))}
-        if out.get("region_probabilities") is not None:
-            image.region_probabilities = np.round(
-                np.asarray(out["region_probabilities"], dtype=np.float64), 6).tolist()
-        if out.get("region_embeddings") is not None:
-            region = np.asarray(out["region_embeddings"], dtype=np.float16)
-            image.region_embedding = region.tobytes()
-            image.region_dim = int(region.shape[1])
-        image.boxes = [None if np.isnan(row).any() else [round(float(v), 2) for v in row]
-                       for row in np.asarray(out["boxes"], dtype=np.float32)]
-        image.box_source = str(out["box_source"])
-        self.summary.indexed += 1
-
-
 def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
               workers: int = 0, batch_size: int = 16, index_type: str = "auto",
               device: str = "cpu", pseudonymiser: Pseudonymiser | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
-              nprobe: int = 32, progress: bool = True, source_options: dict | None = None
+              nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
+              wait: float | None = None
               ) -> IndexSummary:
     """Index ``source`` into ``db_url`` + ``index_dir``; see the module docstring.
 
@@ -316,7 +130,9 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     CSV, an image file, an ``http(s)://`` DICOMweb root; ``source_options`` go to it), or a
     :class:`~chextriev.io.sources.RecordSource`.
     ``embedder``: a :class:`indexer.embedder.ModelEmbedder` (or any object with its interface).
-    ``workers``: decoding (and fetching) processes (0 = in this process).
+    ``workers``: decoding (and fetching) processes (0 = in this process). ``wait``: seconds to
+    wait for another writer of the same catalog (None: fail at once naming it; ``math.inf``:
+    forever).
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -324,32 +140,59 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
+    summary = IndexSummary()
     archive = open_archive(source, manifest=manifest, exclude=(index_dir,),
                            **(source_options or {}))
     log.info("indexing %s", archive.describe())
-    engine = make_engine(db_url or default_db_url(index_dir))
-    sessions = make_sessionmaker(engine)
-    summary = IndexSummary()
-    with sessions() as session:
-        others = set(session.scalars(select(Image.checkpoint_id).where(
-            Image.status == STATUS_INDEXED, Image.checkpoint_id != embedder.checkpoint_id).distinct()))
-        ledger = _read_ledger(session)
-    if others:
-        raise ChextrievError(
-            f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
-            f"this run uses {embedder.checkpoint_id}. Index into a new --index-dir/--db.")
-    max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-    tasks = ((record, max_side, known_hash)
-             for record, known_hash in pending(archive.iter_records(), ledger, summary))
+    with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
+        sessions = catalog.sessions
+        with sessions() as session:
+            others = set(session.scalars(select(Image.checkpoint_id).where(
+                Image.status == STATUS_INDEXED,
+                Image.checkpoint_id != embedder.checkpoint_id).distinct()))
+            if others:
+                raise ChextrievError(
+                    f"{index_dir} already holds images embedded with checkpoint(s) "
+                    f"{sorted(others)}; this run uses {embedder.checkpoint_id}. Index into a new "
+                    "--index-dir/--db.")
+            n_indexed = int(session.scalar(select(func.count(Image.id)).where(
+                Image.status == STATUS_INDEXED)))
+            ledger = _read_ledger(session)
+            store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
+        had_ledger = bool(ledger)
+        max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
+        tasks = ((record, max_side, known_hash)
+                 for record, known_hash in pending(archive.iter_records(), ledger, summary))
+        # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
+        # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
+        syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
+                             dim=embedder.embedding_dim, index_type=index_type, device=device,
+                             nprobe=nprobe, expected_total=n_indexed, store=store)
+        writer = CatalogWriter(sessions, embedder, pseudonymiser, summary, store=store)
+        stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
+                                        writer, syncer, checkpoint_every, summary, progress)
+        del ledger
+        log.info("%d record(s) discovered, %d unchanged", summary.discovered, summary.unchanged)
+        if stopped is not None and not batches and not summary.indexed and not had_ledger:
+            raise stopped  # nothing was ever indexed from it: no index to sync
+        _checkpoint(syncer, summary)
+    summary.seconds = time.perf_counter() - started
+    if stopped is not None:
+        raise type(stopped)(f"{stopped} (this run stored {summary.indexed} new image(s) before "
+                            "stopping)")
+    return summary
 
-    def checkpoint() -> None:
-        manifest_ = sync_index(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
-                               dim=embedder.embedding_dim, index_type=index_type, device=device,
-                               nprobe=nprobe)
-        summary.index_size, summary.build_id = manifest_.n_vectors, manifest_.build_id
 
-    writer = _Writer(sessions, embedder, pseudonymiser, summary)
+def _checkpoint(syncer: IndexSyncer, summary: IndexSummary) -> None:
+    manifest = syncer.sync()
+    summary.index_size, summary.build_id = manifest.n_vectors, manifest.build_id
+
+
+def _run_batches(tasks: Iterable, workers: int, connections, batch_size: int,
+                 writer: CatalogWriter, syncer: IndexSyncer, checkpoint_every: int,
+                 summary: IndexSummary, progress: bool
+                 ) -> tuple[SourceError | None, int]:
+    """Decode, write in batches, checkpoint; returns (what stopped the source early, batches)."""
     pending_items: list[Decoded] = []
     n_pixels = 0
     batches = 0
@@ -357,7 +200,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     bar = tqdm(unit="img", desc="indexing", disable=not progress, smoothing=0.1)
     try:
         try:
-            for decoded in _decoded_stream(tasks, workers, archive.connections()):
+            for decoded in _decoded_stream(tasks, workers, connections):
                 if decoded.status == UNAVAILABLE:
                     stopped = SourceUnavailableError(decoded.reason or "the source went away")
                     break
@@ -369,21 +212,13 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
                     pending_items, n_pixels = [], 0
                     batches += 1
                     if checkpoint_every and batches % checkpoint_every == 0:
-                        checkpoint()
+                        _checkpoint(syncer, summary)
                     bar.set_postfix(indexed=summary.indexed, failed=summary.failed, refresh=False)
         except SourceError as error:  # the search itself failed (e.g. a QIDO-RS page)
             stopped = error
-        writer.write(pending_items)
+        if pending_items:
+            writer.write(pending_items)
+            batches += 1
     finally:
         bar.close()
-    log.info("%d record(s) discovered, %d unchanged", summary.discovered, summary.unchanged)
-    if stopped is not None and not batches and not pending_items and not ledger:
-        engine.dispose()
-        raise stopped  # nothing was ever indexed from it: no index to sync
-    checkpoint()
-    summary.seconds = time.perf_counter() - started
-    engine.dispose()
-    if stopped is not None:
-        raise type(stopped)(f"{stopped} (this run stored {summary.indexed} new image(s) before "
-                            "stopping)")
-    return summary
+    return stopped, batches

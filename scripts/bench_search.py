@@ -20,7 +20,7 @@ import time
 import faiss
 import numpy as np
 
-from indexer.vector_index import VectorIndex, default_nlist
+from indexer.vector_index import Segment, VectorIndex, default_nlist
 
 SPREAD = 0.7  # spread of sub-cluster centres around their cluster centre (unit centre)
 NOISE = 0.35  # spread of the points around their sub-cluster centre (10 points each)
@@ -49,6 +49,19 @@ def make_queries(exact: np.ndarray, n_queries: int, seed: int) -> np.ndarray:
     dim = exact.shape[1]
     q = exact[picks] + rng.standard_normal((n_queries, dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+class _ExactView:
+    """Exact vectors for the wrapper's re-rank, read in place from the flat index (no copy)."""
+
+    def __init__(self, ids: np.ndarray, matrix: np.ndarray):
+        self.ids, self.matrix = ids, matrix
+
+    def vectors(self, wanted) -> np.ndarray:
+        pos = np.clip(np.searchsorted(self.ids, wanted), 0, len(self.ids) - 1)
+        out = self.matrix[pos].astype(np.float32)
+        out[self.ids[pos] != wanted] = np.nan
+        return out
 
 
 def latency(search, queries: np.ndarray, k: int) -> tuple[float, float]:
@@ -108,7 +121,9 @@ def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 1
             index.add_with_ids(clustered_chunk(s, min(chunk, n - s), dim, centres, seed), ids[s:s + chunk])
         add_s = time.perf_counter() - t
         # The project's wrapper (re-rank for ivf-pq) over this Faiss index and the exact vectors.
-        wrapper = VectorIndex(index, kind, factory, dim, ids, exact_view, nprobe=16, rerank=8)
+        wrapper = VectorIndex(kind, factory, dim, nprobe=16, rerank=8, trained=index,
+                              exact=_ExactView(ids, exact_view))
+        wrapper.segments = [Segment("bench", n, index=index, ids=ids, mmap=False)]
         for nprobe in (8, 16, 32, 64):
             search = functools.partial(wrapper.search, nprobe=nprobe)
             found = search(queries, k)[1]

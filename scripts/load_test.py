@@ -149,18 +149,20 @@ def discover_ids(base: str, headers: dict[str, str], index_size: int, want: int 
 def pad_index(catalog, pad_random: int, index_type: str) -> None:
     """Rebuild ``catalog``'s Faiss index with its real vectors plus ``pad_random`` random
     L2-normalised ones, as ``index_type`` (``auto`` = what the indexer builds at that size)."""
+    import dataclasses
+
     from indexer.vector_index import VectorIndex
 
     index = catalog.index
     rng = np.random.default_rng(0)
     pad_ids = np.arange(pad_random, dtype=np.int64) + int(index.ids.max()) + 1_000_000_000
-    vectors = np.concatenate([np.asarray(index.exact, dtype=np.float32),
+    vectors = np.concatenate([catalog.vectors(index.ids),
                               rng.standard_normal((pad_random, index.dim)).astype(np.float32)])
     started = time.perf_counter()
     padded = VectorIndex.build(np.concatenate([index.ids, pad_ids]), vectors, index_type=index_type,
                                nprobe=index.nprobe)
     padded.manifest = index.manifest
-    catalog.index = padded
+    catalog._snap = dataclasses.replace(catalog._snap, index=padded)  # searches read the snapshot
     log.info("padded index: %s, %d vectors (%d real), built in %.0f s", padded.factory, padded.ntotal,
              len(index.ids), time.perf_counter() - started)
 

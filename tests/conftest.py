@@ -26,3 +26,10 @@ def nih_sample() -> Path:
             pytest.fail(f"NIH sample required but missing at {path} (set CHEXTRIEV_NIH_SAMPLE)")
         pytest.skip(f"NIH sample not found at {path} (set CHEXTRIEV_NIH_SAMPLE to its folder)")
     return path
+
+
+# A throwaway PostgreSQL server and the two-backend `catalog_url` fixture (tests/postgres_fixtures.py).
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401

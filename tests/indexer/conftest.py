@@ -1,15 +1,29 @@
-"""Fixtures of the indexer tests (tiny archives, a fake embedder, an indexed catalog)."""
+"""Fixtures of the indexer tests (tiny archives, a fake embedder, an indexed catalog on each
+backend: SQLite in the index folder and a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from indexer_fakes import FakeEmbedder, make_archive
+from indexer_fakes import FakeEmbedder, make_archive, open_sessions
+
+
+@dataclass
+class Indexed:
+    root: Path
+    written: dict
+    index_dir: Path
+    summary: object
+    db_url: str | None  # None: SQLite in the index folder
+
+    def sessions(self):
+        return open_sessions(self.index_dir, self.db_url)
 
 
 @pytest.fixture
@@ -25,12 +39,12 @@ def archive(tmp_path):
 
 
 @pytest.fixture
-def indexed(archive, tmp_path, fake_embedder):
-    """(archive root, written files, index dir, summary) after one indexing run."""
+def indexed(archive, tmp_path, fake_embedder, catalog_url) -> Indexed:
+    """One indexing run of the tiny archive, on each catalog backend."""
     from indexer.pipeline import run_index
 
     root, written = archive
     index_dir = tmp_path / "idx"
-    summary = run_index(root, embedder=fake_embedder, index_dir=index_dir, batch_size=4,
-                        progress=False)
-    return root, written, index_dir, summary
+    summary = run_index(root, embedder=fake_embedder, index_dir=index_dir, db_url=catalog_url,
+                        batch_size=4, progress=False)
+    return Indexed(root, written, index_dir, summary, catalog_url)

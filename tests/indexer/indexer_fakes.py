@@ -152,3 +152,91 @@ def make_archive(root: Path, *, n_png: int = 6, n_dicom: int = 4, seed0: int = 0
     dup.write_bytes(written["png"][0].read_bytes())
     written["duplicate"].append(dup)
     return written
+
+
+# ---------------------------------------------------------------------- pre-embedded items
+def clustered_vectors(n: int, dim: int = DIM, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+_THUMB: bytes | None = None
+
+
+def _thumb() -> bytes:
+    global _THUMB
+    if _THUMB is None:
+        import io
+
+        buffer = io.BytesIO()
+        PILImage.fromarray((noise_image(1, 64) * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
+        _THUMB = buffer.getvalue()
+    return _THUMB
+
+
+def embedded_items(vectors: np.ndarray, *, start: int = 0, region_dim: int = REGION_DIM):
+    """Decoded items that already carry model outputs (as distributed shards do): the writer
+    stores them without calling an embedder. Item i is ``/virtual/img<start+i>.png``."""
+    from indexer.decode import OK, Decoded
+
+    items = []
+    rng = np.random.default_rng(start)
+    for i, vector in enumerate(vectors):
+        n = start + i
+        region = rng.standard_normal((NUM_REGIONS, region_dim)).astype(np.float32)
+        region /= np.linalg.norm(region, axis=1, keepdims=True)
+        probs = 1 / (1 + np.exp(-vector[: len(IMAGENOME_FINDINGS)] * 4))
+        items.append(Decoded(
+            f"/virtual/img{n:07d}.png", 1000 + n, n, f"{n:064x}", OK, None, "png",
+            {"image_id": f"img{n}", "patient_id": f"pat{n % 97}", "study_id": f"st{n}",
+             "view": "PA", "sex": "MF"[n % 2], "age": float(20 + n % 60)},
+            None, (64, 64), _thumb(),
+            {"embedding": vector, "probabilities": probs.astype(np.float32),
+             "region_probabilities": None, "region_embeddings": region,
+             "boxes": _atlas((64, 64)), "box_source": "atlas"}))
+    return items
+
+
+class _Info:
+    checkpoint_id = FakeEmbedder.checkpoint_id
+    class_names = IMAGENOME_FINDINGS
+    image_size = 64
+
+    def __init__(self, dim):
+        self.embedding_dim = dim
+
+    def __call__(self, images, boxes=None):  # pragma: no cover - items are pre-embedded
+        raise AssertionError("pre-embedded items need no embedder")
+
+
+def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=500, start=0,
+                   sync=True):
+    """Write pre-embedded items for ``vectors`` into a catalog (the real writer and syncer)."""
+    from indexer.pipeline import IndexSummary
+    from indexer.sync import IndexSyncer, open_store
+    from indexer.writer import CatalogWriter, WritableCatalog
+
+    vectors = np.asarray(vectors, np.float32)
+    info = _Info(vectors.shape[1])
+    summary = IndexSummary()
+    with WritableCatalog(index_dir, db_url) as catalog:
+        with catalog.sessions() as session:
+            store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
+        writer = CatalogWriter(catalog.sessions, info, None, summary, store=store)
+        for s in range(0, len(vectors), batch):
+            writer.write(embedded_items(vectors[s:s + batch], start=start + s))
+        if sync:
+            manifest = IndexSyncer(catalog.sessions, index_dir, checkpoint_id=info.checkpoint_id,
+                                   dim=info.embedding_dim, index_type=index_type,
+                                   store=store).sync()
+            summary.index_size, summary.build_id = manifest.n_vectors, manifest.build_id
+    return summary
+
+
+def open_sessions(index_dir, db_url=None):
+    """A sessionmaker on the catalog of ``index_dir`` (or ``db_url``)."""
+    from indexer.db import default_db_url, make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(db_url or default_db_url(index_dir)))

@@ -9,12 +9,14 @@ import pytest
 
 from chextriev.errors import UnknownNameError
 from indexer.vector_index import (
+    ArrayExact,
     IndexStateError,
     Manifest,
     VectorIndex,
     default_nlist,
     factory_string,
     resolve_index_type,
+    tier_of,
 )
 
 
@@ -77,21 +79,51 @@ def test_save_load_round_trip_atomic(data, tmp_path, kind):
     base, ids, queries = data
     base, ids = base[:1000], ids[:1000]
     index = VectorIndex.build(ids, base, index_type=kind)
-    first = index.save(tmp_path, db_state="abc", checkpoint_id="ck")
+    first = index.save(tmp_path, checkpoint_id="ck", catalog_generation=3)
     expected = index.search(queries, 5)
-    loaded = VectorIndex.load(tmp_path)
+    loaded = VectorIndex.load(tmp_path, exact=ArrayExact(ids, base))
     got = loaded.search(queries, 5)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
-    assert loaded.manifest.db_state == "abc" and loaded.manifest.checkpoint_id == "ck"
+    assert loaded.manifest.catalog_generation == 3 and loaded.manifest.checkpoint_id == "ck"
     np.testing.assert_array_equal(loaded.faiss_ids(), np.sort(ids))
-    # A second save replaces the build; the old folder is gone; no temp files remain.
+    # A second save replaces the changed segment; files of the previous manifest stay (a reader
+    # may have just read it), older ones go; no temp files remain.
     loaded.remove(ids[:10])
-    second = loaded.save(tmp_path, db_state="def", checkpoint_id="ck")
+    second = loaded.save(tmp_path, checkpoint_id="ck")
     assert second.build_id != first.build_id
-    assert [p.name for p in (tmp_path / "builds").iterdir()] == [second.build_id]
+    on_disk = {f"segments/{p.name}" for p in (tmp_path / "segments").iterdir()}
+    assert on_disk == set(second.files()) | set(first.files())
+    assert set(second.previous_files) == set(first.files())
+    third = VectorIndex.load(tmp_path)
+    third.save(tmp_path, checkpoint_id="ck")
+    on_disk = {f"segments/{p.name}" for p in (tmp_path / "segments").iterdir()}
+    assert not (set(first.files()) - set(second.files())) & on_disk  # two saves later: swept
     assert not list(tmp_path.rglob("*.tmp-*"))
     assert VectorIndex.load(tmp_path).ntotal == len(ids) - 10
+
+
+def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path):
+    base = clustered(3000, seed=3)
+    ids = np.arange(3000, dtype=np.int64)
+    index = VectorIndex.build(ids[:2000], base[:2000], index_type="ivf-flat", expected=3000)
+    index.merge_factor = 4
+    index.save(tmp_path, checkpoint_id=None)
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "segments").iterdir()}
+    for start in range(2000, 2300, 100):  # three small segments: no merge yet
+        index.add(ids[start:start + 100], base[start:start + 100])
+        manifest = index.save(tmp_path, checkpoint_id=None)
+    assert sorted(s["n"] for s in manifest.segments) == [100, 100, 100, 2000]
+    for name, mtime in written.items():  # the first segment was never rewritten
+        assert (tmp_path / "segments" / name).stat().st_mtime_ns == mtime
+    index.add(ids[2300:2400], base[2300:2400])  # the fourth of tier 0: merged into one
+    manifest = index.save(tmp_path, checkpoint_id=None)
+    assert sorted(s["n"] for s in manifest.segments) == [400, 2000]
+    loaded = VectorIndex.load(tmp_path, exact=ArrayExact(ids[:2400], base[:2400]))
+    np.testing.assert_array_equal(loaded.faiss_ids(), ids[:2400])
+    _, found = loaded.search(base[2300:2310], 1, nprobe=64)
+    assert (found[:, 0] == ids[2300:2310]).all()
+    assert tier_of(100) == 0 and tier_of(2000) == 1 and tier_of(20_000) == 2
 
 
 def test_add_remove_and_vectors(data):
@@ -124,16 +156,29 @@ def test_allowed_ids_brute_force_and_selector(data, kind, brute_force_max, monke
 def test_manifest_errors(tmp_path):
     with pytest.raises(IndexStateError, match="missing"):
         VectorIndex.load(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"build_id": "x"}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"build_id": "x", "format": 2}))
     with pytest.raises(IndexStateError, match="not a valid"):
         Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"build_id": "x", "build_dir": "b"}))
+    with pytest.raises(IndexStateError, match="index repair"):  # format 1 (chextriev 0.1)
+        Manifest.read(tmp_path)
+
+
+def test_manifest_keeps_extra_keys(tmp_path):
+    index = VectorIndex.build(np.arange(5), clustered(5), index_type="flat")
+    index.save(tmp_path, checkpoint_id="ck", detector={"sha256": "abc"})
+    assert Manifest.read(tmp_path).extra == {"detector": {"sha256": "abc"}}
+    index.add(np.arange(5, 7), clustered(2, seed=4))
+    again = index.save(tmp_path, checkpoint_id="ck")  # carried over to the next build
+    assert again.extra == {"detector": {"sha256": "abc"}}
+    assert json.loads((tmp_path / "manifest.json").read_text())["detector"] == {"sha256": "abc"}
 
 
 def test_empty_index_search(tmp_path):
     index = VectorIndex.build(np.zeros(0, np.int64), np.zeros((0, 8), np.float32))
     _scores, ids = index.search(np.ones((2, 8), np.float32), 3)
     assert ids.shape == (2, 3) and (ids == -1).all()
-    index.save(tmp_path, db_state="s", checkpoint_id=None)
+    index.save(tmp_path, checkpoint_id=None)
     assert VectorIndex.load(tmp_path).ntotal == 0
 
 
@@ -147,5 +192,5 @@ def test_gpu_build_and_search(data):
     base, ids, queries = data
     index = VectorIndex.build(ids, base, index_type="ivf-flat", device="cuda")
     _, found = index.search(queries, 10)
-    assert index._gpu_index is not None
+    assert index.segments[0].gpu is not None
     assert recall(found, oracle(base, ids, queries, 10)) >= 0.95

@@ -1,9 +1,13 @@
 """Server fixtures: a real tiny index, built once per session with the real pieces.
 
 ``chextriev synth`` (6 patients, 128 px) -> ``train_tiny_checkpoint`` (v6, tiny preset) ->
-``chextriev index`` into SQLite + Faiss. The subcommands run through their own ``register``/
-``func`` (the code behind the console script) in this process. The app is loaded once
-(``LOAD=sync``) and shared; apps with other settings reuse its service (``SERVICE``).
+``chextriev index`` into SQLite + Faiss (``tiny_index``) and, with the same archive and
+checkpoint, into a PostgreSQL catalog (``tiny_index_pg``, ``--db postgresql://...``). The
+subcommands run through their own ``register``/``func`` (the code behind the console script) in
+this process. The app is loaded once per catalog backend (``LOAD=sync``) and shared: every test
+that uses ``app``, ``client`` or ``token_client`` runs on SQLite and on PostgreSQL; tests that
+start server processes, the browser test and the NIH test use the SQLite index. Apps with other
+settings reuse the loaded service (``SERVICE``).
 """
 
 from __future__ import annotations
@@ -66,8 +70,28 @@ def tiny_index(tmp_path_factory) -> TinyIndex:
 
 
 @pytest.fixture(scope="session")
-def app(tiny_index):
-    app = create_app(tiny_index.config(LOAD="sync"))
+def tiny_index_pg(tiny_index, postgres_server, tmp_path_factory) -> TinyIndex:
+    """The same archive and checkpoint indexed into a fresh PostgreSQL database."""
+    from indexer import cli as index_cli
+
+    url = postgres_server.create_database("server_catalog")
+    index_dir = tmp_path_factory.mktemp("server-index-pg") / "index"
+    assert run_subcommand(index_cli, ["index", "--source", str(tiny_index.archive), "--checkpoint",
+                                      str(tiny_index.checkpoint), "--index-dir", str(index_dir),
+                                      "--db", url, "--workers", "0", "--device", "cpu",
+                                      "--no-progress"]) == 0
+    return TinyIndex(tiny_index.archive, tiny_index.checkpoint, index_dir, url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def catalog_index(request, tiny_index) -> TinyIndex:
+    """The tiny index on each catalog backend."""
+    return tiny_index if request.param == "sqlite" else request.getfixturevalue("tiny_index_pg")
+
+
+@pytest.fixture(scope="session")
+def app(catalog_index):
+    app = create_app(catalog_index.config(LOAD="sync"))
     assert app.extensions["chextriev"].ready, app.extensions["chextriev"].error
     return app
 
