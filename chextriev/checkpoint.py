@@ -27,6 +27,7 @@ from chextriev.errors import ChextrievError
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.config import ModelConfig, build_from_config
 from chextriev.model.retrieval_model import RetrievalModel
+from chextriev.precision import describe, prepare_model, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ class LoadedModel:
 
     ``model`` is in eval mode on ``device``; ``checkpoint_id`` is the first 16 hex digits of the
     file's sha256; ``embedding_dim`` is ``D`` of the embeddings; ``has_regions`` says whether
-    region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH).
+    region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH);
+    ``precision`` the resolved precision the model runs in (``"fp32"`` or ``"bf16"``, see
+    :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16).
     """
 
     model: RetrievalModel
@@ -58,21 +61,25 @@ class LoadedModel:
     variant: str = ""
     binary: bool = False
     path: Path | None = None
+    precision: str = "fp32"
 
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
-                   device: str | torch.device = "cpu", variant: str = "") -> LoadedModel:
+                   device: str | torch.device = "cpu", variant: str = "",
+                   precision: str = "fp32") -> LoadedModel:
         """Wrap an in-memory model (e.g. an untrained baseline, a test model) without a file.
 
         ``checkpoint_id`` is ``"in-memory"``; the atlas defaults to the anatomical template.
+        ``precision`` other than fp32 converts ``model``'s Conv/Linear weights in place.
         """
         device = torch.device(device)
-        model.to(device).eval()
+        precision = resolve_precision(precision, device)
+        prepare_model(model.to(device).eval(), precision)
         config = model.config
         return cls(model=model, config=config, class_names=tuple(config.class_names),
                    image_size=config.image_size, checkpoint_id="in-memory", embedding_dim=model.embedding_dim,
                    has_regions=config.has_regions, box_provider=BoxProvider(atlas or Atlas.default(), detector),
-                   device=device, variant=variant, binary=bool(config.binary))
+                   device=device, variant=variant, binary=bool(config.binary), precision=precision)
 
 
 def file_sha256(path: Path) -> str:
@@ -111,26 +118,31 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    detector_path: str | Path | None = None) -> LoadedModel:
+                    detector_path: str | Path | None = None, precision: str = "fp32") -> LoadedModel:
     """Load ``path`` (a ``chextriev train`` checkpoint) for inference.
 
     Args:
         path: the ``.ckpt`` file.
         device: where the model runs.
         detector_path: an optional anatomy detector (``chextriev train-detector``) used before
-            the checkpoint's atlas for images without boxes.
+            the checkpoint's atlas for images without boxes; it runs in the same precision.
+        precision: ``"fp32"`` (default: the reference numerics), ``"bf16"``, or ``"auto"``
+            (bf16 where the device computes it natively; the commands' default). See
+            :mod:`chextriev.precision`.
     """
     path = Path(path)
-    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
     device = torch.device(device)
-    model.to(device).eval()
+    resolved = resolve_precision(precision, device)
+    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
+    prepare_model(model.to(device).eval(), resolved)
+    log.info("model %s on %s, precision %s", path.name, device, describe(precision, device))
     config = model.config
     atlas = Atlas.from_dict(hparams["atlas"]) if hparams.get("atlas") else Atlas.default()
     detector = None
     if detector_path is not None:
         from chextriev.anatomy.detector import AnatomyDetector
 
-        detector = AnatomyDetector.load(detector_path, device=device)
+        detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
     return LoadedModel(
         model=model,
         config=config,
@@ -144,4 +156,5 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         variant=str(hparams.get("variant", "")),
         binary=bool(config.binary),
         path=path,
+        precision=resolved,
     )

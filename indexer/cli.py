@@ -1,7 +1,7 @@
 """``chextriev index``: build or update an index; ``index verify``; ``index remove``.
 
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
-        [--device auto|cpu|cuda] [--workers N] [--batch-size B]
+        [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--workers N] [--batch-size B]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--pseudonymise]
     chextriev index verify --index-dir idx [--db URL]      # exit 1 when they disagree
     chextriev index remove --index-dir idx [--db URL] ID [ID ...]
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from chextriev.errors import ChextrievError
+from chextriev.precision import PRECISIONS, default_precision
 from indexer.vector_index import INDEX_TYPES
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint (.ckpt)")
     _common(parser, required_dir=False)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
+                        help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="decoding processes (0 = decode in the main process)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -86,7 +89,7 @@ def _index(args) -> int:
     pseudonymiser = Pseudonymiser.from_env_or_file(args.pseudonym_key_file) \
         if args.pseudonymise else None
     embedder = ModelEmbedder(args.checkpoint, device=args.device, detector=args.detector,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, precision=args.precision)
     summary = run_index(
         args.source, embedder=embedder, index_dir=index_dir, db_url=args.db,
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,

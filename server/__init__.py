@@ -40,7 +40,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     service = (config or {}).get("SERVICE") or SearchService(
         settings["CHECKPOINT"], settings["DB_URL"], settings["INDEX_DIR"],
-        detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"])
+        detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"],
+        precision=settings["PRECISION"])
     app.extensions["chextriev"] = service
     register_error_handlers(app)
     app.register_blueprint(api_bp)

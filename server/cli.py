@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from chextriev.errors import ChextrievError
+from chextriev.precision import PRECISIONS, default_precision
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--threads", type=int, default=4, help="threads per process (default 4)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
+                        help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="intra-op threads per worker (default: torch's choice; 1 is best on a busy CPU)")
     parser.add_argument("--token-file", type=Path, default=None,
@@ -65,7 +68,7 @@ def app_config(args: argparse.Namespace) -> dict:
             raise ChextrievError(f"{flag} {path} does not exist")
     return {"CHECKPOINT": str(args.checkpoint), "DB_URL": args.db, "INDEX_DIR": str(args.index_dir),
             "DETECTOR": str(args.detector) if args.detector else None, "DEVICE": args.device,
-            "TORCH_THREADS": args.torch_threads,
+            "TORCH_THREADS": args.torch_threads, "PRECISION": args.precision,
             "HOST": args.host, "AUTH_TOKEN": read_token(args.token_file),
             "MAX_CONTENT_LENGTH": args.max_upload_mb * 1024 * 1024}
 

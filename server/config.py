@@ -6,6 +6,8 @@ Keys (``app.config``):
   (optional path): what :class:`server.services.SearchService` loads.
 * ``DEVICE``: torch device for the model (default ``"cpu"``); ``TORCH_THREADS``: intra-op
   threads per worker process (default: torch's choice).
+* ``PRECISION``: ``auto`` (default: bf16 where the CPU or GPU computes it natively), ``fp32``
+  or ``bf16``, for the model, the detector and Grad-CAM (:mod:`chextriev.precision`).
 * ``MAX_CONTENT_LENGTH``: upload limit in bytes (default 64 MiB; beyond: 413 JSON).
 * ``MAX_PIXELS``: decompression-bomb guard, the most pixels an upload may decode to
   (default 64 Mpx; beyond: 413 JSON, checked from the header before decoding).
@@ -39,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "DETECTOR": None,
     "DEVICE": "cpu",
     "TORCH_THREADS": None,
+    "PRECISION": "auto",
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     "MAX_PIXELS": 64 * 1024 * 1024,
     "AUTH_TOKEN": None,
@@ -76,6 +79,13 @@ def resolve_config(config: Mapping[str, Any] | None = None,
             raise ConfigError(f"{key} must be an integer number of bytes/pixels, got {merged[key]!r}") from None
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {merged[key]}")
+    from chextriev.precision import PRECISIONS
+
+    merged["PRECISION"] = str(merged["PRECISION"]).strip().lower()
+    if merged["PRECISION"] not in PRECISIONS:
+        from chextriev.errors import UnknownNameError
+
+        raise UnknownNameError("precision", merged["PRECISION"], PRECISIONS)
     if merged["LOAD"] not in LOAD_MODES:
         from chextriev.errors import UnknownNameError
 
