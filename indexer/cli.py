@@ -16,7 +16,10 @@ from pathlib import Path
 
 from chextriev.errors import ChextrievError
 from chextriev.precision import PRECISIONS, default_precision
-from indexer.vector_index import INDEX_TYPES
+
+# indexer.vector_index.INDEX_TYPES, here so that argument parsing does not import Faiss
+# (tests/test_cli_startup.py checks that the two agree).
+INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
 
 log = logging.getLogger(__name__)
 

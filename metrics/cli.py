@@ -16,7 +16,6 @@ from typing import Any
 
 from chextriev.errors import DataFormatError, UnknownNameError
 from chextriev.precision import PRECISIONS, default_precision
-from metrics.evaluate import EvaluationOptions, evaluate_arrays
 from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,7 @@ def select_split(records: list, split: str) -> list:
 def run_evaluate(args: argparse.Namespace) -> int:
     from chextriev.checkpoint import load_checkpoint
     from chextriev.io.datasets import load_records
+    from metrics.evaluate import EvaluationOptions, evaluate_arrays
     from metrics.figures import auroc_bars, per_class_bars, pick_queries, query_grid
     from metrics.model_eval import build_inputs, embed_records
     from metrics.report import markdown, write_report

@@ -82,7 +82,7 @@ def test_prepare_model_casts_only_conv_and_linear_weights():
 
     model = P.prepare_model(build_model("v6", **TINY).eval(), "bf16")
     dtypes = {type(m).__name__: m.weight.dtype for m in model.modules() if hasattr(m, "weight")
-              and isinstance(getattr(m, "weight"), torch.Tensor)}
+              and isinstance(m.weight, torch.Tensor)}
     assert dtypes["Conv2d"] == dtypes["Linear"] == torch.bfloat16
     assert dtypes["BatchNorm2d"] == dtypes["LayerNorm"] == torch.float32
     assert all(b.dtype != torch.bfloat16 for b in model.buffers())
