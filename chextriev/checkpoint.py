@@ -46,7 +46,9 @@ class LoadedModel:
     file's sha256; ``embedding_dim`` is ``D`` of the embeddings; ``has_regions`` says whether
     region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH);
     ``precision`` the resolved precision the model runs in (``"fp32"`` or ``"bf16"``, see
-    :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16).
+    :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16);
+    ``verify_bf16`` is True while an ``auto`` bf16 choice waits for its check on the first
+    embedded batch (:meth:`settle_bf16`; weights stay float32 until then).
     """
 
     model: RetrievalModel
@@ -62,6 +64,27 @@ class LoadedModel:
     binary: bool = False
     path: Path | None = None
     precision: str = "fp32"
+    verify_bf16: bool = False
+
+    def settle_bf16(self, cosine: float, images: int) -> str:
+        """End the ``auto`` check: keep bf16 when ``cosine`` (the smallest bf16-to-fp32 cosine of
+        ``images`` embeddings) reaches :data:`chextriev.precision.BF16_MIN_COSINE`, else fall back
+        to fp32 (the detector too). Returns the precision kept."""
+        from chextriev.precision import BF16_MIN_COSINE
+
+        self.verify_bf16 = False
+        if cosine >= BF16_MIN_COSINE:
+            prepare_model(self.model, "bf16")
+            log.info("precision auto: bf16 kept (smallest cosine to fp32 %.6f over %d images)", cosine, images)
+            return self.precision
+        self.precision = "fp32"
+        detector = getattr(self.box_provider, "detector", None)
+        if detector is not None and hasattr(detector, "precision"):
+            detector.precision = "fp32"
+        log.warning("precision auto: this model's bf16 embeddings differ from fp32 (smallest cosine %.6f < "
+                    "%.3f over %d images): running in fp32 (--precision bf16 forces bf16)", cosine,
+                    BF16_MIN_COSINE, images)
+        return self.precision
 
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
@@ -134,8 +157,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     device = torch.device(device)
     resolved = resolve_precision(precision, device)
     model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
-    prepare_model(model.to(device).eval(), resolved)
-    log.info("model %s on %s, precision %s", path.name, device, describe(precision, device))
+    verify = resolved == "bf16" and str(precision).strip().lower() == "auto"
+    prepare_model(model.to(device).eval(), "fp32" if verify else resolved)
+    log.info("model %s on %s, precision %s%s", path.name, device, describe(precision, device),
+             ", checked against fp32 on the first batch it embeds" if verify else "")
     config = model.config
     atlas = Atlas.from_dict(hparams["atlas"]) if hparams.get("atlas") else Atlas.default()
     detector = None
@@ -157,4 +182,5 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         binary=bool(config.binary),
         path=path,
         precision=resolved,
+        verify_bf16=verify,
     )

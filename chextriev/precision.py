@@ -14,7 +14,12 @@
   buffer (batch and layer norms, positional tables) stays float32.
 * ``auto``: ``bf16`` where the hardware computes it natively, ``fp32`` elsewhere: on a CPU with
   AMX (``amx_bf16``: Intel Xeon since Sapphire Rapids) or AVX-512 bf16 (``avx512_bf16``: also
-  AMD EPYC since Zen 4), and on a CUDA GPU that supports bf16 (Ampere and later).
+  AMD EPYC since Zen 4), and on a CUDA GPU that supports bf16 (Ampere and later). When ``auto``
+  picks bf16 for a model, the first batch that model embeds is computed both ways and bf16 is
+  kept only if every embedding has cosine >= :data:`BF16_MIN_COSINE` to its fp32 one (else the
+  model stays fp32, logged once): a model whose features are too sensitive to bf16 rounding
+  (e.g. a random-init backbone standardised on near-identical images) is never silently
+  degraded. An explicit ``bf16`` is not checked.
 
 CPU features are read from ``/proc/cpuinfo`` (Linux) and, where that file does not exist, from
 torch's own CPU probes. ``CHEXTRIEV_PRECISION`` (one of :data:`PRECISIONS`) overrides the
@@ -38,6 +43,8 @@ RESOLVED = ("fp32", "bf16")
 # /proc/cpuinfo flags that mean native bf16 arithmetic (either is enough for ``auto``).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 ENV_VAR = "CHEXTRIEV_PRECISION"
+# The accuracy ``auto`` keeps: every bf16 embedding at least this cosine to its fp32 embedding.
+BF16_MIN_COSINE = 0.999
 
 
 class PrecisionError(ChextrievError):
@@ -204,3 +211,15 @@ def weights_precision(model) -> str:
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return "bf16" if module.weight.dtype == torch.bfloat16 else "fp32"
     return "fp32"
+
+
+def min_cosine(reference, candidate) -> float:
+    """Smallest row-wise cosine between two ``(N, D)`` float arrays (1.0 for ``N == 0``)."""
+    import numpy as np
+
+    a = np.asarray(reference, dtype=np.float64)
+    b = np.asarray(candidate, dtype=np.float64)
+    if a.shape[0] == 0:
+        return 1.0
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return float((np.sum(a * b, axis=1) / norms).min())

@@ -85,7 +85,13 @@ def compare_precision(args: argparse.Namespace) -> None:
     """fp32 vs bf16 ``embed_images``: throughput, batch-1 latency, accuracy (see the docstring)."""
     import statistics
 
-    from bench_common import archive_images, default_checkpoint, machine_line, synth_archive, top_k_overlap
+    from bench_common import (
+        archive_images,
+        default_checkpoint,
+        machine_line,
+        synth_archive,
+        top_k_overlap,
+    )
 
     from chextriev.checkpoint import load_checkpoint
     from chextriev.embedding import embed_images
@@ -122,8 +128,8 @@ def compare_precision(args: argparse.Namespace) -> None:
     print(f"machine: {machine_line()}")
     print(f"archive: {archive} ({len(images)} images at {args.size} px); checkpoint {checkpoint}; "
           f"boxes {'detector/atlas' if given is None else 'given (true)'}")
-    print("| precision | images/s (batch %d) | batch-1 latency, median ms (%d images) |" %
-          (args.batch, len(latency["fp32"])))
+    print(f"| precision | images/s (batch {args.batch}) | batch-1 latency, median ms "
+          f"({len(latency['fp32'])} images) |")
     print("|---|---|---|")
     for p in loaded:
         print(f"| {p} | {rate[p]:.2f} | {median[p]:.1f} |")

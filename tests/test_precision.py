@@ -226,3 +226,55 @@ def test_gradcam_follows_the_model_precision(synthetic_images):
     assert maps["bf16"].dtype == np.float32 and maps["bf16"].shape == image.shape
     if maps["fp32"].std() > 0:
         assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------- auto checks bf16 on the first batch
+@pytest.fixture()
+def tiny_v6_checkpoint(tmp_path):
+    from chextriev.model import TINY, build_model
+
+    torch.manual_seed(0)
+    model = build_model("v6", **dict(TINY, image_size=128))
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"hyper_parameters": {"model_config": model.config.to_dict(), "variant": "v6",
+                                     "class_names": list(model.config.class_names), "image_size": 128},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.0, "bf16"), (1.01, "fp32")])
+def test_auto_keeps_bf16_only_when_the_first_batch_agrees(monkeypatch, caplog, tiny_v6_checkpoint,
+                                                         synthetic_images, threshold, kept):
+    from chextriev.checkpoint import load_checkpoint
+    from chextriev.embedding import embed_images
+
+    monkeypatch.setattr(P, "_proc_cpuinfo_flags", lambda: P.parse_cpuinfo_flags(ZEN4))
+    monkeypatch.setattr(P, "BF16_MIN_COSINE", threshold)
+    images, boxes = synthetic_images
+    loaded = load_checkpoint(tiny_v6_checkpoint, precision="auto")
+    assert loaded.precision == "bf16" and loaded.verify_bf16
+    assert P.weights_precision(loaded.model) == "fp32"  # weights untouched until the check
+    reference = embed_images(load_checkpoint(tiny_v6_checkpoint, precision="fp32"), images[:6], boxes[:6])
+    with caplog.at_level(logging.INFO, logger="chextriev.checkpoint"):
+        first = embed_images(loaded, images[:4], boxes[:4], batch_size=4)
+    assert not loaded.verify_bf16 and loaded.precision == kept
+    assert P.weights_precision(loaded.model) == kept
+    assert ("bf16 kept" if kept == "bf16" else "running in fp32") in caplog.text
+    np.testing.assert_allclose(first.embeddings, reference.embeddings[:4], atol=1e-5)  # the checked batch: fp32
+    later = embed_images(loaded, images[4:6], boxes[4:6])
+    cosine = np.sum(later.embeddings * reference.embeddings[4:6], axis=1)
+    assert cosine.min() >= 0.999 and (kept == "bf16") == (not np.allclose(cosine, 1.0, atol=1e-7))
+
+
+def test_explicit_precisions_are_not_checked(tiny_v6_checkpoint):
+    from chextriev.checkpoint import load_checkpoint
+
+    assert not load_checkpoint(tiny_v6_checkpoint, precision="bf16").verify_bf16
+    assert not load_checkpoint(tiny_v6_checkpoint, precision="fp32").verify_bf16
+
+
+def test_min_cosine():
+    a = np.eye(3, dtype=np.float32)
+    assert P.min_cosine(a, a) == pytest.approx(1.0)
+    assert P.min_cosine(a, -a) == pytest.approx(-1.0)
+    assert P.min_cosine(np.zeros((0, 3)), np.zeros((0, 3))) == 1.0
