@@ -78,3 +78,22 @@ def test_lazy_package_exports_still_resolve():
 
     with pytest.raises(AttributeError):
         model.not_a_name  # noqa: B018
+
+
+def test_missing_faiss_says_which_extra_to_install(monkeypatch, caplog):
+    import argparse
+
+    from chextriev_cli import main as cli
+
+    def no_faiss(args):
+        raise ModuleNotFoundError("No module named 'faiss'", name="faiss")
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.set_defaults(func=no_faiss)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main([]) == 2
+    assert ".[cpu]" in caplog.text and ".[gpu]" in caplog.text
