@@ -159,7 +159,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
     verify = resolved == "bf16" and str(precision).strip().lower() == "auto"
     prepare_model(model.to(device).eval(), "fp32" if verify else resolved)
-    log.info("model %s on %s, precision %s%s", path.name, device, describe(precision, device),
+    log.info("model %s on %s, precision %s%s", path.name, device, describe(precision, device, resolved),
              ", checked against fp32 on the first batch it embeds" if verify else "")
     config = model.config
     atlas = Atlas.from_dict(hparams["atlas"]) if hparams.get("atlas") else Atlas.default()

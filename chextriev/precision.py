@@ -155,9 +155,10 @@ def resolve_precision(precision: str, device="cpu") -> str:
     return name
 
 
-def describe(precision: str, device="cpu") -> str:
-    """One line for logs: the resolved precision and why (e.g. ``bf16 (CPU avx512_bf16)``)."""
-    resolved = resolve_precision(precision, device)
+def describe(precision: str, device="cpu", resolved: str | None = None) -> str:
+    """One line for logs: the resolved precision and why (e.g. ``bf16 (CPU avx512_bf16; asked:
+    auto)``). ``resolved``: what :func:`resolve_precision` gave, when already known."""
+    resolved = resolved or resolve_precision(precision, device)
     if device_type(device) == "cpu":
         features = cpu_bf16_features()
         why = f"CPU {', '.join(features)}" if features else "CPU without native bf16"

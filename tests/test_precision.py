@@ -278,3 +278,11 @@ def test_min_cosine():
     assert P.min_cosine(a, a) == pytest.approx(1.0)
     assert P.min_cosine(a, -a) == pytest.approx(-1.0)
     assert P.min_cosine(np.zeros((0, 3)), np.zeros((0, 3))) == 1.0
+
+
+def test_describe_says_what_runs_and_why(monkeypatch):
+    monkeypatch.setattr(P, "_proc_cpuinfo_flags", lambda: P.parse_cpuinfo_flags(ZEN4))
+    assert P.describe("auto", "cpu") == "bf16 (CPU avx512_bf16; asked: auto)"
+    monkeypatch.setattr(P, "_proc_cpuinfo_flags", lambda: P.parse_cpuinfo_flags(SKYLAKE))
+    assert P.describe("auto", "cpu") == "fp32 (CPU without native bf16; asked: auto)"
+    assert P.describe("bf16", "cpu", resolved="bf16").startswith("bf16 (")
