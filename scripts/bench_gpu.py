@@ -131,6 +131,8 @@ def bench_faiss(n: int, dim: int, n_queries: int, device: str, nlist: int, nprob
     queries = make_queries(vectors, n_queries, 1)
     gpu = device.startswith("cuda") and faiss.get_num_gpus() > 0
     resources = faiss.StandardGpuResources() if gpu else None
+    if not gpu:  # OpenMP threads spinning on a busy CPU make single queries 50x slower (BENCHMARKS.md)
+        faiss.omp_set_num_threads(1)
 
     def on_device(index):
         return faiss.index_cpu_to_gpu(resources, 0, index) if gpu else index
