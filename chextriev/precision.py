@@ -196,9 +196,12 @@ def prepare_model(model, precision: str):
     import torch
     from torch import nn
 
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            module.to(torch.bfloat16)
+    # Normal tensors even when called under inference mode (``auto`` settles inside
+    # embed_images): Grad-CAM differentiates through these weights later.
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                module.to(torch.bfloat16)
     return model
 
 

@@ -264,6 +264,10 @@ def test_auto_keeps_bf16_only_when_the_first_batch_agrees(monkeypatch, caplog, t
     later = embed_images(loaded, images[4:6], boxes[4:6])
     cosine = np.sum(later.embeddings * reference.embeddings[4:6], axis=1)
     assert cosine.min() >= 0.999 and (kept == "bf16") == (not np.allclose(cosine, 1.0, atol=1e-7))
+    from chextriev.localization import heatmap
+
+    # Grad-CAM differentiates through the weights the check converted (under inference mode)
+    assert heatmap(loaded, images[0], boxes[0], "lung opacity").shape == images[0].shape
 
 
 def test_explicit_precisions_are_not_checked(tiny_v6_checkpoint):
