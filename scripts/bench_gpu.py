@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--precision", default="bf16", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--reduced", action="store_true", help="small sizes (the CPU dry run)")
-    parser.add_argument("--images", type=int, default=None, help="archive size (default 5,120; reduced 24)")
+    parser.add_argument("--images", type=int, default=None, help="archive size (default 5,120; reduced 12)")
     parser.add_argument("--vectors", type=int, default=None, help="Faiss size (default 1,000,000; reduced 20,000)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 16)")
@@ -193,7 +193,7 @@ def main() -> int:
     from chextriev.synth.archive import read_archive
 
     reduced = args.reduced
-    n_images = args.images or (24 if reduced else 5_120)
+    n_images = args.images or (12 if reduced else 5_120)
     n_vectors = args.vectors or (20_000 if reduced else 1_000_000)
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     upload_seconds = args.upload_seconds or (10.0 if reduced else 30.0)
@@ -216,8 +216,8 @@ def main() -> int:
 
     # 2. embedding
     if "embed" not in args.skip:
-        for batch in ((8, 16) if reduced else (64, 128)):
-            rate = bench_embed(loaded, records, batch, workers, max_images=min(len(records), 16 if reduced else 4_096))
+        for batch in ((4, 8) if reduced else (64, 128)):
+            rate = bench_embed(loaded, records, batch, workers, max_images=min(len(records), 8 if reduced else 4_096))
             table.row("embed", f"default V6 at 512 px, {precision}, batch {batch}, decode in {workers} workers",
                       f"{rate:.0f} images/s" if rate >= 10 else f"{rate:.2f} images/s")
 
@@ -227,7 +227,7 @@ def main() -> int:
         from indexer.embedder import ModelEmbedder
         from indexer.pipeline import run_index
 
-        batch = 16 if reduced else 128
+        batch = 8 if reduced else 128
         embedder = ModelEmbedder(checkpoint, device=args.device, batch_size=batch, precision=args.precision)
         summary = run_index(archive, embedder=embedder, index_dir=index_dir, workers=workers, batch_size=batch,
                             device=embedder.device, progress=False)
