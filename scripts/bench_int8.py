@@ -119,7 +119,8 @@ def onnx_runners(trunk: torch.nn.Module, calibration: list[np.ndarray], work: Pa
     return {name: (lambda x, s=session: s.run(None, {"x": x})[0]) for name, session in sessions.items()}
 
 
-def openvino_runners(trunk: torch.nn.Module, calibration: list[np.ndarray], threads: int) -> dict[str, Runner]:
+def openvino_runners(trunk: torch.nn.Module, calibration: list[np.ndarray], threads: int,
+                     int8: bool = True) -> dict[str, Runner]:
     try:
         import openvino as ov
     except ImportError as error:
@@ -132,6 +133,8 @@ def openvino_runners(trunk: torch.nn.Module, calibration: list[np.ndarray], thre
     compiled = {"openvino fp32": core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}),
                 "openvino bf16": core.compile_model(model, "CPU", {**config, "INFERENCE_PRECISION_HINT": "bf16"})}
     try:
+        if not int8:
+            raise ImportError("not asked for (--only)")
         import nncf
 
         quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
@@ -174,9 +177,16 @@ def main() -> None:
     calibration, evaluation = inputs[:args.calibrate], inputs[args.calibrate:]
     eval_boxes = model_boxes[args.calibrate:]
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    wanted = set(args.only or [])
+
+    def asked(prefix: str) -> bool:
+        return not wanted or any(name.startswith(prefix) for name in wanted)
+
     runners = torch_runners(trunk, calibration)
-    runners.update(onnx_runners(trunk, calibration, work, args.threads))
-    runners.update(openvino_runners(trunk, calibration, args.threads))
+    if asked("onnxruntime"):
+        runners.update(onnx_runners(trunk, calibration, work, args.threads))
+    if asked("openvino"):
+        runners.update(openvino_runners(trunk, calibration, args.threads, int8=asked("openvino int8")))
     if args.only:
         runners = {k: v for k, v in runners.items() if k in args.only or k == "torch fp32"}
 
