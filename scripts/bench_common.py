@@ -81,10 +81,14 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean share of the top-``k`` neighbours (self excluded, cosine) that embeddings ``a`` and
     ``b`` ``(N, D)`` of the same gallery agree on."""
+    k = min(k, len(a) - 1)  # a gallery smaller than k + 1: every other image is a neighbour
+    if k < 1:
+        return 1.0
+
     def neighbours(e: np.ndarray) -> np.ndarray:
         similarity = e @ e.T
         np.fill_diagonal(similarity, -np.inf)
-        return np.argpartition(-similarity, k, axis=1)[:, :k]
+        return np.argsort(-similarity, axis=1)[:, :k]
 
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(neighbours(a), neighbours(b))]))
 
