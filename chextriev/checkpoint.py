@@ -27,6 +27,7 @@ from chextriev.errors import ChextrievError
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.config import ModelConfig, build_from_config
 from chextriev.model.retrieval_model import RetrievalModel
+from chextriev.precision import describe, prepare_model, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ class LoadedModel:
 
     ``model`` is in eval mode on ``device``; ``checkpoint_id`` is the first 16 hex digits of the
     file's sha256; ``embedding_dim`` is ``D`` of the embeddings; ``has_regions`` says whether
-    region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH).
+    region probabilities/embeddings exist; ``binary`` whether embeddings are sign codes (ATH);
+    ``precision`` the resolved precision the model runs in (``"fp32"`` or ``"bf16"``, see
+    :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16);
+    ``verify_bf16`` is True while an ``auto`` bf16 choice waits for its check on the first
+    embedded batch (:meth:`settle_bf16`; weights stay float32 until then).
     """
 
     model: RetrievalModel
@@ -58,21 +63,46 @@ class LoadedModel:
     variant: str = ""
     binary: bool = False
     path: Path | None = None
+    precision: str = "fp32"
+    verify_bf16: bool = False
+
+    def settle_bf16(self, cosine: float, images: int) -> str:
+        """End the ``auto`` check: keep bf16 when ``cosine`` (the smallest bf16-to-fp32 cosine of
+        ``images`` embeddings) reaches :data:`chextriev.precision.BF16_MIN_COSINE`, else fall back
+        to fp32 (the detector too). Returns the precision kept."""
+        from chextriev.precision import BF16_MIN_COSINE
+
+        self.verify_bf16 = False
+        if cosine >= BF16_MIN_COSINE:
+            prepare_model(self.model, "bf16")
+            log.info("precision auto: bf16 kept (smallest cosine to fp32 %.6f over %d images)", cosine, images)
+            return self.precision
+        self.precision = "fp32"
+        detector = getattr(self.box_provider, "detector", None)
+        if detector is not None and hasattr(detector, "precision"):
+            detector.precision = "fp32"
+        log.warning("precision auto: this model's bf16 embeddings differ from fp32 (smallest cosine %.6f < "
+                    "%.3f over %d images): running in fp32 (--precision bf16 forces bf16)", cosine,
+                    BF16_MIN_COSINE, images)
+        return self.precision
 
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
-                   device: str | torch.device = "cpu", variant: str = "") -> LoadedModel:
+                   device: str | torch.device = "cpu", variant: str = "",
+                   precision: str = "fp32") -> LoadedModel:
         """Wrap an in-memory model (e.g. an untrained baseline, a test model) without a file.
 
         ``checkpoint_id`` is ``"in-memory"``; the atlas defaults to the anatomical template.
+        ``precision`` other than fp32 converts ``model``'s Conv/Linear weights in place.
         """
         device = torch.device(device)
-        model.to(device).eval()
+        precision = resolve_precision(precision, device)
+        prepare_model(model.to(device).eval(), precision)
         config = model.config
         return cls(model=model, config=config, class_names=tuple(config.class_names),
                    image_size=config.image_size, checkpoint_id="in-memory", embedding_dim=model.embedding_dim,
                    has_regions=config.has_regions, box_provider=BoxProvider(atlas or Atlas.default(), detector),
-                   device=device, variant=variant, binary=bool(config.binary))
+                   device=device, variant=variant, binary=bool(config.binary), precision=precision)
 
 
 def file_sha256(path: Path) -> str:
@@ -111,26 +141,33 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    detector_path: str | Path | None = None) -> LoadedModel:
+                    detector_path: str | Path | None = None, precision: str = "fp32") -> LoadedModel:
     """Load ``path`` (a ``chextriev train`` checkpoint) for inference.
 
     Args:
         path: the ``.ckpt`` file.
         device: where the model runs.
         detector_path: an optional anatomy detector (``chextriev train-detector``) used before
-            the checkpoint's atlas for images without boxes.
+            the checkpoint's atlas for images without boxes; it runs in the same precision.
+        precision: ``"fp32"`` (default: the reference numerics), ``"bf16"``, or ``"auto"``
+            (bf16 where the device computes it natively; the commands' default). See
+            :mod:`chextriev.precision`.
     """
     path = Path(path)
-    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
     device = torch.device(device)
-    model.to(device).eval()
+    resolved = resolve_precision(precision, device)
+    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
+    verify = resolved == "bf16" and str(precision).strip().lower() == "auto"
+    prepare_model(model.to(device).eval(), "fp32" if verify else resolved)
+    log.info("model %s on %s, precision %s%s", path.name, device, describe(precision, device, resolved),
+             ", checked against fp32 on the first batch it embeds" if verify else "")
     config = model.config
     atlas = Atlas.from_dict(hparams["atlas"]) if hparams.get("atlas") else Atlas.default()
     detector = None
     if detector_path is not None:
         from chextriev.anatomy.detector import AnatomyDetector
 
-        detector = AnatomyDetector.load(detector_path, device=device)
+        detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
     return LoadedModel(
         model=model,
         config=config,
@@ -144,4 +181,6 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         variant=str(hparams.get("variant", "")),
         binary=bool(config.binary),
         path=path,
+        precision=resolved,
+        verify_bf16=verify,
     )

@@ -8,10 +8,15 @@
 The path from backbone features to arrays (:func:`outputs_to_arrays`) is shared with
 training-time validation, which feeds cached backbone features through
 :func:`embed_features` instead of recomputing the frozen backbone.
+
+Precision: the model forward runs under ``chextriev.precision.autocast(loaded.precision)``
+(bf16 autocast or plain fp32, fixed when the model is loaded); every returned array is float32
+whatever the precision, and the L2 normalisations run in float32.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from chextriev.model.preprocess import prepare_image, scale_boxes
 from chextriev.model.region_features import box_mask
 from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
+from chextriev.precision import autocast, min_cosine
 from chextriev.vocab import NUM_REGIONS
 
 BOX_SOURCES = ("given", "detector", "atlas", "detector+atlas")
@@ -110,13 +116,19 @@ def prepare_batch(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], siz
 
 
 @torch.inference_mode()
-def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: int = 16) -> EmbeddingBatch:
+def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: int = 16,
+                 timings: dict[str, float] | None = None) -> EmbeddingBatch:
     """Embed ``images`` with ``loaded`` (:class:`chextriev.checkpoint.LoadedModel`).
 
-    Returns an :class:`EmbeddingBatch` with one row per image, in order.
+    Returns an :class:`EmbeddingBatch` with one row per image, in order. The model runs in
+    ``loaded.precision``. ``timings``, when given, receives wall milliseconds added to its keys
+    ``boxes`` (box provider: detector and/or atlas) and ``model`` (resizing, backbone, graph,
+    heads, conversion to numpy).
     """
     images = list(images)
+    started = time.perf_counter()
     all_boxes, sources = resolve_boxes(loaded, images, boxes)
+    boxed = time.perf_counter()
     model = loaded.model
     model.eval()
     parts: list[dict[str, np.ndarray | None]] = []
@@ -125,10 +137,26 @@ def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: i
         chunk = slice(start, start + batch_size)
         tensors, model_boxes = prepare_batch(images[chunk], all_boxes[chunk], size)
         tensors, model_boxes = tensors.to(loaded.device), model_boxes.to(loaded.device)
-        features = model.extract(tensors, model_boxes)
-        parts.append(embed_features(model, features, box_mask(model_boxes)))
+        if getattr(loaded, "verify_bf16", False):  # `auto` chose bf16: check it on this batch
+            reference = _forward(model, tensors, model_boxes, "fp32", loaded.device)
+            candidate = _forward(model, tensors, model_boxes, "bf16", loaded.device)
+            loaded.settle_bf16(min_cosine(reference["embeddings"], candidate["embeddings"]), len(tensors))
+            parts.append(reference)
+            continue
+        parts.append(_forward(model, tensors, model_boxes, getattr(loaded, "precision", "fp32"), loaded.device))
+    if timings is not None:
+        done = time.perf_counter()
+        timings["boxes"] = timings.get("boxes", 0.0) + (boxed - started) * 1000
+        timings["model"] = timings.get("model", 0.0) + (done - boxed) * 1000
     return _concat(parts, np.stack(all_boxes) if all_boxes else np.zeros((0, NUM_REGIONS, 4), np.float32),
                    sources, loaded)
+
+
+def _forward(model: RetrievalModel, tensors: torch.Tensor, boxes: torch.Tensor, precision: str,
+             device) -> dict[str, np.ndarray | None]:
+    """One batch through the model in ``precision`` -> the arrays of :func:`outputs_to_arrays`."""
+    with autocast(precision, device):
+        return embed_features(model, model.extract(tensors, boxes), box_mask(boxes))
 
 
 def _concat(parts, boxes: np.ndarray, sources: list[str], loaded) -> EmbeddingBatch:

@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except ChextrievError as error:
         logging.getLogger("chextriev").error("%s", error)
         return 2
+    except ModuleNotFoundError as error:
+        if error.name != "faiss":
+            raise
+        logging.getLogger("chextriev").error(
+            "Faiss is not installed: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA machine; "
+            "the project's base install has neither, they install the same module)")
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -2,7 +2,8 @@
 ``index remove``; ``chextriev db upgrade``.
 
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
-        [--device auto|cpu|cuda] [--workers N] [--batch-size B] [--wait [SECONDS]]
+        [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--workers N] [--batch-size B]
+        [--wait [SECONDS]]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--pseudonymise]
     chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
@@ -26,7 +27,11 @@ import os
 from pathlib import Path
 
 from chextriev.errors import ChextrievError
-from indexer.vector_index import INDEX_TYPES
+from chextriev.precision import PRECISIONS, default_precision
+
+# indexer.vector_index.INDEX_TYPES, here so that argument parsing does not import Faiss
+# (tests/test_cli_startup.py checks that the two agree).
+INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
 
 TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)
 PASSWORD_ENV = "CHEXTRIEV_DICOMWEB_PASSWORD"
@@ -64,6 +69,8 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint (.ckpt)")
     _common(parser, required_dir=False)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
+                        help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="decoding processes (0 = decode in the main process)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -187,7 +194,7 @@ def _index(args) -> int:
                           **source_options(args))
     source.check()  # an unreachable PACS or refused credentials fail before the model loads
     embedder = ModelEmbedder(args.checkpoint, device=args.device, detector=args.detector,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, precision=args.precision)
     summary = run_index(
         source, embedder=embedder, index_dir=index_dir, db_url=args.db,
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,

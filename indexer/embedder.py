@@ -57,11 +57,12 @@ class ModelEmbedder:
     """A checkpoint's model (loaded once) applied through ``embed_images``."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "auto",
-                 detector: str | Path | None = None, batch_size: int = 16):
+                 detector: str | Path | None = None, batch_size: int = 16, precision: str = "auto"):
         from chextriev.checkpoint import load_checkpoint
 
         self.device = resolve_device(device)
-        self.loaded = load_checkpoint(checkpoint, device=self.device, detector_path=detector)
+        self.loaded = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
+                                      precision=precision)
         self.checkpoint_id = self.loaded.checkpoint_id
         self.embedding_dim = int(self.loaded.embedding_dim)
         self.class_names = tuple(self.loaded.class_names)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import DataFormatError, UnknownNameError
-from metrics.evaluate import EvaluationOptions, evaluate_arrays
+from chextriev.precision import PRECISIONS, default_precision
 from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images (first N)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
+                   help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
     p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
@@ -70,13 +72,15 @@ def select_split(records: list, split: str) -> list:
 def run_evaluate(args: argparse.Namespace) -> int:
     from chextriev.checkpoint import load_checkpoint
     from chextriev.io.datasets import load_records
+    from metrics.evaluate import EvaluationOptions, evaluate_arrays
     from metrics.figures import auroc_bars, per_class_bars, pick_queries, query_grid
     from metrics.model_eval import build_inputs, embed_records
     from metrics.report import markdown, write_report
 
     if not args.checkpoint.is_file():
         raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
-    loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector)
+    loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector,
+                             precision=args.precision)
     all_records = load_records(args.data, class_list=args.class_list)
     records = select_split(all_records, args.split)
     if args.max_images:

@@ -23,6 +23,14 @@ time but never appear in results; ``index_size`` still counts the real images on
     python scripts/load_test.py --checkpoint best.ckpt --index-dir index --pad-random 100000 \
         --mode by-id --clients 8 --seconds 30
 
+Upload search in fp32 and bf16, A/B in one run (``--compare-precision``): the index is served twice
+in this process, once per precision, and one client alternates requests between the two; it
+prints p50/p90 per precision, their ratio, and the median ``timing_ms`` of every stage of the
+response (decode, boxes, model, search, response, total; ``http`` = client time - total)::
+
+    python scripts/load_test.py --checkpoint best.ckpt --index-dir index --mode upload \
+        --images q1.png q2.png --seconds 60 --compare-precision
+
 The server must be ready (``/api/v1/readyz`` 200). Non-loopback hosts are refused: this tool must
 not be pointed at someone else's server.
 """
@@ -169,7 +177,7 @@ def pad_index(catalog, pad_random: int, index_type: str) -> None:
 
 def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_random: int,
                      threads: int, index_type: str = "auto", torch_threads: int | None = None,
-                     workers: int = 1) -> str:
+                     workers: int = 1, precision: str = "auto") -> str:
     """Serve the index with the production server (gunicorn, as ``chextriev serve``) in a forked
     child process on 127.0.0.1 and a free port; each worker pads its own index when asked.
     Returns the base URL once the server is ready."""
@@ -184,7 +192,8 @@ def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_
         port = probe.getsockname()[1]
     settings = resolve_config({"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "DB_URL": db_url,
                                "TORCH_THREADS": torch_threads, "PORT": port, "THREADS": threads,
-                               "WORKERS": workers, "CONFIG_FILE": None, "LOAD": "sync"})
+                               "WORKERS": workers, "PRECISION": precision, "CONFIG_FILE": None,
+                               "LOAD": "sync"})
 
     def padded_app(values: dict):
         logging.getLogger("server").setLevel(logging.WARNING)  # no per-request lines in the report
@@ -211,6 +220,71 @@ def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_
     raise SystemExit("the in-process server did not become ready (see its log above)")
 
 
+STAGES = ("decode", "boxes", "model", "embed", "search", "response", "total", "http")
+
+
+def compare_precisions(bases: dict[str, str], images: list[bytes], seconds: float, k: int,
+                       headers: dict[str, str], seed: int = 0) -> dict:
+    """One client alternating upload searches between servers ``{precision: base URL}``.
+
+    Returns per precision ``{requests, errors, p50_ms, p90_ms, stages: {stage: median ms}}``.
+    """
+    if not images:
+        raise SystemExit("--compare-precision needs --images")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise SystemExit(f"--seconds must be in (0, {MAX_SECONDS}]")
+    rng = random.Random(seed)
+    session = requests.Session()
+    session.headers.update(headers)
+    latency: dict[str, list[float]] = {p: [] for p in bases}
+    stages: dict[str, dict[str, list[float]]] = {p: {s: [] for s in STAGES} for p in bases}
+    errors = dict.fromkeys(bases, 0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        image = rng.choice(images)
+        for precision, base in bases.items():  # the same image to both, in turn
+            started = time.perf_counter()
+            try:
+                response = session.post(f"{base}/api/v1/search", data={"k": k},
+                                        files={"image": ("query", image)}, timeout=60)
+            except requests.RequestException:
+                errors[precision] += 1
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != 200:
+                errors[precision] += 1
+                continue
+            latency[precision].append(elapsed)
+            timing = dict(response.json()["timing_ms"])
+            timing["http"] = elapsed - timing["total"]
+            for stage in STAGES:
+                stages[precision][stage].append(float(timing.get(stage, 0.0)))
+    result = {}
+    for precision in bases:
+        values = np.array(latency[precision])
+        result[precision] = {
+            "requests": len(values), "errors": errors[precision],
+            "p50_ms": round(float(np.percentile(values, 50)), 1) if len(values) else None,
+            "p90_ms": round(float(np.percentile(values, 90)), 1) if len(values) else None,
+            "stages": {s: round(float(np.median(v)), 1) if v else None for s, v in stages[precision].items()},
+        }
+    return result
+
+
+def print_comparison(result: dict) -> None:
+    names = list(result)
+    print("| precision | requests | p50 ms | p90 ms | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
+    print("|---" * (4 + len(STAGES)) + "|")
+    for name in names:
+        row = result[name]
+        print(f"| {name} | {row['requests']} | {row['p50_ms']} | {row['p90_ms']} | "
+              + " | ".join(str(row["stages"][s]) for s in STAGES) + " |")
+    if len(names) == 2 and all(result[n]["p50_ms"] for n in names):
+        a, b = names
+        print(f"p50 {b} / {a}: {result[b]['p50_ms'] / result[a]['p50_ms']:.2f} "
+              f"({result[a]['p50_ms'] / result[b]['p50_ms']:.2f}x faster); stage medians of timing_ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback only)")
@@ -232,13 +306,30 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
     serving.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serving.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
+    serving.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                         help="model precision of the in-process server (default auto)")
+    serving.add_argument("--compare-precision", action="store_true",
+                         help="upload mode: serve fp32 and bf16 side by side, alternate single requests")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.compare_precision:
+        if not (args.checkpoint and args.index_dir) or args.mode != "upload":
+            raise SystemExit("--compare-precision needs --mode upload, --checkpoint and --index-dir")
+        bases = {p: serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
+                                     args.pad_index_type, args.torch_threads, precision=p)
+                 for p in ("fp32", "bf16")}
+        result = compare_precisions(bases, [path.read_bytes() for path in args.images], args.seconds, args.k, {})
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_comparison(result)
+        return 1 if any(r["errors"] for r in result.values()) else 0
     if args.checkpoint or args.index_dir:
         if not (args.checkpoint and args.index_dir):
             raise SystemExit("serving in process needs both --checkpoint and --index-dir")
         base = serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
-                                args.pad_index_type, args.torch_threads, args.workers)
+                                args.pad_index_type, args.torch_threads, args.workers,
+                                precision=args.precision)
     else:
         base = require_loopback(args.url)
     token = args.token_file.read_text().strip() if args.token_file else None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:  # Flask is imported by create_app: `chextriev serve --help` must not wait for it
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     thread by default (``/api/v1/readyz`` is 503 until it is done). Call this in each worker
     process after any fork.
     """
+    from flask import Flask
+
     from server.api import bp as api_bp
     from server.config import resolve_config
     from server.errors import register_error_handlers
@@ -41,7 +44,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     service = (config or {}).get("SERVICE") or SearchService(
         settings["CHECKPOINT"], settings["DB_URL"], settings["INDEX_DIR"],
-        detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"])
+        detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"],
+        precision=settings["PRECISION"])
     app.extensions["chextriev"] = service
     register_error_handlers(app)
     app.register_blueprint(api_bp)

@@ -90,6 +90,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     hits = svc.search(query.embedding, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
                       filters=filters)
     timings["search"] = (time.perf_counter() - searched) * 1000
+    responding = time.perf_counter()
     ids = [int(hit.image_id) for hit in hits]
     rows = svc.images(ids) if ids else []
     stored_regions = svc.region_embeddings(ids) if query.region_embeddings is not None and ids else None
@@ -107,6 +108,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
             preview_url=_preview_url(int(hit.image_id)),
             image_url=url_for("api.image", image_id=int(hit.image_id)), finding_filter=finding,
             viewer_template=current_app.config.get("VIEWER_URL")))
+    timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
         "query": {**query_info, "findings": findings, "predicted_findings": predicted,
@@ -160,8 +162,9 @@ def search_upload():
     upload = _uploaded_image()
     timings = {"decode": (time.perf_counter() - started) * 1000}
     embedded = time.perf_counter()
-    query = svc.embed(upload.pixels)
+    query = svc.embed(upload.pixels, timings=timings)  # adds boxes, model (and wait)
     timings["embed"] = (time.perf_counter() - embedded) * 1000
+    previewed = time.perf_counter()
     exclude_patients: list[str] = []
     patient_note = None
     if exclude_same_patient:
@@ -172,6 +175,7 @@ def search_upload():
     preview = base64.b64encode(png_bytes(upload.pixels, PREVIEW_SIDE)).decode("ascii")
     query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
                   "known_findings": None, "preview_url": f"data:image/png;base64,{preview}"}
+    timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview PNG
     payload = _search_response(query, query_info, k=k, exclude_ids=[], exclude_patients=exclude_patients,
                                filters=filters, started=started, timings=timings)
     if patient_note:

@@ -46,7 +46,9 @@ def register(subparsers) -> None:
     for setting in SETTINGS:
         default = "required" if setting.key in REQUIRED else f"default {setting.default_doc or setting.default}"
         parser.add_argument(setting.flag, dest=setting.name, default=None,
-                            type=int if setting.kind == "int" else str, metavar=setting.metavar,
+                            type=int if setting.kind == "int" else str,
+                            metavar=None if setting.choices else setting.metavar,
+                            choices=setting.choices,
                             help=f"{setting.help} (env {setting.env_var}; {default})")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective settings and where each came from, then exit")

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.precision import PRECISIONS
 
 ENV_PREFIX = "CHEXTRIEV_"
 CONFIG_ENV = "CHEXTRIEV_CONFIG"
@@ -71,6 +72,8 @@ class Setting:
     env: str | None = None
     #: How the default reads in ``--help`` when it is not a plain value.
     default_doc: str | None = None
+    #: The valid values of a ``str`` setting (``None``: any).
+    choices: tuple[str, ...] | None = None
 
     @property
     def metavar(self) -> str:
@@ -93,6 +96,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detector", "DETECTOR", "path", None, "anatomy detector weights",
             default_doc="none: the atlas boxes uploads"),
     Setting("device", "DEVICE", "str", "cpu", "torch device for the model"),
+    Setting("precision", "PRECISION", "str", "auto",
+            "model, detector and Grad-CAM numerics: auto (bf16 where the CPU has AMX or AVX-512 "
+            "bf16 or the GPU computes bf16, else fp32), fp32 or bf16",
+            choices=PRECISIONS),
     Setting("torch_threads", "TORCH_THREADS", "int", None,
             "intra-op threads per worker (1 is best on a busy CPU)", low=1, default_doc="torch's choice"),
     Setting("host", "HOST", "str", "127.0.0.1", "bind address (any non-loopback address needs a token)"),
@@ -258,10 +265,11 @@ def resolve_config(config: Mapping[str, Any] | None = None,
         merged["MAX_CONTENT_LENGTH"] = merged["MAX_UPLOAD_MB"] * MIB
     merged["MAX_CONTENT_LENGTH"] = _positive_int("MAX_CONTENT_LENGTH", merged["MAX_CONTENT_LENGTH"])
     merged["LOAD"] = config.get("LOAD") or environ.get(ENV_PREFIX + "LOAD") or "background"
+    merged["PRECISION"] = str(merged["PRECISION"]).strip().lower()
+    if merged["PRECISION"] not in PRECISIONS:
+        raise UnknownNameError("precision", merged["PRECISION"], PRECISIONS)
     if merged["LOAD"] not in LOAD_MODES:
         raise UnknownNameError("load mode", merged["LOAD"], LOAD_MODES)
-    if merged["VIEWER_URL"]:
-        check_viewer_url(str(merged["VIEWER_URL"]))
     if merged["VIEWER_URL"]:
         check_viewer_url(str(merged["VIEWER_URL"]))
     merged.setdefault("SECRET_KEY", environ.get(ENV_PREFIX + "SECRET_KEY") or secrets.token_hex(32))

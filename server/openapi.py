@@ -119,7 +119,9 @@ SCHEMAS: dict[str, Any] = {
         "checkpoint_id": {"type": "string"}, "results": {"type": "array", "items": _ref("Result")},
         "finding_filter": _ref("FindingFilter"),
         "notes": {"type": "array", "items": {"type": "string"}},
-        "timing_ms": {"type": "object", "additionalProperties": {"type": "number"}}}},
+        "timing_ms": {"type": "object", "additionalProperties": {"type": "number"},
+                      "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
+                                     "search, response, total"}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row", "properties": {
         "id": {"type": "integer"}, "image_id": {"type": "string"}, "patient": {"type": "string", "nullable": True},
         "study": {"type": "string", "nullable": True}, "view": {"type": "string", "nullable": True},
@@ -135,6 +137,8 @@ SCHEMAS: dict[str, Any] = {
         "checkpoint_id": {"type": "string"}, "class_names": {"type": "array", "items": {"type": "string"}},
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
         "load_seconds": {"type": "number"},
+        "precision": {"type": "string", "enum": ["fp32", "bf16"],
+                      "description": "the numerics the model runs in (--precision; auto resolved)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 

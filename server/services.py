@@ -65,13 +65,15 @@ class SearchService:
     """Model + catalog, loaded once per process; thread-safe for a threaded WSGI server."""
 
     def __init__(self, checkpoint: str | Path | None, db_url: str | None, index_dir: str | Path | None,
-                 *, detector: str | Path | None = None, device: str = "cpu", torch_threads: int | None = None):
+                 *, detector: str | Path | None = None, device: str = "cpu", torch_threads: int | None = None,
+                 precision: str = "auto"):
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.db_url = db_url
         self.index_dir = Path(index_dir) if index_dir else None
         self.detector = Path(detector) if detector else None
         self.device = device
         self.torch_threads = torch_threads
+        self.precision = precision  # asked for (auto/fp32/bf16); self.model.precision: what runs
         self.model = None  # chextriev.checkpoint.LoadedModel
         self.catalog = None  # indexer.catalog.Catalog
         self.state = "idle"
@@ -109,7 +111,8 @@ class SearchService:
 
                     torch.set_num_threads(int(self.torch_threads))
 
-                model = load_checkpoint(self.checkpoint, device=self.device, detector_path=self.detector)
+                model = load_checkpoint(self.checkpoint, device=self.device, detector_path=self.detector,
+                                        precision=self.precision)
                 index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
                 catalog = Catalog.open(self.db_url, self.index_dir, device=index_device)
                 catalog_checkpoint = getattr(catalog, "checkpoint_id", None)
@@ -161,6 +164,7 @@ class SearchService:
                 "class_names": list(self.model.class_names),
                 "embedding_dim": int(self.model.embedding_dim),
                 "has_regions": bool(self.model.has_regions),
+                "precision": self.model.precision,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
             })
         return info
@@ -171,13 +175,21 @@ class SearchService:
         self.require_ready()
         return tuple(self.model.class_names)
 
-    def embed(self, pixels: np.ndarray, boxes: np.ndarray | None = None) -> QueryEmbedding:
-        """Embed one ``(H, W)`` image with THE embedding function (``embed_images``)."""
+    def embed(self, pixels: np.ndarray, boxes: np.ndarray | None = None,
+              timings: dict[str, float] | None = None) -> QueryEmbedding:
+        """Embed one ``(H, W)`` image with THE embedding function (``embed_images``).
+
+        ``timings``, when given, receives the milliseconds of its stages: ``boxes``, ``model``
+        and ``wait`` (time spent waiting for another request's model call to finish).
+        """
         from chextriev.embedding import embed_images
 
         self.require_ready()
+        waited = time.perf_counter()
         with self.model_lock:
-            batch = embed_images(self.model, [pixels], None if boxes is None else [boxes])
+            if timings is not None:
+                timings["wait"] = (time.perf_counter() - waited) * 1000
+            batch = embed_images(self.model, [pixels], None if boxes is None else [boxes], timings=timings)
         return QueryEmbedding(
             embedding=np.asarray(batch.embeddings[0], dtype=np.float32),
             probabilities=np.asarray(batch.probabilities[0], dtype=np.float32),

@@ -20,6 +20,7 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"]}
     wanted |= {_name(r) for r in project["optional-dependencies"]["dev"]}
+    wanted |= {_name(r) for r in project["optional-dependencies"]["cpu"]}
     env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_name(r) for r in pip_section if not r.startswith("-e")}
@@ -45,3 +46,18 @@ def test_console_script_lists_every_subcommand():
     help_text = build_parser().format_help()
     for command in ("synth", "train", "train-detector", "evaluate", "index", "db", "serve", "demo"):
         assert command in help_text
+
+
+def test_faiss_is_chosen_by_exactly_one_extra():
+    """faiss-cpu and faiss-gpu install the same `faiss` folder: neither may be a base dependency,
+    and each of the `cpu` and `gpu` extras brings exactly one of them."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def faiss_wheels(requirements):
+        return [_name(r) for r in requirements if _name(r).startswith("faiss")]
+
+    assert faiss_wheels(project["dependencies"]) == []
+    assert faiss_wheels(extras["cpu"]) == ["faiss-cpu"]
+    assert faiss_wheels(extras["gpu"]) == ["faiss-gpu"]
+    assert faiss_wheels(extras["dev"]) == []

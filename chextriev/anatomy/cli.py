@@ -14,7 +14,9 @@ import argparse
 import json
 import logging
 
-from chextriev.anatomy.detector_nets import BACKBONES
+# The backbone names of chextriev.anatomy.detector_nets.BACKBONES, here so that argument parsing
+# does not import torch (tests/test_cli_startup.py checks that the two agree).
+BACKBONES = ("resnet50", "resnet18", "small")
 
 log = logging.getLogger(__name__)
 

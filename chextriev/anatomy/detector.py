@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from chextriev.anatomy.detector_nets import DetectorConfig, build_detector_network
 from chextriev.errors import ChextrievError, DataFormatError
+from chextriev.precision import autocast, resolve_precision
 from chextriev.vocab import NUM_REGIONS
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,18 @@ def best_box_per_class(
 
 
 class AnatomyDetector:
-    """A trained region detector: ``predict(images) -> [(boxes (18,4), scores (18,))]``."""
+    """A trained region detector: ``predict(images) -> [(boxes (18,4), scores (18,))]``.
 
-    def __init__(self, config: DetectorConfig, network: torch.nn.Module | None = None, device: str | torch.device = "cpu"):
+    ``precision`` (``auto``/``fp32``/``bf16``, :mod:`chextriev.precision`): the network runs
+    under bf16 autocast for ``bf16`` (weights stay float32: box regression decodes in float32).
+    """
+
+    def __init__(self, config: DetectorConfig, network: torch.nn.Module | None = None,
+                 device: str | torch.device = "cpu", precision: str = "fp32"):
         self.config = config
         self.network = network if network is not None else build_detector_network(config)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.network.to(self.device).eval()
         self.extra: dict[str, Any] = {}
 
@@ -94,11 +101,12 @@ class AnatomyDetector:
         for start in range(0, len(images), batch_size):
             chunk = [np.asarray(image) for image in images[start : start + batch_size]]
             tensors = [image_to_tensor(image, size).to(self.device) for image in chunk]
-            outputs = self.network(tensors)
+            with autocast(self.precision, self.device):
+                outputs = self.network(tensors)
             for image, output in zip(chunk, outputs, strict=True):
                 boxes, scores = best_box_per_class(
-                    output["boxes"].cpu().numpy(), output["labels"].cpu().numpy(),
-                    output["scores"].cpu().numpy(), self.config.num_regions,
+                    output["boxes"].float().cpu().numpy(), output["labels"].cpu().numpy(),
+                    output["scores"].float().cpu().numpy(), self.config.num_regions,
                 )
                 height, width = image.shape[:2]
                 boxes = boxes * scale_factors(height, width, size)
@@ -125,7 +133,8 @@ class AnatomyDetector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> AnatomyDetector:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             precision: str = "fp32") -> AnatomyDetector:
         """Rebuild a detector from a file written by :meth:`save` (needs nothing else)."""
         path = Path(path)
         if not path.is_file():
@@ -143,7 +152,7 @@ class AnatomyDetector:
         config = DetectorConfig(**config_dict)
         network = build_detector_network(config)
         network.load_state_dict(payload["state_dict"])
-        detector = cls(config, network, device)
+        detector = cls(config, network, device, precision)
         detector.extra = dict(payload.get("extra", {}))
         log.info("anatomy detector loaded from %s (%s, %d px)", path, config.backbone, config.image_size)
         return detector

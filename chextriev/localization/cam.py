@@ -16,6 +16,10 @@ and the logit ``y`` of the finding is differentiated with respect to ``A``:
 
 Maps are upsampled bilinearly to the image's own ``(H, W)`` and min-max scaled to ``[0, 1]``
 (a flat map, e.g. no positive evidence for Grad-CAM, gives all zeros).
+
+Precision follows the model: a bf16 :class:`chextriev.checkpoint.LoadedModel` (or a network
+whose weights :func:`chextriev.precision.prepare_model` stored in bf16) runs the feature map
+and the head under bf16 autocast; the gradient and the map are computed in float32.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from chextriev.errors import UnknownNameError
 from chextriev.localization.adapters import CamPipeline, CamUnsupportedError, cam_pipeline
 from chextriev.localization.overlay import overlay_png
 from chextriev.localization.regions import heatmap_mask, heatmap_to_boxes
+from chextriev.precision import autocast, weights_precision
 from chextriev.vocab import finding_index
 
 log = logging.getLogger(__name__)
@@ -140,6 +145,8 @@ def heatmap(
     if array.ndim != 2:
         raise ValueError(f"image must be (H, W), got shape {array.shape}")
     model, pipeline, device = _resolve(model_or_loaded, array, boxes)
+    precision = getattr(model_or_loaded, "precision", None) or (
+        weights_precision(model) if model is not None else "fp32")
     index = class_index(pipeline.class_names, finding)
     was_training = model.training if model is not None else False
     if model is not None:
@@ -148,12 +155,13 @@ def heatmap(
         images = prepare_image(array, pipeline.image_size)[None]
         if device is not None:
             images = images.to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, images.device):
             feature_map = pipeline.features(images)
         with torch.enable_grad():
             feature_map = feature_map.detach().float().requires_grad_(True)
-            logits = pipeline.head(feature_map)
-            score = logits[0, index]
+            with autocast(precision, images.device):
+                logits = pipeline.head(feature_map)
+            score = logits[0, index].float()
             (gradient,) = torch.autograd.grad(score, feature_map, allow_unused=True)
     finally:
         if model is not None and was_training:

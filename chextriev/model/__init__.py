@@ -11,7 +11,19 @@ from chextriev.model.config import (
            build_model,
            get_config,
 )
-from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
+
+# The networks import torch: loaded on first use, so that the variant table
+# (`chextriev.model.config`, plain data) is readable without torch (`chextriev train --help`).
+_LAZY = {"ModelOutput": "chextriev.model.retrieval_model", "RetrievalModel": "chextriev.model.retrieval_model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["TINY", "VARIANTS", "ModelConfig", "ModelOutput", "RetrievalModel", "build_from_config",
            "build_model", "get_config"]

@@ -6,7 +6,18 @@ back as :class:`~chextriev.records.Record` objects and
 :func:`chextriev.synth.archive.load_lesions` gives the per-lesion boxes and masks.
 """
 
-from chextriev.synth.archive import Lesion, load_lesions, read_archive
-from chextriev.synth.writer import SynthConfig, write_archive
+import importlib
+
+# Loaded on first use: the drawing code imports scipy and pydicom, and `chextriev synth --help`
+# (which imports chextriev.synth.cli, hence this package) must not wait for them.
+_LAZY = {"Lesion": "archive", "load_lesions": "archive", "read_archive": "archive",
+         "SynthConfig": "writer", "write_archive": "writer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"chextriev.synth.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Lesion", "SynthConfig", "load_lesions", "read_archive", "write_archive"]
