@@ -50,7 +50,6 @@ from indexer.db import (
     STATUS_SKIPPED,
     Image,
     Patient,
-    Pseudonymiser,
     Source,
     Study,
     default_db_url,
@@ -63,6 +62,7 @@ from indexer.decode import (
     SKIPPED,
     UNAVAILABLE,
     Decoded,
+    IngestPolicy,
     decode_task,
     given_boxes,
     init_worker,
@@ -135,18 +135,15 @@ def _read_ledger(session) -> dict[str, LedgerEntry]:
 class _Writer:
     """Turns decoded files into database rows, one transaction per batch."""
 
-    def __init__(self, sessions, embedder, pseudonymiser: Pseudonymiser | None,
-                 summary: IndexSummary):
+    def __init__(self, sessions, embedder, summary: IndexSummary):
         self.sessions = sessions
         self.embedder = embedder
-        self.pseudonymiser = pseudonymiser
         self.summary = summary
 
     def _key(self, identifier: str | None) -> str | None:
         if identifier is None or str(identifier).strip() == "":
             return None
-        identifier = str(identifier).strip()
-        return self.pseudonymiser(identifier) if self.pseudonymiser else identifier
+        return str(identifier).strip()
 
     def _patient(self, session, meta: dict) -> int | None:
         key = self._key(meta.get("patient_id"))
@@ -154,7 +151,7 @@ class _Writer:
             return None
         pk = session.scalar(select(Patient.id).where(Patient.key == key))
         if pk is None:
-            patient = Patient(key=key, pseudonymised=self.pseudonymiser is not None, sex=meta.get("sex"))
+            patient = Patient(key=key, pseudonymised=bool(meta.get("pseudonymised")), sex=meta.get("sex"))
             session.add(patient)
             session.flush()
             pk = patient.id
@@ -306,7 +303,7 @@ class _Writer:
 
 def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
               workers: int = 0, batch_size: int = 16, index_type: str = "auto",
-              device: str = "cpu", pseudonymiser: Pseudonymiser | None = None,
+              device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
               nprobe: int = 32, progress: bool = True, source_options: dict | None = None
               ) -> IndexSummary:
@@ -317,6 +314,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     :class:`~chextriev.io.sources.RecordSource`.
     ``embedder``: a :class:`indexer.embedder.ModelEmbedder` (or any object with its interface).
     ``workers``: decoding (and fetching) processes (0 = in this process).
+    ``policy``: de-identification and the burned-in rule, applied in the decoding workers
+    (:class:`indexer.decode.IngestPolicy`; default: fields as read, burned-in images skipped).
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -340,7 +339,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
             f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
             f"this run uses {embedder.checkpoint_id}. Index into a new --index-dir/--db.")
     max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-    tasks = ((record, max_side, known_hash)
+    tasks = ((record, max_side, known_hash, policy)
              for record, known_hash in pending(archive.iter_records(), ledger, summary))
 
     def checkpoint() -> None:
@@ -349,7 +348,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
                                nprobe=nprobe)
         summary.index_size, summary.build_id = manifest_.n_vectors, manifest_.build_id
 
-    writer = _Writer(sessions, embedder, pseudonymiser, summary)
+    writer = _Writer(sessions, embedder, summary)
     pending_items: list[Decoded] = []
     n_pixels = 0
     batches = 0
