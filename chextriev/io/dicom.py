@@ -543,10 +543,10 @@ def check_pixel_data(ds: Any, geometry: PixelGeometry, tsuid: Any, name: str,
     if not uid.is_encapsulated:
         if len(data) < geometry.expected_bytes:
             raise ImageReadError(
-                name, f"inconsistent pixel data: {len(data):,} bytes, but {geometry.frames} "
+                name, f"inconsistent pixel data: {len(data)} bytes, but {geometry.frames} "
                       f"frame(s) of {geometry.rows} x {geometry.columns} x {geometry.samples} "
                       f"sample(s) x {geometry.bits_allocated} bits need "
-                      f"{geometry.expected_bytes:,}")
+                      f"{geometry.expected_bytes}")
         return
     from pydicom.encaps import get_frame
 
@@ -702,7 +702,7 @@ def _modality_values(arr: np.ndarray, ds: Any, name: str) -> np.ndarray:
                 values += np.float32(intercept_value)
     bad = values.size - int(np.isfinite(values).sum())
     if bad:
-        raise ImageReadError(name, f"{bad:,} pixel value(s) are not finite (NaN or infinity)")
+        raise ImageReadError(name, f"{bad} pixel value(s) are not finite (NaN or infinity)")
     return values
 
 

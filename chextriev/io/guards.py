@@ -88,7 +88,7 @@ def check_pixel_count(name: str, width: int, height: int, max_pixels: int | None
     if width * height > limit:
         raise ImageTooLargeError(
             name,
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} "
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} "
             "(possible decompression bomb; raise max_pixels or CHEXTRIEV_MAX_PIXELS if genuine)",
         )
 
@@ -97,7 +97,7 @@ def check_bytes(name: str, nbytes: int, max_bytes: int, what: str) -> None:
     """Raise :class:`ImageTooLargeError` when ``what`` (``nbytes`` long) exceeds ``max_bytes``."""
     if nbytes > max_bytes:
         raise ImageTooLargeError(
-            name, f"{what} = {nbytes:,} bytes exceeds the limit of {max_bytes:,} bytes "
+            name, f"{what} = {nbytes} bytes exceeds the limit of {max_bytes} bytes "
                   "(possible decompression bomb)")
 
 
@@ -238,7 +238,7 @@ def inflate_bounded(data: bytes, limit: int, name: str, *, wbits: int = -zlib.MA
             pending = inflater.unconsumed_tail
             if len(out) > bound:
                 raise ImageTooLargeError(
-                    name, f"{what} inflates beyond {bound:,} bytes "
+                    name, f"{what} inflates beyond {bound} bytes "
                           f"({'what its header announces' if bound < limit else 'the limit'}; "
                           "possible decompression bomb)")
             if announce is not None and len(out) > ANNOUNCE_WITHIN:
@@ -249,8 +249,8 @@ def inflate_bounded(data: bytes, limit: int, name: str, *, wbits: int = -zlib.MA
                     announce = None
                     if announced > limit:
                         raise ImageTooLargeError(
-                            name, f"{what} announces {announced:,} bytes, above the limit of "
-                                  f"{limit:,} bytes (possible decompression bomb)")
+                            name, f"{what} announces {announced} bytes, above the limit of "
+                                  f"{limit} bytes (possible decompression bomb)")
                     bound = max(announced, len(out))
             if inflater.eof or (not pending and not chunk):
                 break
@@ -258,5 +258,5 @@ def inflate_bounded(data: bytes, limit: int, name: str, *, wbits: int = -zlib.MA
     except zlib.error as error:
         raise ImageReadError(name, f"{what} is corrupt: {error}") from None
     if len(out) > bound:
-        raise ImageTooLargeError(name, f"{what} inflates beyond {bound:,} bytes")
+        raise ImageTooLargeError(name, f"{what} inflates beyond {bound} bytes")
     return bytes(out)
