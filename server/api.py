@@ -44,7 +44,14 @@ from server.services import (
     png_bytes,
     shrink,
 )
-from server.validation import decode_upload, parse_bool, parse_filters, parse_finding, parse_k
+from server.validation import (
+    check_single,
+    decode_upload,
+    parse_bool,
+    parse_filters,
+    parse_finding,
+    parse_k,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +167,31 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     return payload, rows
 
 
+#: The fields a JSON body may carry, and the JSON type each must have (others are ignored).
+JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_patient": bool,
+                    "view": str, "sex": str, "finding": str}
+
+
+def _json_fields(body) -> dict[str, str]:
+    """A JSON body's fields as form values: an object whose fields have their JSON types
+    (:data:`JSON_FIELD_TYPES`: ``k`` a number, ``exclude_same_patient`` a boolean, ...)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", "the JSON body must be an object of fields (k, "
+                                        "exclude_same_patient, view, sex, age_min, age_max, finding)")
+    fields = {}
+    for key, kind in JSON_FIELD_TYPES.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ApiError(400, "bad_parameter",
+                           f"{key} must be a JSON {'number' if kind is int else kind.__name__.replace('str', 'string')}")
+        fields[key] = ("true" if value else "false") if kind is bool else str(value)
+    return fields
+
+
 @bp.get("/healthz")
 def healthz():
     """Alive (says nothing about the model; see ``/readyz``)."""
@@ -179,13 +211,16 @@ def readyz():
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_spec())
+    svc = service()
+    return jsonify(openapi_spec(svc.model.class_names if svc.ready else None))
 
 
 @bp.post("/search")
 def search_upload():
     """Search with an uploaded PNG, JPEG or DICOM."""
     started = time.perf_counter()
+    check_single(request.form)
+    check_single(request.args)
     k = parse_k(request.form.get("k", request.args.get("k")))
     exclude_same_patient = parse_bool("exclude_same_patient", request.form.get("exclude_same_patient"))
     svc = service()
@@ -227,9 +262,12 @@ def search_by_id(image_id: int):
     """Search with an archived image: its stored vector, no re-embedding; itself excluded."""
     started = time.perf_counter()
     values = request.form if request.form else request.args
-    body = request.get_json(silent=True) if request.is_json else None
-    if isinstance(body, dict):
-        values = {key: str(value) for key, value in body.items()}
+    check_single(values)
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded") \
+            and request.content_length and not request.form and not request.files:
+        raise ApiError(400, "bad_body", f"the {request.mimetype} body holds no field: malformed")
+    if request.is_json:
+        values = _json_fields(request.get_json(silent=True))
     k = parse_k(values.get("k"))
     exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
     svc = service()
@@ -301,7 +339,7 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
 
 
 def _heatmap_style(value: str | None) -> str:
-    style = (value or "overlay").strip().lower()
+    style = "overlay" if value is None else value
     if style not in HEATMAP_STYLES:
         raise ApiError(400, "bad_parameter", f"style must be one of {', '.join(HEATMAP_STYLES)}, got {value!r}")
     return style
@@ -317,6 +355,7 @@ def image_heatmap(image_id: int):
     """
     svc = service()
     svc.require_ready()
+    check_single(request.args)
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
@@ -334,6 +373,8 @@ def upload_heatmap():
     """Grad-CAM of ``finding`` on an uploaded image (the query), as a PNG (``style`` as above)."""
     svc = service()
     svc.require_ready()
+    check_single(request.form)
+    check_single(request.args)
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()

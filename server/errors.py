@@ -103,7 +103,9 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         code = HTTP_CODES.get(status, "http_error")
         message = too_large_message() if status == 413 else (error.description or error.name)
-        return error_response(status, code, message)
+        headers = {name: value for name, value in error.get_headers()  # e.g. Allow for a 405
+                   if name.lower() not in ("content-type", "content-length")}
+        return error_response(status, code, message, headers)
 
     @app.errorhandler(LookupError)
     def _unknown(error: LookupError):

@@ -24,6 +24,21 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
+#: The form / query fields of the API (each at most once).
+FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style")
+
+
+def check_single(values) -> None:
+    """400 when a field of :data:`FIELDS` is given more than once (a form or query string
+    may repeat a name; which value would win is not something a client should guess)."""
+    getlist = getattr(values, "getlist", None)
+    if getlist is None:
+        return
+    for name in FIELDS:
+        if len(getlist(name)) > 1:
+            raise ApiError(400, "bad_parameter", f"{name} is given more than once")
+
+
 def parse_k(value: str | None) -> int:
     """``k`` as an int in 1..100 (default 10)."""
     if value is None:
@@ -43,10 +58,11 @@ def _bounded_int(name: str, value: str, low: int, high: int, kind: str) -> int:
 
 
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
-    """A boolean form/query field: 1/true/yes/on or 0/false/no/off."""
+    """A boolean form/query field: exactly 1/true/yes/on or 0/false/no/off (or empty = false),
+    as the OpenAPI document lists them."""
     if value is None:
         return default
-    word = str(value).strip().lower()
+    word = str(value)
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
