@@ -512,13 +512,48 @@ def pixel_geometry(ds: Any, name: str, limits: Limits | None = None, *,
     if not 1 <= stored <= bits:
         raise ImageReadError(name, f"BitsStored {stored} is not within 1..BitsAllocated ({bits})")
     expected = (frames * rows * columns * samples * bits + 7) // 8
-    photometric = str(_tag(ds, "PhotometricInterpretation") or "").upper()
+    photometric = str(_tag(ds, "PhotometricInterpretation") or "").strip().upper()
+    needed = PHOTOMETRIC_SAMPLES.get(photometric or "MONOCHROME2")
+    if needed is None:
+        raise ImageReadError(name, f"unknown PhotometricInterpretation {photometric[:32]!r}; known: "
+                                   f"{', '.join(PHOTOMETRIC_SAMPLES)}")
+    if needed != samples:  # decoders trust one or the other (GDCM aborts the process on this)
+        raise ImageReadError(name, f"inconsistent: PhotometricInterpretation {photometric} has "
+                                   f"{needed} sample(s) per pixel, SamplesPerPixel says {samples}")
     if samples == 3 and photometric == "YBR_FULL_422":
         expected = expected * 2 // 3
     check_bytes(name, expected, limits.max_bytes,
                 f"the pixel data ({frames} frame(s) x {rows} x {columns} x {samples} sample(s) "
                 f"x {bits} bits)")
     return PixelGeometry(keyword, rows, columns, frames, samples, bits, expected)
+
+
+#: Samples per pixel of each PhotometricInterpretation (PS3.3 C.7.6.3.1.2).
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3,
+                       "YBR_FULL": 3, "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3,
+                       "YBR_RCT": 3, "XYB": 3}
+#: The pixel-data plugins tried first, in this order, when several can decode a syntax: the
+#: Python-wrapped decoders before GDCM, whose C++ exceptions on inconsistent input abort the
+#: whole process instead of raising (GDCM stays the decoder of JPEG Lossless, its only one).
+PLUGIN_PREFERENCE = ("pydicom", "pylibjpeg", "pyjpegls", "pillow", "gdcm")
+#: Syntaxes only GDCM decodes here (JPEG Lossless): their headers are checked the strictest.
+GDCM_ONLY = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+
+
+def decoding_plugin(tsuid: Any) -> str:
+    """The pixel-data plugin to decode ``tsuid`` with (:data:`PLUGIN_PREFERENCE`); ``""`` lets
+    pydicom choose (uncompressed data, or no plugin reported)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(str(tsuid))
+    if not uid.is_compressed:
+        return ""
+    try:
+        available = get_decoder(uid).available_plugins
+    except (NotImplementedError, ValueError):
+        return ""
+    return next((plugin for plugin in PLUGIN_PREFERENCE if plugin in available), "")
 
 
 def check_pixel_data(ds: Any, geometry: PixelGeometry, tsuid: Any, name: str,
@@ -578,6 +613,10 @@ def check_pixel_data(ds: Any, geometry: PixelGeometry, tsuid: Any, name: str,
                                        "(no frame header marker)")
         return  # another encapsulated syntax: its decoder checks what it reads
     check_pixel_count(name, header.width, header.height, limits.max_pixels)
+    stored = _int_tag(ds, "BitsStored", name, geometry.bits_allocated)
+    if family == "JPEG" and header.precision != stored and uid in GDCM_ONLY:
+        raise ImageReadError(name, f"inconsistent headers: the JPEG codestream has {header.precision}-bit "
+                                   f"samples but BitsStored says {stored}")
     if (header.height, header.width) != (geometry.rows, geometry.columns) \
             or header.components != geometry.samples:
         raise ImageReadError(
@@ -731,7 +770,7 @@ def dataset_to_array(ds: Any, name: str = "<dataset>", *, apply_window: bool = T
     geometry = pixel_geometry(ds, name, limits)
     check_pixel_data(ds, geometry, tsuid, name, limits)
     try:
-        ds.pixel_array_options(index=0)  # the first frame only
+        ds.pixel_array_options(index=0, decoding_plugin=decoding_plugin(tsuid))  # frame 1 only
         arr = ds.pixel_array
     except MemoryError:
         raise

@@ -174,7 +174,7 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 
 
 #: Pillow plugins allowed to open each format (no other plugin is ever tried on a file).
-_PIL_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG", "MPO")}
+_PIL_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG",)}  # JPEG opens multi-picture (MPO) files too
 
 
 def _read_raster(source: Source, fmt: str, limits: Limits) -> LoadedImage:
