@@ -54,3 +54,33 @@ def test_api_conforms_to_its_openapi_document(module_server, tmp_path, tmp_path_
     logs = sorted(tmp_path_factory.getbasetemp().glob("module-server*/server-*.log"))
     text = "\n".join(path.read_text(errors="replace") for path in logs)
     assert logs and "Traceback" not in text, text[-3000:]
+
+
+def _raw(base: str, request: bytes) -> tuple[int, dict, bytes]:
+    """Send raw bytes to the server; (status, headers, body) of its answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n", 431),
+    (b"NOT A REQUEST LINE\r\n\r\n", 400),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+])
+def test_the_wsgi_servers_own_errors_are_json(module_server, request_bytes, status):
+    got, headers, body = _raw(module_server, request_bytes)
+    assert got == status and headers["Content-Type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] and error["message"]
