@@ -33,7 +33,7 @@ Keys that are not settings (only through ``create_app(config)`` or the environme
 
 * ``AUTH_TOKEN``: the bearer token required on every ``/api`` route when set.
 * ``MAX_CONTENT_LENGTH``: upload limit in bytes (default: ``max_upload_mb`` MiB).
-* ``MAX_FORM_PARTS`` (default 100) and ``MAX_FORM_MEMORY_SIZE`` (default 64 kB): the most parts of a
+* ``MAX_FORM_PARTS`` (default 100) and ``MAX_FORM_MEMORY_SIZE`` (default 500 kB): the most parts of a
   multipart form and the largest non-file field (413 above, saying which limit).
 * ``LOAD``: ``"background"`` (default: load in a thread, ``/readyz`` says 503 until done),
   ``"sync"`` (load before ``create_app`` returns; each ``chextriev serve`` worker does this) or
@@ -62,9 +62,10 @@ MIB = 1024 * 1024
 #: The shortest bearer token accepted, whatever its source.
 MIN_TOKEN_LENGTH = 16
 KEY_ENV = "CHEXTRIEV_PSEUDONYM_KEY"
-#: Multipart limits: the API's forms have an image and a few short fields.
+#: Multipart limits: the API's forms have an image and a few short fields. (The field-size
+#: limit must stay well above Werkzeug's 64 kB read chunk: it bounds the parser's buffer too.)
 MAX_FORM_PARTS = 100
-MAX_FORM_MEMORY_SIZE = 64 * 1024
+MAX_FORM_MEMORY_SIZE = 500_000
 
 
 class ConfigError(ChextrievError):

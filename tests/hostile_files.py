@@ -237,6 +237,16 @@ def normal_png(size: int = 2048) -> bytes:
     return buffer.getvalue()
 
 
+def png_at_limit(side: int = 8192) -> bytes:
+    """A genuine 8-bit grey PNG of ``side`` x ``side`` (8192: exactly the server's 64 Mpx
+    MAX_PIXELS default), a block pattern (a few MB on the wire)."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (side // 64, side // 64), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.kron(base, np.ones((64, 64), np.uint8))).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 #: name -> (maker, what a reader must do: "413" refused as too large, "400" refused as unreadable)
 HOSTILE = {
     "deflated 16 x 4096 x 4096 frames": (deflated_multiframe, "413"),

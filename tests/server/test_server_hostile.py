@@ -82,6 +82,13 @@ def test_the_413_of_a_form_says_which_limit(client, tiny_index, app):
     assert response.status_code == 413 and "upload limit of 1000 bytes" in response.json["error"]["message"]
 
 
+def test_a_large_genuine_upload_is_not_mistaken_for_a_form_bomb(client):
+    data = hostile.dicom_bytes(hostile.image_dataset(1500, 1500))  # 4.5 MB, one file field
+    response = client.post("/api/v1/search", data=_upload(data, k="2"))
+    assert response.status_code == 200, response.data[:300]
+    assert strict_json(response)["query"]["format"] == "dicom"
+
+
 def test_repeated_fields_and_bad_json_bodies_are_400(client, app):
     image_id = int(app.extensions["chextriev"].catalog.index.ids[0])
     response = client.post(f"/api/v1/search/by-id/{image_id}", data={"k": ["2", "3"]})
