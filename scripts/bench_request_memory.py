@@ -4,7 +4,7 @@ normal uploads, each in a fresh server process.
     python scripts/bench_request_memory.py [--work DIR] [--python PY --code DIR]
 
 Builds a tiny index once (``chextriev synth`` 6 patients at 128 px, a tiny v6 checkpoint,
-``chextriev index``) under ``--work``; then, per case, starts a new Python process that builds
+``chextriev index``, with the interpreter and checkout of the cases) under ``--work``; then, per case, starts a new Python process that builds
 the app (``create_app``, model, index and catalog loaded), answers one warm-up upload, resets
 the kernel's peak-RSS mark (``/proc/self/clear_refs``), answers the case's upload through the
 Flask test client (the whole request: form parsing, decoding, embedding, response) and reports
@@ -67,28 +67,34 @@ print(json.dumps({{"status": response.status_code, "upload_kb": len(data) // 102
 """
 
 
-def build_index(work: Path) -> dict:
-    index_dir = work / "index"
-    checkpoint = work / "model" / "best.ckpt"
-    if not (index_dir / "manifest.json").exists():
-        sys.path.insert(0, str(REPO))
-        from chextriev.synth import cli as synth_cli
-        from chextriev.training.quick import train_tiny_checkpoint
-        from indexer import cli as index_cli
+BUILD = r"""
+import argparse, sys
+from pathlib import Path
+from chextriev.synth import cli as synth_cli
+from chextriev.training.quick import train_tiny_checkpoint
+from indexer import cli as index_cli
 
-        def run(module, argv):
-            parser = argparse.ArgumentParser()
-            module.register(parser.add_subparsers(dest="command"))
-            args = parser.parse_args(argv)
-            assert args.func(args) == 0
+def run(module, argv):
+    parser = argparse.ArgumentParser()
+    module.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
 
-        run(synth_cli, ["synth", "--out", str(work / "archive"), "--patients", "6", "--size", "128"])
-        checkpoint = Path(train_tiny_checkpoint(work / "archive", work / "model", variant="v6"))
-        run(index_cli, ["index", "--source", str(work / "archive"), "--checkpoint", str(checkpoint),
-                        "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
-                        "--no-progress"])
-    return {"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "LOAD": "sync",
-            "TORCH_THREADS": 1}
+work = Path({work!r})
+run(synth_cli, ["synth", "--out", str(work / "archive"), "--patients", "6", "--size", "128"])
+checkpoint = train_tiny_checkpoint(work / "archive", work / "model", variant="v6")
+run(index_cli, ["index", "--source", str(work / "archive"), "--checkpoint", str(checkpoint),
+                "--index-dir", str(work / "index"), "--workers", "0", "--device", "cpu", "--no-progress"])
+"""
+
+
+def build_index(work: Path, python: str, code: Path) -> dict:
+    """The tiny index (built once per ``work``, by ``python`` in ``code``) as app settings."""
+    if not (work / "index" / "manifest.json").exists():
+        subprocess.run([python, "-c", BUILD.format(work=str(work))], cwd=code, check=True,
+                       capture_output=True, timeout=1200)
+    return {"CHECKPOINT": str(work / "model" / "best.ckpt"), "INDEX_DIR": str(work / "index"),
+            "LOAD": "sync", "TORCH_THREADS": 1}
 
 
 def main() -> int:
@@ -97,7 +103,7 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter for the cases")
     parser.add_argument("--code", type=Path, default=REPO, help="checkout the cases run in")
     args = parser.parse_args()
-    config = build_index(args.work)
+    config = build_index(args.work, args.python, args.code)
     print("| case | status | upload | peak RSS above idle | seconds |\n|---|---|---|---|---|")
     for name, make in CASES.items():
         child = CHILD.format(tests=str(REPO / "tests"), config=config, make=make)

@@ -5,7 +5,7 @@ Every input must decode to a valid float32 ``(H, W)`` image in ``[0, 1]`` or rai
 ``ImageReadError``, within the per-example deadline; the process must neither crash (a C
 decoder aborting), nor hang (bounded by a wall-clock limit), nor use more than
 :data:`MAX_PEAK_RSS_MB`. Budget, fixed (README development notes): ``CHEXTRIEV_FUZZ_EXAMPLES``
-examples per format (default 600), Hypothesis seed ``CHEXTRIEV_FUZZ_SEED`` (default 0, the
+examples per format (default 2000), Hypothesis seed ``CHEXTRIEV_FUZZ_SEED`` (default 0, the
 same examples in every CI run), 3 s deadline per example, 20 s hard limit per example, 300 s
 per format. A failing input is kept and its path printed.
 
@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("hypothesis", reason="hypothesis is a dev dependency (pip install -e .[dev])")
 
 SCRIPT = Path(__file__).with_name("fuzz_readers.py")
-EXAMPLES = int(os.environ.get("CHEXTRIEV_FUZZ_EXAMPLES", "600"))
+EXAMPLES = int(os.environ.get("CHEXTRIEV_FUZZ_EXAMPLES", "2000"))
 SEED = int(os.environ.get("CHEXTRIEV_FUZZ_SEED", "0"))
 WALL_SECONDS = 300
 #: The fuzzing process's peak resident memory may not pass this (a 16 M pixel frame limit).
