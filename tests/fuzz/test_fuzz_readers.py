@@ -6,7 +6,7 @@ Every input must decode to a valid float32 ``(H, W)`` image in ``[0, 1]`` or rai
 decoder aborting), nor hang (bounded by a wall-clock limit), nor use more than
 :data:`MAX_PEAK_RSS_MB`. Budget, fixed (README development notes): ``CHEXTRIEV_FUZZ_EXAMPLES``
 examples per format (default 2000), Hypothesis seed ``CHEXTRIEV_FUZZ_SEED`` (default 0, the
-same examples in every CI run), 3 s deadline per example, 20 s hard limit per example, 300 s
+same examples in every CI run), 10 s deadline per example (a shared machine), 60 s hard limit per example, 300 s
 per format. A failing input is kept and its path printed.
 
 The PNG and JPEG seeds include the real NIH sample images (``CHEXTRIEV_NIH_SAMPLE``; without
