@@ -29,6 +29,11 @@ class ImageReadError(ChextrievError):
         super().__init__(f"cannot read image {source}: {reason}")
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image whose header announces more pixels (or more pixel-data bytes) than the limit: a
+    decompression bomb or a genuinely huge image, refused before anything is decoded."""
+
+
 class DataFormatError(ChextrievError):
     """A metadata file (CSV, scene graph JSON, manifest) that does not follow its format."""
 

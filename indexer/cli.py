@@ -4,7 +4,8 @@
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
         [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--workers N] [--batch-size B]
         [--wait [SECONDS]]
-        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--pseudonymise]
+        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH]
+        [--pseudonymise [--pseudonym-key-file FILE] [--dates shift|year]] [--keep-burned-in]
     chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
         [--dicomweb-token-file FILE | --dicomweb-user USER --dicomweb-password-file FILE]
@@ -32,6 +33,8 @@ from chextriev.precision import PRECISIONS, default_precision
 # indexer.vector_index.INDEX_TYPES, here so that argument parsing does not import Faiss
 # (tests/test_cli_startup.py checks that the two agree).
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
+
+DATE_MODES = ("shift", "year")  # chextriev.io.deid.DATE_MODES (not imported: lazy CLI)
 
 TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)
 PASSWORD_ENV = "CHEXTRIEV_DICOMWEB_PASSWORD"
@@ -78,9 +81,17 @@ def register(subparsers) -> None:
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights")
     parser.add_argument("--pseudonymise", action="store_true",
-                        help="store patient/study identifiers as keyed HMAC-SHA256 "
-                             "(key: $CHEXTRIEV_PSEUDONYM_KEY or --pseudonym-key-file)")
+                        help="de-identify what the catalog stores (DICOM PS3.15 basic profile): "
+                             "identifiers and image ids as keyed HMAC-SHA256, UIDs as 2.25.<int> "
+                             "from it, dates shifted per patient or cut to the year (key: "
+                             "$CHEXTRIEV_PSEUDONYM_KEY or --pseudonym-key-file)")
     parser.add_argument("--pseudonym-key-file", type=Path, default=None)
+    parser.add_argument("--dates", choices=DATE_MODES, default=None,
+                        help="with --pseudonymise: shift each patient's dates by a keyed 1..365 "
+                             "days (shift, the default) or keep only the year (year)")
+    parser.add_argument("--keep-burned-in", action="store_true",
+                        help="index DICOMs marked BurnedInAnnotation YES (skipped by default: "
+                             "their pixels may show patient identifiers)")
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="sync the Faiss index every N batches (and at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -176,7 +187,8 @@ def source_options(args) -> dict:
 
 
 def _index(args) -> int:
-    from indexer.db import Pseudonymiser
+    from chextriev.io.deid import Deidentifier
+    from indexer.decode import IngestPolicy
     from indexer.discovery import open_archive
     from indexer.embedder import ModelEmbedder, resolve_device
     from indexer.pipeline import run_index
@@ -188,8 +200,11 @@ def _index(args) -> int:
     if not args.checkpoint.is_file():
         raise ChextrievError(f"checkpoint {args.checkpoint} does not exist")
     index_dir = args.index_dir or Path("index")
-    pseudonymiser = Pseudonymiser.from_env_or_file(args.pseudonym_key_file) \
-        if args.pseudonymise else None
+    if not args.pseudonymise and (args.dates or args.pseudonym_key_file):
+        raise ChextrievError("--dates and --pseudonym-key-file only apply with --pseudonymise")
+    policy = IngestPolicy(
+        Deidentifier.from_env_or_file(args.pseudonym_key_file, dates=args.dates or "shift")
+        if args.pseudonymise else None, keep_burned_in=args.keep_burned_in)
     source = open_archive(args.source, manifest=args.manifest, exclude=(index_dir,),
                           **source_options(args))
     source.check()  # an unreachable PACS or refused credentials fail before the model loads
@@ -198,7 +213,7 @@ def _index(args) -> int:
     summary = run_index(
         source, embedder=embedder, index_dir=index_dir, db_url=args.db,
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
-        device=resolve_device(args.device), pseudonymiser=pseudonymiser,
+        device=resolve_device(args.device), policy=policy,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
         progress=not args.no_progress, wait=args.wait)
     print(summary.format())

@@ -13,6 +13,14 @@ scene graphs, the synthetic archive's) travel in original pixels in ``Decoded.bo
 
 A record whose view is known from its DICOM tags before fetching (a DICOMweb search result) and
 is not frontal is skipped without being fetched.
+
+Privacy (:class:`IngestPolicy`, in the task arguments): a DICOM marked ``BurnedInAnnotation
+YES`` (text such as the patient's name drawn into the pixels) is skipped with that reason unless
+``keep_burned_in``; with a :class:`~chextriev.io.deid.Deidentifier` every catalog field leaves
+the worker de-identified (``Decoded.meta``: keyed pseudonyms, ``2.25.`` UIDs, shifted dates or
+years; ``chextriev/io/deid.py``), so nothing raw reaches the writer or the database. Malformed
+fields fail their record alone: a UID that is not one (an empty one is absent), an identifier
+longer than the catalog holds; a date that is not one is dropped.
 """
 
 from __future__ import annotations
@@ -26,8 +34,15 @@ import numpy as np
 from PIL import Image as PILImage
 
 from chextriev.errors import ImageReadError, SourceError
+from chextriev.io.deid import UID_FIELDS, Deidentifier
 from chextriev.io.dicom import dicom_metadata, is_dicom, merge_tags
-from chextriev.io.fields import normalise_age, normalise_sex, view_decision
+from chextriev.io.fields import (
+    normalise_age,
+    normalise_date,
+    normalise_sex,
+    uid_problem,
+    view_decision,
+)
 from chextriev.io.images import read_image
 from chextriev.io.sources import fetch_bytes, register_connections
 from chextriev.records import Record
@@ -37,6 +52,26 @@ THUMBNAIL_SIDE = 192
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 #: The source went away (unreachable service): not stored, so the next run fetches it again.
 UNAVAILABLE = "unavailable"
+#: The longest identifiers the catalog holds (longer ones fail their record, with the reason).
+IDENTIFIER_LIMITS = {"image_id": 256, "patient_id": 128, "study_id": 128}
+#: ViewPosition is a DICOM CS (at most 16 characters); a longer one is cut.
+MAX_VIEW = 16
+BURNED_IN_REASON = ("BurnedInAnnotation YES: the pixels may show patient identifiers (index "
+                    "with --keep-burned-in to keep such images)")
+
+
+@dataclass(frozen=True)
+class IngestPolicy:
+    """What a decoding worker does for privacy: ``deidentifier`` (``None``: fields stored as
+    read) and ``keep_burned_in`` (``False``: images marked BurnedInAnnotation YES are skipped).
+    Picklable: it travels in the task arguments."""
+
+    deidentifier: Deidentifier | None = None
+    keep_burned_in: bool = False
+
+
+class FieldError(ValueError):
+    """A catalog field of one record that cannot be stored (the record fails alone)."""
 
 
 @dataclass
@@ -80,27 +115,47 @@ def split_version(version: str | None) -> tuple[int, int]:
     return 0, 0
 
 
-def catalog_meta(record: Record) -> dict[str, Any]:
+def catalog_meta(record: Record, policy: IngestPolicy | None = None) -> dict[str, Any]:
     """The catalog's fields of a record (tags already merged): ids, UIDs, view, sex, age, date,
-    known findings (``{finding: 0/1}`` or None)."""
+    known findings (``{finding: 0/1}`` or None), de-identified by ``policy.deidentifier``.
+
+    Raises:
+        FieldError: a UID that is not a DICOM UID, or an identifier longer than the catalog's
+            column (:data:`IDENTIFIER_LIMITS`). Empty UIDs and identifiers are absent (None).
+    """
     meta = record.meta
     known = None
     if record.labels is not None and record.class_names:
         known = {name: int(v) for name, v in zip(record.class_names, record.labels)}
-    age = normalise_age(meta.get("age"))
-    return {
-        "image_id": record.image_id,
-        "patient_id": record.patient_id,
-        "study_id": record.study_id,
-        "study_instance_uid": meta.get("study_instance_uid"),
-        "series_instance_uid": meta.get("series_instance_uid"),
-        "sop_instance_uid": meta.get("sop_instance_uid"),
-        "study_date": meta.get("study_date") or meta.get("StudyDate"),
+    fields = {
+        "image_id": _text(record.image_id),
+        "patient_id": _text(record.patient_id),
+        "study_id": _text(record.study_id),
+        **{name: _text(meta.get(name)) for name in UID_FIELDS},
+        "study_date": normalise_date(meta.get("study_date") or meta.get("StudyDate")),
         "sex": normalise_sex(meta.get("sex")),
-        "age": age,
+        "age": normalise_age(meta.get("age")),
         "known_findings": known,
         "raw_view": record.view,
     }
+    for name in UID_FIELDS:
+        problem = fields[name] and uid_problem(fields[name])
+        if problem:  # the value itself is not repeated: it may identify the patient
+            raise FieldError(f"invalid {name}: {problem}")
+    deidentifier = policy.deidentifier if policy else None
+    if deidentifier is not None:
+        fields = deidentifier.apply(fields, image_id_source=meta.get("image_id_source"))
+    for name, limit in IDENTIFIER_LIMITS.items():
+        if fields[name] and len(fields[name]) > limit:
+            raise FieldError(f"{name} is longer than {limit} characters ({len(fields[name])})")
+    return fields
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
@@ -125,24 +180,31 @@ def thumbnail_png(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
 
 def _decided_view(result: Decoded) -> str | None:
     view, skip = view_decision(result.meta.pop("raw_view", None))
-    result.meta["view"] = view
+    result.meta["view"] = view[:MAX_VIEW] if view else view
     if skip:
         result.status, result.reason = SKIPPED, skip
     return skip
 
 
-def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = None) -> Decoded:
-    """Fetch, hash, merge tags, check the view, decode and shrink one record. Never raises for a
-    bad record: failures become ``status="failed"`` with the reason; an unreachable source
-    becomes ``status="unavailable"``.
+def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = None,
+           policy: IngestPolicy | None = None) -> Decoded:
+    """Fetch, hash, merge tags, de-identify, check the view and burned-in annotations, decode
+    and shrink one record. Never raises for a bad record: failures become ``status="failed"``
+    with the reason; an unreachable source becomes ``status="unavailable"``.
 
     ``known_hash``: the hash recorded for this key; when the content still has that hash, the
     pixels are not decoded (``status="ok"``, ``pixels=None``: only the file's mtime changed).
+    ``policy``: :class:`IngestPolicy` (default: nothing de-identified, burned-in images skipped).
     """
+    policy = policy or IngestPolicy()
     size, mtime = split_version(record.version)
     result = Decoded(record.key, size, mtime, None, OK, version=record.version)
     if record.meta.get("tags_merged"):  # the view is known from the tags: skip before fetching
-        result.meta = catalog_meta(record)
+        try:
+            result.meta = catalog_meta(record, policy)
+        except FieldError as error:
+            result.status, result.reason = FAILED, str(error)
+            return result
         if _decided_view(result):
             return result
     try:
@@ -159,10 +221,14 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
     if known_hash is not None and known_hash == result.content_hash:
         return result
     try:
-        if is_dicom(data):
-            merge_tags(record, dicom_metadata(data))
-        result.meta = catalog_meta(record)
+        tags = dicom_metadata(data) if is_dicom(data) else {}
+        if tags:
+            merge_tags(record, tags)
+        result.meta = catalog_meta(record, policy)
         if _decided_view(result):
+            return result
+        if not policy.keep_burned_in and _burned_in(tags):
+            result.status, result.reason = SKIPPED, BURNED_IN_REASON
             return result
         loaded = read_image(data)
         pixels = np.asarray(loaded.pixels, dtype=np.float32)
@@ -176,9 +242,25 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
             result.boxes = np.asarray(record.boxes, dtype=np.float32)
     except ImageReadError as error:
         result.status, result.reason = FAILED, error.reason
+    except FieldError as error:
+        result.status, result.reason = FAILED, str(error)
     except Exception as error:  # noqa: BLE001 - a broken file must never stop the run
         result.status, result.reason = FAILED, f"{type(error).__name__}: {error}"
+    if result.status != OK:
+        result.pixels = result.thumbnail = None
+    deidentifier = policy.deidentifier
+    if deidentifier is not None and not result.meta.get("pseudonymised"):
+        # failed before its fields were read: still no raw file name in the catalog
+        result.meta = {"image_id": deidentifier.pseudonym(record.image_id or record.key),
+                       "pseudonymised": True}
     return result
+
+
+def _burned_in(tags: dict[str, Any]) -> bool:
+    value = tags.get("BurnedInAnnotation")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return str(value or "").strip().upper() == "YES"
 
 
 def given_boxes(decoded: Decoded) -> np.ndarray | None:
@@ -191,10 +273,11 @@ def given_boxes(decoded: Decoded) -> np.ndarray | None:
     return np.asarray(decoded.boxes, np.float32) * scale
 
 
-def decode_task(args: tuple[Record, int, str | None]) -> Decoded:
-    """``decode`` for ``Pool.imap`` (one picklable argument)."""
-    record, max_side, known_hash = args
-    return decode(record, max_side, known_hash=known_hash)
+def decode_task(args: tuple) -> Decoded:
+    """``decode`` for ``Pool.imap`` (one picklable argument):
+    ``(record, max_side, known_hash[, policy])``."""
+    record, max_side, known_hash, *rest = args
+    return decode(record, max_side, known_hash=known_hash, policy=rest[0] if rest else None)
 
 
 def init_worker(connections) -> None:

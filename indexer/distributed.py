@@ -138,10 +138,12 @@ class _ShardEmbedder:
 
 
 def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | None = None,
-                 index_type: str = "auto", pseudonymiser=None, device: str = "cpu",
+                 index_type: str = "auto", device: str = "cpu",
                  batch_size: int = 256, wait: float | None = None):
     """Write every shard of ``shard_dir`` into the catalog and build one index; returns the
-    :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing."""
+    :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing. The shards
+    hold what the decoding workers made of each record (de-identified with ``policy`` given to
+    :func:`embed_to_shards`)."""
     from sqlalchemy import select
 
     from indexer.db import Source
@@ -169,8 +171,7 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
                 info = shard_info
                 with sessions() as session:
                     store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
-                writer = CatalogWriter(sessions, _ShardEmbedder(info), pseudonymiser, summary,
-                                       store=store)
+                writer = CatalogWriter(sessions, _ShardEmbedder(info), summary, store=store)
             elif shard_info != info:
                 from chextriev.errors import ChextrievError
 
@@ -201,15 +202,16 @@ def _collate(items):
 class _RecordDataset:
     """torch Dataset of records; ``__getitem__`` decodes in DataLoader workers."""
 
-    def __init__(self, records: Sequence[Record], max_side: int):
+    def __init__(self, records: Sequence[Record], max_side: int, policy=None):
         self.records = list(records)
         self.max_side = max_side
+        self.policy = policy
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> Decoded:
-        return decode(self.records[i], self.max_side)
+        return decode(self.records[i], self.max_side, policy=self.policy)
 
 
 def make_predict_module(embedder_factory):
@@ -261,9 +263,10 @@ def make_shard_writer(shard_dir: str | Path, info_of):
 def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir: str | Path, *,
                     devices="auto", num_nodes: int = 1, strategy: str = "auto",
                     accelerator: str = "auto", batch_size: int = 32, workers: int = 4,
-                    embedder_factory=None, max_side: int = 1024) -> None:
+                    embedder_factory=None, max_side: int = 1024, policy=None) -> None:
     """Run the embedding step under ``Trainer.predict`` (one process per device, files split by
-    Lightning's DistributedSampler); each rank writes its shards into ``shard_dir``."""
+    Lightning's DistributedSampler); each rank writes its shards into ``shard_dir``. ``policy``:
+    :class:`indexer.decode.IngestPolicy` (de-identification, burned-in rule) for the decoding."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -278,7 +281,7 @@ def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir
                             tuple(embedder.class_names))
 
     records = discover(source)
-    loader = DataLoader(_RecordDataset(records, max_side), batch_size=batch_size,
+    loader = DataLoader(_RecordDataset(records, max_side, policy), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                          strategy=strategy, logger=False, enable_checkpointing=False,

@@ -49,8 +49,8 @@ from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
-from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Pseudonymiser, Source
-from indexer.decode import UNAVAILABLE, Decoded, decode_task, init_worker
+from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
+from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task, init_worker
 from indexer.discovery import LedgerEntry, open_archive, pending
 from indexer.sync import IndexSyncer, open_store
 from indexer.writer import CatalogWriter, WritableCatalog
@@ -119,7 +119,7 @@ def _read_ledger(session) -> dict[str, LedgerEntry]:
 
 def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
               workers: int = 0, batch_size: int = 16, index_type: str = "auto",
-              device: str = "cpu", pseudonymiser: Pseudonymiser | None = None,
+              device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
               nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
               wait: float | None = None
@@ -133,6 +133,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     ``workers``: decoding (and fetching) processes (0 = in this process). ``wait``: seconds to
     wait for another writer of the same catalog (None: fail at once naming it; ``math.inf``:
     forever).
+    ``policy``: de-identification and the burned-in rule, applied in the decoding workers
+    (:class:`indexer.decode.IngestPolicy`; default: fields as read, burned-in images skipped).
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -161,14 +163,14 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
             store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
         had_ledger = bool(ledger)
         max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-        tasks = ((record, max_side, known_hash)
+        tasks = ((record, max_side, known_hash, policy)
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
         syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
                              dim=embedder.embedding_dim, index_type=index_type, device=device,
                              nprobe=nprobe, expected_total=n_indexed, store=store)
-        writer = CatalogWriter(sessions, embedder, pseudonymiser, summary, store=store)
+        writer = CatalogWriter(sessions, embedder, summary, store=store)
         stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
                                         writer, syncer, checkpoint_every, summary, progress)
         del ledger

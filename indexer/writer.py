@@ -36,7 +36,6 @@ from indexer.db import (
     STATUS_SKIPPED,
     Image,
     Patient,
-    Pseudonymiser,
     Source,
     Study,
     bump_generation,
@@ -123,11 +122,9 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
 class CatalogWriter:
     """Turns decoded files into catalog rows and vector store rows, one transaction a batch."""
 
-    def __init__(self, sessions, embedder, pseudonymiser: Pseudonymiser | None, summary, *,
-                 store: VectorStore):
+    def __init__(self, sessions, embedder, summary, *, store: VectorStore):
         self.sessions = sessions
         self.embedder = embedder
-        self.pseudonymiser = pseudonymiser
         self.summary = summary
         self.store = store
 
@@ -135,7 +132,7 @@ class CatalogWriter:
         if identifier is None or str(identifier).strip() == "":
             return None
         identifier = str(identifier).strip()
-        return self.pseudonymiser(identifier) if self.pseudonymiser else identifier
+        return identifier  # de-identified already, in the decoding worker (indexer.decode)
 
     @staticmethod
     def _ensure(session, model, wanted: dict[str, dict]) -> dict[str, int]:
@@ -233,7 +230,7 @@ class CatalogWriter:
             for d, _ in new:
                 key = self._key(d.meta.get("patient_id")) if d.meta else None
                 if key is not None and key not in patients:
-                    patients[key] = {"pseudonymised": self.pseudonymiser is not None,
+                    patients[key] = {"pseudonymised": bool(d.meta.get("pseudonymised")),
                                      "sex": d.meta.get("sex")}
             patient_pk = self._ensure(session, Patient, patients)
             studies: dict[str, dict] = {}

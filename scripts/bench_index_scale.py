@@ -164,7 +164,7 @@ def run_size(n: int, args, model: StandIn) -> dict:
         sessions = catalog.sessions
         with sessions() as session:
             store = open_store(session, index_dir, dim=model.embedding_dim, create=True)
-        writer = CatalogWriter(sessions, model, None, summary, store=store)
+        writer = CatalogWriter(sessions, model, summary, store=store)
         syncer = IndexSyncer(sessions, index_dir, checkpoint_id=model.checkpoint_id,
                              dim=model.embedding_dim, expected_total=n, store=store)
 

@@ -33,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
 
     from server.api import bp as api_bp
+    from server.audit import init_audit
     from server.config import resolve_config
     from server.errors import register_error_handlers
     from server.services import SearchService
@@ -47,7 +48,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"],
         precision=settings["PRECISION"])
     app.extensions["chextriev"] = service
-    register_error_handlers(app)
+    register_error_handlers(app)  # JSON for every error; responses never hold NaN
+    init_audit(app)  # one JSON line per API request
     app.register_blueprint(api_bp)
     app.register_blueprint(web_bp)
     if settings["LOAD"] == "sync":

@@ -1,8 +1,12 @@
 """The JSON API blueprint, mounted under ``/api/v1`` (see :mod:`server.openapi` for the schema).
 
 Every route needs the bearer token when one is configured. Nothing here opens a file named by
-the request: images come from the upload or from the catalog by integer id. Logs carry image
-ids, counts and timings only, never an upload's file name or a patient identifier.
+the request: images come from the upload or from the catalog by integer id. Every id route
+answers 404 for anything that is not an indexed image (skipped, failed, removed, unknown, or
+outside 1..2**63-1), before the database is asked for a number it cannot hold. Responses are
+JSON without NaN or infinity (:func:`server.results.jsonable`, then the strict provider of
+:mod:`server.errors`). Logs carry image ids, counts and timings only, never an upload's file
+name or a patient identifier; the audit log (:mod:`server.audit`) gets the ids answered.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
@@ -39,7 +44,14 @@ from server.services import (
     png_bytes,
     shrink,
 )
-from server.validation import decode_upload, parse_bool, parse_filters, parse_finding, parse_k
+from server.validation import (
+    check_single,
+    decode_upload,
+    parse_bool,
+    parse_filters,
+    parse_finding,
+    parse_k,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,9 @@ bp.before_request(require_token)
 PREVIEW_SIDE = 1024
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
+#: Catalog ids are positive 64-bit integers (SQL BIGINT, Faiss int64).
+MAX_IMAGE_ID = 2**63 - 1
+INDEXED = "indexed"
 
 
 def service() -> SearchService:
@@ -76,14 +91,39 @@ def _preview_url(image_id: int) -> str:
 
 
 def _image_row(image_id: int) -> dict:
+    """The catalog row of an INDEXED image; 404 for any other id (out of range, unknown,
+    skipped, failed or removed: only indexed images have vectors, thumbnails and results)."""
+    if not 1 <= image_id <= MAX_IMAGE_ID:
+        raise ApiError(404, "unknown_image", f"no indexed image has id {image_id}")
     rows = service().images_or_none([image_id])
-    if not rows or rows[0] is None:
+    if not rows or rows[0] is None or rows[0].get("status", INDEXED) != INDEXED:
         raise ApiError(404, "unknown_image", f"no indexed image has id {image_id}")
     return rows[0]
 
 
+def _json(payload: dict):
+    """``payload`` as a JSON response, NaN and infinities as ``null`` (never invalid JSON)."""
+    return jsonify(jsonable(payload))
+
+
+def _upload_patient_keys(meta: dict) -> list[str]:
+    """The keys an upload's DICOM ``PatientID`` may be stored under: the raw identifier
+    (archives indexed without pseudonymisation) and, when this server has the indexer's key
+    (``pseudonym_key_file`` / ``CHEXTRIEV_PSEUDONYM_KEY``), its pseudonym. Used only to exclude
+    that patient's images; never stored or logged."""
+    from chextriev.io.deid import pseudonym
+
+    patient_id = str(meta.get("PatientID") or "").strip()
+    if not patient_id:
+        return []
+    key = current_app.config.get("PSEUDONYM_KEY")
+    return [patient_id, pseudonym(key, patient_id)] if key else [patient_id]
+
+
 def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude_ids: list[int],
-                     exclude_patients: list[str], filters: dict, started: float, timings: dict) -> dict:
+                     exclude_patients: list[str], filters: dict, started: float,
+                     timings: dict) -> tuple[dict, list[dict]]:
+    """The search response for ``query``, and the catalog rows of its results."""
     svc = service()
     class_names = svc.class_names
     searched = time.perf_counter()
@@ -121,11 +161,37 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
         "results": results,
         "timing_ms": {name: round(value, 1) for name, value in timings.items()},
     }
+    record_ids(result_ids=ids)
     if finding:
         bases = [finding_filter_basis(row) for row in rows]
         payload["finding_filter"] = {"finding": finding, "rule": FINDING_FILTER_RULE,
                                      "matched_on": {basis: bases.count(basis) for basis in ("known", "predicted")}}
-    return payload
+    return payload, rows
+
+
+#: The fields a JSON body may carry, and the JSON type each must have (others are ignored).
+JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_patient": bool,
+                    "view": str, "sex": str, "finding": str}
+
+
+def _json_fields(body) -> dict[str, str]:
+    """A JSON body's fields as form values: an object whose fields have their JSON types
+    (:data:`JSON_FIELD_TYPES`: ``k`` a number, ``exclude_same_patient`` a boolean, ...)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", "the JSON body must be an object of fields (k, "
+                                        "exclude_same_patient, view, sex, age_min, age_max, finding)")
+    fields = {}
+    for key, kind in JSON_FIELD_TYPES.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ApiError(400, "bad_parameter",
+                           f"{key} must be a JSON {'number' if kind is int else kind.__name__.replace('str', 'string')}")
+        fields[key] = ("true" if value else "false") if kind is bool else str(value)
+    return fields
 
 
 @bp.get("/healthz")
@@ -147,13 +213,16 @@ def readyz():
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_spec())
+    svc = service()
+    return jsonify(openapi_spec(svc.model.class_names if svc.ready else None))
 
 
 @bp.post("/search")
 def search_upload():
     """Search with an uploaded PNG, JPEG or DICOM."""
     started = time.perf_counter()
+    check_single(request.form)
+    check_single(request.args)
     k = parse_k(request.form.get("k", request.args.get("k")))
     exclude_same_patient = parse_bool("exclude_same_patient", request.form.get("exclude_same_patient"))
     svc = service()
@@ -168,7 +237,7 @@ def search_upload():
     exclude_patients: list[str] = []
     patient_note = None
     if exclude_same_patient:
-        exclude_patients = svc.patient_keys(upload.meta)
+        exclude_patients = _upload_patient_keys(upload.meta)
         if not exclude_patients:
             patient_note = "the upload names no patient (only DICOM uploads carry PatientID): nothing excluded"
     height, width = upload.pixels.shape
@@ -176,13 +245,20 @@ def search_upload():
     query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
                   "known_findings": None, "preview_url": f"data:image/png;base64,{preview}"}
     timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview PNG
-    payload = _search_response(query, query_info, k=k, exclude_ids=[], exclude_patients=exclude_patients,
-                               filters=filters, started=started, timings=timings)
+    payload, rows = _search_response(query, query_info, k=k, exclude_ids=[],
+                                     exclude_patients=exclude_patients, filters=filters,
+                                     started=started, timings=timings)
+    if exclude_patients and not current_app.config.get("PSEUDONYM_KEY") \
+            and any(row.get("pseudonymised") for row in rows):
+        payload["exclude_same_patient"] = False  # the stored keys are pseudonyms we cannot make
+        patient_note = ("exclude_same_patient was NOT applied: the archive is pseudonymised and this "
+                        "server has no pseudonymisation key (pseudonym_key_file or "
+                        "CHEXTRIEV_PSEUDONYM_KEY), so the query's own patient may be among the results")
     if patient_note:
         payload["notes"] = [patient_note]
     log.info("search upload (%s, %dx%d): k=%d, %d results in %.0f ms", upload.format, width, height, k,
              len(payload["results"]), payload["timing_ms"]["total"])
-    return jsonify(payload)
+    return _json(payload)
 
 
 @bp.post("/search/by-id/<int:image_id>")
@@ -190,9 +266,12 @@ def search_by_id(image_id: int):
     """Search with an archived image: its stored vector, no re-embedding; itself excluded."""
     started = time.perf_counter()
     values = request.form if request.form else request.args
-    body = request.get_json(silent=True) if request.is_json else None
-    if isinstance(body, dict):
-        values = {key: str(value) for key, value in body.items()}
+    check_single(values)
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded") \
+            and request.content_length and not request.form and not request.files:
+        raise ApiError(400, "bad_body", f"the {request.mimetype} body holds no field: malformed")
+    if request.is_json:
+        values = _json_fields(request.get_json(silent=True))
     k = parse_k(values.get("k"))
     exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
     svc = service()
@@ -217,14 +296,15 @@ def search_by_id(image_id: int):
                   "thumbnail_url": url_for("api.thumbnail", image_id=image_id),
                   "preview_url": _preview_url(image_id),
                   "image_url": url_for("api.image", image_id=image_id)}
-    payload = _search_response(query, jsonable(query_info), k=k, exclude_ids=[image_id],
+    payload, _ = _search_response(query, jsonable(query_info), k=k, exclude_ids=[image_id],
                                exclude_patients=[patient] if exclude_same_patient and patient else [],
                                filters=filters, started=started, timings={})
+    record_ids(query_id=image_id)
     if exclude_same_patient and not patient:
         payload["notes"] = [f"image {image_id} has no recorded patient: nothing excluded"]
     log.info("search by id %d: k=%d, %d results in %.0f ms", image_id, k, len(payload["results"]),
              payload["timing_ms"]["total"])
-    return jsonify(payload)
+    return _json(payload)
 
 
 @bp.get("/images/<int:image_id>")
@@ -236,7 +316,8 @@ def image(image_id: int):
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"))
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
-    return jsonify(detail)
+    record_ids(query_id=image_id)
+    return _json(detail)
 
 
 @bp.get("/images/<int:image_id>/thumbnail")
@@ -245,6 +326,7 @@ def thumbnail(image_id: int):
     svc = service()
     svc.require_ready()
     _image_row(image_id)
+    record_ids(query_id=image_id)
     response = Response(svc.thumbnail(image_id), mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
@@ -261,7 +343,7 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
 
 
 def _heatmap_style(value: str | None) -> str:
-    style = (value or "overlay").strip().lower()
+    style = "overlay" if value is None else value
     if style not in HEATMAP_STYLES:
         raise ApiError(400, "bad_parameter", f"style must be one of {', '.join(HEATMAP_STYLES)}, got {value!r}")
     return style
@@ -277,11 +359,13 @@ def image_heatmap(image_id: int):
     """
     svc = service()
     svc.require_ready()
+    check_single(request.args)
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
     pixels = decode_png(svc.thumbnail(image_id))
     png = svc.heatmap_png(pixels, _scaled_boxes(row, *pixels.shape), finding, style=style)
+    record_ids(query_id=image_id)
     log.info("heatmap of image %d", image_id)
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
@@ -293,6 +377,8 @@ def upload_heatmap():
     """Grad-CAM of ``finding`` on an uploaded image (the query), as a PNG (``style`` as above)."""
     svc = service()
     svc.require_ready()
+    check_single(request.form)
+    check_single(request.args)
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()

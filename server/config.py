@@ -18,10 +18,23 @@ are resolved against the file's folder), so a deployment is one file::
 
 The bearer token comes from ``token_file`` (any layer) or from ``CHEXTRIEV_AUTH_TOKEN`` (the
 token itself, environment only, never in a file); when both are set the higher layer wins.
+Whatever its source (also ``AUTH_TOKEN`` given to ``create_app``) it must be at least
+:data:`MIN_TOKEN_LENGTH` printable ASCII characters without spaces. The pseudonymisation key the
+indexer used (for ``exclude_same_patient`` on uploads) comes the same way: ``pseudonym_key_file``
+or ``CHEXTRIEV_PSEUDONYM_KEY``, into ``PSEUDONYM_KEY``.
+
+The bind rule (:func:`check_bind_safety`: a non-loopback address needs a token) holds for every
+entry point: ``chextriev serve`` and its gunicorn workers, ``create_app`` (the ``host`` setting)
+and ``flask --app server run --host ...`` (the ``--host`` of the running ``flask run`` is read
+from its command line context while it loads the app, so a public bind without a token refuses
+to start); and per request, a server without a token answers clients on other machines 403
+(:mod:`server.auth`), whatever WSGI server runs it.
 Keys that are not settings (only through ``create_app(config)`` or the environment):
 
 * ``AUTH_TOKEN``: the bearer token required on every ``/api`` route when set.
 * ``MAX_CONTENT_LENGTH``: upload limit in bytes (default: ``max_upload_mb`` MiB).
+* ``MAX_FORM_PARTS`` (default 100) and ``MAX_FORM_MEMORY_SIZE`` (default 500 kB): the most parts of a
+  multipart form and the largest non-file field (413 above, saying which limit).
 * ``LOAD``: ``"background"`` (default: load in a thread, ``/readyz`` says 503 until done),
   ``"sync"`` (load before ``create_app`` returns; each ``chextriev serve`` worker does this) or
   ``"manual"`` (the caller calls ``app.extensions["chextriev"].load()``, used by tests).
@@ -47,8 +60,13 @@ CONFIG_ENV = "CHEXTRIEV_CONFIG"
 TOKEN_ENV = "CHEXTRIEV_AUTH_TOKEN"
 LOAD_MODES = ("background", "sync", "manual")
 MIB = 1024 * 1024
-#: The shortest bearer token accepted from a token file.
+#: The shortest bearer token accepted, whatever its source.
 MIN_TOKEN_LENGTH = 16
+KEY_ENV = "CHEXTRIEV_PSEUDONYM_KEY"
+#: Multipart limits: the API's forms have an image and a few short fields. (The field-size
+#: limit must stay well above Werkzeug's 64 kB read chunk: it bounds the parser's buffer too.)
+MAX_FORM_PARTS = 100
+MAX_FORM_MEMORY_SIZE = 500_000
 
 
 class ConfigError(ChextrievError):
@@ -116,6 +134,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_upload_mb", "MAX_UPLOAD_MB", "int", 64, "upload limit in MiB", low=1),
     Setting("max_pixels", "MAX_PIXELS", "int", 64 * MIB,
             "most pixels an upload may decode to (read from its header first)", low=1),
+    Setting("pseudonym_key_file", "PSEUDONYM_KEY_FILE", "path", None,
+            "the indexer's pseudonymisation key, so that exclude_same_patient finds an upload's "
+            "patient in a pseudonymised archive", default_doc="none, or CHEXTRIEV_PSEUDONYM_KEY"),
+    Setting("audit_log", "AUDIT_LOG", "path", None,
+            "audit log file: one JSON line per API request (rotated by size)",
+            default_doc="none: the lines go to the log (logger server.audit)"),
+    Setting("audit_log_max_mb", "AUDIT_LOG_MAX_MB", "int", 10, "audit log size before rotation, MiB",
+            low=1),
+    Setting("audit_log_backups", "AUDIT_LOG_BACKUPS", "int", 5, "rotated audit logs kept", low=1),
     Setting("viewer_url", "VIEWER_URL", "str", None,
             "PACS viewer link template for each result, e.g. "
             "'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}' (placeholders {study_uid}, "
@@ -217,6 +244,7 @@ def resolve_settings(given: Mapping[str, Any] | None = None, environ: Mapping[st
         if key not in BY_KEY:
             values[key], sources[key] = value, "flag"
     _resolve_token(values, sources, environ)
+    _resolve_key(values, sources, environ)
     return Resolved(values, sources, Path(path) if path else None)
 
 
@@ -228,27 +256,61 @@ def _resolve_token(values: dict[str, Any], sources: dict[str, str], environ: Map
     """``AUTH_TOKEN`` from explicit config, ``token_file`` or ``CHEXTRIEV_AUTH_TOKEN``: the
     higher layer wins (the token file on equal layers)."""
     if values.get("AUTH_TOKEN"):
+        values["AUTH_TOKEN"] = check_token(str(values["AUTH_TOKEN"]), sources.get("AUTH_TOKEN", "AUTH_TOKEN"))
         return
     env_token = (environ.get(TOKEN_ENV) or "").strip() or None
     token_file = values.get("TOKEN_FILE")
     if token_file and (not env_token or _layer(sources["TOKEN_FILE"]) >= LAYERS.index("environment")):
         values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = read_token(Path(token_file)), sources["TOKEN_FILE"]
     elif env_token:
-        values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = env_token, f"environment {TOKEN_ENV}"
+        values["AUTH_TOKEN"] = check_token(env_token, f"the environment variable {TOKEN_ENV}")
+        sources["AUTH_TOKEN"] = f"environment {TOKEN_ENV}"
     else:
         values["AUTH_TOKEN"], sources["AUTH_TOKEN"] = None, "default"
 
 
 def read_token(path: Path) -> str:
-    """The bearer token in ``path`` (stripped), at least :data:`MIN_TOKEN_LENGTH` characters."""
+    """The bearer token in ``path`` (stripped), checked by :func:`check_token`."""
     try:
         token = path.read_text().strip()
-    except OSError as error:
-        raise ConfigError(f"cannot read the token file {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the token file {path}: {getattr(error, 'strerror', error)}") from None
+    return check_token(token, f"the token file {path}")
+
+
+def check_token(token: str, source: str) -> str:
+    """``token`` when it is at least :data:`MIN_TOKEN_LENGTH` printable ASCII characters with
+    no space (what an ``Authorization: Bearer`` header can carry); else :class:`ConfigError`
+    naming ``source`` (never the token)."""
+    advice = "use a long random one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
     if len(token) < MIN_TOKEN_LENGTH:
-        raise ConfigError(f"the token in {path} is shorter than {MIN_TOKEN_LENGTH} characters: use a long "
-                          "random one (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ConfigError(f"the bearer token from {source} is shorter than {MIN_TOKEN_LENGTH} characters: {advice}")
+    if not all(33 <= ord(char) <= 126 for char in token):
+        raise ConfigError(f"the bearer token from {source} holds spaces, control or non-ASCII characters: {advice}")
     return token
+
+
+def _resolve_key(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> None:
+    """``PSEUDONYM_KEY`` (bytes) from explicit config, ``pseudonym_key_file`` or
+    ``CHEXTRIEV_PSEUDONYM_KEY``, the higher layer winning as for the token; ``None`` without."""
+    if values.get("PSEUDONYM_KEY"):
+        key = values["PSEUDONYM_KEY"]
+        values["PSEUDONYM_KEY"] = key if isinstance(key, bytes) else str(key).encode()
+        return
+    env_key = (environ.get(KEY_ENV) or "").strip() or None
+    key_file = values.get("PSEUDONYM_KEY_FILE")
+    if key_file and (not env_key or _layer(sources["PSEUDONYM_KEY_FILE"]) >= LAYERS.index("environment")):
+        from chextriev.io.deid import read_key
+
+        try:
+            values["PSEUDONYM_KEY"] = read_key(key_file, what="pseudonym_key_file")
+        except ChextrievError as error:
+            raise ConfigError(str(error)) from None
+        sources["PSEUDONYM_KEY"] = sources["PSEUDONYM_KEY_FILE"]
+    elif env_key:
+        values["PSEUDONYM_KEY"], sources["PSEUDONYM_KEY"] = env_key.encode(), f"environment {KEY_ENV}"
+    else:
+        values["PSEUDONYM_KEY"], sources["PSEUDONYM_KEY"] = None, "default"
 
 
 def resolve_config(config: Mapping[str, Any] | None = None,
@@ -273,8 +335,29 @@ def resolve_config(config: Mapping[str, Any] | None = None,
     if merged["VIEWER_URL"]:
         check_viewer_url(str(merged["VIEWER_URL"]))
     merged.setdefault("SECRET_KEY", environ.get(ENV_PREFIX + "SECRET_KEY") or secrets.token_hex(32))
+    merged.setdefault("MAX_FORM_PARTS", MAX_FORM_PARTS)
+    merged.setdefault("MAX_FORM_MEMORY_SIZE", MAX_FORM_MEMORY_SIZE)
     check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"])
+    flask_host = flask_run_host()
+    if flask_host is not None:  # `flask --app server run --host H`: H is where it binds
+        merged["HOST"] = flask_host
+        check_bind_safety(flask_host, merged["AUTH_TOKEN"])
     return merged
+
+
+def flask_run_host() -> str | None:
+    """The ``--host`` of the ``flask run`` command loading this app, or ``None`` when the app
+    is not being loaded by ``flask run`` (its click context is current while it loads)."""
+    try:
+        import click
+    except ImportError:  # pragma: no cover - Flask depends on click
+        return None
+    context = click.get_current_context(silent=True)
+    while context is not None:
+        if context.info_name == "run" and "host" in context.params:
+            return str(context.params["host"])
+        context = context.parent
+    return None
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -296,9 +379,9 @@ def describe(resolved: Resolved) -> str:
         source = resolved.sources.get(setting.key, "default")
         text = f"# {setting.name} = (unset)" if value is None else f"{setting.name} = {_toml(value)}"
         lines.append(f"{text:<60} # {source}")
-    token_source = resolved.sources.get("AUTH_TOKEN", "default")
-    lines.append(f"{'# bearer token: ' + ('set' if resolved.values.get('AUTH_TOKEN') else 'none'):<60}"
-                 f" # {token_source}")
+    for key, label in (("AUTH_TOKEN", "bearer token"), ("PSEUDONYM_KEY", "pseudonymisation key")):
+        state = "set" if resolved.values.get(key) else "none"
+        lines.append(f"{'# ' + label + ': ' + state:<60} # {resolved.sources.get(key, 'default')}")
     return "\n".join(lines)
 
 
@@ -313,9 +396,11 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def check_bind_safety(host: str, token: str | None) -> None:

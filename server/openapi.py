@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from server.services import HEATMAP_STYLES
-from server.validation import AGE_MAX, AGE_MIN, K_DEFAULT, K_MAX, K_MIN
+from server.validation import AGE_MAX, AGE_MIN, FALSE_WORDS, K_DEFAULT, K_MAX, K_MIN, TRUE_WORDS
+
+#: The largest catalog id (positive 64-bit integers); see ``server.api.MAX_IMAGE_ID``.
+MAX_IMAGE_ID = 2**63 - 1
 
 API_VERSION = "1.0.0"
 
@@ -34,19 +38,26 @@ def _json(description: str, schema: str) -> dict:
 
 
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
-IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
-            "description": "integer id of an indexed image (the `id` field of results)"}
+IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "example": 1,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
+            "description": "integer id of an indexed image (the `id` field of results); any other "
+                           "number, or an image that was skipped, failed or removed, is 404"}
 COMMON_ERRORS = {"401": _error("missing or wrong bearer token (when the server has one)"),
+                 "403": _error("the server has no token and the client is not on its machine"),
                  "503": _error("model, index or database not loaded yet (Retry-After set)")}
+#: Errors every POST route can answer before it reads its fields.
+FORM_ERRORS = {"413": _error("body above MAX_CONTENT_LENGTH, or a form with more than MAX_FORM_PARTS "
+                             "parts or a field above MAX_FORM_MEMORY_SIZE (the message says which)")}
 
 SEARCH_FIELDS: dict[str, Any] = {
     "k": {"type": "integer", "minimum": K_MIN, "maximum": K_MAX, "default": K_DEFAULT,
           "description": "how many results"},
-    "exclude_same_patient": {"type": "boolean", "default": False,
+    "exclude_same_patient": {"type": "string", "enum": [*TRUE_WORDS, *FALSE_WORDS], "default": "0",
                              "description": "leave out images of the query's patient (by-id; uploads: DICOM "
-                                            "PatientID through the catalog's pseudonymisation)"},
+                                            "PatientID through the catalog's pseudonymisation; the response "
+                                            "says when it could not be applied); empty = no"},
     "view": {"type": "string", "description": "only this view position, e.g. PA or AP"},
-    "sex": {"type": "string", "enum": ["F", "M"]},
+    "sex": {"type": "string", "pattern": "^\\s*[FfMm]?\\s*$", "description": "F or M (empty: any)"},
     "age_min": {"type": "integer", "minimum": AGE_MIN, "maximum": AGE_MAX},
     "age_max": {"type": "integer", "minimum": AGE_MIN, "maximum": AGE_MAX},
     "finding": {"type": "string", "description": "only images with this finding (one of the model's class names, "
@@ -54,97 +65,125 @@ SEARCH_FIELDS: dict[str, Any] = {
                                                  "by the prediction; the response's finding_filter says which"},
 }
 
+_STR = {"type": "string"}
+_NSTR = {"type": "string", "nullable": True}
+_NINT = {"type": "integer", "nullable": True}
+_NNUM = {"type": "number", "nullable": True}
+_NAMES = {"type": "array", "items": _STR}
+_NNAMES = {"type": "array", "items": _STR, "nullable": True}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-    "Finding": {"type": "object", "properties": {
-        "name": {"type": "string"}, "probability": {"type": "number"},
+        "properties": {"code": {"type": "string", "description": "stable, machine-readable"},
+                       "message": {"type": "string", "description": "what went wrong and what to do"}}}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string",
+                                                                                    "enum": ["ok"]}}},
+    "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
+        "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
         "predicted": {"type": "boolean", "description": "probability >= 0.5"}}},
-    "RegionBox": {"type": "object", "properties": {
-        "region": {"type": "string"}, "index": {"type": "integer"},
+    "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
+        "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                 "description": "x1, y1, x2, y2 in pixels of the original image; null = region missing"}}},
-    "RegionMatch": {"type": "object", "properties": {
-        "region": {"type": "string"}, "index": {"type": "integer"},
-        "similarity": {"type": "number", "description": "cosine of the query's and the result's region embeddings"}}},
-    "Query": {"type": "object", "properties": {
+    "RegionMatch": {"type": "object", "required": ["region", "index", "similarity"], "properties": {
+        "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
+        "similarity": {**_NNUM, "description": "cosine of the query's and the result's region embeddings"}}},
+    "RegionProbabilities": {"type": "object", "required": ["region", "index", "probabilities"], "properties": {
+        "region": _STR, "index": {"type": "integer"},
+        "probabilities": {"type": "object", "additionalProperties": _NNUM}}},
+    "Query": {"type": "object", "required": ["source", "findings", "predicted_findings", "boxes"], "properties": {
         "source": {"type": "string", "enum": ["upload", "archive"]},
         "id": {"type": "integer", "description": "archive queries only"},
+        "image_id": {**_NSTR, "description": "archive queries only: the stored image id (a pseudonym "
+                                             "when the index is pseudonymised)"},
+        "study": _NSTR, "patient": _NSTR, "view": _NSTR,
         "format": {"type": "string", "description": "upload queries: png, jpeg or dicom"},
-        "width": {"type": "integer", "nullable": True}, "height": {"type": "integer", "nullable": True},
+        "width": _NINT, "height": _NINT,
         "preview_url": {"type": "string", "description": "the image to view the query at: for uploads a data: URL "
                                                          "of a PNG (longest side 1024), for archive queries a route"},
         "thumbnail_url": {"type": "string", "description": "archive queries only"},
-        "known_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
-                           "description": "labels of an archived query; null for uploads (not known)"},
+        "image_url": {"type": "string", "description": "archive queries only"},
+        "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
         "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
-        "predicted_findings": {"type": "array", "items": {"type": "string"},
-                               "description": "findings with probability >= 0.5, most likely first"},
+        "predicted_findings": {**_NAMES, "description": "findings with probability >= 0.5, most likely first"},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
-        "box_source": {"type": "string", "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
-    "Result": {"type": "object", "properties": {
-        "rank": {"type": "integer"}, "id": {"type": "integer"}, "image_id": {"type": "string"},
-        "similarity": {"type": "number", "description": "cosine similarity of the embeddings"},
-        "study": {"type": "string", "nullable": True, "description": "pseudonymised study id as stored"},
-        "patient": {"type": "string", "nullable": True, "description": "pseudonymised patient id as stored"},
-        "view": {"type": "string", "nullable": True}, "sex": {"type": "string", "nullable": True},
-        "age": {"type": "number", "nullable": True},
-        "known_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
-                           "description": "labels from reports or annotations; null when the image's labels are "
-                                          "unknown"},
-        "predicted_findings": {"type": "array", "nullable": True, "items": {"type": "string"},
-                               "description": "the model's findings at probability >= 0.5 (stored at indexing), "
-                                              "most likely first; never merged with known_findings"},
-        "shared_findings": {"type": "array", "items": {"type": "string"},
-                            "description": "known findings that the query is predicted to have"},
+        "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
+    "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
+               "properties": {
+        "rank": {"type": "integer", "minimum": 1}, "id": {"type": "integer", "minimum": 1},
+        "image_id": {**_NSTR, "description": "the stored image id (a pseudonym when pseudonymised)"},
+        "similarity": {**_NNUM, "description": "cosine similarity of the embeddings"},
+        "study": {**_NSTR, "description": "pseudonymised study id as stored"},
+        "patient": {**_NSTR, "description": "pseudonymised patient id as stored"},
+        "view": _NSTR, "sex": _NSTR, "age": _NNUM,
+        "known_findings": {**_NNAMES, "description": "labels from reports or annotations; null when the image's "
+                                                     "labels are unknown"},
+        "predicted_findings": {**_NNAMES, "description": "the model's findings at probability >= 0.5 (stored at "
+                                                         "indexing), most likely first; never merged with known_findings"},
+        "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
-        "thumbnail_url": {"type": "string"},
+        "thumbnail_url": _STR,
         "preview_url": {"type": "string", "description": "the image to view the case at (for now the thumbnail)"},
-        "image_url": {"type": "string"}, **_DICOM_FIELDS}},
+        "image_url": _STR, **_DICOM_FIELDS}},
     "FindingFilterMatch": {"type": "object", "description": "with a finding filter only: how this image matched it",
-                           "properties": {"finding": {"type": "string"},
+                           "properties": {"finding": _STR,
                                           "matched_on": {"type": "string", "enum": ["known", "predicted"]}}},
     "FindingFilter": {"type": "object", "description": "with a finding filter only", "properties": {
-        "finding": {"type": "string"},
+        "finding": _STR,
         "rule": {"type": "string", "description": "known label when the image has labels, else predicted >= 0.5"},
         "matched_on": {"type": "object", "description": "how many results matched on known labels and on "
                                                         "predictions", "properties": {
                                                             "known": {"type": "integer"},
                                                             "predicted": {"type": "integer"}}}}},
-    "SearchResponse": {"type": "object", "properties": {
-        "query": _ref("Query"), "k": {"type": "integer"}, "filters": {"type": "object"},
-        "exclude_same_patient": {"type": "boolean"}, "index_size": {"type": "integer"},
-        "checkpoint_id": {"type": "string"}, "results": {"type": "array", "items": _ref("Result")},
+    "SearchResponse": {"type": "object", "required": ["query", "k", "results", "exclude_same_patient"],
+                       "properties": {
+        "query": _ref("Query"), "k": {"type": "integer", "minimum": K_MIN, "maximum": K_MAX},
+        "filters": {"type": "object"},
+        "exclude_same_patient": {"type": "boolean", "description": "whether the query's patient was left out "
+                                                                   "(false, with a note, when it could not be)"},
+        "index_size": {"type": "integer"}, "checkpoint_id": _NSTR,
+        "results": {"type": "array", "items": _ref("Result"), "maxItems": K_MAX},
         "finding_filter": _ref("FindingFilter"),
-        "notes": {"type": "array", "items": {"type": "string"}},
-        "timing_ms": {"type": "object", "additionalProperties": {"type": "number"},
+        "notes": {**_NAMES, "description": "what the server could not do as asked, in words"},
+        "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
                                      "search, response, total"}}},
-    "Image": {"type": "object", "description": "an indexed image's catalog row", "properties": {
-        "id": {"type": "integer"}, "image_id": {"type": "string"}, "patient": {"type": "string", "nullable": True},
-        "study": {"type": "string", "nullable": True}, "view": {"type": "string", "nullable": True},
-        "known_findings": {"type": "array", "nullable": True, "items": {"type": "string"}},
+    "Image": {"type": "object", "description": "an indexed image's catalog row (never its source path)",
+              "required": ["id", "boxes", "class_names", "thumbnail_url", "preview_url"], "properties": {
+        "id": {"type": "integer"}, "image_id": _NSTR, "patient": _NSTR, "study": _NSTR, "view": _NSTR,
+        "sex": _NSTR, "age": _NNUM, "study_date": {**_NSTR, "description": "YYYYMMDD; shifted per patient, or only "
+                                                                         "the year, when pseudonymised"},
+        "width": _NINT, "height": _NINT, "format": _NSTR, "box_source": _NSTR,
+        "known_findings": _NNAMES,
         "predicted_findings": {"type": "array", "items": _ref("Finding")},
-        "region_probabilities": {"type": "array", "nullable": True, "items": {"type": "object"}},
-        "boxes": {"type": "array", "items": _ref("RegionBox")}, "box_source": {"type": "string"},
-        "class_names": {"type": "array", "items": {"type": "string"}}, "thumbnail_url": {"type": "string"},
-        "preview_url": {"type": "string"}, **_DICOM_FIELDS}},
-    "Ready": {"type": "object", "properties": {
+        "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
+        "boxes": {"type": "array", "items": _ref("RegionBox")},
+        "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR, **_DICOM_FIELDS}},
+    "Ready": {"type": "object", "required": ["ready", "state"], "properties": {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
-        "error": {"type": "string"}, "index_size": {"type": "integer"}, "index_build_id": {"type": "string"},
-        "checkpoint_id": {"type": "string"}, "class_names": {"type": "array", "items": {"type": "string"}},
+        "error": _STR, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
+        "checkpoint_id": _NSTR, "class_names": _NAMES,
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
-        "load_seconds": {"type": "number"},
+        "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 
 
-def _search_body(with_image: bool) -> dict:
-    properties = dict(SEARCH_FIELDS)
+def _finding(class_names: Sequence[str] | None, *, optional: bool) -> dict:
+    """The ``finding`` field: one of the model's class names (listed once the model is loaded)."""
+    schema: dict[str, Any] = {"type": "string"}
+    if class_names:
+        schema["enum"] = [*class_names, *([""] if optional else [])]
+    return schema
+
+
+def _search_body(with_image: bool, class_names: Sequence[str] | None) -> dict:
+    properties = {**SEARCH_FIELDS, "finding": {**SEARCH_FIELDS["finding"],
+                                               **_finding(class_names, optional=True)}}
     required = []
     if with_image:
         properties = {"image": {"type": "string", "format": "binary",
@@ -154,13 +193,18 @@ def _search_body(with_image: bool) -> dict:
     content = {"multipart/form-data": {"schema": schema}}
     if not with_image:
         content["application/x-www-form-urlencoded"] = {"schema": schema}
-        content["application/json"] = {"schema": schema}
+        json_properties = {**properties,  # JSON bodies carry typed values
+                           "exclude_same_patient": {"type": "boolean", "default": False},
+                           "sex": {"type": "string", "pattern": properties["sex"]["pattern"]}}
+        content["application/json"] = {"schema": {**schema, "properties": json_properties}}
     return {"required": with_image, "content": content}
 
 
-def openapi_spec() -> dict[str, Any]:
-    """The OpenAPI 3.0 document (paths relative to the server URL ``/api/v1``)."""
-    finding_query = {"name": "finding", "in": "query", "required": True, "schema": {"type": "string"},
+def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.0 document (paths relative to the server URL ``/api/v1``); with the loaded
+    model's ``class_names`` the ``finding`` fields list them."""
+    finding_query = {"name": "finding", "in": "query", "required": True,
+                     "schema": _finding(class_names, optional=False),
                      "description": "a class name of the model (see /readyz)"}
     style_query = {"name": "style", "in": "query", "required": False,
                    "schema": {"type": "string", "enum": list(HEATMAP_STYLES), "default": "overlay"},
@@ -177,48 +221,56 @@ def openapi_spec() -> dict[str, Any]:
         "security": [{"bearer": []}, {}],
         "paths": {
             "/healthz": {"get": {"summary": "liveness", "responses": {
-                "200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "401": COMMON_ERRORS["401"]}}},
+                "200": _json("alive", "Health"), "401": COMMON_ERRORS["401"], "403": COMMON_ERRORS["403"]}}},
             "/readyz": {"get": {"summary": "readiness: model, index and database loaded", "responses": {
                 "200": _json("ready, with index size, checkpoint id and index build id", "Ready"),
                 "503": _json("not ready yet (or loading failed: see error)", "Ready"),
-                "401": COMMON_ERRORS["401"]}}},
+                "401": COMMON_ERRORS["401"], "403": COMMON_ERRORS["403"]}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {
-                "200": {"description": "OpenAPI 3 document"}, "401": COMMON_ERRORS["401"]}}},
+                "200": {"description": "OpenAPI 3 document",
+                        "content": {"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}}},
+                "401": COMMON_ERRORS["401"], "403": COMMON_ERRORS["403"]}}},
             "/search": {"post": {
                 "summary": "similar cases for an uploaded image",
-                "requestBody": _search_body(True),
+                "requestBody": _search_body(True, class_names),
                 "responses": {"200": _json("the query's findings and boxes, and the top k", "SearchResponse"),
-                              "400": _error("bad k, bad filter, missing or unreadable image (says why)"),
-                              "413": _error("upload above MAX_CONTENT_LENGTH, or image above MAX_PIXELS"),
+                              "400": _error("bad k, bad filter, missing or unreadable image: not PNG/JPEG/DICOM, "
+                                            "corrupt, unknown transfer syntax, malformed or inconsistent image "
+                                            "fields, non-finite pixel values (says why)"),
+                              "413": _error("upload above MAX_CONTENT_LENGTH, too many form parts, or an image whose "
+                                            "header announces more than MAX_PIXELS per frame or 4 bytes a pixel of "
+                                            "pixel data (refused before decoding)"),
                               **COMMON_ERRORS}}},
             "/search/by-id/{image_id}": {"post": {
                 "summary": "similar cases for an indexed image (stored vector, itself excluded)",
-                "parameters": [IMAGE_ID], "requestBody": _search_body(False),
+                "parameters": [IMAGE_ID], "requestBody": _search_body(False, class_names),
                 "responses": {"200": _json("as /search, query.source = archive", "SearchResponse"),
-                              "400": _error("bad k or filter"), "404": _error("unknown id"), **COMMON_ERRORS}}},
+                              "400": _error("bad k or filter, or a JSON body that is not an object"),
+                              "404": _error("not an indexed image"), **FORM_ERRORS, **COMMON_ERRORS}}},
             "/images/{image_id}": {"get": {
                 "summary": "metadata, findings, region probabilities and boxes of an indexed image",
                 "parameters": [IMAGE_ID],
-                "responses": {"200": _json("the image", "Image"), "404": _error("unknown id"), **COMMON_ERRORS}}},
+                "responses": {"200": _json("the image", "Image"), "404": _error("not an indexed image"),
+                              **COMMON_ERRORS}}},
             "/images/{image_id}/thumbnail": {"get": {
                 "summary": "stored thumbnail", "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "PNG", **PNG}, "404": _error("unknown id"), **COMMON_ERRORS}}},
+                "responses": {"200": {"description": "PNG", **PNG}, "404": _error("not an indexed image"),
+                              **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {
                 "summary": "Grad-CAM overlay of a finding on an indexed image (computed on the stored thumbnail: "
                            "the server never reads the archive)",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
-                              "404": _error("unknown id"), **COMMON_ERRORS}}},
+                              "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
                 "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image", "finding"],
                     "properties": {"image": {"type": "string", "format": "binary"},
-                                   "finding": {"type": "string"},
+                                   "finding": _finding(class_names, optional=False),
                                    "style": {"type": "string", "enum": list(HEATMAP_STYLES)}}}}}},
                 "responses": {"200": {"description": "PNG", **PNG},
-                              "400": _error("missing/unknown finding, missing or unreadable image"),
-                              "413": _error("too large"), **COMMON_ERRORS}}},
+                              "400": _error("missing/unknown finding, bad style, missing or unreadable image"),
+                              "413": _error("as for /search"), **COMMON_ERRORS}}},
         },
     }

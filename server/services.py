@@ -256,23 +256,6 @@ class SearchService:
             return None
         return rows
 
-    def patient_keys(self, meta: dict) -> list[str]:
-        """The keys an upload's DICOM ``PatientID`` may be stored under: the raw identifier
-        (archives indexed without pseudonymisation) and, when the indexer's key is in this
-        process's environment (``CHEXTRIEV_PSEUDONYM_KEY``), its HMAC pseudonym. Empty without a
-        PatientID. Used only to exclude that patient's images; never stored or logged."""
-        patient_id = str(meta.get("PatientID") or "").strip()
-        if not patient_id:
-            return []
-        keys = [patient_id]
-        try:
-            from indexer.db import Pseudonymiser
-
-            keys.append(Pseudonymiser.from_env_or_file()(patient_id))
-        except ChextrievError:
-            pass  # no key here: only un-pseudonymised archives can be matched
-        return keys
-
     def thumbnail(self, image_id: int) -> bytes:
         self.require_ready()
         return self.catalog.thumbnail(image_id)

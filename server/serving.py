@@ -20,15 +20,18 @@ replacement worker starts in about the time it takes to load the model. The mast
 
 from __future__ import annotations
 
+import html
 import itertools
 import logging
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
@@ -105,6 +108,17 @@ class ChextrievWorker(ThreadWorker):
         finally:
             self.requests.finish(token)
 
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's answer to a request it could not parse (bad request line, headers too
+        large: 400, 414, 431 ...) with the API's JSON error body instead of its HTML page:
+        gunicorn decides the status and logs as always; the body is rewritten here."""
+        captured = _CapturedSocket()
+        super().handle_error(req, captured, addr, exc)
+        try:
+            util.write_nonblock(client, json_error_page(bytes(captured.data)))
+        except Exception:  # noqa: BLE001 - the client is gone, as gunicorn itself allows
+            self.log.debug("Failed to send error message.")
+
     def notify(self):
         """Heartbeat, unless a request is over ``timeout``: then exit so the master replaces us."""
         oldest = self.requests.oldest()
@@ -114,6 +128,48 @@ class ChextrievWorker(ThreadWorker):
                               self.cfg.timeout)
             os._exit(EXIT_REQUEST_TIMEOUT)
         super().notify()
+
+
+class _CapturedSocket:
+    """What gunicorn's error writer needs of a socket, keeping the bytes it is given."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def gettimeout(self):
+        return 0.0
+
+    def setblocking(self, flag):
+        pass
+
+    def sendall(self, data):
+        self.data += data
+
+    def send(self, data):
+        self.data += data
+        return len(data)
+
+
+_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+_MESSAGE = re.compile(rb"</h1>\s*(.*?)\s*</body>", re.DOTALL)
+
+
+def json_error_page(page: bytes) -> bytes:
+    """gunicorn's HTML error response (status line, headers, page) as the same status with
+    the API's JSON error body ``{"error": {"code", "message"}}`` (:mod:`server.errors`); a
+    response that is not one of its pages passes unchanged."""
+    from server.errors import HTTP_CODES, error_body
+
+    status = _STATUS_LINE.match(page)
+    if status is None:
+        return page
+    code, reason = int(status.group(1)), status.group(2).decode("latin-1")
+    found = _MESSAGE.search(page)
+    message = html.unescape(found.group(1).decode("latin-1")) if found else ""
+    body = error_body(code, HTTP_CODES.get(code, "http_error"), message or reason)
+    head = (f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
 
 
 class ChextrievLogger(Logger):

@@ -24,6 +24,21 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
+#: The form / query fields of the API (each at most once).
+FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style")
+
+
+def check_single(values) -> None:
+    """400 when a field of :data:`FIELDS` is given more than once (a form or query string
+    may repeat a name; which value would win is not something a client should guess)."""
+    getlist = getattr(values, "getlist", None)
+    if getlist is None:
+        return
+    for name in FIELDS:
+        if len(getlist(name)) > 1:
+            raise ApiError(400, "bad_parameter", f"{name} is given more than once")
+
+
 def parse_k(value: str | None) -> int:
     """``k`` as an int in 1..100 (default 10)."""
     if value is None:
@@ -43,10 +58,11 @@ def _bounded_int(name: str, value: str, low: int, high: int, kind: str) -> int:
 
 
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
-    """A boolean form/query field: 1/true/yes/on or 0/false/no/off."""
+    """A boolean form/query field: exactly 1/true/yes/on or 0/false/no/off (or empty = false),
+    as the OpenAPI document lists them."""
     if value is None:
         return default
-    word = str(value).strip().lower()
+    word = str(value)
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
@@ -104,45 +120,26 @@ class DecodedUpload:
     meta: dict
 
 
-def header_pixel_count(data: bytes) -> int | None:
-    """Pixels the upload would decode to, read from its header only (no pixel decoding), or
-    ``None`` when the header is unreadable (then decoding fails with the reader's reason)."""
-    from chextriev.errors import ImageReadError
-    from chextriev.io.images import image_size
-
-    try:
-        height, width = image_size(bytes(data))
-    except ImageReadError:
-        return None
-    return int(height) * int(width)
-
-
 def decode_upload(data: bytes, max_pixels: int) -> DecodedUpload:
     """Decode an uploaded PNG, JPEG or DICOM by its content (never its name).
 
-    Raises 400 for empty or unreadable content (with the reader's reason) and 413 when the
-    header announces more than ``max_pixels`` pixels (decompression-bomb guard, checked
-    before any pixel is decoded).
+    Raises 400 for empty or unreadable content (with the reader's reason: corrupt data, an
+    unknown transfer syntax, malformed or inconsistent image fields, non-finite pixels) and 413
+    when the header announces more than ``max_pixels`` pixels per frame or more than 4 bytes a
+    pixel of pixel data (``chextriev.io.guards``): checked before any pixel is decoded or any
+    deflated data set inflated.
     """
-    from chextriev.errors import ImageReadError
+    from chextriev.errors import ImageReadError, ImageTooLargeError
     from chextriev.io.images import read_image
 
     if not data:
         raise ApiError(400, "bad_image", "the uploaded file is empty")
-    pixels = header_pixel_count(data)
-    if pixels is not None and pixels > max_pixels:
-        raise ApiError(413, "image_too_large",
-                       f"the image would decode to {pixels} pixels, above the limit of {max_pixels} (MAX_PIXELS)")
     try:
         loaded = read_image(data, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
+        raise ApiError(413, "image_too_large", f"{error.reason} (MAX_PIXELS {max_pixels})") from None
     except ImageReadError as error:
         raise ApiError(400, "bad_image", f"not a readable PNG, JPEG or DICOM image: {error.reason}") from None
-    array = np.asarray(loaded.pixels, dtype=np.float32)
-    if array.ndim != 2 or array.size == 0:
-        raise ApiError(400, "bad_image", f"expected a single-frame 2-D image, got shape {array.shape}")
-    if array.size > max_pixels:
-        raise ApiError(413, "image_too_large",
-                       f"the image has {array.size} pixels, above the limit of {max_pixels} (MAX_PIXELS)")
     meta = dict(getattr(loaded, "meta", None) or {})
     image_format = str(getattr(loaded, "format", None) or meta.get("format") or "unknown")
-    return DecodedUpload(pixels=array, format=image_format, meta=meta)
+    return DecodedUpload(pixels=loaded.pixels, format=image_format, meta=meta)

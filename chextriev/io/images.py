@@ -8,10 +8,12 @@ The format is detected from the content (magic bytes), never from the file name:
 * DICOM: ``DICM`` at offset 128, or a preamble-less DICOM stream (see :mod:`.dicom`).
 
 Every loader returns ``np.ndarray`` float32 of shape ``(H, W)`` with values in ``[0, 1]``,
-1 = bright (dense). Failures raise :class:`~chextriev.errors.ImageReadError` naming the source
-and the reason. A decompression-bomb guard refuses images above ``max_pixels`` pixels before
-any decoding (default :data:`DEFAULT_MAX_PIXELS`, or the ``CHEXTRIEV_MAX_PIXELS`` environment
-variable).
+1 = bright (dense), every value finite. Any input either decodes to that or raises
+:class:`~chextriev.errors.ImageReadError` naming the source and the reason (a hostile file
+included: decoder failures of any type become this error). Before anything is decoded, the
+header is checked against the limits of :mod:`.guards` (``max_pixels`` per frame, default
+:data:`DEFAULT_MAX_PIXELS` or ``CHEXTRIEV_MAX_PIXELS``; ``max_bytes`` of DICOM pixel data):
+above them :class:`~chextriev.errors.ImageTooLargeError`.
 
 Example::
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +35,18 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from chextriev.errors import ImageReadError
+from chextriev.errors import ImageReadError, ImageTooLargeError
+from chextriev.io.guards import (  # noqa: F401 - re-exported: the readers' limits live there
+    DEFAULT_MAX_PIXELS,
+    Limits,
+    check_pixel_count,
+    max_pixels_default,
+    short_reason,
+)
 
 log = logging.getLogger(__name__)
 
 Source = str | Path | bytes | bytearray | memoryview
-
-#: Refuse images with more pixels than this (a 16k x 16k radiograph is 268 M pixels).
-DEFAULT_MAX_PIXELS = 300_000_000
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -65,17 +70,6 @@ class LoadedImage:
     pixels: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     format: str = ""
-
-
-def max_pixels_default() -> int:
-    """The decompression-bomb limit: ``CHEXTRIEV_MAX_PIXELS`` when set, else the default."""
-    value = os.environ.get("CHEXTRIEV_MAX_PIXELS")
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        return int(value)
-    except ValueError:
-        raise ImageReadError("CHEXTRIEV_MAX_PIXELS", f"not an integer: {value!r}") from None
 
 
 def source_name(source: Source) -> str:
@@ -132,57 +126,68 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
 
     ``L``/``P``/``1`` are scaled by 255, 16-bit modes (``I;16*``, ``I``) by 65535, ``F`` by its
     min-max; ``LA`` keeps its grey band; ``RGB``/``RGBA``/``CMYK``/``YCbCr`` become luminance.
+    Works in place on one float32 array (4 bytes a pixel beside Pillow's own buffer).
     """
     mode = img.mode
     if mode == "1":
         arr = np.asarray(img, dtype=np.float32)
     elif mode == "L":
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = _scaled(np.asarray(img, dtype=np.float32), 255.0)
     elif mode == "LA":
-        arr = np.asarray(img.getchannel("L"), dtype=np.float32) / 255.0
+        arr = _scaled(np.asarray(img.getchannel("L"), dtype=np.float32), 255.0)
     elif mode.startswith("I;16") or mode == "I":
         raw = np.asarray(img)
-        arr = raw.astype(np.float32) / 65535.0
         if mode == "I" and raw.size and (raw.min() < 0 or raw.max() > 65535):
             arr = _minmax(raw.astype(np.float32))
+        else:
+            arr = _scaled(raw.astype(np.float32), 65535.0)
     elif mode == "F":
         arr = _minmax(np.asarray(img, dtype=np.float32))
     elif mode in ("RGB", "RGBA", "RGBX"):
-        arr = to_luminance(np.asarray(img)) / 255.0
-    elif mode == "P" or mode == "PA":
-        arr = to_luminance(np.asarray(img.convert("RGB"))) / 255.0
-    else:  # CMYK, YCbCr, LAB, HSV ...
-        arr = to_luminance(np.asarray(img.convert("RGB"))) / 255.0
-    return np.clip(np.ascontiguousarray(arr, dtype=np.float32), 0.0, 1.0)
+        arr = _scaled(to_luminance(np.asarray(img)), 255.0)
+    else:  # P, PA, CMYK, YCbCr, LAB, HSV ...
+        arr = _scaled(to_luminance(np.asarray(img.convert("RGB"))), 255.0)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return np.clip(arr, 0.0, 1.0, out=arr if arr.flags.writeable else None)
+
+
+def _scaled(arr: np.ndarray, top: float) -> np.ndarray:
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    arr *= np.float32(1.0 / top)
+    return arr
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
+    """``arr`` scaled to ``[0, 1]`` by its finite minimum and maximum (in place when it can)."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise ValueError(f"{int(arr.size - finite.sum())} pixel value(s) are not finite "
+                         "(NaN or infinity)")
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         return np.zeros_like(arr, dtype=np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
+    out = arr.astype(np.float32, copy=not arr.flags.writeable or arr.dtype != np.float32)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
 
 
-def check_pixel_count(name: str, width: int, height: int, max_pixels: int | None) -> None:
-    """Raise :class:`ImageReadError` when ``width * height`` exceeds ``max_pixels``."""
-    limit = max_pixels_default() if max_pixels is None else max_pixels
-    if width <= 0 or height <= 0:
-        raise ImageReadError(name, f"invalid image size {width}x{height}")
-    if width * height > limit:
-        raise ImageReadError(
-            name,
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} "
-            "(possible decompression bomb; raise max_pixels or CHEXTRIEV_MAX_PIXELS if genuine)",
-        )
+#: Pillow plugins allowed to open each format (no other plugin is ever tried on a file).
+_PIL_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG",)}  # JPEG opens multi-picture (MPO) files too
 
 
-def _read_raster(source: Source, fmt: str, max_pixels: int | None) -> LoadedImage:
+def _read_raster(source: Source, fmt: str, limits: Limits) -> LoadedImage:
+    """PNG / JPEG through Pillow. The header (PNG IHDR, JPEG SOF) is read by ``Image.open``
+    and checked before any pixel is decoded; PNG zlib data inflates into a buffer of the
+    IHDR's size only, and text/ICC chunks within Pillow's ``MAX_TEXT_CHUNK`` (each) and
+    ``MAX_TEXT_MEMORY`` (all) bounds."""
     name = source_name(source)
     try:
         with _open_stream(source) as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fh)
-            check_pixel_count(name, img.width, img.height, max_pixels)
+            img = Image.open(fh, formats=_PIL_FORMATS[fmt])
+            check_pixel_count(name, img.width, img.height, limits.max_pixels)
             img.load()
             if fmt == "jpeg":
                 img = ImageOps.exif_transpose(img)
@@ -191,28 +196,63 @@ def _read_raster(source: Source, fmt: str, max_pixels: int | None) -> LoadedImag
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(name, f"decompression bomb refused by Pillow: {exc}") from None
+        raise ImageTooLargeError(name, f"decompression bomb refused by Pillow: {exc}") from None
     except UnidentifiedImageError:
         raise ImageReadError(name, f"not a decodable {fmt.upper()} file") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(name, f"corrupt or truncated {fmt.upper()}: {exc}") from None
+        raise ImageReadError(name, f"corrupt or truncated {fmt.upper()}: {short_reason(exc)}") from None
     return LoadedImage(pixels=pixels, meta=meta, format=fmt)
 
 
-def read_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
+def checked_pixels(pixels: Any, name: str) -> np.ndarray:
+    """The reader contract: ``pixels`` as a C-contiguous ``(H, W)`` float32 array in
+    ``[0, 1]`` with no NaN or infinity; anything else raises :class:`ImageReadError`."""
+    arr = np.asarray(pixels)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageReadError(name, f"decoded to an array of shape {arr.shape}, not one 2-D image")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ImageReadError(name, "pixel values are not finite (NaN or infinity)")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        arr = np.clip(arr, 0.0, 1.0)
+    return arr
+
+
+def read_image(source: Source, *, max_pixels: int | None = None,
+               max_bytes: int | None = None) -> LoadedImage:
     """Decode ``source`` (path or bytes) into a :class:`LoadedImage`.
 
     Args:
         source: a path, or the file's bytes.
-        max_pixels: decompression-bomb limit (``None``: :func:`max_pixels_default`).
+        max_pixels: decompression-bomb limit on one decoded frame (``None``:
+            :func:`max_pixels_default`).
+        max_bytes: limit on a DICOM's pixel data (all frames, uncompressed) and on an
+            inflated DICOM data set (``None``: 4 x ``max_pixels``; see :mod:`.guards`).
 
     Returns:
-        ``LoadedImage`` with ``pixels`` ``(H, W)`` float32 in ``[0, 1]``.
+        ``LoadedImage`` with ``pixels`` ``(H, W)`` float32 in ``[0, 1]``, all finite.
 
     Raises:
-        ImageReadError: unknown format, missing file, corrupt/truncated data, too many pixels,
-            DICOM without pixel data or with a transfer syntax no installed plugin decodes.
+        ImageTooLargeError: the header announces more than the limits (nothing decoded).
+        ImageReadError: unknown format, missing file, corrupt/truncated data, inconsistent
+            headers, non-finite pixel values, DICOM without pixel data or with a transfer
+            syntax no installed plugin decodes, or any decoder failure: every input either
+            decodes or raises this (a ``MemoryError`` alone passes through).
     """
+    limits = Limits.resolve(max_pixels, max_bytes)
+    name = source_name(source)
+    try:
+        loaded = _read(source, limits)
+        loaded.pixels = checked_pixels(loaded.pixels, name)
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:  # decoders raise anything on hostile input
+        log.debug("%s: decoder failure", name, exc_info=True)
+        raise ImageReadError(name, f"cannot decode: {type(exc).__name__}: {short_reason(exc)}") from None
+    return loaded
+
+
+def _read(source: Source, limits: Limits) -> LoadedImage:
     fmt = detect_format(source)
     if fmt is None:
         head = _head(source, 16)
@@ -225,13 +265,14 @@ def read_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
     if fmt == "dicom":
         from chextriev.io.dicom import read_dicom
 
-        return read_dicom(source, max_pixels=max_pixels)
-    return _read_raster(source, fmt, max_pixels)
+        return read_dicom(source, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
+    return _read_raster(source, fmt, limits)
 
 
-def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
+def load_image(source: Source, *, max_pixels: int | None = None,
+               max_bytes: int | None = None) -> np.ndarray:
     """``(H, W)`` float32 in ``[0, 1]`` (1 = bright) from a PNG, JPEG or DICOM path or bytes."""
-    return read_image(source, max_pixels=max_pixels).pixels
+    return read_image(source, max_pixels=max_pixels, max_bytes=max_bytes).pixels
 
 
 def image_size(source: Source) -> tuple[int, int]:
@@ -242,15 +283,16 @@ def image_size(source: Source) -> tuple[int, int]:
         from chextriev.io.dicom import dicom_metadata
 
         meta = dicom_metadata(source)
-        if meta.get("Rows") is None or meta.get("Columns") is None:
-            raise ImageReadError(name, "DICOM without Rows/Columns")
-        return int(meta["Rows"]), int(meta["Columns"])
+        try:
+            return int(meta["Rows"]), int(meta["Columns"])
+        except (KeyError, TypeError, ValueError):
+            raise ImageReadError(name, "DICOM without valid Rows/Columns") from None
     if fmt is None:
         raise ImageReadError(name, "not a PNG, JPEG or DICOM file")
     try:
         with _open_stream(source) as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fh)
+            img = Image.open(fh, formats=_PIL_FORMATS[fmt])
             return int(img.height), int(img.width)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(name, f"cannot read the {fmt.upper()} header: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any header failure is this image's failure
+        raise ImageReadError(name, f"cannot read the {fmt.upper()} header: {short_reason(exc)}") from None

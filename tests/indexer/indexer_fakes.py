@@ -224,7 +224,7 @@ def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=
     with WritableCatalog(index_dir, db_url) as catalog:
         with catalog.sessions() as session:
             store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
-        writer = CatalogWriter(catalog.sessions, info, None, summary, store=store)
+        writer = CatalogWriter(catalog.sessions, info, summary, store=store)
         for s in range(0, len(vectors), batch):
             writer.write(embedded_items(vectors[s:s + batch], start=start + s))
         if sync:

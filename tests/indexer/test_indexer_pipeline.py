@@ -191,20 +191,25 @@ def test_dedupe_by_sop_instance_uid(tmp_path, fake_embedder, catalog_url):
 
 
 def test_pseudonymisation(archive, tmp_path, fake_embedder, monkeypatch):
+    from chextriev.io.deid import Deidentifier
+    from chextriev.io.fields import uid_problem
+    from indexer.decode import IngestPolicy
+
     root, _ = archive
     monkeypatch.delenv("CHEXTRIEV_PSEUDONYM_KEY", raising=False)
     with pytest.raises(Exception, match="needs a key"):
-        Pseudonymiser.from_env_or_file()
+        Deidentifier.from_env_or_file()
     monkeypatch.setenv("CHEXTRIEV_PSEUDONYM_KEY", "secret-key")
-    pseudo = Pseudonymiser.from_env_or_file()
-    run_index(root, embedder=fake_embedder, index_dir=tmp_path / "p", pseudonymiser=pseudo,
-              progress=False)
+    run_index(root, embedder=fake_embedder, index_dir=tmp_path / "p",
+              policy=IngestPolicy(Deidentifier.from_env_or_file()), progress=False)
     with open_sessions(tmp_path / "p")() as s:
         keys = set(s.scalars(select(Patient.key)))
         uids = s.execute(select(Image.study_instance_uid, Image.series_instance_uid,
                                 Image.sop_instance_uid).where(Image.format == "dicom")).all()
-    assert uids and all(len(u) == 32 and "." not in u for row in uids for u in row)  # HMACs
+    # keyed UIDs in the 2.25.<int> form, valid DICOM UIDs
+    assert uids and all(u.startswith("2.25.") and uid_problem(u) is None for row in uids for u in row)
     assert "pat0" not in keys and "DP0" not in keys
+    pseudo = Pseudonymiser(b"secret-key")  # patient pseudonyms are those of earlier versions
     assert pseudo("pat0") in keys and len(pseudo("pat0")) == 32
     assert Pseudonymiser(b"other")("pat0") != pseudo("pat0")
 

@@ -47,7 +47,7 @@ def _statements_per_batch(tmp_path, url, batch):
     with WritableCatalog(index_dir, url) as catalog:
         with catalog.sessions() as session:
             store = open_store(session, index_dir, dim=32, create=True)
-        writer = CatalogWriter(catalog.sessions, _Info(32), None, IndexSummary(), store=store)
+        writer = CatalogWriter(catalog.sessions, _Info(32), IndexSummary(), store=store)
         writer.write(embedded_items(clustered_vectors(4), start=10_000))  # warm up
         count = []
         sa.event.listen(catalog.engine, "before_cursor_execute",

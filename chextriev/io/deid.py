@@ -1,0 +1,164 @@
+"""De-identification at ingest: what the catalog stores (and so the API returns) of a record,
+following the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+Applied in ONE place, the indexer's decoding worker (:func:`indexer.decode.decode`), to the
+record's catalog fields before they leave the worker; the writer stores what it is given.
+With ``chextriev index --pseudonymise`` (a key from ``CHEXTRIEV_PSEUDONYM_KEY`` or
+``--pseudonym-key-file``):
+
+=====================  ======================================  ===========  =================================
+catalog field          DICOM attribute                         PS3.15 E.1   stored
+=====================  ======================================  ===========  =================================
+``patient_id``         Patient ID (0010,0020)                  Z            keyed hash (32 hex), the same for
+                                                                            the same patient in every run
+``study_id``           Study Instance UID / a manifest's id    U            keyed hash (32 hex)
+``*_instance_uid``     Study, Series, SOP Instance UID         U            ``2.25.<integer>`` from the keyed
+                                                                            hash (a valid UID, consistent)
+``image_id``           (from the file name, SOPInstanceUID or  U / (none)   keyed hash: the SOP instance
+                       a manifest)                                          UID's pseudonym when it is that,
+                                                                            else 32 hex
+``study_date``         Study Date (0008,0020)                  Z            shifted per patient by a keyed
+                                                                            1..365 days (Retain Longitudinal
+                                                                            Temporal Information, Modified
+                                                                            Dates) or only the year
+``sex``, ``age``       Patient's Sex, Patient's Age            Z, X         kept (Retain Patient
+                                                                            Characteristics: the filters)
+``view``               View Position (0018,5101)               (kept)       kept
+pixels                 Burned In Annotation (0028,0301) YES    (Clean       image skipped with the reason,
+                                                                Pixel)      unless ``keep_burned_in``
+=====================  ======================================  ===========  =================================
+
+The source path and the file name stay on the server (the ledger needs them for incremental
+runs); no response carries them. The keyed hash is HMAC-SHA256; the patient and study
+pseudonyms are those of earlier versions (``hmac(key, id)[:32]``), so a server given the key
+finds an upload's patient (``exclude_same_patient``) in old and new archives alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.io.fields import normalise_date
+
+PSEUDONYM_KEY_ENV = "CHEXTRIEV_PSEUDONYM_KEY"
+#: ``shift``: each patient's dates move by the same keyed number of days; ``year``: only the year.
+DATE_MODES = ("shift", "year")
+#: Dates are shifted by 1 to this many days, earlier or later (keyed per patient).
+MAX_SHIFT_DAYS = 365
+#: Catalog fields that hold a DICOM UID.
+UID_FIELDS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
+
+
+def read_key(key_file: str | Path | None = None, *, what: str = "--pseudonymise") -> bytes:
+    """The pseudonymisation key from ``key_file`` when given, else ``$CHEXTRIEV_PSEUDONYM_KEY``.
+
+    Raises ChextrievError when neither holds one (pseudonymising without a key would be plain
+    hashing, which anyone can reverse by hashing guessed identifiers).
+    """
+    if key_file is not None:
+        path = Path(key_file)
+        try:
+            key = path.read_bytes().strip()
+        except OSError as error:
+            raise ChextrievError(f"cannot read the pseudonymisation key file {path}: "
+                                 f"{error.strerror}") from None
+    else:
+        key = os.environ.get(PSEUDONYM_KEY_ENV, "").strip().encode()
+    if not key:
+        raise ChextrievError(f"{what} needs a key: set the environment variable "
+                             f"{PSEUDONYM_KEY_ENV} or pass --pseudonym-key-file FILE")
+    return key
+
+
+def pseudonym(key: bytes, identifier: str) -> str:
+    """The keyed pseudonym of an identifier: HMAC-SHA256, 32 hex characters."""
+    return hmac.new(key, str(identifier).strip().encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def uid_pseudonym(key: bytes, uid: str) -> str:
+    """A UID's keyed pseudonym as a valid DICOM UID: ``2.25.`` and the decimal integer of a
+    UUID (PS3.5 B.2) made from the HMAC of the UID; the same UID gives the same result."""
+    digest = hmac.new(key, b"uid\0" + str(uid).strip().encode(), hashlib.sha256).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
+
+
+@dataclass(frozen=True)
+class Deidentifier:
+    """The keyed de-identification of catalog fields (module docstring); picklable, so it
+    travels to the decoding workers in their task arguments."""
+
+    key: bytes = field(repr=False)
+    dates: str = "shift"
+
+    def __post_init__(self):
+        if not self.key:
+            raise ChextrievError("pseudonymisation key is empty")
+        if self.dates not in DATE_MODES:
+            raise UnknownNameError("date mode", self.dates, DATE_MODES)
+
+    @classmethod
+    def from_env_or_file(cls, key_file: str | Path | None = None, *,
+                         dates: str = "shift") -> Deidentifier:
+        return cls(read_key(key_file), dates)
+
+    def pseudonym(self, identifier: str) -> str:
+        return pseudonym(self.key, identifier)
+
+    def uid(self, value: str) -> str:
+        return uid_pseudonym(self.key, value)
+
+    def date_shift(self, anchor: str) -> int:
+        """Days (1..365, earlier or later) that every date of ``anchor`` (a patient) moves."""
+        digest = hmac.new(self.key, b"date-shift\0" + anchor.encode(), hashlib.sha256).digest()
+        step = int.from_bytes(digest[:8], "big") % (2 * MAX_SHIFT_DAYS)
+        return step - MAX_SHIFT_DAYS if step < MAX_SHIFT_DAYS else step - MAX_SHIFT_DAYS + 1
+
+    def date(self, value: Any, anchor: str | None) -> str | None:
+        """A study date (``YYYYMMDD`` or ISO) de-identified: shifted by ``anchor``'s offset, or
+        the year alone (``"2024"``); ``None`` for no date or one that is not a date."""
+        date = normalise_date(value)
+        if date is None:
+            return None
+        if self.dates == "year":
+            return date[:4]
+        shifted = dt.datetime.strptime(date, "%Y%m%d").date() \
+            + dt.timedelta(days=self.date_shift(anchor or ""))
+        return shifted.strftime("%Y%m%d")
+
+    def apply(self, meta: dict[str, Any], *, image_id_source: str | None = None) -> dict[str, Any]:
+        """The de-identified copy of catalog fields ``meta`` (``image_id``, ``patient_id``,
+        ``study_id``, the three UIDs, ``study_date``; others unchanged), with
+        ``pseudonymised: True``. ``image_id_source`` ``"dataset"`` marks an image id that is the
+        SOPInstanceUID (it then gets the UID's pseudonym, so the two agree)."""
+        out = dict(meta)
+        raw_patient = _text(meta.get("patient_id"))
+        for name in ("patient_id", "study_id"):
+            value = _text(meta.get(name))
+            out[name] = None if value is None else self.pseudonym(value)
+        for name in UID_FIELDS:
+            value = _text(meta.get(name))
+            out[name] = None if value is None else self.uid(value)
+        image_id = _text(meta.get("image_id"))
+        sop = _text(meta.get("sop_instance_uid"))
+        if image_id is not None:
+            same_as_sop = image_id_source == "dataset" and image_id == sop
+            out["image_id"] = self.uid(image_id) if same_as_sop else self.pseudonym(image_id)
+        anchor = raw_patient or _text(meta.get("study_id")) or image_id
+        out["study_date"] = self.date(meta.get("study_date"), anchor)
+        out["pseudonymised"] = True
+        return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
