@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections import Counter
@@ -50,7 +49,8 @@ from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
 from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
-from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task, init_worker
+from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
+from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
 from indexer.sync import IndexSyncer, open_store
 from indexer.writer import CatalogWriter, WritableCatalog
@@ -93,18 +93,16 @@ _CHUNK = 512
 
 
 def _decoded_stream(tasks: Iterable, workers: int, connections=()) -> Iterator[Decoded]:
+    """Decoded items in task order; with workers, a decoder that kills its process fails that
+    one file (:mod:`indexer.decode_pool`) instead of hanging the run."""
     tasks = iter(tasks)
-    first = list(itertools.islice(tasks, _CHUNK))
+    first = list(itertools.islice(tasks, 2))
     if workers <= 0 or len(first) < 2:
         yield from map(decode_task, itertools.chain(first, tasks))
         return
-    context = mp.get_context("spawn")  # no fork after torch threads exist
-    with context.Pool(workers, initializer=init_worker, initargs=(tuple(connections),)) as pool:
-        chunk = first
-        while chunk:
-            chunksize = max(1, min(16, len(chunk) // (workers * 8) or 1))
-            yield from pool.imap(decode_task, chunk, chunksize=chunksize)
-            chunk = list(itertools.islice(tasks, _CHUNK))
+    # decode_task is looked up here, at call time, so a test can substitute a crashing one.
+    yield from decode_stream(itertools.chain(first, tasks), workers, connections,
+                             task_fn=decode_task, window=min(_CHUNK, 32 * workers))
 
 
 def _read_ledger(session) -> dict[str, LedgerEntry]:

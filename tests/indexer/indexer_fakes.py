@@ -240,3 +240,16 @@ def open_sessions(index_dir, db_url=None):
     from indexer.db import default_db_url, make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(db_url or default_db_url(index_dir)))
+
+
+def crash_on_abort_name(task: tuple):
+    """A decode task that kills its own process, as a crashing C++ decoder would, on a file
+    named ``abort-me``; every other file is decoded as usual."""
+    import os
+    import signal
+
+    from indexer.decode import decode_task
+
+    if Path(str(task[0].key)).stem == "abort-me":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decode_task(task)
