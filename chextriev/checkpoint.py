@@ -25,7 +25,8 @@ from chextriev.anatomy.atlas import Atlas
 from chextriev.anatomy.provider import BoxProvider
 from chextriev.errors import ChextrievError
 from chextriev.model.backbone import weights_restored_later
-from chextriev.model.config import ModelConfig, build_from_config
+from chextriev.model.build import build_from_config
+from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ class LoadedModel:
     variant: str = ""
     binary: bool = False
     path: Path | None = None
+
+    @property
+    def max_input_side(self) -> int | None:
+        """Largest image side worth handing to :func:`~chextriev.embedding.embed_images`:
+        ``None`` = the full-resolution original (``crop`` mode crops it), else the model input."""
+        return self.model.max_input_side
 
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
@@ -99,6 +106,9 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
     hparams = data.get("hyper_parameters") or {}
     if "model_config" not in hparams:
         raise CheckpointError("checkpoint has no 'model_config' hyper-parameter: not written by `chextriev train`")
+    if int(hparams.get("model_format", MODEL_FORMAT)) != MODEL_FORMAT:
+        raise CheckpointError(f"checkpoint weights are in model format {hparams['model_format']}, this chextriev "
+                              f"reads format {MODEL_FORMAT}: retrain it with `chextriev train`")
     config = replace(ModelConfig.from_dict(dict(hparams["model_config"])), backbone_weights=None)
     with weights_restored_later():
         model = build_from_config(config)
@@ -106,7 +116,8 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint weights do not fit the {config.kind} model: "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]} (written by an older "
+                              "chextriev? retrain it with `chextriev train`)")
     return model, hparams
 
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chextriev.model.preprocess import prepare_image, scale_boxes
 from chextriev.model.region_features import box_mask
 from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
 from chextriev.vocab import NUM_REGIONS
@@ -102,13 +101,6 @@ def resolve_boxes(loaded, images: Sequence[np.ndarray], boxes) -> tuple[list[np.
     return result, sources
 
 
-def prepare_batch(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and original-pixel boxes -> ``(B, 1, size, size)`` and ``(B, 18, 4)`` model-input boxes."""
-    tensors = torch.stack([prepare_image(image, size) for image in images])
-    scaled = np.stack([scale_boxes(b, np.asarray(image).shape, size) for image, b in zip(images, boxes)])
-    return tensors, torch.from_numpy(scaled)
-
-
 @torch.inference_mode()
 def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: int = 16) -> EmbeddingBatch:
     """Embed ``images`` with ``loaded`` (:class:`chextriev.checkpoint.LoadedModel`).
@@ -120,10 +112,10 @@ def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: i
     model = loaded.model
     model.eval()
     parts: list[dict[str, np.ndarray | None]] = []
-    size = loaded.image_size
     for start in range(0, len(images), max(1, int(batch_size))):
         chunk = slice(start, start + batch_size)
-        tensors, model_boxes = prepare_batch(images[chunk], all_boxes[chunk], size)
+        # the model's own input: resized image (roi, global, ATH) or crops of the original (crop)
+        tensors, model_boxes = model.prepare_batch(images[chunk], all_boxes[chunk])
         tensors, model_boxes = tensors.to(loaded.device), model_boxes.to(loaded.device)
         features = model.extract(tensors, model_boxes)
         parts.append(embed_features(model, features, box_mask(model_boxes)))

@@ -39,7 +39,8 @@ def write_untrained_checkpoint(path: Path, variant: str = "v1") -> Path:
     """A checkpoint in the `chextriev train` format with untrained TINY weights."""
     import torch
 
-    from chextriev.model.config import TINY, build_from_config, get_config
+    from chextriev.model.build import build_from_config
+    from chextriev.model.config import TINY, get_config
 
     config = get_config(variant, **TINY)  # random init (backbone_weights=None): no download
     torch.manual_seed(0)

@@ -44,13 +44,21 @@ OPTIONS = [
     ("v2", "edges", "learned"), ("v6", "abs_pos", False), ("v6", "gated_residual", True),
     ("v6", "residual", "global"), ("v5", "residual", "layer"), ("v6", "num_layers", 1),
     ("v6", "graph", "none"), ("v6", "feature_mode", "crop"), ("v6", "roi_output", 1),
+    ("v6", "heads", 4), ("v6", "head_dim", 8), ("v6", "crop_size", 16),
     ("resnet50", "global_embedding", "projection"), ("ath", "binary", True),
-    ("v6", "backbone_seed", 1), ("anaxnet", "gcn_hidden", 32),
+    ("ath", "ath_network", "stages"), ("ath", "triplet", "batch-all"), ("ath", "triplet_margin", 0.25),
+    ("ath", "code_dim", 8), ("ath-batchall", "ath_channels", (8, 8)),
+    ("v6", "backbone_seed", 1), ("anaxnet", "gcn_hidden", 32), ("anaxnet", "graph_conv", "gcnconv"),
+    ("anaxnet", "anaxnet_embedding", "l2"),
 ]
 
 
 @pytest.mark.parametrize("name,option,value", OPTIONS, ids=[f"{n}-{o}-{v}" for n, o, v in OPTIONS])
 def test_model_each_option_changes_output(name, option, value, tiny_batch):
+    if option == "crop_size":  # the crop size only acts in crop mode
+        base, other = _build(name, feature_mode="crop"), _build(name, feature_mode="crop", crop_size=value)
+        assert not torch.allclose(_signature(base, tiny_batch), _signature(other, tiny_batch), atol=1e-6)
+        return
     base = _build(name)
     other = _build(name, **{option: value})
     shared = {k: v for k, v in base.state_dict().items()
@@ -102,7 +110,7 @@ def test_model_anatomy_variants_classify_images_from_regions(name, tiny_batch):
     assert torch.allclose(masked[1:], logits[1:])
 
 
-@pytest.mark.parametrize("name", ["v0-image", "v6", "resnet50", "ath", "anaxnet"])
+@pytest.mark.parametrize("name", ["v0-image", "v6", "v6-published-code", "resnet50", "ath", "anaxnet"])
 def test_model_image_supervised_variants_classify_with_graph_head(name, tiny_batch):
     images, boxes, _, _ = tiny_batch
     model = build_model(name, **TINY).eval()
@@ -112,7 +120,7 @@ def test_model_image_supervised_variants_classify_with_graph_head(name, tiny_bat
 
 
 def test_model_ath_triplet_loss_is_batch_all_hand_case():
-    from chextriev.model.baselines import triplet_loss
+    from chextriev.model.baselines import batch_all_triplet_loss as triplet_loss
 
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # 0, 1, 2 share a finding
     codes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
@@ -131,16 +139,18 @@ def test_model_ath_triplet_loss_is_batch_all_hand_case():
 
 
 def test_model_ath_triplet_loss_pushes_collapsed_codes_apart():
-    """Near-identical codes of two label groups are pushed apart (the loss falls from the margin)."""
-    from chextriev.model.baselines import triplet_loss
+    """Near-identical codes of two label groups are pushed apart (the loss falls from the margin),
+    for the published loss and the batch-all one."""
+    from chextriev.model.baselines import TRIPLET_LOSSES
 
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    codes = (torch.ones(4, 3) + 1e-3 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))).requires_grad_()
-    optimizer = torch.optim.SGD([codes], lr=0.5)
-    before = float(triplet_loss(codes, labels, margin=0.5))
-    for _ in range(50):
-        loss = triplet_loss(codes, labels, margin=0.5)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert float(triplet_loss(codes, labels, margin=0.5)) < before - 0.2
+    for name, triplet_loss in TRIPLET_LOSSES.items():
+        codes = (torch.ones(4, 3) + 1e-3 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))).requires_grad_()
+        optimizer = torch.optim.SGD([codes], lr=0.5)
+        before = float(triplet_loss(codes, labels, margin=0.5))
+        for _ in range(50):
+            loss = triplet_loss(codes, labels, margin=0.5)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert float(triplet_loss(codes, labels, margin=0.5)) < before - 0.2, name
