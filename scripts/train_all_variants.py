@@ -16,7 +16,8 @@ region AUROC (mean over (region, finding) cells of the node probabilities agains
 labels, ``metrics.localization.region_auroc``). An ``untrained`` row per seed embeds with a V6
 model at that seed's initialisation (same frozen backbone, same fitted feature
 standardisation). ``ath-binary`` is not trained again: it is the ``ath`` run of the same seed
-searched with the sign of its codes (train s ``= ath``).
+searched with the sign of its codes (train s ``= ath``); its ``best.ckpt`` is that run's, with
+``binary`` set in the saved config.
 
 The seed sets the model initialisation and the batch order; the patients of each split are the
 same for every seed (the archive's split column, else one hash of the patient id), so every
@@ -93,11 +94,17 @@ def trained_as(name: str, variants: list[str]) -> str | None:
     return None
 
 
-def with_binary_codes(loaded: LoadedModel) -> LoadedModel:
-    """``loaded`` searching with the sign of its codes (Hamming ranking)."""
-    config = replace(loaded.config, binary=True)
-    loaded.model.config = config
-    return replace(loaded, config=config, binary=True)
+def derive_checkpoint(source: Path, target: Path, variant: str) -> Path:
+    """Write ``target``: the checkpoint ``source`` with the config of ``variant`` (same weights;
+    e.g. ``ath-binary`` from the ``ath`` run), so that every variant has its own checkpoint."""
+    data = torch.load(source, map_location="cpu", weights_only=False)
+    hparams = data["hyper_parameters"]
+    config = dict(hparams["model_config"])
+    config["binary"] = VARIANTS[variant].binary
+    hparams["model_config"], hparams["variant"] = config, variant
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, target)
+    return target
 
 
 def untrained_model(records, preset: str, seed: int, cache: Path) -> LoadedModel:
@@ -253,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "untrained":
                 rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test, images)
             elif shared is not None and (run_dir / shared / "best.ckpt").is_file():
-                loaded = with_binary_codes(load_checkpoint(run_dir / shared / "best.ckpt"))
-                rows[name] = {**evaluate(loaded, test, images), "train_seconds": 0.0, "trained_as": shared,
-                              "val_mAP@10": rows.get(shared, {}).get("val_mAP@10")}
+                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / name / "best.ckpt", name)
+                rows[name] = {**evaluate(load_checkpoint(best), test, images), "train_seconds": 0.0,
+                              "trained_as": shared, "val_mAP@10": rows.get(shared, {}).get("val_mAP@10")}
             else:
                 result = train_records(records, run_dir / name, variant=name, preset=args.preset,
                                        max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False)
