@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chextriev.model.backbone import normalize
+from chextriev.model.backbone import normalize, to_channels_last
 from chextriev.model.config import ModelConfig
 from chextriev.model.heads import Head, masked_bce
 from chextriev.model.region_features import GlobalFeatures
@@ -241,7 +241,9 @@ class ATH(RetrievalModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.net = PublishedATHNet(config) if config.ath_network == "published" else StagesATHNet(config)
+        net = PublishedATHNet(config) if config.ath_network == "published" else StagesATHNet(config)
+        # NHWC convolutions: about 2x faster on CPU for these few-channel maps (as for the backbone)
+        self.net = net.to(memory_format=torch.channels_last)
         self.triplet_loss = TRIPLET_LOSSES[config.triplet]
 
     @property
@@ -252,8 +254,8 @@ class ATH(RetrievalModel):
         """Nothing frozen: ``images (B, 1, S, S)`` in [0, 1] -> the network input, ImageNet-
         normalised RGB ``(B, 3, S, S)`` (published) or the grey image in [-1, 1] (stages)."""
         if self.config.ath_network == "published":
-            return normalize(images)
-        return images * 2.0 - 1.0
+            return to_channels_last(normalize(images))
+        return to_channels_last(images * 2.0 - 1.0)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> the network's feature map (for heatmaps)."""

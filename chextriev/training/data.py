@@ -110,22 +110,49 @@ def record_boxes(record: Record, atlas: Atlas, shape: tuple[int, int]) -> np.nda
     return atlas.boxes_for(*shape)
 
 
+#: Decoded model inputs an :class:`ImageDataset` keeps in memory at most (bytes).
+INPUT_CACHE_BYTES = 1 << 30
+
+
+def input_bytes(config: ModelConfig) -> int:
+    """Bytes of one prepared float32 model input of ``config``."""
+    if config.crops_original:
+        return 4 * 18 * config.crop_size**2
+    return 4 * config.image_size**2
+
+
 class ImageDataset(Dataset):
     """Model inputs (:func:`chextriev.model.preprocess.prepare_input`: the ``image_size`` image,
-    or in crop mode the crops of the original) with model-input boxes and labels."""
+    or in crop mode the crops of the original) with model-input boxes and labels.
 
-    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas):
+    With ``keep_inputs`` the prepared inputs stay in memory after the first epoch (the same
+    tensors, so the same training; ATH decodes and resizes each image once instead of once per
+    epoch). :class:`RetrievalDataModule` asks for it when the whole split fits in
+    :data:`INPUT_CACHE_BYTES` and the loader runs in the main process.
+    """
+
+    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas, keep_inputs: bool = False):
         self.records = list(records)
         self.config = config
         self.atlas = atlas
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if keep_inputs else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kept is not None and index in self.kept:
+            return self.kept[index]
         record = self.records[index]
         image = load_image(record.source)
-        inputs, boxes = prepare_input(self.config, image, record_boxes(record, self.atlas, image.shape))
+        prepared = prepare_input(self.config, image, record_boxes(record, self.atlas, image.shape))
+        if self.kept is not None:
+            self.kept[index] = prepared
+        return prepared
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        inputs, boxes = self._inputs(index)
         labels, region = label_arrays(record, self.config.num_classes)
         return {"image": inputs, "boxes": boxes,
                 "labels": torch.from_numpy(labels), "region_labels": torch.from_numpy(region),
@@ -209,7 +236,8 @@ class RetrievalDataModule(pl.LightningDataModule):
                 self.datasets[name] = cache_features(self.model, records, self.atlas, self.cache,
                                                      device=self.device, desc=f"features {name}")
             else:
-                self.datasets[name] = ImageDataset(records, self.model.config, self.atlas)
+                keep = self.num_workers == 0 and len(records) * input_bytes(self.model.config) <= INPUT_CACHE_BYTES
+                self.datasets[name] = ImageDataset(records, self.model.config, self.atlas, keep_inputs=keep)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
