@@ -113,3 +113,23 @@ def test_model_selection_metric():
     assert selection_metric(get_config("resnet50-projected")) == ("val_mAP10", "max")
     assert selection_metric(get_config("resnet50")) == ("val_loss", "min")  # frozen embedding
     assert selection_metric(get_config("resnet50", train_backbone=True)) == ("val_mAP10", "max")
+
+
+def test_model_image_dataset_keeps_prepared_inputs(tiny_records, monkeypatch):
+    """ATH-style datasets decode each image once when the split fits in memory; same tensors."""
+    from chextriev.anatomy.atlas import Atlas
+    from chextriev.model import get_config
+    from chextriev.training import data
+
+    config = get_config("ath", **TINY)
+    loads = []
+    real = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda source: loads.append(source) or real(source))
+    kept = data.ImageDataset(tiny_records[:3], config, Atlas.default(), keep_inputs=True)
+    fresh = data.ImageDataset(tiny_records[:3], config, Atlas.default())
+    first = [kept[i]["image"] for i in range(3)]
+    second = [kept[i]["image"] for i in range(3)]
+    assert len(loads) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, fresh[i]["image"]) for i, a in enumerate(first))
+    assert data.input_bytes(config) == 4 * 64 * 64
+    assert data.input_bytes(get_config("v6", **TINY, feature_mode="crop")) == 4 * 18 * 32 * 32
