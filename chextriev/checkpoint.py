@@ -106,9 +106,10 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
     hparams = data.get("hyper_parameters") or {}
     if "model_config" not in hparams:
         raise CheckpointError("checkpoint has no 'model_config' hyper-parameter: not written by `chextriev train`")
-    if int(hparams.get("model_format", MODEL_FORMAT)) != MODEL_FORMAT:
-        raise CheckpointError(f"checkpoint weights are in model format {hparams['model_format']}, this chextriev "
-                              f"reads format {MODEL_FORMAT}: retrain it with `chextriev train`")
+    written = int(hparams.get("model_format", 1))  # checkpoints before the field: format 1
+    if written != MODEL_FORMAT:
+        raise CheckpointError(f"checkpoint weights are in model format {written}, this chextriev reads format "
+                              f"{MODEL_FORMAT} (one shared head, published attention): retrain it with `chextriev train`")
     config = replace(ModelConfig.from_dict(dict(hparams["model_config"])), backbone_weights=None)
     with weights_restored_later():
         model = build_from_config(config)

@@ -134,8 +134,10 @@ def evaluate_all(args: argparse.Namespace) -> int:
         log.warning("no checkpoint under %s for %s: left out of the summary", runs, ", ".join(missing))
     if failed:
         log.error("evaluation failed for %s", ", ".join(failed))
-    if not done:
+    if not done and not failed:
         raise UsageError(f"no variant has a checkpoint under {runs} (one run folder per variant, named after it)")
+    if not done:
+        return 1
     results.mkdir(parents=True, exist_ok=True)
     summary([str(results), "--setting", "no-skip", "--out", str(results / "summary.md")])
     summary([str(results), "--setting", "skip", "--out", str(results / "summary-skip.md")])

@@ -6,16 +6,14 @@
   ``"projection"`` (``resnet50-projected``): a trained projection ``F -> width -> ReLU -> width``
   is the embedding and the head classifies that.
 * :class:`ATH` — attention-based triplet hashing on the whole image (``image_size``, 256 as
-  published). ``ath_network="published"``: three residual blocks, CBAM-style spatial attention
-  (sigmoid of a 3x3 convolution over the channel-wise mean and max) after the first, a hash
-  layer without tanh giving the ``code_dim`` (32) code and a class layer in parallel to it,
-  both on the flattened last map; ``triplet="published"``: per anchor, the batch item sharing
-  the most label values is the positive and the one sharing the fewest the negative, loss
+  published): three residual blocks, CBAM-style spatial attention (sigmoid of a 3x3
+  convolution over the channel-wise mean and max) after the first, a hash layer without tanh
+  giving the ``code_dim`` (32) code and a class layer in parallel to it, both on the flattened
+  last map. Triplet loss as published: per anchor, the batch item sharing the most label
+  values is the positive and the one sharing the fewest the negative, loss
   ``relu(m - d(a, n) + d(a, p))`` with ``d`` the mean over code dimensions of the squared
-  difference and ``m = triplet_margin * code_dim`` (0.5 x 32). ``ath_network="stages"`` and
-  ``triplet="batch-all"`` (variant ``ath-batchall``) are the project's earlier version: five
-  conv stages, softmax attention pooling, a tanh code classified by the head, and a batch-all
-  triplet loss on cosine distance. Loss = BCE + ``triplet_weight`` * triplet.
+  difference and ``m = triplet_margin * code_dim`` (0.5 x 32). Loss = BCE +
+  ``triplet_weight`` * triplet.
   ``binary=True`` (``ath-binary``): the embedding is ``sign(code) / sqrt(K)``, whose cosine
   ranking equals the Hamming ranking.
 * :class:`AnaXNet` — region features, a 2-layer graph convolution ``width -> gcn_hidden ->
@@ -108,37 +106,6 @@ def published_triplet_loss(codes: torch.Tensor, labels: torch.Tensor, margin: fl
     return F.relu(margin * codes.shape[1] - d_negative + d_positive).mean()
 
 
-def batch_all_triplet_loss(codes: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """Batch-all triplet loss on cosine distance (``ath-batchall``).
-
-    ``codes (B, K)``, ``labels (B, C)`` 0/1 (rows with NaN skipped). Positive pair: at least one
-    shared finding, or both normal; negative: neither. The loss is the mean of
-    ``relu(d(a, p) - d(a, n) + margin)`` over the batch's (anchor, positive, negative) triplets
-    whose term is positive (Hermans et al.'s batch-all); 0 when there is none.
-    """
-    codes, labels = _known(codes, labels)
-    if codes.shape[0] < 3:
-        return codes.sum() * 0.0
-    normal = labels.sum(dim=1) == 0
-    positive = ((labels @ labels.T) > 0) | (normal[:, None] & normal[None, :])
-    eye = torch.eye(codes.shape[0], dtype=torch.bool, device=codes.device)
-    positive = positive & ~eye
-    negative = ~positive & ~eye
-    triplets = positive[:, :, None] & negative[:, None, :]  # (anchor, positive, negative)
-    if not bool(triplets.any()):
-        return codes.sum() * 0.0
-    unit = F.normalize(codes.float(), dim=1)
-    distance = 1.0 - unit @ unit.T
-    terms = F.relu(distance[:, :, None] - distance[:, None, :] + margin)[triplets]
-    active = terms > 0
-    if not bool(active.any()):
-        return codes.sum() * 0.0
-    return terms[active].mean()
-
-
-TRIPLET_LOSSES = {"published": published_triplet_loss, "batch-all": batch_all_triplet_loss}
-
-
 class SpatialAttention(nn.Module):
     """CBAM spatial attention: ``sigmoid(conv3x3([mean_c x; max_c x]))`` ``(B, 1, h, w)``."""
 
@@ -208,43 +175,12 @@ class PublishedATHNet(nn.Module):
         return self.hash(flat), self.classify(flat)
 
 
-class StagesATHNet(nn.Module):
-    """The project's earlier ATH (``ath_network="stages"``): ``ath_channels`` conv + BN + ReLU
-    + 2x2 max-pool stages on the grey image, softmax spatial attention pooling, a tanh code,
-    and the class head on the code."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 1
-        for out in config.ath_channels:
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                       nn.MaxPool2d(2)]
-            channels = out
-        self.cnn = nn.Sequential(*layers)
-        self.attention = nn.Sequential(nn.Conv2d(channels, channels // 2 or 1, 1), nn.ReLU(),
-                                       nn.Conv2d(channels // 2 or 1, 1, 1))
-        self.to_code = nn.Linear(channels, config.code_dim)
-        self.classify = nn.Linear(config.code_dim, config.num_classes)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cnn(x)
-
-    def head(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.attention(feature_map)
-        weights = logits.flatten(1).softmax(dim=1).view_as(logits)
-        code = torch.tanh(self.to_code((feature_map * weights).sum(dim=(2, 3))))
-        return code, self.classify(code)
-
-
 class ATH(RetrievalModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        net = PublishedATHNet(config) if config.ath_network == "published" else StagesATHNet(config)
         # NHWC convolutions: about 2x faster on CPU for these few-channel maps (as for the backbone)
-        self.net = net.to(memory_format=torch.channels_last)
-        self.triplet_loss = TRIPLET_LOSSES[config.triplet]
+        self.net = PublishedATHNet(config).to(memory_format=torch.channels_last)
 
     @property
     def embedding_dim(self) -> int:
@@ -252,10 +188,8 @@ class ATH(RetrievalModel):
 
     def extract(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Nothing frozen: ``images (B, 1, S, S)`` in [0, 1] -> the network input, ImageNet-
-        normalised RGB ``(B, 3, S, S)`` (published) or the grey image in [-1, 1] (stages)."""
-        if self.config.ath_network == "published":
-            return to_channels_last(normalize(images))
-        return to_channels_last(images * 2.0 - 1.0)
+        normalised RGB ``(B, 3, S, S)`` as published."""
+        return to_channels_last(normalize(images))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> the network's feature map (for heatmaps)."""
@@ -273,7 +207,7 @@ class ATH(RetrievalModel):
         return self.forward_features(self.extract(images))
 
     def loss(self, output: ModelOutput, labels: torch.Tensor, region_labels: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_bce(output.graph_logits, labels) + self.config.triplet_weight * self.triplet_loss(
+        return masked_bce(output.graph_logits, labels) + self.config.triplet_weight * published_triplet_loss(
             output.code, labels, self.config.triplet_margin)
 
     def retrieval_embedding(self, output: ModelOutput) -> torch.Tensor:

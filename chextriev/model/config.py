@@ -9,8 +9,7 @@ improvements under their own names (:data:`VARIANT_LABELS` gives each a table la
   ``v0-anatomy``, ``v1`` .. ``v6`` (SPEC section 4, the paper's table), ``v6-published-code``
   (V6 with the gated + global residual that the published code actually ran);
 * improvements: ``resnet50-projected`` (embedding = trained projection of the pooled
-  feature), ``ath-batchall`` (five conv stages, tanh code, batch-all cosine triplet loss),
-  ``anaxnet-gcnconv`` (normalised GCNConv with bias, mean of L2-normalised nodes).
+  feature), ``anaxnet-gcnconv`` (normalised GCNConv with bias, mean of L2-normalised nodes).
 
 This module imports no model class; :mod:`chextriev.model.build` maps a config to its module
 (``build_model(name, **overrides)``).
@@ -35,14 +34,17 @@ RESIDUALS = ("layer", "global")
 BACKBONES = ("resnet50", "resnet18")
 FEATURE_MODES = ("roi", "crop")
 GLOBAL_EMBEDDINGS = ("backbone", "projection")
-ATH_NETWORKS = ("published", "stages")
-TRIPLET_LOSSES = ("published", "batch-all")
 GRAPH_CONVS = ("raw", "gcnconv")
 ANAXNET_EMBEDDINGS = ("layernorm", "l2")
 
 #: Format of the model's weights (state-dict layout). 2: one shared LayerNorm + Linear head,
 #: attention of ``heads x head_dim`` with biased q/kv and one edge map, published ATH/AnaXNet.
 MODEL_FORMAT = 2
+
+#: Fields that configs of this format may still carry after their option was retired, with the
+#: values that mean today's behaviour (``None``: any value). ``ath-batchall`` (the earlier
+#: five-stage ATH with a batch-all loss) did worse than the published ATH and was removed.
+RETIRED_FIELDS: dict[str, Any] = {"ath_network": "published", "triplet": "published", "ath_channels": None}
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,11 @@ class ModelConfig:
     # global baseline
     global_embedding: str = "backbone"  # backbone (frozen pooled, published) | projection
     # ATH baseline
-    ath_network: str = "published"  # published (3 residual blocks, CBAM attention) | stages
-    triplet: str = "published"  # published (mined pair, squared distance) | batch-all (cosine)
     code_dim: int = 32
     binary: bool = False  # embeddings are sign(code): cosine ranking == Hamming ranking
-    # published: times code_dim, on the per-dimension mean squared distance; batch-all: cosine
+    # times code_dim, on the per-dimension mean squared distance (published)
     triplet_margin: float = 0.5
     triplet_weight: float = 1.0
-    # ath_network="stages": conv + BN + ReLU + 2x2 max-pool stages, softmax attention pooling
-    ath_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     # AnaXNet baseline
     graph_conv: str = "raw"  # raw (A X W, published) | gcnconv (normalised, bias)
     anaxnet_embedding: str = "layernorm"  # layernorm (published) | l2: mean of normalised nodes
@@ -107,8 +105,6 @@ class ModelConfig:
             ("backbone", self.backbone, BACKBONES),
             ("feature mode", self.feature_mode, FEATURE_MODES),
             ("global embedding", self.global_embedding, GLOBAL_EMBEDDINGS),
-            ("ATH network", self.ath_network, ATH_NETWORKS),
-            ("triplet loss", self.triplet, TRIPLET_LOSSES),
             ("graph convolution", self.graph_conv, GRAPH_CONVS),
             ("AnaXNet embedding", self.anaxnet_embedding, ANAXNET_EMBEDDINGS),
         ):
@@ -124,7 +120,6 @@ class ModelConfig:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if self.adjacency is not None:
             object.__setattr__(self, "adjacency", tuple(tuple(int(v) for v in r) for r in self.adjacency))
-        object.__setattr__(self, "ath_channels", tuple(self.ath_channels))
 
     @property
     def num_classes(self) -> int:
@@ -163,7 +158,6 @@ class ModelConfig:
         """JSON-friendly dict (lists for tuples); inverse of :meth:`from_dict`."""
         data = dataclasses.asdict(self)
         data["class_names"] = list(self.class_names)
-        data["ath_channels"] = list(self.ath_channels)
         if self.adjacency is not None:
             data["adjacency"] = [list(r) for r in self.adjacency]
         return data
@@ -171,6 +165,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for name, meaning in RETIRED_FIELDS.items():
+            if name in data and name not in known:
+                value = data.pop(name)
+                if meaning is not None and value != meaning:
+                    raise UnknownNameError(f"retired {name} option", value, [meaning])
         unknown = sorted(set(data) - known)
         if unknown:
             raise UnknownNameError("model config field", unknown[0], sorted(known))
@@ -199,7 +199,6 @@ _V["v6"] = replace(_GRAPH, edges="learned", abs_pos=True, gated_residual=False, 
 _V["v6-published-code"] = replace(_V["v6"], gated_residual=True, residual="global")
 # --- the project's improvements, under their own names
 _V["resnet50-projected"] = replace(_V["resnet50"], global_embedding="projection")
-_V["ath-batchall"] = replace(_V["ath"], ath_network="stages", triplet="batch-all")
 _V["anaxnet-gcnconv"] = replace(_V["anaxnet"], graph_conv="gcnconv", anaxnet_embedding="l2")
 VARIANTS: dict[str, ModelConfig] = _V
 
@@ -219,7 +218,6 @@ VARIANT_LABELS: dict[str, str] = {
     "v6": "V6",
     "v6-published-code": "V6 (published code's settings)",
     "resnet50-projected": "ResNet50 projected (ours)",
-    "ath-batchall": "ATH batch-all, five stages (ours)",
     "anaxnet-gcnconv": "AnaXNet GCNConv (ours)",
 }
 assert list(VARIANT_LABELS) == list(VARIANTS), "every variant needs a table label"
@@ -235,7 +233,6 @@ TINY: dict[str, Any] = {
     "crop_size": 32,
     "gcn_hidden": 128,
     "code_dim": 16,
-    "ath_channels": (8, 16),
 }
 
 

@@ -6,8 +6,7 @@
   cached), 256 px, ``roi`` features, transformer width 256 / 4 heads of 32 (inner width 128:
   half the width, as the published 512 of 1024) / ff 512 (smaller than the published
   1024 / 8 x 64 / 4096 so that ~1,000 images train in minutes on 2 cores), AnaXNet hidden
-  512, ``ath-batchall``'s CNN 16/32/64/128/256 channels (the published ATH network has fixed
-  widths), batch 32, lr 1e-3, up to 20 epochs, early stop after 5 epochs without a better
+  512 (the published ATH network has fixed widths), batch 32, lr 1e-3, up to 20 epochs, early stop after 5 epochs without a better
   validation mAP@10.
 * ``mimic`` — the published setting: ResNet50 frozen, ``crop`` features (224 crops of the
   full-resolution original), width 1024, 8 heads of 64, Adam lr 1e-4, batch 16 x gradient
@@ -46,7 +45,7 @@ PRESETS: dict[str, Preset] = {
     "synthetic-small": Preset(
         "synthetic-small",
         model={"backbone": "resnet18", "image_size": 256, "feature_mode": "roi", "width": 256, "heads": 4,
-               "head_dim": 32, "ff_width": 512, "gcn_hidden": 512, "ath_channels": (16, 32, 64, 128, 256)},
+               "head_dim": 32, "ff_width": 512, "gcn_hidden": 512},
         lr=1e-3, batch_size=32, max_epochs=20, patience=5,
     ),
     "mimic": Preset(

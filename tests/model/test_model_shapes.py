@@ -21,7 +21,7 @@ def test_model_unknown_variant_lists_valid():
 
 def test_model_variant_table_matches_spec():
     assert list(VARIANTS) == ["resnet50", "ath", "ath-binary", "anaxnet", "v0-image", "v0-anatomy", "v1", "v2",
-                              "v3", "v4", "v5", "v6", "v6-published-code", "resnet50-projected", "ath-batchall",
+                              "v3", "v4", "v5", "v6", "v6-published-code", "resnet50-projected",
                               "anaxnet-gcnconv"]  # the published table's order, then our improvements
     v = VARIANTS
     assert (v["v1"].edges, v["v1"].abs_pos, v["v1"].graph_importance) == ("adjacency", False, 1.0)
@@ -35,9 +35,7 @@ def test_model_variant_table_matches_spec():
     assert v["v6"].width == 1024 and v["v6"].heads == 8 and v["v6"].head_dim == 64 and v["v6"].ff_width == 4096
     assert v["v6"].num_layers == 2
     # published baselines under their names, improvements under their own
-    assert (v["ath"].ath_network, v["ath"].triplet, v["ath"].code_dim, v["ath"].image_size) == (
-        "published", "published", 32, 256)
-    assert (v["ath-batchall"].ath_network, v["ath-batchall"].triplet) == ("stages", "batch-all")
+    assert (v["ath"].code_dim, v["ath"].image_size, v["ath"].triplet_margin) == (32, 256, 0.5)
     assert (v["anaxnet"].graph_conv, v["anaxnet"].anaxnet_embedding) == ("raw", "layernorm")
     assert (v["anaxnet-gcnconv"].graph_conv, v["anaxnet-gcnconv"].anaxnet_embedding) == ("gcnconv", "l2")
 
@@ -94,3 +92,12 @@ def test_model_all_regions_missing_is_finite(tiny_batch):
     with torch.no_grad():
         out = model(images, boxes)
     assert torch.isfinite(out.embedding).all() and torch.isfinite(out.graph_logits).all()
+
+
+def test_model_config_reads_retired_fields_of_this_format():
+    """Checkpoints written before ath-batchall was removed still load; the removed option fails."""
+    data = get_config("ath", **TINY).to_dict()
+    old = {**data, "ath_network": "published", "triplet": "published", "ath_channels": [8, 16]}
+    assert ModelConfig.from_dict(old) == ModelConfig.from_dict(data)
+    with pytest.raises(UnknownNameError, match="retired ath_network"):
+        ModelConfig.from_dict({**data, "ath_network": "stages"})
