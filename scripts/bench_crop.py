@@ -20,7 +20,7 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=2560, help="original image side (px)")
     parser.add_argument("--image-size", type=int, default=512, help="the earlier path's resized side")
     parser.add_argument("--crop-size", type=int, default=224)

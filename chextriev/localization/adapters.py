@@ -3,8 +3,8 @@ logits`` for class-activation maps.
 
 * graph variants V0..V6 and AnaXNet in ``roi`` mode: the backbone feature map of the whole
   image; the head is RoIAlign of the region boxes, projection, graph and heads, read out
-  through ``model.image_logits`` (the node head's regions for anatomy-supervised V0-anatomy
-  and V4, whose graph head never trains);
+  through ``model.image_logits`` (the shared head on the mean of the nodes, or the largest
+  region logit for anatomy-supervised V0-anatomy and V4, whose loss has region targets only);
 * the global ResNet baselines: the backbone feature map; the head is average pooling, the
   optional projection and the LayerNorm + Linear classifier;
 * ATH: its network's last multi-channel feature map (``ATH.feature_map``); the head is the

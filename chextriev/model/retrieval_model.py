@@ -13,8 +13,8 @@ Every model (``build_model`` result) is a :class:`RetrievalModel`:
 * ``forward(images, boxes) -> ModelOutput`` = both;
 * ``loss(output, labels (B,C), region_labels (B,18,C)) -> scalar`` (NaN targets ignored);
 * ``retrieval_embedding(output) -> (B, D)`` L2-normalised: the one embedding used everywhere;
-* ``image_logits(output) -> (B, C)``: the image-level finding logits (graph head, or the node
-  head's regions for anatomy-supervised models).
+* ``image_logits(output) -> (B, C)``: the image-level finding logits (the graph logits, or
+  the largest region logit for anatomy-supervised models).
 """
 
 from __future__ import annotations
@@ -100,12 +100,13 @@ class RetrievalModel(nn.Module):
         """``(B, C)`` image-level finding logits: what classifies the image everywhere
         (validation, evaluation, indexing, queries, heatmaps).
 
-        The graph head's logits, except for anatomy-supervised models (``graph_importance``
-        0: V0-anatomy, V4), whose graph head receives no gradient and stays at its random
-        initialisation. There the image logit of finding ``c`` is the largest node logit of
-        ``c`` over the present regions: an image holds a finding when any region does (SPEC:
-        image label = OR over regions), and sigmoid is monotonic, so this is the largest
-        region probability.
+        The graph logits (the shared head on the mean of the nodes), except for anatomy-
+        supervised models (``graph_importance`` 0: V0-anatomy, V4), whose loss trains the head
+        on single nodes only, never on their mean (``scripts/anatomy_image_logits.py``: the
+        head on the mean classifies their images worse). There the image logit of finding
+        ``c`` is the largest node logit of ``c`` over the present regions: an image holds a
+        finding when any region does (SPEC: image label = OR over regions), and sigmoid is
+        monotonic, so this is the largest region probability.
         """
         if self.config.graph_importance > 0 or output.node_logits is None or output.mask is None:
             return output.graph_logits

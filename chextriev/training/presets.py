@@ -6,8 +6,8 @@
   cached), 256 px, ``roi`` features, transformer width 256 / 4 heads of 32 (inner width 128:
   half the width, as the published 512 of 1024) / ff 512 (smaller than the published
   1024 / 8 x 64 / 4096 so that ~1,000 images train in minutes on 2 cores), AnaXNet hidden
-  512 (the published ATH network has fixed widths), batch 32, lr 1e-3, up to 20 epochs, early stop after 5 epochs without a better
-  validation mAP@10.
+  512 (the published ATH network has fixed widths, so no ATH override), batch 32, lr 1e-3,
+  up to 20 epochs, early stop after 5 epochs without a better validation mAP@10.
 * ``mimic`` — the published setting: ResNet50 frozen, ``crop`` features (224 crops of the
   full-resolution original), width 1024, 8 heads of 64, Adam lr 1e-4, batch 16 x gradient
   accumulation 8, ReduceLROnPlateau on validation mAP@10, early stop (patience 10), up to 100

@@ -94,7 +94,8 @@ def test_model_feature_standardisation_is_used_and_saved(tiny_batch):
 
 @pytest.mark.parametrize("name", ["v0-anatomy", "v4"])
 def test_model_anatomy_variants_classify_images_from_regions(name, tiny_batch):
-    """gi=0 trains only the node head: the image logit is the largest present-region logit."""
+    """gi=0 trains the head on single nodes only: the image logit is the largest
+    present-region logit."""
     images, boxes, _, _ = tiny_batch
     model = build_model(name, **TINY).eval()
     with torch.no_grad():
