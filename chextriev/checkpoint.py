@@ -25,7 +25,8 @@ from chextriev.anatomy.atlas import Atlas
 from chextriev.anatomy.provider import BoxProvider
 from chextriev.errors import ChextrievError
 from chextriev.model.backbone import weights_restored_later
-from chextriev.model.config import ModelConfig, build_from_config
+from chextriev.model.build import build_from_config
+from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
 
@@ -86,6 +87,12 @@ class LoadedModel:
                     BF16_MIN_COSINE, images)
         return self.precision
 
+    @property
+    def max_input_side(self) -> int | None:
+        """Largest image side worth handing to :func:`~chextriev.embedding.embed_images`:
+        ``None`` = the full-resolution original (``crop`` mode crops it), else the model input."""
+        return self.model.max_input_side
+
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
                    device: str | torch.device = "cpu", variant: str = "",
@@ -129,6 +136,10 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
     hparams = data.get("hyper_parameters") or {}
     if "model_config" not in hparams:
         raise CheckpointError("checkpoint has no 'model_config' hyper-parameter: not written by `chextriev train`")
+    written = int(hparams.get("model_format", 1))  # checkpoints before the field: format 1
+    if written != MODEL_FORMAT:
+        raise CheckpointError(f"checkpoint weights are in model format {written}, this chextriev reads format "
+                              f"{MODEL_FORMAT} (one shared head, published attention): retrain it with `chextriev train`")
     config = replace(ModelConfig.from_dict(dict(hparams["model_config"])), backbone_weights=None)
     with weights_restored_later():
         model = build_from_config(config)
@@ -136,7 +147,8 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint weights do not fit the {config.kind} model: "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]} (written by an older "
+                              "chextriev? retrain it with `chextriev train`)")
     return model, hparams
 
 

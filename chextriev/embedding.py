@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chextriev.model.preprocess import prepare_image, scale_boxes
 from chextriev.model.region_features import box_mask
 from chextriev.model.retrieval_model import ModelOutput, RetrievalModel
 from chextriev.precision import autocast, min_cosine
@@ -108,13 +107,6 @@ def resolve_boxes(loaded, images: Sequence[np.ndarray], boxes) -> tuple[list[np.
     return result, sources
 
 
-def prepare_batch(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and original-pixel boxes -> ``(B, 1, size, size)`` and ``(B, 18, 4)`` model-input boxes."""
-    tensors = torch.stack([prepare_image(image, size) for image in images])
-    scaled = np.stack([scale_boxes(b, np.asarray(image).shape, size) for image, b in zip(images, boxes)])
-    return tensors, torch.from_numpy(scaled)
-
-
 @torch.inference_mode()
 def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: int = 16,
                  timings: dict[str, float] | None = None) -> EmbeddingBatch:
@@ -132,10 +124,10 @@ def embed_images(loaded, images: Sequence[np.ndarray], boxes=None, batch_size: i
     model = loaded.model
     model.eval()
     parts: list[dict[str, np.ndarray | None]] = []
-    size = loaded.image_size
     for start in range(0, len(images), max(1, int(batch_size))):
         chunk = slice(start, start + batch_size)
-        tensors, model_boxes = prepare_batch(images[chunk], all_boxes[chunk], size)
+        # the model's own input: resized image (roi, global, ATH) or crops of the original (crop)
+        tensors, model_boxes = model.prepare_batch(images[chunk], all_boxes[chunk])
         tensors, model_boxes = tensors.to(loaded.device), model_boxes.to(loaded.device)
         if getattr(loaded, "verify_bf16", False):  # `auto` chose bf16: check it on this batch
             reference = _forward(model, tensors, model_boxes, "fp32", loaded.device)

@@ -47,7 +47,8 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     import torch
 
     from chextriev.embedding import prepare_batch
-    from chextriev.model.config import build_from_config, get_config
+    from chextriev.model.build import build_from_config
+    from chextriev.model.config import MODEL_FORMAT, get_config
 
     path = Path(path)
     if path.is_file():
@@ -71,7 +72,7 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
         features = features[features.abs().sum(dim=1) > 0]  # missing regions are zero rows
         features_module.set_feature_stats(features.mean(dim=0), features.std(dim=0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": {"model_config": config.to_dict(), "variant": variant,
+    torch.save({"hyper_parameters": {"model_format": MODEL_FORMAT, "model_config": config.to_dict(), "variant": variant,
                                      "class_names": list(config.class_names), "image_size": config.image_size},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     log.info("wrote %s (%s, random weights, feature standardisation from %d images)", path, variant, len(images))

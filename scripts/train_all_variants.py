@@ -5,12 +5,19 @@
         [--preset synthetic-small] [--variants v6,resnet50] [--seeds 0,1,2] [--max-epochs N] \
         [--cache-dir DIR] [--fresh]
 
-For each seed and variant: ``chextriev.training.fit.train_records`` (best checkpoint on
-validation mAP@10), then the test split (held-out patients) is embedded with THE embedding
-function (``chextriev.embedding.embed_images`` on ``load_checkpoint(best.ckpt)``) and scored
-with ``metrics``: mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False, class average) and mean
-AUROC of the image-level probabilities. An ``untrained`` row per seed embeds with a V6 model
-at that seed's initialisation (same frozen backbone, same fitted feature standardisation).
+The variants are the rows of the variant table (``chextriev.model.config.VARIANTS``, in its
+order); ``--variants`` picks some. For each seed and variant:
+``chextriev.training.fit.train_records`` (best checkpoint on validation mAP@10), then the test
+split (held-out patients) is embedded with THE embedding function
+(``chextriev.embedding.embed_images`` on ``load_checkpoint(best.ckpt)``) and scored with the
+retrieval core (``chextriev.retrieval``): mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False,
+class average), the mean AUROC of the image-level probabilities, and for region models the
+region AUROC (mean over (region, finding) cells of the node probabilities against the region
+labels, ``metrics.localization.region_auroc``). An ``untrained`` row per seed embeds with a V6
+model at that seed's initialisation (same frozen backbone, same fitted feature
+standardisation). ``ath-binary`` is not trained again: it is the ``ath`` run of the same seed
+searched with the sign of its codes (train s ``= ath``); its ``best.ckpt`` is that run's, with
+``binary`` set in the saved config.
 
 The seed sets the model initialisation and the batch order; the patients of each split are the
 same for every seed (the archive's split column, else one hash of the patient id), so every
@@ -18,11 +25,11 @@ seed is scored on the same test images. The table
 shows the mean over seeds and, per variant, its mAP@10 minus the same seed's untrained
 mAP@10: mean, standard deviation and the smallest margin over seeds.
 
-Checkpoints go to ``RESULTS_DIR/seed<S>/<variant>/``. Writes ``RESULTS_DIR/results.md`` and
-``results.json`` (every seed's rows; rewritten after each variant, so a killed run keeps what it
-finished). A rerun with the same ``--out`` reuses the
-rows already in ``results.json`` for the same preset, archive and epoch limit (``--fresh``
-retrains everything).
+Checkpoints go to ``RESULTS_DIR/seed<S>/<variant>/``. Writes ``RESULTS_DIR/results.md`` (the
+table, headed by the command that made it) and ``results.json`` (every seed's rows; rewritten
+after each variant, so a killed run keeps what it finished). A rerun with the same ``--out``
+reuses the rows already in ``results.json`` for the same preset, archive, epoch limit and
+model format (``--fresh`` retrains everything).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -43,29 +51,60 @@ from chextriev.embedding import embed_images
 from chextriev.io.datasets import load_records
 from chextriev.io.images import load_image
 from chextriev.model.adjacency import cooccurrence_adjacency
-from chextriev.model.config import VARIANTS, build_from_config
+from chextriev.model.build import build_from_config
+from chextriev.model.config import MODEL_FORMAT, VARIANTS
+from chextriev.retrieval import neighbors_from_embeddings, retrieval_metrics_at
 from chextriev.training.data import RetrievalDataModule, split_records
 from chextriev.training.feature_cache import FeatureCache
 from chextriev.training.fit import fit_feature_stats, resolve_config, train_records
 from chextriev.training.presets import get_preset
-from chextriev.training.retrieval_map import nearest
 from metrics.classification import per_class_auroc
-from metrics.retrieval import retrieval_metrics_at
+from metrics.localization import region_auroc
 
 log = logging.getLogger("train_all_variants")
 KS = (3, 5, 10)
-ORDER = ("untrained", "v6", "resnet50", "v0-image", "v0-anatomy", "v1", "v2", "v3", "v4", "v5", "anaxnet",
-         "resnet50-projected", "ath", "ath-binary")
+ORDER = ("untrained", *VARIANTS)  # the variant table's order
 
 
 def evaluate(loaded: LoadedModel, test_records, images) -> dict:
     batch = embed_images(loaded, images, [r.boxes for r in test_records])
     labels = np.stack([r.labels for r in test_records]).astype(np.float32)
-    neighbors = nearest(batch.embeddings, max(KS))
+    neighbors, _ = neighbors_from_embeddings(batch.embeddings, max(KS))
     retrieval = retrieval_metrics_at(neighbors, labels, KS, skip=False)
     row = {f"{m}@{k}": retrieval[k]["class_average"][m] for k in KS for m in ("mAP", "mHR", "mRR")}
     row["AUROC"] = per_class_auroc(labels, batch.probabilities, loaded.class_names)["mean"]
+    row["region_AUROC"] = None
+    if batch.region_probabilities is not None and all(r.region_labels is not None for r in test_records):
+        row["region_AUROC"] = region_auroc(np.stack([r.region_labels for r in test_records]),
+                                           batch.region_probabilities,
+                                           np.stack([r.box_mask for r in test_records]))["mean"]
     return row
+
+
+def trained_as(name: str, variants: list[str]) -> str | None:
+    """The earlier variant of ``variants`` whose training ``name`` shares: the same config but
+    for ``binary`` (``ath-binary`` reads the sign of the codes that ``ath`` trains, as a hashing
+    method does at search time), else None."""
+    config = VARIANTS.get(name)
+    if config is None or not config.binary:
+        return None
+    for other in variants[:variants.index(name)]:
+        if VARIANTS[other] == replace(config, binary=False):
+            return other
+    return None
+
+
+def derive_checkpoint(source: Path, target: Path, variant: str) -> Path:
+    """Write ``target``: the checkpoint ``source`` with the config of ``variant`` (same weights;
+    e.g. ``ath-binary`` from the ``ath`` run), so that every variant has its own checkpoint."""
+    data = torch.load(source, map_location="cpu", weights_only=False)
+    hparams = data["hyper_parameters"]
+    config = dict(hparams["model_config"])
+    config["binary"] = VARIANTS[variant].binary
+    hparams["model_config"], hparams["variant"] = config, variant
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, target)
+    return target
 
 
 def untrained_model(records, preset: str, seed: int, cache: Path) -> LoadedModel:
@@ -97,8 +136,13 @@ def summarise(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
         rows = [per_seed[seed][name] for seed in seeds]
         entry: dict = {"seeds": len(rows)}
         for metric in rows[0]:
+            if metric == "trained_as":
+                entry[metric] = rows[0][metric]
+                continue
             values = [r[metric] for r in rows if r.get(metric) is not None]
             entry[metric] = _mean_sd(values)[0] if values else None
+        regions = [r["region_AUROC"] for r in rows if r.get("region_AUROC") is not None]
+        entry["region_AUROC_min"] = float(min(regions)) if regions else None
         margins = [per_seed[s][name]["mAP@10"] - per_seed[s]["untrained"]["mAP@10"]
                    for s in seeds if "untrained" in per_seed[s]]
         if margins and name != "untrained":
@@ -108,20 +152,28 @@ def summarise(per_seed: dict[str, dict[str, dict]]) -> dict[str, dict]:
     return summary
 
 
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown(summary: dict[str, dict], meta: dict) -> str:
-    header = ["model"] + [f"k={k} mAP/mHR/mRR" for k in KS] + ["AUROC", "mAP@10 - untrained: mean ± sd (min)",
-                                                              "train s"]
+    header = ["model"] + [f"k={k} mAP/mHR/mRR" for k in KS] + [
+        "AUROC", "region AUROC: mean (min)", "mAP@10 - untrained: mean ± sd (min)", "train s"]
     seeds = ", ".join(str(s) for s in meta["seeds"])
-    lines = [(f"Test split (held-out patients): {meta['test_images']} images; preset `{meta['preset']}`; "
-              f"archive `{meta['data']}`; class average, skip=False; mean over seeds {seeds}."), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []
+    if meta.get("command"):
+        lines += ["```bash", meta["command"], "```", ""]
+    lines += [(f"Test split (held-out patients): {meta['test_images']} images; preset `{meta['preset']}`; "
+               f"archive `{meta['data']}`; class average, skip=False; mean over seeds {seeds}."), "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in [n for n in ORDER if n in summary] + sorted(n for n in summary if n not in ORDER):
         r = summary[name]
         cells = [f"{r[f'mAP@{k}']:.3f}/{r[f'mHR@{k}']:.3f}/{r[f'mRR@{k}']:.3f}" for k in KS]
-        auroc = "n/a" if r.get("AUROC") is None else f"{r['AUROC']:.3f}"
+        region = "n/a" if r.get("region_AUROC") is None else f"{r['region_AUROC']:.3f} ({r['region_AUROC_min']:.3f})"
         margin = r.get("margin")
         margin_cell = "-" if margin is None else f"{margin['mean']:+.3f} ± {margin['sd']:.3f} ({margin['min']:+.3f})"
-        lines.append("| " + " | ".join([name, *cells, auroc, margin_cell, f"{r.get('train_seconds') or 0:.0f}"]) + " |")
+        seconds = f"= {r['trained_as']}" if r.get("trained_as") else f"{r.get('train_seconds') or 0:.0f}"
+        lines.append("| " + " | ".join([name, *cells, _cell(r.get("AUROC")), region, margin_cell, seconds]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,9 +186,9 @@ def _previous_rows(path: Path, meta: dict) -> dict[str, dict[str, dict]]:
     except (OSError, ValueError):
         log.warning("%s is unreadable: starting afresh", path)
         return {}
-    same = {key: saved.get("meta", {}).get(key) for key in ("preset", "data", "max_epochs")}
+    same = {key: saved.get("meta", {}).get(key) for key in ("preset", "data", "max_epochs", "model_format")}
     if same != {key: meta[key] for key in same}:
-        log.info("%s is from another preset, archive or epoch limit: not reused", path)
+        log.info("%s is from another preset, archive, epoch limit or model format: not reused", path)
         return {}
     return {str(seed): rows for seed, rows in saved.get("per_seed", {}).items()}
 
@@ -156,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="synthetic-small")
-    parser.add_argument("--variants", default=",".join(v for v in ORDER if v != "untrained"))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated variant names (default: every variant of the table)")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
@@ -182,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.out / "feature-cache"
     meta = {"preset": args.preset, "data": str(args.data.resolve()), "max_epochs": args.max_epochs,
-            "test_images": len(test), "seeds": args.seeds}
+            "model_format": MODEL_FORMAT, "test_images": len(test), "seeds": args.seeds,
+            "command": "python scripts/train_all_variants.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     results = args.out / "results.json"
     previous = {} if args.fresh else _previous_rows(results, meta)
     per_seed: dict[str, dict[str, dict]] = {}
@@ -202,15 +256,21 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("seed %d %s: reusing the row in %s", seed, name, results)
                 continue
             start = time.perf_counter()
+            shared = trained_as(name, variants)
             if name == "untrained":
                 rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test, images)
+            elif shared is not None and (run_dir / shared / "best.ckpt").is_file():
+                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / name / "best.ckpt", name)
+                rows[name] = {**evaluate(load_checkpoint(best), test, images), "train_seconds": 0.0,
+                              "trained_as": shared, "val_mAP@10": rows.get(shared, {}).get("val_mAP@10")}
             else:
                 result = train_records(records, run_dir / name, variant=name, preset=args.preset,
                                        max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False)
                 rows[name] = {**evaluate(load_checkpoint(result.best), test, images),
                               "train_seconds": time.perf_counter() - start, "val_mAP@10": result.best_score}
-            log.info("seed %d %s: test mAP@10 %.3f, AUROC %s (%.0f s)", seed, name, rows[name]["mAP@10"],
-                     rows[name]["AUROC"], time.perf_counter() - start)
+            log.info("seed %d %s: test mAP@10 %.3f, AUROC %s, region AUROC %s (%.0f s)", seed, name,
+                     rows[name]["mAP@10"], rows[name]["AUROC"], rows[name]["region_AUROC"],
+                     time.perf_counter() - start)
             save()
     save()
     table = markdown(summarise(per_seed), meta)

@@ -3,11 +3,12 @@ logits`` for class-activation maps.
 
 * graph variants V0..V6 and AnaXNet in ``roi`` mode: the backbone feature map of the whole
   image; the head is RoIAlign of the region boxes, projection, graph and heads, read out
-  through ``model.image_logits`` (the node head's regions for anatomy-supervised V0-anatomy
-  and V4, whose graph head never trains);
+  through ``model.image_logits`` (the shared head on the mean of the nodes, or the largest
+  region logit for anatomy-supervised V0-anatomy and V4, whose loss has region targets only);
 * the global ResNet baselines: the backbone feature map; the head is average pooling, the
   optional projection and the LayerNorm + Linear classifier;
-* ATH: its CNN's feature map; the head is its attention pooling, code and classifier.
+* ATH: its network's last multi-channel feature map (``ATH.feature_map``); the head is the
+  rest of the network up to the class logits (``ATH.classify_feature_map``).
 
 ``crop`` mode models run the backbone on each region crop, never on the whole image, so they
 have no whole-image feature map: :class:`CamUnsupportedError` says so.
@@ -79,16 +80,8 @@ def _global_pipeline(model: nn.Module) -> CamPipeline:
 
 def _ath_pipeline(model: nn.Module) -> CamPipeline:
     config = model.config
-
-    def features(images: torch.Tensor) -> torch.Tensor:
-        return model.cnn(model.extract(images))
-
-    def head(feature_map: torch.Tensor) -> torch.Tensor:
-        # ATH.forward_features after its CNN: attention pooling, tanh code, classifier
-        pooled = (feature_map * model.attention_map(feature_map)).sum(dim=(2, 3))
-        return model.head(torch.tanh(model.to_code(pooled)))
-
-    return CamPipeline(features, head, config.image_size, tuple(config.class_names))
+    # the network split by the model itself: its last multi-channel map, then the rest
+    return CamPipeline(model.feature_map, model.classify_feature_map, config.image_size, tuple(config.class_names))
 
 
 def cam_pipeline(model: nn.Module, boxes: torch.Tensor | None = None) -> CamPipeline:
@@ -99,7 +92,7 @@ def cam_pipeline(model: nn.Module, boxes: torch.Tensor | None = None) -> CamPipe
         return _region_pipeline(model, boxes)
     if kind == "global" and hasattr(model, "features"):
         return _global_pipeline(model)
-    if kind == "ath" and hasattr(model, "cnn"):
+    if kind == "ath" and hasattr(model, "feature_map"):
         return _ath_pipeline(model)
     raise CamUnsupportedError(
         f"no heatmap adapter for {type(model).__name__} (kind {kind!r}); pass a CamPipeline "

@@ -1,11 +1,18 @@
-"""Variants as data: one :class:`ModelConfig`, a table of named configs, one :func:`build_model`.
+"""Variants as data: one :class:`ModelConfig` and a table of named configs (:data:`VARIANTS`).
 
 Every field changes the computation of the model it applies to (tests/model checks each
-option). Names (``VARIANTS`` keys): ``v0-image``, ``v0-anatomy``, ``v1`` .. ``v6`` (SPEC
-section 4), and the baselines ``resnet50`` (global, frozen pooled feature as embedding, as
-published), ``resnet50-projected`` (global, embedding = trained projection of the pooled
-feature), ``ath`` (real-valued 32-d code), ``ath-binary`` (sign of the code: Hamming search),
-``anaxnet``.
+option). The table, in the order of the published comparison, then the project's own
+improvements under their own names (:data:`VARIANT_LABELS` gives each a table label):
+
+* published: ``resnet50`` (global, frozen pooled feature as embedding), ``ath`` (real-valued
+  32-d hash code), ``ath-binary`` (its sign: Hamming search), ``anaxnet``, ``v0-image``,
+  ``v0-anatomy``, ``v1`` .. ``v6`` (SPEC section 4, the paper's table), ``v6-published-code``
+  (V6 with the gated + global residual that the published code actually ran);
+* improvements: ``resnet50-projected`` (embedding = trained projection of the pooled
+  feature), ``anaxnet-gcnconv`` (normalised GCNConv with bias, mean of L2-normalised nodes).
+
+This module imports no model class; :mod:`chextriev.model.build` maps a config to its module
+(``build_model(name, **overrides)``).
 
 ``TINY`` is an override set for tests and fast presets:
 ``build_model("v6", **TINY)`` gives a ResNet18, 64 px, width-64, 2-head model.
@@ -27,6 +34,17 @@ RESIDUALS = ("layer", "global")
 BACKBONES = ("resnet50", "resnet18")
 FEATURE_MODES = ("roi", "crop")
 GLOBAL_EMBEDDINGS = ("backbone", "projection")
+GRAPH_CONVS = ("raw", "gcnconv")
+ANAXNET_EMBEDDINGS = ("layernorm", "l2")
+
+#: Format of the model's weights (state-dict layout). 2: one shared LayerNorm + Linear head,
+#: attention of ``heads x head_dim`` with biased q/kv and one edge map, published ATH/AnaXNet.
+MODEL_FORMAT = 2
+
+#: Fields that configs of this format may still carry after their option was retired, with the
+#: values that mean today's behaviour (``None``: any value). ``ath-batchall`` (the earlier
+#: five-stage ATH with a batch-all loss) did worse than the published ATH and was removed.
+RETIRED_FIELDS: dict[str, Any] = {"ath_network": "published", "triplet": "published", "ath_channels": None}
 
 
 @dataclass(frozen=True)
@@ -34,7 +52,8 @@ class ModelConfig:
     """Everything needed to rebuild a model (saved in every checkpoint).
 
     ``width`` is both the node feature dimension (output of the 2048 -> width -> ReLU -> width
-    projection) and the transformer width (SPEC: 1024).
+    projection) and the transformer width (SPEC: 1024); attention runs on ``heads x head_dim``
+    (8 x 64 = 512 as published) and maps back to ``width``.
     """
 
     kind: str = "graph"  # graph | global | ath | anaxnet
@@ -47,13 +66,14 @@ class ModelConfig:
     num_layers: int = 2
     width: int = 1024
     heads: int = 8
+    head_dim: int = 64  # attention inner width = heads * head_dim (published 8 x 64 = 512)
     ff_width: int = 4096
     dropout: float = 0.0
     # region features
     backbone: str = "resnet50"  # resnet50 | resnet18
     feature_mode: str = "roi"  # roi | crop
-    image_size: int = 512  # square model input; crop mode crops from this image
-    crop_size: int = 224  # crop mode: every region crop is resized to crop_size^2
+    image_size: int = 512  # square model input (roi, global, ATH); crop mode crops the original
+    crop_size: int = 224  # crop mode: every region crop of the original is resized to crop_size^2
     roi_output: int = 3  # roi mode: RoIAlign output grid, averaged to one vector per region
     train_backbone: bool = False
     backbone_weights: str | None = None  # local torchvision state-dict file, else random init
@@ -68,12 +88,12 @@ class ModelConfig:
     # ATH baseline
     code_dim: int = 32
     binary: bool = False  # embeddings are sign(code): cosine ranking == Hamming ranking
+    # times code_dim, on the per-dimension mean squared distance (published)
     triplet_margin: float = 0.5
     triplet_weight: float = 1.0
-    # conv + BN + ReLU + 2x2 max-pool stages. Five at 256 px: four left a 31 px receptive field,
-    # and on the synthetic archive ATH then stayed at the untrained level (test mAP@10 .32 vs .43)
-    ath_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     # AnaXNet baseline
+    graph_conv: str = "raw"  # raw (A X W, published) | gcnconv (normalised, bias)
+    anaxnet_embedding: str = "layernorm"  # layernorm (published) | l2: mean of normalised nodes
     gcn_hidden: int = 2048
 
     def __post_init__(self) -> None:
@@ -85,21 +105,30 @@ class ModelConfig:
             ("backbone", self.backbone, BACKBONES),
             ("feature mode", self.feature_mode, FEATURE_MODES),
             ("global embedding", self.global_embedding, GLOBAL_EMBEDDINGS),
+            ("graph convolution", self.graph_conv, GRAPH_CONVS),
+            ("AnaXNet embedding", self.anaxnet_embedding, ANAXNET_EMBEDDINGS),
         ):
             if value not in valid:
                 raise UnknownNameError(name, value, valid)
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        for name in ("width", "heads", "head_dim", "ff_width", "code_dim", "gcn_hidden", "crop_size", "roi_output"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if not 0.0 <= self.graph_importance <= 1.0:
             raise ValueError(f"graph_importance must be in [0, 1], got {self.graph_importance}")
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if self.adjacency is not None:
             object.__setattr__(self, "adjacency", tuple(tuple(int(v) for v in r) for r in self.adjacency))
-        object.__setattr__(self, "ath_channels", tuple(self.ath_channels))
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def inner_width(self) -> int:
+        """Attention inner width ``heads * head_dim`` (512 as published)."""
+        return self.heads * self.head_dim
 
     @property
     def feature_dim(self) -> int:
@@ -120,11 +149,15 @@ class ModelConfig:
         """Frozen torchvision backbone: its features can be cached on disk."""
         return self.uses_backbone and not self.train_backbone
 
+    @property
+    def crops_original(self) -> bool:
+        """Region crops are taken from the full-resolution original (``crop`` mode)."""
+        return self.has_regions and self.feature_mode == "crop"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists for tuples); inverse of :meth:`from_dict`."""
         data = dataclasses.asdict(self)
         data["class_names"] = list(self.class_names)
-        data["ath_channels"] = list(self.ath_channels)
         if self.adjacency is not None:
             data["adjacency"] = [list(r) for r in self.adjacency]
         return data
@@ -132,6 +165,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for name, meaning in RETIRED_FIELDS.items():
+            if name in data and name not in known:
+                value = data.pop(name)
+                if meaning is not None and value != meaning:
+                    raise UnknownNameError(f"retired {name} option", value, [meaning])
         unknown = sorted(set(data) - known)
         if unknown:
             raise UnknownNameError("model config field", unknown[0], sorted(known))
@@ -139,36 +178,61 @@ class ModelConfig:
 
 
 _GRAPH = ModelConfig()
-VARIANTS: dict[str, ModelConfig] = {}
-VARIANTS["v0-image"] = replace(_GRAPH, graph="none", edges="none", abs_pos=False, graph_importance=1.0)
-VARIANTS["v0-anatomy"] = replace(VARIANTS["v0-image"], graph_importance=0.0)
-VARIANTS["v1"] = replace(_GRAPH, edges="adjacency", abs_pos=False, graph_importance=1.0)
-VARIANTS["v2"] = replace(VARIANTS["v1"], edges="uniform")
-VARIANTS["v3"] = replace(VARIANTS["v2"], abs_pos=True)
-VARIANTS["v5"] = replace(_GRAPH, edges="learned", abs_pos=False, gated_residual=True, residual="global",
-                         graph_importance=1.0)
-VARIANTS["v4"] = replace(VARIANTS["v5"], abs_pos=True, graph_importance=0.0)
-VARIANTS["v6"] = replace(_GRAPH, edges="learned", abs_pos=True, gated_residual=False, residual="layer",
-                         graph_importance=1.0)
-VARIANTS["resnet50"] = replace(_GRAPH, kind="global", graph="none", edges="none", abs_pos=False,
-                               global_embedding="backbone")
-VARIANTS["resnet50-projected"] = replace(VARIANTS["resnet50"], global_embedding="projection")
-VARIANTS["ath"] = replace(_GRAPH, kind="ath", graph="none", edges="none", abs_pos=False, image_size=256)
-VARIANTS["ath-binary"] = replace(VARIANTS["ath"], binary=True)
-VARIANTS["anaxnet"] = replace(_GRAPH, kind="anaxnet", graph="none", edges="adjacency", abs_pos=False)
-VARIANTS = dict(sorted(VARIANTS.items()))
+_V = {}
+# --- the published comparison (SPEC section 4), in its table's order
+_V["resnet50"] = replace(_GRAPH, kind="global", graph="none", edges="none", abs_pos=False,
+                         global_embedding="backbone")
+_V["ath"] = replace(_GRAPH, kind="ath", graph="none", edges="none", abs_pos=False, image_size=256)
+_V["ath-binary"] = replace(_V["ath"], binary=True)
+_V["anaxnet"] = replace(_GRAPH, kind="anaxnet", graph="none", edges="adjacency", abs_pos=False)
+_V["v0-image"] = replace(_GRAPH, graph="none", edges="none", abs_pos=False, graph_importance=1.0)
+_V["v0-anatomy"] = replace(_V["v0-image"], graph_importance=0.0)
+_V["v1"] = replace(_GRAPH, edges="adjacency", abs_pos=False, graph_importance=1.0)
+_V["v2"] = replace(_V["v1"], edges="uniform")
+_V["v3"] = replace(_V["v2"], abs_pos=True)
+_V["v4"] = replace(_GRAPH, edges="learned", abs_pos=True, gated_residual=True, residual="global",
+                   graph_importance=0.0)
+_V["v5"] = replace(_V["v4"], abs_pos=False, graph_importance=1.0)
+_V["v6"] = replace(_GRAPH, edges="learned", abs_pos=True, gated_residual=False, residual="layer",
+                   graph_importance=1.0)
+# the published code ignores its gated-residual flag and defaults to the global residual
+_V["v6-published-code"] = replace(_V["v6"], gated_residual=True, residual="global")
+# --- the project's improvements, under their own names
+_V["resnet50-projected"] = replace(_V["resnet50"], global_embedding="projection")
+_V["anaxnet-gcnconv"] = replace(_V["anaxnet"], graph_conv="gcnconv", anaxnet_embedding="l2")
+VARIANTS: dict[str, ModelConfig] = _V
+
+#: Table label of every variant (results tables, summaries), in :data:`VARIANTS` order.
+VARIANT_LABELS: dict[str, str] = {
+    "resnet50": "ResNet50 global",
+    "ath": "ATH",
+    "ath-binary": "ATH (binary codes)",
+    "anaxnet": "AnaXNet",
+    "v0-image": "V0 image-level",
+    "v0-anatomy": "V0 anatomy-level",
+    "v1": "V1",
+    "v2": "V2",
+    "v3": "V3",
+    "v4": "V4",
+    "v5": "V5",
+    "v6": "V6",
+    "v6-published-code": "V6 (published code's settings)",
+    "resnet50-projected": "ResNet50 projected (ours)",
+    "anaxnet-gcnconv": "AnaXNet GCNConv (ours)",
+}
+assert list(VARIANT_LABELS) == list(VARIANTS), "every variant needs a table label"
 
 #: Override set for tests and fast presets (seconds on CPU).
 TINY: dict[str, Any] = {
     "backbone": "resnet18",
     "width": 64,
     "heads": 2,
+    "head_dim": 16,
     "ff_width": 128,
     "image_size": 64,
     "crop_size": 32,
     "gcn_hidden": 128,
     "code_dim": 16,
-    "ath_channels": (8, 16),
 }
 
 
@@ -185,24 +249,3 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
         if option not in known:
             raise UnknownNameError("model config field", option, sorted(known))
     return replace(VARIANTS[key], **overrides)
-
-
-def build_from_config(config: ModelConfig):
-    """The ``nn.Module`` for ``config`` (a :class:`~chextriev.model.retrieval_model.RetrievalModel`)."""
-    if config.kind == "graph":
-        from chextriev.model.retrieval_model import GraphRetrievalModel
-
-        return GraphRetrievalModel(config)
-    from chextriev.model import baselines
-
-    return {"global": baselines.GlobalResNet, "ath": baselines.ATH, "anaxnet": baselines.AnaXNet}[
-        config.kind
-    ](config)
-
-
-def build_model(name: str, **overrides: Any):
-    """Build variant ``name`` (a key of :data:`VARIANTS`) with config ``overrides``.
-
-    >>> model = build_model("v6", **TINY)
-    """
-    return build_from_config(get_config(name, **overrides))

@@ -1,43 +1,37 @@
 """One configurable graph transformer over the 18 region nodes (SPEC section 4).
 
 Read top to bottom: edge sources, gated residual, attention with edges, feed-forward, layer,
-model. Shapes: ``B`` batch, ``N = 18`` nodes, ``W`` width, ``H`` heads, ``D = W / H``.
+model. Shapes: ``B`` batch, ``N = 18`` nodes, ``W`` width, ``H`` heads, ``D`` head_dim,
+``I = H * D`` the attention inner width (8 x 64 = 512 as published).
 
-Options (each changes the computation; tests/model/test_model_variants.py checks):
+As in the published code (``graph_transformer_pytorch.py`` of CheXtriev):
 
-* ``edges``: ``none``; ``adjacency`` (the binary 18x18 matrix selects one of two learned edge
-  vectors); ``uniform`` (one learned vector for every pair); ``learned`` (an 18x18 grid of
-  learned vectors — an ``nn.Parameter``, so it trains, unlike the published buffer). Edge
-  vectors ``e_ij (W,)`` are mapped by per-layer learned linear maps and added to the key and
-  the value of pair ``(i, j)``.
-* ``abs_pos``: a learned embedding per region added to the normed node features in each layer.
+* ``edges``: every edge type goes through one learned table of two edge vectors ``(2, W)``
+  (the published ``adj_emb``, an ``nn.Embedding``: standard-normal init) selected by a binary
+  18x18 matrix: ``adjacency`` selects with the region adjacency; ``uniform`` with the all-ones
+  matrix (one learned vector for every pair: the published ``fully_connected``); ``learned``
+  adds an 18x18 grid of learned vectors (xavier-uniform init, as published) to the uniform
+  vector. The published grid was a buffer and never trained: here it is an ``nn.Parameter``.
+  ``none``: no edge terms. Each layer maps the edge vectors ``e_ij (W,)`` with ONE learned
+  linear map with bias (``W -> I``) and adds the result to both the key and the value of pair
+  ``(i, j)``.
+* ``abs_pos``: one learned embedding per region (standard-normal init), added to the normed
+  node features in each layer.
 * ``gated_residual``: ``g = sigmoid(W [x; r; x - r])``, output ``g * x + (1 - g) * r``.
 * ``residual``: ``layer`` (r = this sublayer's input) or ``global`` (r = the input features h0).
-* readout: ``h0 + h1 + ... + hL`` per node; graph readout = mean over present nodes.
-* missing nodes are masked as keys in attention and excluded from the readout.
+* readout: ``h0 + h1 + ... + hL`` per node (the published ``retrieved``).
+* missing nodes are masked as keys in attention and zero in both outputs (the published code
+  had no missing nodes: it dropped such images).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from chextriev.model.adjacency import anatomical_adjacency
 from chextriev.model.config import ModelConfig
+from chextriev.model.tensors import adjacency_tensor
 from chextriev.vocab import NUM_REGIONS
-
-
-def masked_mean(nodes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, N, W)`` mean over present nodes ``mask (B, N)`` -> ``(B, W)`` (zeros if none)."""
-    weights = mask.to(nodes.dtype).unsqueeze(-1)
-    return (nodes * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
-
-def adjacency_tensor(config: ModelConfig) -> torch.Tensor:
-    """``(18, 18)`` long 0/1 adjacency of ``config`` (the anatomical default when unset)."""
-    matrix = np.asarray(config.adjacency) if config.adjacency is not None else anatomical_adjacency()
-    return torch.as_tensor(matrix, dtype=torch.long)
 
 
 class EdgeVectors(nn.Module):
@@ -46,23 +40,24 @@ class EdgeVectors(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.kind = config.edges
+        if self.kind == "none":
+            return
         width = config.width
         if self.kind == "adjacency":
-            self.register_buffer("adjacency", adjacency_tensor(config), persistent=True)
-            self.table = nn.Parameter(torch.randn(2, width) * 0.02)
-        elif self.kind == "uniform":
-            self.vector = nn.Parameter(torch.randn(width) * 0.02)
-        elif self.kind == "learned":
-            self.grid = nn.Parameter(torch.randn(NUM_REGIONS, NUM_REGIONS, width) * 0.02)
+            selector = adjacency_tensor(config.adjacency)
+        else:  # uniform and learned: the published fully connected graph
+            selector = torch.ones(NUM_REGIONS, NUM_REGIONS, dtype=torch.long)
+        self.register_buffer("selector", selector, persistent=True)
+        self.table = nn.Parameter(torch.randn(2, width))  # nn.Embedding(2, W) init: N(0, 1)
+        if self.kind == "learned":
+            self.grid = nn.Parameter(torch.empty(NUM_REGIONS, NUM_REGIONS, width))
+            nn.init.xavier_uniform_(self.grid)
 
     def forward(self) -> torch.Tensor | None:
-        if self.kind == "adjacency":
-            return self.table[self.adjacency]
-        if self.kind == "uniform":
-            return self.vector.expand(NUM_REGIONS, NUM_REGIONS, -1)
-        if self.kind == "learned":
-            return self.grid
-        return None
+        if self.kind == "none":
+            return None
+        edges = self.table[self.selector]
+        return edges + self.grid if self.kind == "learned" else edges
 
 
 class Residual(nn.Module):
@@ -80,36 +75,40 @@ class Residual(nn.Module):
 
 
 class EdgeAttention(nn.Module):
-    """Multi-head attention over all node pairs with edge vectors added to keys and values."""
+    """Multi-head attention over all node pairs, the mapped edge vector added to key and value.
+
+    ``logit_hij = q_hi . (k_hj + e_hij) / sqrt(D)``, ``out_hi = sum_j a_hij (v_hj + e_hij)``,
+    ``e = edges_to_kv(edge_ij)``; q, k, v and the edge map are linear with bias, as published.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.heads = config.heads
-        self.to_qkv = nn.Linear(config.width, 3 * config.width, bias=False)
-        self.out = nn.Linear(config.width, config.width)
+        self.heads, self.head_dim = config.heads, config.head_dim
+        inner = config.inner_width
+        self.to_q = nn.Linear(config.width, inner)
+        self.to_kv = nn.Linear(config.width, 2 * inner)
+        self.edges_to_kv = nn.Linear(config.width, inner) if config.edges != "none" else None
+        self.to_out = nn.Linear(inner, config.width)
         self.dropout = nn.Dropout(config.dropout)
-        self.with_edges = config.edges != "none"
-        if self.with_edges:
-            self.edge_key = nn.Linear(config.width, config.width, bias=False)
-            self.edge_value = nn.Linear(config.width, config.width, bias=False)
 
     def forward(self, x: torch.Tensor, edges: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         """``x (B, N, W)``, ``edges (N, N, W) | None``, ``mask (B, N)`` -> ``(B, N, W)``."""
-        b, n, w = x.shape
-        h, d = self.heads, w // self.heads
-        q, k, v = self.to_qkv(x).view(b, n, 3, h, d).unbind(dim=2)  # each (B, N, H, D)
+        b, n, _ = x.shape
+        h, d = self.heads, self.head_dim
+        q = self.to_q(x).view(b, n, h, d)
+        k, v = self.to_kv(x).view(b, n, 2, h, d).unbind(dim=2)  # each (B, N, H, D)
         logits = torch.einsum("bihd,bjhd->bhij", q, k)
-        if self.with_edges and edges is not None:
-            ek = self.edge_key(edges).view(n, n, h, d)  # (N, N, H, D)
-            ev = self.edge_value(edges).view(n, n, h, d)
-            logits = logits + torch.einsum("bihd,ijhd->bhij", q, ek)
+        e = None
+        if self.edges_to_kv is not None and edges is not None:
+            e = self.edges_to_kv(edges).view(n, n, h, d)  # (N, N, H, D), shared by keys and values
+            logits = logits + torch.einsum("bihd,ijhd->bhij", q, e)
         logits = logits / d**0.5
         logits = logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min)
         attention = self.dropout(logits.softmax(dim=-1))  # (B, H, N, N)
         out = torch.einsum("bhij,bjhd->bihd", attention, v)
-        if self.with_edges and edges is not None:
-            out = out + torch.einsum("bhij,ijhd->bihd", attention, ev)
-        return self.out(out.reshape(b, n, w))
+        if e is not None:
+            out = out + torch.einsum("bhij,ijhd->bihd", attention, e)
+        return self.to_out(out.reshape(b, n, h * d))
 
 
 class GraphTransformerLayer(nn.Module):
@@ -138,10 +137,12 @@ class GraphTransformerLayer(nn.Module):
 
 
 class GraphTransformer(nn.Module):
-    """``h0 (B, 18, W)``, ``mask (B, 18)`` -> per-node multi-level readout ``(B, 18, W)``.
+    """``h0 (B, 18, W)``, ``mask (B, 18)`` -> ``(last, readout)``, both ``(B, 18, W)``.
 
-    ``graph="none"`` (V0) returns ``h0`` itself (the mean of node features is then the graph
-    readout). Missing nodes are zero in the output.
+    ``last`` is the last layer's node features ``hL`` (what the heads classify, as in the
+    published training step); ``readout`` the multi-level ``h0 + h1 + ... + hL`` (what the
+    retrieval embedding averages, as in the published retrieval pass). ``graph="none"`` (V0)
+    gives ``(h0, h0)``. Missing nodes are zero in both.
     """
 
     def __init__(self, config: ModelConfig):
@@ -151,15 +152,17 @@ class GraphTransformer(nn.Module):
             self.layers = nn.ModuleList()
             return
         self.edges = EdgeVectors(config)
-        self.position = nn.Parameter(torch.randn(NUM_REGIONS, config.width) * 0.02) if config.abs_pos else None
+        # the published nn.Embedding of positions: standard-normal init, shared by every layer
+        self.position = nn.Parameter(torch.randn(NUM_REGIONS, config.width)) if config.abs_pos else None
         self.layers = nn.ModuleList(GraphTransformerLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, h0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h0: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.enabled:
-            return h0
+            return h0, h0
         edges = self.edges()
         readout, x = h0, h0
         for layer in self.layers:
             x = layer(x, h0, edges, mask, self.position)
             readout = readout + x
-        return readout * mask.unsqueeze(-1).to(readout.dtype)
+        present = mask.unsqueeze(-1).to(readout.dtype)
+        return x * present, readout * present

@@ -1,7 +1,10 @@
-"""Heads and losses shared by the region models.
+"""The classification head and losses shared by the region models.
 
-* :class:`Heads`: LayerNorm + Linear(width -> C) per node (node logits ``(B, 18, C)``) and on the
-  mean of the present nodes (graph logits ``(B, C)``).
+* :class:`Head`: ONE LayerNorm + Linear(width -> C), as published (the ``fc`` of the published
+  model), applied to every node (node logits ``(B, 18, C)``: which region holds which
+  finding) and to the mean of the present nodes (graph logits ``(B, C)``). Because the same
+  layer classifies both, image-level supervision (``gi = 1``) also trains the per-region
+  classifier: weakly supervised anatomy localization.
 * :func:`masked_bce`: BCE-with-logits ignoring NaN targets and masked entries.
 * :func:`graph_node_loss`: ``gi * BCE(graph) + (1 - gi) * BCE(node)``, node BCE over present
   regions only.
@@ -13,20 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chextriev.model.graph_transformer import masked_mean
+from chextriev.model.tensors import masked_mean
 
 
-class Heads(nn.Module):
+class Head(nn.Module):
+    """LayerNorm + Linear(width -> C), shared by the node and the graph logits."""
+
     def __init__(self, width: int, num_classes: int):
         super().__init__()
-        self.node = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_classes))
-        self.graph = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_classes))
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, num_classes)
 
-    def forward(self, nodes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``nodes (B, 18, W)``, ``mask (B, 18)`` -> node logits ``(B, 18, C)``,
-        graph logits ``(B, C)``, graph readout ``(B, W)`` (mean over present nodes)."""
-        readout = masked_mean(nodes, mask)
-        return self.node(nodes), self.graph(readout), readout
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` -> ``(..., C)`` logits."""
+        return self.linear(self.norm(features))
+
+    def node_and_graph(self, nodes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``nodes (B, 18, W)``, ``mask (B, 18)`` -> node logits ``(B, 18, C)`` and graph logits
+        ``(B, C)`` (the head on the mean of the present nodes)."""
+        return self(nodes), self(masked_mean(nodes, mask))
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

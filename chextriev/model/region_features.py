@@ -4,15 +4,19 @@ Two modes (SPEC section 4):
 
 * ``roi`` (default): one backbone pass over the whole ``image_size`` image, RoIAlign of every
   region box on the stride-32 feature map (``roi_output`` grid, averaged): ``(B, 18, F)``;
-* ``crop`` (published): each box cropped from the ``image_size`` image and resized to
-  ``crop_size`` x ``crop_size`` (aspect ratio not kept; done by RoIAlign on the pixels, which
-  is crop + bilinear resize), each crop through the backbone and average-pooled.
+* ``crop`` (published): each box cut from the full-resolution original and resized to
+  ``crop_size`` x ``crop_size`` with antialiasing (aspect ratio not kept; PIL crop + resize,
+  :func:`chextriev.model.preprocess.crop_regions`), each crop through the backbone and
+  average-pooled. ``image_size`` plays no part: the crops come from the original pixels.
 
 Then the trainable projection ``F -> width -> ReLU -> width``. Missing regions (NaN boxes) are
 masked: their features are zeros and the mask is False.
 
-The frozen part (:meth:`RegionFeatures.extract`) is separate from the projection so that its
-output can be cached (``chextriev.training.feature_cache``).
+Model input: :func:`chextriev.model.preprocess.prepare_input` turns one original image and its
+boxes (original pixels) into what :meth:`RegionFeatures.extract` takes: ``(1, S, S)`` and boxes
+scaled to it (roi), or the 18 crops ``(18, 1, C, C)`` and the boxes unchanged (crop). The frozen part
+(``extract``) is separate from the projection so that its output can be cached
+(``chextriev.training.feature_cache``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from torchvision.ops import roi_align
 
 from chextriev.model.backbone import build_trunk, freeze, normalize, to_channels_last
 from chextriev.model.config import ModelConfig
+from chextriev.model.preprocess import crop_regions
+from chextriev.model.tensors import box_mask
 from chextriev.vocab import NUM_REGIONS
 
-
-def box_mask(boxes: torch.Tensor) -> torch.Tensor:
-    """``(B, 18, 4)`` boxes (NaN = missing) -> ``(B, 18)`` bool, True where present."""
-    return ~torch.isnan(boxes).any(dim=-1)
+__all__ = ["GlobalFeatures", "RegionFeatures", "box_mask"]
 
 
 def _roi_list(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,23 +113,22 @@ class RegionFeatures(GlobalFeatures):
                            sampling_ratio=2, aligned=True)
         return _scatter(pooled.mean(dim=(2, 3)), mask)
 
-    def crops(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop mode input: ``(n, 3, crop, crop)`` normalised crops of the present boxes, and mask."""
-        mask = box_mask(boxes)
-        rois = _roi_list(boxes, mask).to(images.dtype)
-        size = self.config.crop_size
-        crops = roi_align(normalize(images), rois, output_size=(size, size), spatial_scale=1.0,
-                          sampling_ratio=2, aligned=True)
-        return crops, mask
+    def extract(self, inputs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The backbone part -> ``(B, 18, F)``, zeros for missing regions.
 
-    def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """The backbone part: ``images (B, 1, S, S)`` in [0, 1], ``boxes (B, 18, 4)`` -> ``(B, 18, F)``."""
+        ``inputs``: roi mode ``(B, 1, S, S)`` in [0, 1] with ``boxes (B, 18, 4)`` in its pixels.
+        Crop mode: the prepared crops ``(B, 18, 1, C, C)``, or images ``(B, 1, H, W)`` (taken as
+        the originals: cropped here as ``prepare_input`` does, ``boxes`` in their pixels).
+        """
         if self.config.feature_mode == "roi":
-            return self.pool_regions(self.feature_map(images), boxes)
-        crops, mask = self.crops(images, boxes)
+            return self.pool_regions(self.feature_map(inputs), boxes)
+        mask = box_mask(boxes)
+        if inputs.ndim == 4:  # whole images: crop them as prepare_input does
+            inputs = torch.stack([crop_regions(image, b, self.config.crop_size) for image, b in zip(inputs, boxes)])
+        crops = inputs[mask]  # (n, 1, C, C)
         if crops.shape[0] == 0:
-            return images.new_zeros(boxes.shape[0], NUM_REGIONS, self.config.feature_dim)
-        return _scatter(self.trunk(to_channels_last(crops)).mean(dim=(2, 3)), mask)
+            return inputs.new_zeros(boxes.shape[0], NUM_REGIONS, self.config.feature_dim)
+        return _scatter(self.trunk(to_channels_last(normalize(crops))).mean(dim=(2, 3)), mask)
 
     def project(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, 18, F)`` -> node features ``(B, 18, width)``; masked nodes set to zero."""

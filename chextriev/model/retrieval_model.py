@@ -2,28 +2,37 @@
 
 Every model (``build_model`` result) is a :class:`RetrievalModel`:
 
-* ``extract(images (B,1,S,S) in [0,1], boxes (B,18,4) model-input pixels NaN-missing)`` -> the
-  features of the frozen part (cacheable when ``config.cacheable``);
+* ``prepare_input(image (H, W) original in [0, 1], boxes (18, 4) original pixels)`` ->
+  ``(input, model boxes)``, one image's model input (``prepare_batch`` stacks several): the
+  ``(1, S, S)`` resized image, or in ``crop`` mode the 18 region crops ``(18, 1, C, C)`` cut
+  from the original; ``max_input_side`` says how much of the original that needs (``None`` =
+  the full resolution, crop mode; else ``image_size``);
+* ``extract(inputs, boxes (B,18,4) model-input pixels NaN-missing)`` -> the features of the
+  frozen part (cacheable when ``config.cacheable``);
 * ``forward_features(features, mask (B,18) bool) -> ModelOutput``;
 * ``forward(images, boxes) -> ModelOutput`` = both;
 * ``loss(output, labels (B,C), region_labels (B,18,C)) -> scalar`` (NaN targets ignored);
 * ``retrieval_embedding(output) -> (B, D)`` L2-normalised: the one embedding used everywhere;
-* ``image_logits(output) -> (B, C)``: the image-level finding logits (graph head, or the node
-  head's regions for anatomy-supervised models).
+* ``image_logits(output) -> (B, C)``: the image-level finding logits (the graph logits, or
+  the largest region logit for anatomy-supervised models).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from chextriev.model.config import ModelConfig
 from chextriev.model.graph_transformer import GraphTransformer
-from chextriev.model.heads import Heads, graph_node_loss
-from chextriev.model.region_features import RegionFeatures, box_mask
+from chextriev.model.heads import Head, graph_node_loss
+from chextriev.model.preprocess import input_boxes, prepare_input
+from chextriev.model.region_features import RegionFeatures
+from chextriev.model.tensors import box_mask, masked_mean
 
 
 @dataclass
@@ -48,6 +57,28 @@ class RetrievalModel(nn.Module):
 
     config: ModelConfig
 
+    @property
+    def max_input_side(self) -> int | None:
+        """The largest image side the model can use: ``None`` when it reads the full-resolution
+        original (``crop`` mode), else ``image_size`` (a caller may shrink images to it)."""
+        return None if self.config.crops_original else int(self.config.image_size)
+
+    def input_boxes(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``(18, 4)`` original-pixel boxes of an ``(H, W)`` image -> model-input boxes."""
+        return input_boxes(self.config, boxes, shape)
+
+    def prepare_input(self, image: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One original ``image (H, W)`` in [0, 1] and ``boxes (18, 4)`` (original pixels) ->
+        ``(input, model boxes)``: the ``(1, S, S)`` image and the boxes scaled to it, or in
+        ``crop`` mode the region crops ``(18, 1, C, C)`` of the original and the boxes as given
+        (:func:`chextriev.model.preprocess.prepare_input`)."""
+        return prepare_input(self.config, image, boxes)
+
+    def prepare_batch(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prepare_input` of each image, stacked: ``(inputs (B, ...), boxes (B, 18, 4))``."""
+        pairs = [self.prepare_input(image, b) for image, b in zip(images, boxes)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -69,12 +100,13 @@ class RetrievalModel(nn.Module):
         """``(B, C)`` image-level finding logits: what classifies the image everywhere
         (validation, evaluation, indexing, queries, heatmaps).
 
-        The graph head's logits, except for anatomy-supervised models (``graph_importance``
-        0: V0-anatomy, V4), whose graph head receives no gradient and stays at its random
-        initialisation. There the image logit of finding ``c`` is the largest node logit of
-        ``c`` over the present regions: an image holds a finding when any region does (SPEC:
-        image label = OR over regions), and sigmoid is monotonic, so this is the largest
-        region probability.
+        The graph logits (the shared head on the mean of the nodes), except for anatomy-
+        supervised models (``graph_importance`` 0: V0-anatomy, V4), whose loss trains the head
+        on single nodes only, never on their mean (``scripts/anatomy_image_logits.py``: the
+        head on the mean classifies their images worse). There the image logit of finding
+        ``c`` is the largest node logit of ``c`` over the present regions: an image holds a
+        finding when any region does (SPEC: image label = OR over regions), and sigmoid is
+        monotonic, so this is the largest region probability.
         """
         if self.config.graph_importance > 0 or output.node_logits is None or output.mask is None:
             return output.graph_logits
@@ -97,25 +129,31 @@ class RetrievalModel(nn.Module):
 
 class RegionRetrievalModel(RetrievalModel):
     """Base of the models built on the 18 region features (V0..V6, AnaXNet): the region feature
-    module ``regions``, the graph and node ``heads``, and a ``width``-dimensional embedding."""
+    module ``regions``, the one shared ``head`` (node and graph logits), and a
+    ``width``-dimensional embedding."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.regions = RegionFeatures(config)
-        self.heads = Heads(config.width, config.num_classes)
+        self.head = Head(config.width, config.num_classes)
 
     @property
     def embedding_dim(self) -> int:
         return self.config.width
 
-    def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def extract(self, inputs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Backbone region features ``(B, 18, F)`` (before the trainable projection)."""
-        return self.regions.extract(images, boxes)
+        return self.regions.extract(inputs, boxes)
 
 
 class GraphRetrievalModel(RegionRetrievalModel):
-    """Region features -> graph transformer (or none, V0) -> heads; embedding = graph readout."""
+    """Region features -> graph transformer (or none, V0) -> the shared head.
+
+    As published: the head classifies the last layer's nodes ``hL`` (node logits) and their
+    mean (graph logits); the embedding is the mean over present nodes of the multi-level
+    readout ``h0 + ... + hL``, which is also each region's ``node_embeddings``.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -124,7 +162,7 @@ class GraphRetrievalModel(RegionRetrievalModel):
     def forward_features(self, features: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
         """``features (B, 18, F)``, ``mask (B, 18)`` -> :class:`ModelOutput`."""
         h0 = self.regions.project(features, mask)
-        nodes = self.graph(h0, mask)  # multi-level readout per node, (B, 18, W)
-        node_logits, graph_logits, readout = self.heads(nodes, mask)
-        return ModelOutput(embedding=readout, graph_logits=graph_logits, node_logits=node_logits,
-                           node_embeddings=nodes, mask=mask)
+        last, readout = self.graph(h0, mask)  # each (B, 18, W)
+        node_logits, graph_logits = self.head.node_and_graph(last, mask)
+        return ModelOutput(embedding=masked_mean(readout, mask), graph_logits=graph_logits,
+                           node_logits=node_logits, node_embeddings=readout, mask=mask)

@@ -7,7 +7,8 @@ Two dataset kinds, chosen by :class:`RetrievalDataModule`:
   ``mask``, ``labels``, ``region_labels``, ``index``. The cache keys need each image's content
   hash, taken from the cache's memo (path, size, mtime) so a training start does not re-read
   files already hashed;
-* :class:`ImageDataset` (ATH, ``--train-backbone``): items hold ``image (1, S, S)``,
+* :class:`ImageDataset` (ATH, ``--train-backbone``): items hold ``image`` (the model input:
+  ``(1, S, S)``, or the region crops ``(18, 1, C, C)`` of the original in crop mode),
   ``boxes (18, 4)`` model-input pixels, ``labels``, ``region_labels``, ``index``.
 
 Labels are ``(C,)`` and region labels ``(18, C)`` float32 with NaN where unknown (ignored by
@@ -31,8 +32,8 @@ from chextriev.errors import DataFormatError
 from chextriev.io.images import image_size as read_image_size
 from chextriev.io.images import load_image
 from chextriev.model.config import ModelConfig
-from chextriev.model.preprocess import prepare_image, scale_boxes
-from chextriev.model.region_features import box_mask
+from chextriev.model.preprocess import input_boxes, prepare_input
+from chextriev.model.tensors import box_mask
 from chextriev.records import Record
 from chextriev.training.feature_cache import FeatureCache, config_signature
 from chextriev.vocab import NUM_REGIONS
@@ -109,23 +110,51 @@ def record_boxes(record: Record, atlas: Atlas, shape: tuple[int, int]) -> np.nda
     return atlas.boxes_for(*shape)
 
 
-class ImageDataset(Dataset):
-    """Images prepared to ``config.image_size`` with model-input boxes and labels."""
+#: Decoded model inputs an :class:`ImageDataset` keeps in memory at most (bytes).
+INPUT_CACHE_BYTES = 1 << 30
 
-    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas):
+
+def input_bytes(config: ModelConfig) -> int:
+    """Bytes of one prepared float32 model input of ``config``."""
+    if config.crops_original:
+        return 4 * 18 * config.crop_size**2
+    return 4 * config.image_size**2
+
+
+class ImageDataset(Dataset):
+    """Model inputs (:func:`chextriev.model.preprocess.prepare_input`: the ``image_size`` image,
+    or in crop mode the crops of the original) with model-input boxes and labels.
+
+    With ``keep_inputs`` the prepared inputs stay in memory after the first epoch (the same
+    tensors, so the same training; ATH decodes and resizes each image once instead of once per
+    epoch). :class:`RetrievalDataModule` asks for it when the whole split fits in
+    :data:`INPUT_CACHE_BYTES` and the loader runs in the main process.
+    """
+
+    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas, keep_inputs: bool = False):
         self.records = list(records)
         self.config = config
         self.atlas = atlas
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if keep_inputs else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kept is not None and index in self.kept:
+            return self.kept[index]
         record = self.records[index]
         image = load_image(record.source)
-        boxes = scale_boxes(record_boxes(record, self.atlas, image.shape), image.shape, self.config.image_size)
+        prepared = prepare_input(self.config, image, record_boxes(record, self.atlas, image.shape))
+        if self.kept is not None:
+            self.kept[index] = prepared
+        return prepared
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        inputs, boxes = self._inputs(index)
         labels, region = label_arrays(record, self.config.num_classes)
-        return {"image": prepare_image(image, self.config.image_size), "boxes": torch.from_numpy(boxes),
+        return {"image": inputs, "boxes": boxes,
                 "labels": torch.from_numpy(labels), "region_labels": torch.from_numpy(region),
                 "index": torch.tensor(index)}
 
@@ -158,25 +187,25 @@ def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: Featur
     """Compute (or reuse) ``model.extract`` features of ``records``; returns a :class:`FeatureDataset`."""
     config: ModelConfig = model.config
     signature = config_signature(config)
-    size = config.image_size
-    keys, masks, model_boxes = [], [], []
+    keys, masks, original_boxes = [], [], []
     hashes = cache.content_hashes(record.source for record in records)  # memoised: no re-read per start
     for record, image_hash in zip(records, hashes):
         shape = record_shape(record)
-        boxes = scale_boxes(record_boxes(record, atlas, shape), shape, size)
-        use_boxes = None if config.kind == "global" else boxes
-        keys.append(FeatureCache.key(image_hash, signature, use_boxes))
-        masks.append(~np.isnan(boxes).any(axis=1))
-        model_boxes.append(boxes)
+        boxes = record_boxes(record, atlas, shape)
+        model_boxes = input_boxes(config, boxes, shape)
+        keys.append(FeatureCache.key(image_hash, signature, None if config.kind == "global" else model_boxes))
+        masks.append(~np.isnan(model_boxes).any(axis=1))
+        original_boxes.append(boxes)
 
     def compute(indices: list[int]) -> np.ndarray:
         extractor = model.to(device).eval()
         out = []
         for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", leave=False):
             chunk = indices[start:start + batch_size]
-            images = torch.stack([prepare_image(load_image(records[i].source), size) for i in chunk]).to(device)
-            boxes = torch.from_numpy(np.stack([model_boxes[i] for i in chunk])).to(device)
-            out.append(extractor.extract(images, boxes).float().cpu())
+            # the model's own input: resized image, or (crop mode) the crops of the original
+            inputs, boxes = extractor.prepare_batch([load_image(records[i].source) for i in chunk],
+                                                    [original_boxes[i] for i in chunk])
+            out.append(extractor.extract(inputs.to(device), boxes.to(device)).float().cpu())
         return torch.cat(out).numpy()
 
     cache.ensure(keys, compute)
@@ -207,7 +236,8 @@ class RetrievalDataModule(pl.LightningDataModule):
                 self.datasets[name] = cache_features(self.model, records, self.atlas, self.cache,
                                                      device=self.device, desc=f"features {name}")
             else:
-                self.datasets[name] = ImageDataset(records, self.model.config, self.atlas)
+                keep = self.num_workers == 0 and len(records) * input_bytes(self.model.config) <= INPUT_CACHE_BYTES
+                self.datasets[name] = ImageDataset(records, self.model.config, self.atlas, keep_inputs=keep)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:

@@ -1,8 +1,9 @@
 """On-disk cache of frozen backbone features (``model.extract`` output, before the projection).
 
 Key = sha256 of: the image content hash, the backbone name and weights id (file hash or
-``random-seed<N>``), the feature mode, image size, crop size, RoIAlign grid, the model kind and
-the model-input boxes (rounded to 1/100 px). So every variant trained on the same archive with
+``random-seed<N>``), the model kind, the feature mode, the image size and RoIAlign grid (roi)
+or the crop size (crop: the crops come from the original, so the image size plays no part),
+and the model-input boxes (rounded to 1/100 px; original pixels in crop mode). So every variant trained on the same archive with
 the same frozen backbone reuses one set of features, and a change of any of these recomputes.
 
 Layout: ``CACHE_DIR/<key[:2]>/<key>.npy`` (float32, ``(18, F)`` region or ``(F,)`` global).
@@ -64,9 +65,12 @@ def content_hash(source: str | Path | bytes) -> str:
 def config_signature(config: ModelConfig) -> str:
     """The part of the key that depends on the model: backbone, weights, mode, sizes."""
     kind = "global" if config.kind == "global" else "regions"
-    parts = [kind, config.backbone, weights_id(config.backbone_weights, config.backbone_seed), str(config.image_size)]
+    weights = weights_id(config.backbone_weights, config.backbone_seed)
+    if kind == "regions" and config.feature_mode == "crop":  # crops of the original: no image_size
+        return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size)])
+    parts = [kind, config.backbone, weights, str(config.image_size)]
     if kind == "regions":
-        parts += [config.feature_mode, str(config.crop_size if config.feature_mode == "crop" else config.roi_output)]
+        parts += [config.feature_mode, str(config.roi_output)]
     return "|".join(parts)
 
 

@@ -91,8 +91,8 @@ def _accelerator(devices: Any) -> str:
 
 
 CPU_DDP_STRATEGY = "ddp_spawn_find_unused_parameters_true"  # gloo; spawned workers: the caller is not re-run
-# The variants leave some heads out of the loss (graph importance 1 or 0: the node or the graph
-# head gets no gradient), which plain DDP rejects at the first step; these names detect them.
+# A guard: every variant of the table reaches all its parameters (one shared head), but a custom
+# config may hold parameters its loss never reaches, which plain DDP rejects at the first step.
 _FIND_UNUSED = {name: f"{name}_find_unused_parameters_true" for name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")}
 
 

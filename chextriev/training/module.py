@@ -2,12 +2,14 @@
 
 ``hyper_parameters`` (what :func:`chextriev.checkpoint.load_checkpoint` reads): ``model_config``
 (``ModelConfig.to_dict()``, adjacency included), ``variant``, ``preset``, ``class_names``,
-``image_size``, ``atlas`` (``Atlas.to_dict()``), ``adjacency``, and the optimisation settings.
+``image_size``, ``atlas`` (``Atlas.to_dict()``), ``adjacency``, ``model_format``
+(:data:`chextriev.model.config.MODEL_FORMAT`, the weights layout) and the optimisation settings.
 
 Validation embeds the whole validation set with :func:`chextriev.embedding.embed_features`
 (the same path as :func:`chextriev.embedding.embed_images` after the frozen backbone), gathers
 every rank's embeddings and labels, and logs ``val_mAP10`` (retrieval mAP@k, SPEC protocol,
-``skip=False``, class average) computed once on the whole set; checkpoints select on it.
+``skip=False``, class average, by :func:`chextriev.retrieval.retrieval_scores`, the same core
+as ``chextriev evaluate``) computed once on the whole set; checkpoints select on it.
 
 Several processes: each rank gets ``ceil(N / world)`` validation items from Lightning's
 ``DistributedSampler`` (padded with repeats of the first items), ``all_gather`` stacks them,
@@ -27,8 +29,9 @@ import pytorch_lightning as pl
 import torch
 
 from chextriev.embedding import outputs_to_arrays
-from chextriev.model.config import ModelConfig, build_from_config
-from chextriev.training.retrieval_map import retrieval_scores
+from chextriev.model.build import build_from_config
+from chextriev.model.config import MODEL_FORMAT, ModelConfig
+from chextriev.retrieval import retrieval_scores
 
 MONITOR = "val_mAP10"
 
@@ -38,7 +41,8 @@ class RetrievalModule(pl.LightningModule):
                  class_names: list[str] | None = None, image_size: int | None = None,
                  atlas: dict[str, Any] | None = None, adjacency: list[list[int]] | None = None,
                  lr: float = 1e-4, weight_decay: float = 0.0, plateau_patience: int = 3,
-                 plateau_factor: float = 0.5, val_k: int = 10, monitor: str = MONITOR, monitor_mode: str = "max"):
+                 plateau_factor: float = 0.5, val_k: int = 10, monitor: str = MONITOR, monitor_mode: str = "max",
+                 model_format: int = MODEL_FORMAT):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(dict(model_config))

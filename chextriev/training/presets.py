@@ -1,14 +1,17 @@
 """Training presets: model overrides and optimisation settings.
 
-* ``tiny`` — tests: ResNet18, 64 px, width 64, 2 heads, 2 epochs, batch 8 (seconds on CPU).
+* ``tiny`` — tests: ResNet18, 64 px, width 64, 2 heads of 16, 2 epochs, batch 8 (seconds on
+  CPU).
 * ``synthetic-small`` — the synthetic archive on CPU: ResNet18 (random, frozen, features
-  cached), 256 px, ``roi`` features, transformer width 256 / 4 heads / ff 512 (smaller than
-  the published 1024/8/4096 so that ~1,000 images train in minutes on 2 cores), ATH's CNN
-  16/32/64/128/256 channels (half the default widths, same five stages), batch 32,
-  lr 1e-3, up to 20 epochs, early stop after 5 epochs without a better validation mAP@10.
-* ``mimic`` — the published setting: ResNet50 frozen, ``crop`` features (224 crops), width
-  1024, Adam lr 1e-4, batch 16 x gradient accumulation 8, ReduceLROnPlateau on validation
-  mAP@10, early stop (patience 10), up to 100 epochs.
+  cached), 256 px, ``roi`` features, transformer width 256 / 4 heads of 32 (inner width 128:
+  half the width, as the published 512 of 1024) / ff 512 (smaller than the published
+  1024 / 8 x 64 / 4096 so that ~1,000 images train in minutes on 2 cores), AnaXNet hidden
+  512 (the published ATH network has fixed widths, so no ATH override), batch 32, lr 1e-3,
+  up to 20 epochs, early stop after 5 epochs without a better validation mAP@10.
+* ``mimic`` — the published setting: ResNet50 frozen, ``crop`` features (224 crops of the
+  full-resolution original), width 1024, 8 heads of 64, Adam lr 1e-4, batch 16 x gradient
+  accumulation 8, ReduceLROnPlateau on validation mAP@10, early stop (patience 10), up to 100
+  epochs.
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ PRESETS: dict[str, Preset] = {
     "synthetic-small": Preset(
         "synthetic-small",
         model={"backbone": "resnet18", "image_size": 256, "feature_mode": "roi", "width": 256, "heads": 4,
-               "ff_width": 512, "gcn_hidden": 512, "ath_channels": (16, 32, 64, 128, 256)},
+               "head_dim": 32, "ff_width": 512, "gcn_hidden": 512},
         lr=1e-3, batch_size=32, max_epochs=20, patience=5,
     ),
     "mimic": Preset(
         "mimic",
         model={"backbone": "resnet50", "feature_mode": "crop", "crop_size": 224, "image_size": 1024,
-               "width": 1024, "heads": 8, "ff_width": 4096},
+               "width": 1024, "heads": 8, "head_dim": 64, "ff_width": 4096},
         lr=1e-4, batch_size=16, accumulate=8, max_epochs=100, patience=10, plateau_patience=5,
         num_workers=8,
     ),

@@ -37,7 +37,7 @@ def test_in_process_decoding_keeps_the_order(tmp_path):
 
 @pytest.mark.slow
 def test_run_index_survives_a_crashing_decoder(tmp_path, monkeypatch):
-    import indexer.pipeline as pipeline
+    from indexer import pipeline
 
     root = tmp_path / "archive"
     for i in range(5):

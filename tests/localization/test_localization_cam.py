@@ -119,10 +119,12 @@ def test_model_adapters_give_image_sized_maps(variant):
 
 def test_region_model_uses_given_boxes_and_box_provider():
     torch.manual_seed(0)
-    model = build_model("v6", **dict(TINY, image_size=96)).eval()
-    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
-    full = heatmap(model, image, Atlas.default().boxes_for(96, 96), 0)
-    left = Atlas.default().boxes_for(96, 96)
+    # 128 px: a 4x4 feature map (at 96 px the 3x3 map can keep a single positive cell after the
+    # ReLU, and both heatmaps normalise to the same picture)
+    model = build_model("v6", **dict(TINY, image_size=128)).eval()
+    image = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    full = heatmap(model, image, Atlas.default().boxes_for(128, 128), 0)
+    left = Atlas.default().boxes_for(128, 128)
     left[7:] = np.nan  # only right-lung regions (image left) present
     partial = heatmap(model, image, left, 0)
     assert not np.allclose(full, partial)
@@ -135,7 +137,7 @@ def test_region_model_uses_given_boxes_and_box_provider():
             return super().boxes_for(images)
 
     loaded = SimpleNamespace(model=model, box_provider=SpyProvider(Atlas.default()),
-                             class_names=model.config.class_names, image_size=96)
+                             class_names=model.config.class_names, image_size=128)
     via_loaded = heatmap(loaded, image, None, 0)
     assert SpyProvider.calls == 1
     np.testing.assert_allclose(via_loaded, full, atol=1e-5)

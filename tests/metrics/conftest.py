@@ -39,7 +39,8 @@ def write_untrained_checkpoint(path: Path, variant: str = "v1") -> Path:
     """A checkpoint in the `chextriev train` format with untrained TINY weights."""
     import torch
 
-    from chextriev.model.config import TINY, build_from_config, get_config
+    from chextriev.model.build import build_from_config
+    from chextriev.model.config import MODEL_FORMAT, TINY, get_config
 
     config = get_config(variant, **TINY)  # random init (backbone_weights=None): no download
     torch.manual_seed(0)
@@ -51,6 +52,7 @@ def write_untrained_checkpoint(path: Path, variant: str = "v1") -> Path:
                 "variant": variant,
                 "class_names": list(config.class_names),
                 "image_size": config.image_size,
+                "model_format": MODEL_FORMAT,
             },
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         },

@@ -1,11 +1,9 @@
-"""`chextriev evaluate` parser, split selection, the summary table and the per-variant scripts."""
+"""`chextriev evaluate` parser, split selection, the summary table and `scripts/variant.py`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -65,23 +63,45 @@ def test_summary_in_published_order(tmp_path):
     assert f"{value:.3f}"[1:] in rows[1]
 
 
-def test_one_train_and_one_evaluate_script_per_variant():
+def test_summary_rows_are_the_variant_table():
+    from chextriev.model.config import VARIANT_LABELS, VARIANTS
+
+    assert [key for key, _ in TABLE_ROWS] == list(VARIANTS)
+    assert dict(TABLE_ROWS) == VARIANT_LABELS
+
+
+@pytest.fixture(scope="module")
+def variant_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("variant_script", ROOT / "scripts/variant.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variant_script_lists_the_table_and_explains_errors(variant_script, tmp_path, capsys):
     from chextriev.model.config import VARIANTS
 
-    for key, _ in TABLE_ROWS:
-        assert key in VARIANTS, f"{key} is not a model variant"
-        for action in ("train", "evaluate"):
-            script = ROOT / "scripts" / f"{action}_{key.replace('-', '_')}.sh"
-            assert script.is_file() and os.access(script, os.X_OK), script
-            assert f"VARIANT={key}\n" in script.read_text()
+    assert variant_script.main(["list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(VARIANTS)
+    assert variant_script.main(["evaluate", "v5", "--preset", "synthetic-small", "--data", str(tmp_path),
+                                "--run-dir", str(tmp_path / "none")]) == 2
+    assert "variant.py train v5 --preset synthetic-small" in capsys.readouterr().err
+    assert variant_script.main(["train", "v9", "--preset", "synthetic-small", "--data", str(tmp_path)]) == 2
+    assert "v6-published-code" in capsys.readouterr().err  # the valid names
+    assert variant_script.main(["train", "v5"]) == 2  # the default preset is the published one: it needs data
+    assert "preset mimic needs --data" in capsys.readouterr().err
+    assert variant_script.main(["evaluate-all", "--preset", "synthetic-small", "--data", str(tmp_path),
+                                "--runs", str(tmp_path / "none")]) == 2
+    assert "no variant has a checkpoint" in capsys.readouterr().err
 
 
-def test_evaluate_script_without_checkpoint_says_what_to_do(tmp_path):
-    env = {**os.environ, "RUN_DIR": str(tmp_path / "none"), "DATA": str(tmp_path), "CHEXTRIEV": "false"}
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts/evaluate_v5.sh"), "synthetic-small"], env=env, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 2 and "train_v5.sh synthetic-small" in result.stderr
-    env["PRESET"] = "imagenet"
-    result = subprocess.run(["bash", str(ROOT / "scripts/train_v5.sh")], env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 2 and "valid: mimic, synthetic-small" in result.stderr
+def test_variant_script_finds_the_best_checkpoint(variant_script, tmp_path):
+    run = tmp_path / "run"
+    assert variant_script.best_checkpoint(run) is None
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "epoch=1.ckpt").write_bytes(b"")
+    assert variant_script.best_checkpoint(run) == run / "logs" / "epoch=1.ckpt"
+    (run / "best.ckpt").write_bytes(b"")
+    assert variant_script.best_checkpoint(run) == run / "best.ckpt"

@@ -11,6 +11,7 @@ import pytest
 from chextriev.errors import UnknownNameError
 from metrics.retrieval import (
     apply_exclusions,
+    exact_knn,
     neighbors_from_embeddings,
     retrieval_metrics,
     same_group_mask,
@@ -207,6 +208,31 @@ def test_neighbors_from_embeddings_matches_brute_force():
     assert (nb == ref).all()
     assert np.allclose(sc, np.take_along_axis(sims, ref, axis=1), atol=1e-5)
     assert (nb != np.arange(30)[:, None]).all()
+
+
+def test_exact_knn_queries_against_a_gallery():
+    """The core the Faiss oracle and self-retrieval share: brute force, exclusions, padding."""
+    rng = np.random.default_rng(4)
+    gallery = rng.normal(size=(25, 6)).astype(np.float32)
+    queries = rng.normal(size=(9, 6)).astype(np.float32)
+    idx, sc = exact_knn(queries, gallery, 4, block_size=4, normalize=False)
+    sims = queries @ gallery.T
+    ref = np.argsort(-sims, axis=1, kind="stable")[:, :4]
+    assert (idx == ref).all() and np.allclose(sc, np.take_along_axis(sims, ref, axis=1), atol=1e-5)
+    unit_idx, _ = exact_knn(queries * 3.0, gallery * np.arange(1, 26)[:, None], 4)  # cosine: scale-free
+    unit = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    assert (unit_idx == np.argsort(-(queries @ unit.T), axis=1, kind="stable")[:, :4]).all()
+    keys_q, keys_g = np.arange(9), np.arange(25) % 9  # gallery j excluded for query j % 9
+    idx, _ = exact_knn(queries, gallery, 25, exclude=[(keys_q, keys_g)])
+    for q in range(9):
+        kept = idx[q][idx[q] >= 0]
+        assert set(kept) == {j for j in range(25) if j % 9 != q} and (idx[q][len(kept):] == -1).all()
+    idx, sc = exact_knn(queries[:2], gallery[:3], 5)
+    assert (idx[:, 3:] == -1).all() and np.isinf(sc[:, 3:]).all()
+    with pytest.raises(ValueError, match="exclusion keys"):
+        exact_knn(queries, gallery, 2, exclude=[(keys_q[:3], keys_g)])
+    with pytest.raises(ValueError, match="k must be"):
+        exact_knn(queries, gallery, 0)
 
 
 def test_neighbors_exclude_by_id_patient_and_study():

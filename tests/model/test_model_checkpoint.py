@@ -31,6 +31,17 @@ def test_model_checkpoint_carries_everything(tiny_checkpoint):
     assert loaded.model.graph.edges.grid.shape == (18, 18, 64)
 
 
+def test_model_checkpoint_of_the_earlier_layout_says_retrain(tiny_checkpoint, tmp_path):
+    import torch
+
+    data = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    assert data["hyper_parameters"]["model_format"] == 2
+    del data["hyper_parameters"]["model_format"]  # what checkpoints before the shared head hold
+    torch.save(data, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match="model format 1.*retrain"):
+        load_checkpoint(tmp_path / "old.ckpt")
+
+
 def test_model_checkpoint_missing_file_is_typed(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.ckpt")

@@ -21,10 +21,10 @@ import torch.distributed as dist
 from chextriev.checkpoint import load_checkpoint
 from chextriev.embedding import embed_images
 from chextriev.io.images import load_image
+from chextriev.retrieval import retrieval_scores
 from chextriev.training.data import split_records
 from chextriev.training.fit import CPU_DDP_STRATEGY, train_records, trainer_devices
 from chextriev.training.quick import synthetic_records
-from chextriev.training.retrieval_map import retrieval_scores
 
 WORLD = 2
 

@@ -20,8 +20,9 @@ def test_model_unknown_variant_lists_valid():
 
 
 def test_model_variant_table_matches_spec():
-    assert set(VARIANTS) >= {"v0-image", "v0-anatomy", "v1", "v2", "v3", "v4", "v5", "v6", "resnet50", "ath",
-                             "ath-binary", "anaxnet"}
+    assert list(VARIANTS) == ["resnet50", "ath", "ath-binary", "anaxnet", "v0-image", "v0-anatomy", "v1", "v2",
+                              "v3", "v4", "v5", "v6", "v6-published-code", "resnet50-projected",
+                              "anaxnet-gcnconv"]  # the published table's order, then our improvements
     v = VARIANTS
     assert (v["v1"].edges, v["v1"].abs_pos, v["v1"].graph_importance) == ("adjacency", False, 1.0)
     assert (v["v2"].edges, v["v2"].abs_pos) == ("uniform", False)
@@ -31,7 +32,12 @@ def test_model_variant_table_matches_spec():
     assert (v["v5"].edges, v["v5"].gated_residual, v["v5"].residual, v["v5"].abs_pos) == ("learned", True, "global", False)
     assert (v["v6"].edges, v["v6"].abs_pos, v["v6"].gated_residual, v["v6"].residual) == ("learned", True, False, "layer")
     assert v["v0-image"].graph == "none" and v["v0-anatomy"].graph_importance == 0.0
-    assert v["v6"].width == 1024 and v["v6"].heads == 8 and v["v6"].ff_width == 4096 and v["v6"].num_layers == 2
+    assert v["v6"].width == 1024 and v["v6"].heads == 8 and v["v6"].head_dim == 64 and v["v6"].ff_width == 4096
+    assert v["v6"].num_layers == 2
+    # published baselines under their names, improvements under their own
+    assert (v["ath"].code_dim, v["ath"].image_size, v["ath"].triplet_margin) == (32, 256, 0.5)
+    assert (v["anaxnet"].graph_conv, v["anaxnet"].anaxnet_embedding) == ("raw", "layernorm")
+    assert (v["anaxnet-gcnconv"].graph_conv, v["anaxnet-gcnconv"].anaxnet_embedding) == ("gcnconv", "l2")
 
 
 def test_model_config_round_trip():
@@ -86,3 +92,12 @@ def test_model_all_regions_missing_is_finite(tiny_batch):
     with torch.no_grad():
         out = model(images, boxes)
     assert torch.isfinite(out.embedding).all() and torch.isfinite(out.graph_logits).all()
+
+
+def test_model_config_reads_retired_fields_of_this_format():
+    """Checkpoints written before ath-batchall was removed still load; the removed option fails."""
+    data = get_config("ath", **TINY).to_dict()
+    old = {**data, "ath_network": "published", "triplet": "published", "ath_channels": [8, 16]}
+    assert ModelConfig.from_dict(old) == ModelConfig.from_dict(data)
+    with pytest.raises(UnknownNameError, match="retired ath_network"):
+        ModelConfig.from_dict({**data, "ath_network": "stages"})

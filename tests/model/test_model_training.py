@@ -8,9 +8,9 @@ import torch
 
 from chextriev.errors import DataFormatError, UnknownNameError
 from chextriev.model import TINY, VARIANTS, build_model
+from chextriev.retrieval import retrieval_scores
 from chextriev.training.data import split_records
 from chextriev.training.presets import PRESETS, get_preset
-from chextriev.training.retrieval_map import retrieval_scores
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -32,7 +32,7 @@ def test_model_few_steps_lower_loss(name, tiny_batch):
     assert losses[-1] < losses[0], losses
 
 
-def test_model_retrieval_map_hand_case():
+def test_model_validation_retrieval_scores_hand_case():
     # 4 images on a line; class 0 positives: 0, 1, 3.
     embeddings = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -46,22 +46,21 @@ def test_model_retrieval_map_hand_case():
     assert scores["mRR"] == pytest.approx((1 + 1 + 0.5) / 3)
 
 
-def test_model_retrieval_map_matches_metrics_package():
-    retrieval = pytest.importorskip("metrics.retrieval")
+def test_model_validation_and_evaluation_share_one_retrieval_core():
+    """Training validation scores with the same functions as ``chextriev evaluate``."""
+    import chextriev.retrieval as core
+    import metrics.retrieval
+    from chextriev.training import module
+
+    assert module.retrieval_scores is core.retrieval_scores
+    assert metrics.retrieval.retrieval_metrics is core.retrieval_metrics
+    assert metrics.retrieval.neighbors_from_embeddings is core.neighbors_from_embeddings
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(40, 8)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     labels = (rng.random((40, 3)) < 0.4).astype(np.float32)
-    from chextriev.training.retrieval_map import nearest
-
-    try:
-        official = retrieval.retrieval_metrics(nearest(embeddings, 10), labels, 10, skip=False)
-    except TypeError as error:  # signature drift: report, do not hide
-        pytest.fail(f"metrics.retrieval.retrieval_metrics signature changed: {error}")
-    ours = retrieval_scores(embeddings, labels, k=10)
-    assert ours["mAP"] == pytest.approx(official["class_average"]["mAP"], abs=1e-6)
-    assert ours["mHR"] == pytest.approx(official["class_average"]["mHR"], abs=1e-6)
-    assert ours["mRR"] == pytest.approx(official["class_average"]["mRR"], abs=1e-6)
+    neighbors, _ = core.neighbors_from_embeddings(embeddings, 10)
+    average = core.retrieval_metrics(neighbors, labels, 10, skip=False)["class_average"]
+    assert core.retrieval_scores(embeddings, labels, k=10) == pytest.approx(average)
 
 
 def test_model_split_records_patient_disjoint(tiny_records):
@@ -114,3 +113,23 @@ def test_model_selection_metric():
     assert selection_metric(get_config("resnet50-projected")) == ("val_mAP10", "max")
     assert selection_metric(get_config("resnet50")) == ("val_loss", "min")  # frozen embedding
     assert selection_metric(get_config("resnet50", train_backbone=True)) == ("val_mAP10", "max")
+
+
+def test_model_image_dataset_keeps_prepared_inputs(tiny_records, monkeypatch):
+    """ATH-style datasets decode each image once when the split fits in memory; same tensors."""
+    from chextriev.anatomy.atlas import Atlas
+    from chextriev.model import get_config
+    from chextriev.training import data
+
+    config = get_config("ath", **TINY)
+    loads = []
+    real = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda source: loads.append(source) or real(source))
+    kept = data.ImageDataset(tiny_records[:3], config, Atlas.default(), keep_inputs=True)
+    fresh = data.ImageDataset(tiny_records[:3], config, Atlas.default())
+    first = [kept[i]["image"] for i in range(3)]
+    second = [kept[i]["image"] for i in range(3)]
+    assert len(loads) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, fresh[i]["image"]) for i, a in enumerate(first))
+    assert data.input_bytes(config) == 4 * 64 * 64
+    assert data.input_bytes(get_config("v6", **TINY, feature_mode="crop")) == 4 * 18 * 32 * 32

@@ -44,13 +44,20 @@ OPTIONS = [
     ("v2", "edges", "learned"), ("v6", "abs_pos", False), ("v6", "gated_residual", True),
     ("v6", "residual", "global"), ("v5", "residual", "layer"), ("v6", "num_layers", 1),
     ("v6", "graph", "none"), ("v6", "feature_mode", "crop"), ("v6", "roi_output", 1),
+    ("v6", "heads", 4), ("v6", "head_dim", 8), ("v6", "crop_size", 16),
     ("resnet50", "global_embedding", "projection"), ("ath", "binary", True),
-    ("v6", "backbone_seed", 1), ("anaxnet", "gcn_hidden", 32),
+    ("ath", "triplet_margin", 0.25), ("ath", "code_dim", 8),
+    ("v6", "backbone_seed", 1), ("anaxnet", "gcn_hidden", 32), ("anaxnet", "graph_conv", "gcnconv"),
+    ("anaxnet", "anaxnet_embedding", "l2"),
 ]
 
 
 @pytest.mark.parametrize("name,option,value", OPTIONS, ids=[f"{n}-{o}-{v}" for n, o, v in OPTIONS])
 def test_model_each_option_changes_output(name, option, value, tiny_batch):
+    if option == "crop_size":  # the crop size only acts in crop mode
+        base, other = _build(name, feature_mode="crop"), _build(name, feature_mode="crop", crop_size=value)
+        assert not torch.allclose(_signature(base, tiny_batch), _signature(other, tiny_batch), atol=1e-6)
+        return
     base = _build(name)
     other = _build(name, **{option: value})
     shared = {k: v for k, v in base.state_dict().items()
@@ -87,7 +94,8 @@ def test_model_feature_standardisation_is_used_and_saved(tiny_batch):
 
 @pytest.mark.parametrize("name", ["v0-anatomy", "v4"])
 def test_model_anatomy_variants_classify_images_from_regions(name, tiny_batch):
-    """gi=0 trains only the node head: the image logit is the largest present-region logit."""
+    """gi=0 trains the head on single nodes only: the image logit is the largest
+    present-region logit."""
     images, boxes, _, _ = tiny_batch
     model = build_model(name, **TINY).eval()
     with torch.no_grad():
@@ -102,7 +110,7 @@ def test_model_anatomy_variants_classify_images_from_regions(name, tiny_batch):
     assert torch.allclose(masked[1:], logits[1:])
 
 
-@pytest.mark.parametrize("name", ["v0-image", "v6", "resnet50", "ath", "anaxnet"])
+@pytest.mark.parametrize("name", ["v0-image", "v6", "v6-published-code", "resnet50", "ath", "anaxnet"])
 def test_model_image_supervised_variants_classify_with_graph_head(name, tiny_batch):
     images, boxes, _, _ = tiny_batch
     model = build_model(name, **TINY).eval()
@@ -111,36 +119,17 @@ def test_model_image_supervised_variants_classify_with_graph_head(name, tiny_bat
     assert torch.equal(model.image_logits(output), output.graph_logits)
 
 
-def test_model_ath_triplet_loss_is_batch_all_hand_case():
-    from chextriev.model.baselines import triplet_loss
-
-    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # 0, 1, 2 share a finding
-    codes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    # cosine distances: d01 = 0, d02 = d03 = d12 = d13 = 1, d23 = 0. Triplets (a, p, n), margin .5:
-    # (0,1,3) 0 - 1 + .5 < 0; (0,2,3) .5; (1,0,3) < 0; (1,2,3) .5; (2,0,3) 1.5; (2,1,3) 1.5; 3 has no positive.
-    # Batch-all: mean of the positive terms = (.5 + .5 + 1.5 + 1.5) / 4 = 1.0 (batch-hard would give .833).
-    assert float(triplet_loss(codes, labels, margin=0.5)) == pytest.approx(1.0)
-    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    codes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    # every triplet satisfied: nothing to learn
-    assert float(triplet_loss(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]]), labels, margin=0.5)) == 0.0
-    # a NaN label row is skipped, leaving too few rows for a triplet
-    unknown = labels.clone()
-    unknown[2, 0] = float("nan")
-    assert float(triplet_loss(codes, unknown, margin=0.5)) == 0.0
-
-
 def test_model_ath_triplet_loss_pushes_collapsed_codes_apart():
     """Near-identical codes of two label groups are pushed apart (the loss falls from the margin)."""
-    from chextriev.model.baselines import triplet_loss
+    from chextriev.model.baselines import published_triplet_loss
 
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     codes = (torch.ones(4, 3) + 1e-3 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))).requires_grad_()
     optimizer = torch.optim.SGD([codes], lr=0.5)
-    before = float(triplet_loss(codes, labels, margin=0.5))
+    before = float(published_triplet_loss(codes, labels, margin=0.5))
     for _ in range(50):
-        loss = triplet_loss(codes, labels, margin=0.5)
+        loss = published_triplet_loss(codes, labels, margin=0.5)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(triplet_loss(codes, labels, margin=0.5)) < before - 0.2
+    assert float(published_triplet_loss(codes, labels, margin=0.5)) < before - 0.2
