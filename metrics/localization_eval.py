@@ -1,10 +1,11 @@
 """Pixel-level localization of a model: heatmaps and boxes against true lesions.
 
 Ground truth comes from the synthetic archive (``chextriev.synth.archive.load_lesions``: boxes
-and masks per lesion) or from NIH records (``record.meta["lesion_boxes"]``, boxes only).
-Heatmaps come from ``chextriev.localization.cam.heatmap`` and boxes from
-``heatmap_to_boxes``. NIH findings are mapped to the model's classes with
-:data:`chextriev.vocab.NIH_TO_IMAGENOME`; findings without a counterpart are skipped and listed.
+and masks per lesion) or from records read with lesion boxes (NIH, CheXpert:
+``record.meta["lesion_boxes"]``, boxes only). Heatmaps come from
+``chextriev.localization.cam.heatmap`` and boxes from ``heatmap_to_boxes``. Findings are mapped
+to the model's classes with :func:`metrics.model_eval.class_mapping` (the vocabulary's NIH /
+CheXpert / ImaGenome equivalences); findings without a counterpart are skipped and listed.
 """
 
 from __future__ import annotations
@@ -43,9 +44,14 @@ def synthetic_truth(archive_dir: Path) -> Callable[[Record], list[Truth]]:
     return read
 
 
-def nih_truth(record: Record) -> list[Truth]:
-    """Ground truth of an NIH record: its ``meta["lesion_boxes"]`` (no masks)."""
+def lesion_box_truth(record: Record) -> list[Truth]:
+    """Ground truth of a record read with lesion boxes (NIH ``BBox_List``, CheXpert's HAM
+    annotations): its ``meta["lesion_boxes"]`` (boxes only, no masks)."""
     return [(b["finding"], np.asarray(b["box"], dtype=np.float64), None) for b in record.meta.get("lesion_boxes", [])]
+
+
+#: the NIH reader's boxes are read the same way
+nih_truth = lesion_box_truth
 
 
 def evaluate_localization(

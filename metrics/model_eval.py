@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from chextriev.errors import DataFormatError
 from chextriev.records import Record
-from chextriev.vocab import NIH_TO_IMAGENOME, NUM_REGIONS
+from chextriev.vocab import NUM_REGIONS, equivalent_findings
 from metrics.evaluate import EvaluationInputs
 from metrics.figures import thumbnail
 
@@ -68,13 +68,13 @@ def embed_records(loaded: Any, records: Sequence[Record], batch_size: int = 16, 
 
 
 def class_mapping(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[tuple[int, int]]:
-    """``(model index, data index)`` pairs for classes both sides share, by name or through
-    :data:`chextriev.vocab.NIH_TO_IMAGENOME` (NIH data, ImaGenome model or the reverse)."""
+    """``(model index, data index)`` pairs for classes both sides share, by name or through the
+    vocabulary's cross tables (:func:`chextriev.vocab.equivalent_findings`: NIH, CheXpert and
+    ImaGenome names of one finding), nearest name first."""
     model_classes, data_classes = list(model_classes), list(data_classes)
     pairs = []
     for d, name in enumerate(data_classes):
-        candidates = [name, NIH_TO_IMAGENOME.get(name)] + [n for n, i in NIH_TO_IMAGENOME.items() if i == name]
-        for cand in candidates:
+        for cand in equivalent_findings(name):
             if cand in model_classes:
                 pairs.append((model_classes.index(cand), d))
                 break

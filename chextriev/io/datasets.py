@@ -8,7 +8,10 @@ Detection order:
    :func:`chextriev.io.mimic.read_mimic` (scene graphs from ``imagenome_dir``, default
    ``scene_graph/`` or ``silver_dataset/scene_graph/`` inside the folder when present);
 3. NIH ChestX-ray14: ``Data_Entry_2017*.csv(.gz)`` -> :func:`chextriev.io.nih.read_nih`;
-4. otherwise a plain folder of PNG/JPEG/DICOM (a DICOM tree included), with an optional
+4. CheXpert: ``train.csv`` / ``valid.csv`` with ``Path`` and the 14 observation columns, in the
+   folder or ``CheXpert-v1.0/`` -> :func:`chextriev.io.chexpert.read_chexpert` (options
+   ``uncertainty``, ``blank``, ``boxes``, ``frontal_only``, ``test_fraction``, ...);
+5. otherwise a plain folder of PNG/JPEG/DICOM (a DICOM tree included), with an optional
    manifest -> :func:`chextriev.io.folder.read_folder`. A ``.csv`` path is read as a manifest.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import DataFormatError
+from chextriev.io.chexpert import is_chexpert_layout, read_chexpert
 from chextriev.io.folder import read_dicom_tree, read_folder
 from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.mimic import is_mimic_layout, read_mimic
@@ -29,12 +33,13 @@ from chextriev.records import Record
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("synthetic", "mimic", "nih", "folder", "dicom")
+LAYOUTS = ("synthetic", "mimic", "nih", "chexpert", "folder", "dicom")
 
 __all__ = [
     "LAYOUTS",
     "detect_layout",
     "load_records",
+    "read_chexpert",
     "read_dicom_tree",
     "read_folder",
     "read_mimic",
@@ -59,6 +64,8 @@ def detect_layout(path: str | Path) -> str:
         return "mimic"
     if is_nih_layout(path):
         return "nih"
+    if is_chexpert_layout(path):
+        return "chexpert"
     return "folder"
 
 
@@ -94,7 +101,8 @@ def load_records(
         class_list: class-list name (``"imagenome"``, ``"nih"``) or finding names.
         layout: force one of :data:`LAYOUTS` instead of detecting it.
         **options: passed to the reader (``imagenome_dir`` for MIMIC, ``only_existing`` for
-            NIH, ``manifest``/``include_unlisted`` for folders, ...).
+            NIH, ``uncertainty``/``blank``/``boxes`` for CheXpert, ``manifest``/
+            ``include_unlisted`` for folders, ...).
 
     Raises:
         DataFormatError: missing path, or no images found.
@@ -129,6 +137,8 @@ def load_records(
         return read_mimic(path, class_list, **options)
     if layout == "nih":
         return read_nih(path, class_list, **options)
+    if layout == "chexpert":
+        return read_chexpert(path, class_list, **options)
     if path.is_file():
         return read_folder(path.parent, class_list, manifest=path, **options)
     if layout == "dicom":
