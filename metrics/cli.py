@@ -2,6 +2,9 @@
 
     chextriev evaluate --checkpoint CKPT --data DIR [--split test] [--k 3 5 10] [--out DIR]
                        [--skip/--no-skip] [--exclude-same none|patient|study]
+                       [--uncertainty ones|zeros|mask] [--blank zeros|mask]   (CheXpert)
+
+Every report states the label policy (CheXpert: what uncertain and blank labels became).
 
 Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
 AUROC bars, a grid of queries with their top results) into ``--out``.
@@ -33,7 +36,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", help="split evaluated (gallery = queries); 'all' for every image")
     p.add_argument("--val-split", default="validate",
                    help="split used to choose Youden thresholds ('none' to skip)")
-    p.add_argument("--class-list", default="imagenome", help="class list for readers that need one (imagenome, nih)")
+    p.add_argument("--class-list", default="imagenome",
+                   help="class list for readers that need one (imagenome, nih, chexpert)")
+    p.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
+                   help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or masked "
+                        "(never queries, never relevant, left out of AUROC; the reader's default)")
+    p.add_argument("--blank", default=None, choices=("zeros", "mask"),
+                   help="CheXpert: not-mentioned (blank) labels become 0 (the reader's default) or masked")
     p.add_argument("--k", nargs="+", type=int, default=[3, 5, 10], help="cut-offs (default 3 5 10)")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
@@ -67,6 +76,20 @@ def select_split(records: list, split: str) -> list:
     return chosen
 
 
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Label-policy options for the dataset reader (CheXpert only: ``load_records`` refuses them
+    for other data, whose labels have no uncertain or blank values)."""
+    return {k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v is not None}
+
+
+def label_policy(records: list) -> str:
+    """The sentence every report states about the labels (the reader's policy when it has one)."""
+    policies = sorted({r.meta["label_policy"] for r in records if r.meta.get("label_policy")})
+    if policies:
+        return "; ".join(policies)
+    return "labels as the dataset gives them (0/1, no uncertain values; unknown labels left out)"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from chextriev.checkpoint import load_checkpoint
     from chextriev.io.datasets import load_records
@@ -77,7 +100,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
     loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector)
-    all_records = load_records(args.data, class_list=args.class_list)
+    all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
     records = select_split(all_records, args.split)
     if args.max_images:
         records = records[: args.max_images]
@@ -98,6 +121,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "checkpoint_id": loaded.checkpoint_id,
         "variant": getattr(loaded, "variant", "") or getattr(loaded.config, "kind", ""),
         "data": str(args.data),
+        "label_policy": label_policy(records),
         "box_sources": ", ".join(sources),
     }
     inputs = build_inputs(loaded, records, embedded, val_records=val_records, val_embedded=val_embedded, meta=meta,
@@ -127,12 +151,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def localization_block(loaded: Any, records: list, embedded: Any, args: argparse.Namespace) -> dict[str, Any] | None:
     """Localization against whatever ground truth the data holds (synthetic lesions, NIH boxes)."""
-    from metrics.localization_eval import evaluate_localization, nih_truth, synthetic_truth
+    from metrics.localization_eval import evaluate_localization, lesion_box_truth, synthetic_truth
 
     if (args.data / "truth").is_dir():
         truth, name = synthetic_truth(args.data), "synthetic lesions"
     elif any(r.meta.get("lesion_boxes") for r in records):
-        truth, name = nih_truth, "NIH boxes"
+        dataset = next(r.meta.get("dataset", "") for r in records if r.meta.get("lesion_boxes"))
+        truth, name = lesion_box_truth, {"chexpert": "CheXpert boxes (HAM annotations)"}.get(dataset, "NIH boxes")
     else:
         log.info("no ground-truth lesion boxes in %s: localization skipped", args.data)
         return None

@@ -80,10 +80,15 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
     """The report as markdown: options, retrieval per k, classification, regions."""
     lines = [f"# {title}", "", f"Options: {report.get('options_text', '')}", ""]
     meta = report.get("meta") or {}
-    for key in ("checkpoint", "checkpoint_id", "variant", "data", "embedding", "box_sources"):
+    for key in ("checkpoint", "checkpoint_id", "variant", "data", "label_policy", "embedding", "box_sources"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines.append(f"- images: {report['n_images']} ({report.get('n_normal', 0)} normal: never queries)")
+    masked = report.get("masked_labels")
+    if masked:
+        per = ", ".join(f"{n} {c}" for n, c in masked["per_class"].items() if c)
+        lines.append(f"- masked label entries: {masked['n_entries']} on {masked['n_images']} images "
+                     f"(never queries, never relevant, left out of AUROC): {per}")
     lines.append("")
     ks = list(report["retrieval"])
     lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",

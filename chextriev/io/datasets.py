@@ -34,6 +34,8 @@ from chextriev.records import Record
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("synthetic", "mimic", "nih", "chexpert", "folder", "dicom")
+#: reader options that only CheXpert's labels give a meaning to
+LABEL_POLICY_OPTIONS = ("uncertainty", "blank")
 
 __all__ = [
     "LAYOUTS",
@@ -105,7 +107,8 @@ def load_records(
             ``include_unlisted`` for folders, ...).
 
     Raises:
-        DataFormatError: missing path, or no images found.
+        DataFormatError: missing path, no images found, or a label-policy option
+            (``uncertainty``, ``blank``) for data that is not CheXpert.
         UnknownNameError: an unknown ``layout`` or class list.
     """
     from chextriev.errors import UnknownNameError
@@ -115,6 +118,12 @@ def load_records(
         layout = detect_layout(path)
     elif layout not in LAYOUTS:
         raise UnknownNameError("dataset layout", layout, LAYOUTS)
+    label_options = sorted(set(options) & set(LABEL_POLICY_OPTIONS))
+    if label_options and layout != "chexpert":
+        raise DataFormatError(
+            f"{', '.join(label_options)} appl{'ies' if len(label_options) == 1 else 'y'} to CheXpert data "
+            f"only; {path} is read as {layout!r}, whose labels have no uncertain or blank values"
+        )
     log.info("%s: reading as %s", path, layout)
     if layout == "synthetic":
         from chextriev.synth.archive import read_archive  # written by the synth package

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from chexpert_files import BOXES, HEADER, OBS, SIZE, TRAIN_ROWS, VALID_ROWS, write_release
 from PIL import Image
 
 from chextriev.errors import DataFormatError, UnknownNameError
@@ -19,81 +20,6 @@ from chextriev.io.chexpert import LabelPolicy, read_chexpert
 from chextriev.io.chexpert_boxes import image_key, parse_box_annotations, read_box_annotations
 from chextriev.io.datasets import detect_layout, load_records
 from chextriev.vocab import CHEXPERT_OBSERVATIONS, IMAGENOME_FINDINGS, class_list
-
-HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
-          "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
-          "Pleural Effusion,Pleural Other,Fracture,Support Devices\n")
-OBS = {name: i for i, name in enumerate(CHEXPERT_OBSERVATIONS)}
-SIZE = (120, 100)  # (H, W) of every test image
-
-
-def _row(path: str, sex: str, age: int, fl: str, appa: str, **values: str) -> str:
-    cells = [""] * 14
-    for name, value in values.items():
-        cells[OBS[name.replace("_", " ")]] = value
-    return ",".join([f"CheXpert-v1.0/{path}", sex, str(age), fl, appa, *cells]) + "\n"
-
-
-TRAIN_ROWS = [
-    _row("train/patient00001/study1/view1_frontal.jpg", "Female", 68, "Frontal", "AP",
-         Cardiomegaly="1.0", Edema="-1.0", Pleural_Effusion="0.0", Support_Devices="1.0"),
-    _row("train/patient00001/study1/view2_lateral.jpg", "Female", 68, "Lateral", "",
-         Cardiomegaly="1.0", Fracture="1.0"),
-    _row("train/patient00002/study1/view1_frontal.jpg", "Male", 45, "Frontal", "PA", No_Finding="1.0"),
-    _row("train/patient00003/study2/view1_frontal.jpg", "Male", 50, "Frontal", "AP", Edema="1.0"),  # no file
-] + [
-    _row(f"train/patient{n:05d}/study1/view1_frontal.jpg", "Unknown", 30 + n, "Frontal", "PA",
-         Lung_Opacity="1.0" if n % 2 else "-1.0", Atelectasis="0.0")
-    for n in range(4, 40)
-]
-VALID_ROWS = [
-    _row("valid/patient64541/study1/view1_frontal.jpg", "Male", 73, "Frontal", "AP",
-         **{o.replace(" ", "_"): "0.0" for o in CHEXPERT_OBSERVATIONS if o != "Cardiomegaly"}, Cardiomegaly="1.0"),
-    _row("valid/patient64542/study1/view1_frontal.jpg", "Female", 70, "Frontal", "PA",
-         **{o.replace(" ", "_"): "0.0" for o in CHEXPERT_OBSERVATIONS if o != "No Finding"}, No_Finding="1.0"),
-]
-BOXES = {
-    "train/patient00001/study1/view1_frontal.jpg": {
-        "Cardiomegaly": [[10, 40, 50, 90]],
-        "edema": [[5, 5, 20, 30]],
-        "Pleural_Effusion": [[60, 80, 95, 115], [2, 80, 30, 110]],
-    },
-    "train/patient00001/study1/view2_lateral.jpg": {"Fracture": [[10, 10, 20, 20]]},  # lateral: not read
-    "train/patient00002/study1/view1_frontal.jpg": {"Nodule": [[10, 10, 30, 30]], "Edema": [[1, 1, 9, 9]]},
-    "valid/patient64541/study1/view1_frontal.jpg": {
-        "Enlarg_Cardiomediastinum": [[20, 20, 80, 60]],
-        "Enlarged_Cardiomediastinum": [[25, 25, 75, 55]],
-    },
-    "valid/patient64542/study1/view1_frontal.jpg": {"Cardiomegaly": [[900, 700, 2500, 1600]]},  # original pixels
-    "train/patient00004/study1/view1_frontal.jpg": {"Atelectasis": [[50, 50, 40, 60]]},  # xmax < xmin
-    "train/patient99999/study1/view1_frontal.jpg": {"Pneumothorax": [[1, 2, 3, 4]]},  # not in the CSVs
-    "train/patient01086/study3/view1_frontal.jpg": {},  # as in the real file: an image with no box
-}
-
-
-def _jpeg(path, value: int = 100) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.full(SIZE, value, np.uint8)
-    pixels[40:90, 10:50] = 220  # where the Cardiomegaly box is
-    Image.fromarray(pixels, "L").save(path, quality=95)
-
-
-def write_release(root, *, boxes: bool = True, test_csv: bool = False):
-    release = root / "CheXpert-v1.0"
-    release.mkdir(parents=True)
-    (release / "train.csv").write_text(HEADER + "".join(TRAIN_ROWS))
-    (release / "valid.csv").write_text(HEADER + "".join(VALID_ROWS))
-    for row in TRAIN_ROWS + VALID_ROWS:
-        rel = row.split(",")[0]
-        if "patient00003" not in rel:
-            _jpeg(root / rel)
-    if test_csv:
-        (release / "test.csv").write_text(HEADER + _row("test/patient70001/study1/view1_frontal.jpg", "Male", 60,
-                                                        "Frontal", "PA", Pneumothorax="1.0"))
-        _jpeg(release / "test/patient70001/study1/view1_frontal.jpg")
-    if boxes:
-        (root / "BBoxes.json").write_text(json.dumps(BOXES))
-    return release
 
 
 @pytest.fixture
@@ -289,3 +215,9 @@ def test_box_metrics_run_on_chexpert_boxes(release):
     assert miss["boxes"]["per_finding"]["Cardiomegaly"]["iou"][0.5] == 0.0
     assert hit["unmapped_findings"] == ["Enlarged Cardiomediastinum"]  # no ImaGenome class: listed
     assert hit["boxes"]["n_cases"] == 4  # Cardiomegaly, Edema, Pleural Effusion on patient00001; Edema on 00002
+
+
+def test_label_policy_options_are_refused_for_other_layouts(tmp_path):
+    Image.new("L", (32, 32), 90).save(tmp_path / "a.png")
+    with pytest.raises(DataFormatError, match="uncertainty applies to CheXpert data only"):
+        load_records(tmp_path, uncertainty="ones")
