@@ -23,6 +23,10 @@ from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
 
+#: ``metrics.localization_eval.LOCALIZATION_METHODS`` (not imported here: it loads matplotlib;
+#: a test keeps the two equal)
+LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "ham")
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -57,7 +61,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
-    p.add_argument("--cam-method", default="gradcam", help="cam, gradcam or gradcampp")
+    p.add_argument("--cam-method", default="gradcam", choices=LOCALIZATION_METHODS,
+                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, or ham (needs --ham-checkpoint)")
+    p.add_argument("--ham-checkpoint", type=Path, default=None,
+                   help="HAM network for --cam-method ham (written by `chextriev train-ham`)")
     p.add_argument("--loc-max-images", type=int, default=50)
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
@@ -99,6 +106,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
+    if args.localization and args.cam_method == "ham" and args.ham_checkpoint is None:
+        raise DataFormatError("--cam-method ham needs --ham-checkpoint (a HAM network from `chextriev train-ham`)")
     loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector)
     all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
     records = select_split(all_records, args.split)
@@ -161,9 +170,14 @@ def localization_block(loaded: Any, records: list, embedded: Any, args: argparse
     else:
         log.info("no ground-truth lesion boxes in %s: localization skipped", args.data)
         return None
+    explained = loaded
+    if args.cam_method == "ham":  # HAM explains with its own network, trained by `chextriev train-ham`
+        from chextriev.localization import load_ham
+
+        explained = load_ham(args.ham_checkpoint, device=args.device)
     try:
         result = evaluate_localization(
-            loaded, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
+            explained, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
             max_images=args.loc_max_images,
         )
     except ImportError as exc:  # heatmaps are provided by chextriev.localization
@@ -176,4 +190,7 @@ def localization_block(loaded: Any, records: list, embedded: Any, args: argparse
             log.warning("localization skipped: %s", exc)
             return None
         raise
+    if args.cam_method == "ham":
+        result["ham_checkpoint"] = str(args.ham_checkpoint)
+        result["ham_checkpoint_id"] = explained.checkpoint_id
     return {name: result}

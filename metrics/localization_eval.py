@@ -54,6 +54,10 @@ def lesion_box_truth(record: Record) -> list[Truth]:
 nih_truth = lesion_box_truth
 
 
+#: heatmap methods: CAM / Grad-CAM / Grad-CAM++ of any model, and HAM (its own trained network)
+LOCALIZATION_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "ham")
+
+
 def evaluate_localization(
     loaded: Any,
     records: Sequence[Record],
@@ -65,14 +69,23 @@ def evaluate_localization(
     mask_threshold: float = 0.5,
     max_images: int | None = 50,
     thresholds: Sequence[float] = BOX_THRESHOLDS,
+    ham_combine: str | None = None,
 ) -> dict[str, Any]:
     """Box (IoU/IoBB accuracy at T) and, where masks exist, pixel (TIoU/TIoR) localization.
 
-    ``boxes``: region boxes (18, 4) per record (e.g. those used at embedding), else the
-    record's. Only records with ground truth are scored, at most ``max_images`` of them.
+    ``loaded``: a retrieval model, ``LoadedModel`` or ``CamPipeline`` for ``cam``, ``gradcam``,
+    ``gradcampp``; a HAM network (``chextriev.localization.load_ham``) for ``ham`` (heatmap
+    :func:`~chextriev.localization.ham.ham_heatmap`, ``ham_combine`` overriding the
+    checkpoint's ``combine``). ``boxes``: region boxes (18, 4) per record (e.g. those used at
+    embedding), else the record's. Only records with ground truth are scored, at most
+    ``max_images`` of them.
     """
+    from chextriev.errors import UnknownNameError
     from chextriev.io.images import load_image
-    from chextriev.localization import heatmap, heatmap_to_boxes
+    from chextriev.localization import ham_heatmap, heatmap, heatmap_to_boxes
+
+    if method not in LOCALIZATION_METHODS:
+        raise UnknownNameError("localization method", method, LOCALIZATION_METHODS)
 
     model_classes = list(loaded.class_names)
     cases: list[BoxCase] = []
@@ -98,7 +111,10 @@ def evaluate_localization(
                 skipped.add(finding)
                 continue
             model_name = model_classes[pairs[0][0]]
-            hm = heatmap(loaded, image, region_boxes, model_name, method=method)
+            if method == "ham":
+                hm = ham_heatmap(loaded, image, model_name, combine=ham_combine)
+            else:
+                hm = heatmap(loaded, image, region_boxes, model_name, method=method)
             pred = np.asarray(heatmap_to_boxes(hm, threshold=box_threshold), dtype=np.float64).reshape(-1, 4)
             gt = np.stack([b for b, _ in entries]).reshape(-1, 4)
             cases.append(BoxCase(record.image_id, finding, gt, pred))
@@ -108,8 +124,12 @@ def evaluate_localization(
                 masks.append(np.logical_or.reduce(entry_masks))
     if skipped:
         log.info("findings without a model class (not scored): %s", sorted(skipped))
+    if method == "ham":
+        method_name = f"ham ({ham_combine or loaded.config.combine})"
+    else:
+        method_name = method
     return {
-        "method": method,
+        "method": method_name,
         "box_threshold": box_threshold,
         "n_images": used,
         "unmapped_findings": sorted(skipped),
