@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,29 +85,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_models(records, work: Path, seed: int, box_fraction: float, store: dict, progress: bool,
-                 archive: Path, preset: str = "synthetic-small", epochs: int | None = None) -> dict[str, Path]:
-    """Train (or reuse) the four models of one seed; returns their checkpoint paths."""
+                 archive: Path, preset: str = "synthetic-small",
+                 epochs: int | None = None) -> tuple[dict[str, Path], dict[str, float | None]]:
+    """Train (or reuse) the four models of one seed; returns their checkpoints and training
+    seconds (``None`` for a reused checkpoint without a record of its time)."""
     from chextriev.localization.cli import synthetic_box_truth
     from chextriev.localization.ham_training import train_ham
     from chextriev.training.fit import train_records
 
     paths: dict[str, Path] = {}
+    seconds: dict[str, float | None] = {}
+
+    def timed(name: str, run: Path, checkpoint: str, train) -> None:
+        stamp = run / "train_seconds.txt"
+        if not (run / checkpoint).is_file():
+            log.info("seed %d: training %s", seed, name)
+            started = time.monotonic()
+            train()
+            stamp.write_text(f"{time.monotonic() - started:.1f}\n")
+        paths[name] = run / checkpoint
+        seconds[name] = float(stamp.read_text()) if stamp.is_file() else None
+
     for variant in ("resnet50", "v6"):
         run = work / f"seed{seed}" / variant
-        if not (run / "best.ckpt").is_file():
-            log.info("seed %d: training %s", seed, variant)
-            train_records(records, run, variant=variant, preset=preset, seed=seed, max_epochs=epochs,
-                          cache_dir=work / "feature-cache", progress=progress)
-        paths[variant] = run / "best.ckpt"
+        timed(variant, run, "best.ckpt", partial(
+            train_records, records, run, variant=variant, preset=preset, seed=seed, max_epochs=epochs,
+            cache_dir=work / "feature-cache", progress=progress))
     truth = synthetic_box_truth(archive)
     for name, fraction in (("ham", 0.0), ("ham+boxes", box_fraction)):
         run = work / f"seed{seed}" / name.replace("+", "-")
-        if not (run / "best.pt").is_file():
-            log.info("seed %d: training %s (box fraction %.2f)", seed, name, fraction)
-            train_ham(records, run, preset=preset, seed=seed, epochs=epochs, box_truth=truth,
-                      box_fraction=fraction, feature_store=store, progress=progress)
-        paths[name] = run / "best.pt"
-    return paths
+        timed(name, run, "best.pt", partial(
+            train_ham, records, run, preset=preset, seed=seed, epochs=epochs, box_truth=truth,
+            box_fraction=fraction, feature_store=store, progress=progress))
+    return paths, seconds
 
 
 def classification_auroc(model: Any, records) -> float | None:
@@ -203,10 +214,11 @@ def tables(results: dict[str, Any], seeds: list[int]) -> str:
         block(f"NIH sample, 12 real boxed images ({nih['n_cases']} scored (image, finding) cases; "
               f"not scored, no model class: {', '.join(nih['unmapped_findings']) or 'none'})",
               "nih", [("IoU", "iou"), ("IoBB", "iobb")], ROWS)
-    lines.extend(["### Classification AUROC of each network on the synthetic test images (mean over classes)", "",
-                  "| network | AUROC |", "|---|---|"])
+    lines.extend([("### Each network: classification AUROC on the synthetic test images (mean over classes) "
+                   "and training time"), "", "| network | AUROC | training s (trunk features included) |", "|---|---|---|"])
     for key in per_seed[0]["auroc"]:
-        lines.append(f"| {key} | {_cell([s['auroc'][key] for s in per_seed])} |")
+        times = [(s.get("train_seconds") or {}).get(key) for s in per_seed]
+        lines.append(f"| {key} | {_cell([s['auroc'][key] for s in per_seed])} | {_cell(times)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("seed %d: reusing its rows in %s", seed, result_path)
             continue
         started = time.monotonic()
-        paths = train_models(records, args.work, seed, args.box_fraction, store, not args.no_progress, args.data,
-                             args.preset, args.epochs)
+        paths, seconds = train_models(records, args.work, seed, args.box_fraction, store, not args.no_progress,
+                                      args.data, args.preset, args.epochs)
         trained = time.monotonic() - started
         seed_result = evaluate_seed(paths, test, nih, args.data, args.max_images)
-        seed_result["train_seconds"] = round(trained, 1)
+        seed_result["train_seconds"] = seconds
         seed_result["eval_seconds"] = round(time.monotonic() - started - trained, 1)
         results["seeds"][str(seed)] = seed_result
         results["setup"] = {

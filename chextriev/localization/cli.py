@@ -47,6 +47,7 @@ def register(subparsers) -> None:
                    help="heatmap: class map gated by the abnormality attention (default) or the class map")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=None, help="image-reading processes (default: the preset's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train_ham)
@@ -69,7 +70,7 @@ def run_train_ham(args: argparse.Namespace) -> int:
         truth = synthetic_box_truth(args.data)
     result = train_ham(
         records, args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, box_truth=truth, box_fraction=args.box_fraction, device=args.device,
+        seed=args.seed, box_truth=truth, box_fraction=args.box_fraction, device=args.device, num_workers=args.workers,
         progress=not args.no_progress, backbone_weights=args.backbone_weights,
         train_backbone=args.train_backbone, loss_remainder=args.remainder_weight, combine=args.combine,
     )

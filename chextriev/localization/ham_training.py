@@ -68,6 +68,7 @@ class HAMPreset:
     lr_step: int | None = None  # multiply the lr by lr_decay every lr_step epochs
     lr_decay: float = 0.1
     patience: int = 5  # stop after this many epochs without a better validation loss
+    num_workers: int = 0  # image-reading processes
 
 
 HAM_PRESETS: dict[str, HAMPreset] = {
@@ -83,7 +84,7 @@ HAM_PRESETS: dict[str, HAMPreset] = {
     # --backbone-weights.
     "published": HAMPreset("published", {"backbone": "resnet50", "image_size": 512, "head_width": 512,
                                          "feature_stride": 16, "train_backbone": True},
-                           epochs=30, batch_size=24, lr=2e-5, lr_step=10, patience=30),
+                           epochs=30, batch_size=24, lr=2e-5, lr_step=10, patience=30, num_workers=8),
 }
 
 
@@ -151,37 +152,56 @@ def trunk_signature(config: HAMConfig) -> tuple:
     return (config.backbone, config.backbone_weights, config.backbone_seed, config.feature_stride, config.image_size)
 
 
+class _ImageSet(torch.utils.data.Dataset):
+    """Prepared images ``(1, S, S)`` of records, by position (for worker processes)."""
+
+    def __init__(self, records: Sequence[Record], size: int):
+        self.records, self.size = list(records), size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return prepare_image(load_image(self.records[index].source), self.size), index
+
+
 class _Data:
     """Images (or their cached trunk maps), labels and boxes of one split."""
 
     def __init__(self, model: HAMNet, records: Sequence[Record], boxes: list[list], cache: bool,
-                 device: torch.device, progress: bool, name: str, store: dict | None = None):
+                 device: torch.device, progress: bool, name: str, store: dict | None = None, num_workers: int = 0):
         self.model, self.records, self.boxes, self.device = model, list(records), boxes, device
         self.labels = torch.from_numpy(np.stack([_labels(r, model.config.num_classes) for r in records]))
+        self.images = _ImageSet(records, model.config.image_size)
+        self.num_workers = num_workers
         self.maps: torch.Tensor | None = None
         if cache:
             store = {} if store is None else store
             signature = trunk_signature(model.config)
             missing = [i for i, r in enumerate(self.records) if (signature, r.image_id) not in store]
-            for start in tqdm(range(0, len(missing), 32), desc=f"trunk features {name}", unit="batch",
-                              disable=not progress, leave=False):
-                chunk = missing[start:start + 32]
-                for i, fmap in zip(chunk, model.trunk_features(self._images(chunk)).cpu()):
+            for images, indices in tqdm(self._loader(missing, 32), desc=f"trunk features {name}", unit="batch",
+                                        disable=not progress or not missing, leave=False):
+                for i, fmap in zip(indices.tolist(), model.trunk_features(images.to(device)).cpu()):
                     store[(signature, self.records[i].image_id)] = fmap
             self.maps = torch.stack([store[(signature, r.image_id)] for r in self.records])
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _images(self, indices) -> torch.Tensor:
-        size = self.model.config.image_size
-        return torch.stack([prepare_image(load_image(self.records[i].source), size) for i in indices]).to(self.device)
+    def _loader(self, order: Sequence[int], batch_size: int) -> torch.utils.data.DataLoader:
+        batches = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+        return torch.utils.data.DataLoader(self.images, batch_sampler=batches, num_workers=self.num_workers)
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[list]]:
-        """``(trunk maps or images, labels, boxes)``; the first is images when not cached."""
-        idx = list(indices)
-        first = self.maps[idx].to(self.device) if self.maps is not None else self._images(idx)
-        return first, self.labels[idx].to(self.device), [self.boxes[i] for i in idx]
+    def batches(self, order: Sequence[int], batch_size: int):
+        """``(trunk maps or images, labels, boxes)`` per batch of ``order``; images when not cached."""
+        if self.maps is not None:
+            for start in range(0, len(order), batch_size):
+                idx = list(order[start:start + batch_size])
+                yield self.maps[idx].to(self.device), self.labels[idx].to(self.device), [self.boxes[i] for i in idx]
+            return
+        for images, indices in self._loader(order, batch_size):
+            idx = indices.tolist()
+            yield images.to(self.device), self.labels[idx].to(self.device), [self.boxes[i] for i in idx]
 
 
 def _trunk(model: HAMNet, data: _Data, first: torch.Tensor) -> torch.Tensor:
@@ -190,15 +210,14 @@ def _trunk(model: HAMNet, data: _Data, first: torch.Tensor) -> torch.Tensor:
 
 def _epoch(model: HAMNet, data: _Data, order: Sequence[int], batch_size: int,
            optimizer: torch.optim.Optimizer | None, progress: bool, desc: str) -> dict[str, float]:
-    """One pass; trains when ``optimizer`` is given. Returns mean loss terms (and ``val_cls``)."""
+    """One pass; trains when ``optimizer`` is given. Returns mean loss terms."""
     sums = dict.fromkeys((*LOSS_TERMS, "total"), 0.0)
     count = 0
     size = model.config.image_size
     model.train(optimizer is not None)
     with torch.set_grad_enabled(optimizer is not None):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress,
-                          leave=False):
-            first, labels, boxes = data.batch(order[start:start + batch_size])
+        for first, labels, boxes in tqdm(data.batches(order, batch_size), desc=desc, unit="batch",
+                                         total=math.ceil(len(order) / batch_size), disable=not progress, leave=False):
             if optimizer is not None and len(labels) < 2:
                 continue  # batch norm needs two images
             output = model.forward_features(_trunk(model, data, first))
@@ -220,8 +239,7 @@ def validation_loss(model: HAMNet, data: _Data, batch_size: int) -> float:
     """Masked classification BCE over ``data`` (what selects the best epoch)."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        first, labels, _ = data.batch(range(start, min(start + batch_size, len(data))))
+    for first, labels, _ in data.batches(range(len(data)), batch_size):
         logits = model.forward_features(_trunk(model, data, first)).class_logits
         known = int((~torch.isnan(labels)).sum())
         total += float(masked_bce(logits, labels)) * known
@@ -243,6 +261,7 @@ def train_ham(
     device: str | torch.device = "cpu",
     max_cache_bytes: int = 2 << 30,
     feature_store: dict | None = None,
+    num_workers: int | None = None,
     progress: bool = True,
     **config_overrides: Any,
 ) -> HAMTrainResult:
@@ -256,6 +275,7 @@ def train_ham(
         box_fraction: share of the training images with boxes that train with them (0: labels only).
         feature_store: a dict that keeps frozen trunk maps between calls (several runs on the
             same images compute them once); keyed by :func:`trunk_signature` and image id.
+        num_workers: image-reading worker processes (default: the preset's).
         config_overrides: :class:`~chextriev.localization.ham.HAMConfig` fields (e.g.
             ``backbone_weights``, ``loss_remainder``, ``combine``).
 
@@ -300,9 +320,10 @@ def train_ham(
     if not config.train_backbone and not cache:
         log.info("trunk features of %d images exceed max_cache_bytes: recomputed every batch",
                  len(train_records) + len(val_records))
-    train_data = _Data(model, train_records, train_boxes, cache, device, progress, "train", feature_store)
+    workers = settings.num_workers if num_workers is None else int(num_workers)
+    train_data = _Data(model, train_records, train_boxes, cache, device, progress, "train", feature_store, workers)
     val_data = _Data(model, val_records, [[] for _ in val_records], cache, device, progress, "validate",
-                     feature_store)
+                     feature_store, workers)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_step, settings.lr_decay) if settings.lr_step \

@@ -254,6 +254,21 @@ def test_heatmap_peaks_inside_the_lesion_and_metrics_score_it(trained_blob_ham):
     assert result["boxes"]["iobb"][0.1] > 0.5
 
 
+@pytest.mark.slow
+def test_training_without_a_feature_cache_and_with_a_trained_trunk(tmp_path):
+    """Images read per batch (max_cache_bytes=0, and a fine-tuned trunk): same outputs written."""
+    from chextriev.localization.ham_training import train_ham
+
+    records = blob_records(20, size=64)
+    frozen = train_ham(records, tmp_path / "a", preset="tiny", epochs=1, max_cache_bytes=0, progress=False)
+    tuned = train_ham(records, tmp_path / "b", preset="tiny", epochs=1, train_backbone=True, progress=False)
+    assert frozen.best.is_file() and tuned.best.is_file()
+    before = tiny_net().trunk.state_dict()
+    after = load_ham(tuned.best).model.trunk.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].dtype.is_floating_point)
+    assert all(torch.equal(before[k], v) for k, v in load_ham(frozen.best).model.trunk.state_dict().items())
+
+
 def test_training_needs_both_splits():
     from chextriev.localization.ham_training import train_ham
 
