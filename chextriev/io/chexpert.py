@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from chextriev.errors import DataFormatError, ImageReadError, UnknownNameError
@@ -66,7 +67,7 @@ METADATA_COLUMNS: tuple[str, ...] = ("Sex", "Age", "Frontal/Lateral", "AP/PA")
 #: Box coordinates may exceed the image by this many pixels (rounding in the annotation tool).
 BOX_TOLERANCE = 2.0
 
-_RAW_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": None}
+_RAW_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0}
 
 
 @dataclass(frozen=True)
@@ -101,24 +102,29 @@ class LabelPolicy:
         return f"CheXpert labels: uncertain (-1) -> {uncertain}; not mentioned (blank) -> {blank}"
 
 
-def parse_cell(value: Any, where: str) -> float | None:
-    """An observation cell -> 1.0, 0.0, -1.0 or ``None`` (blank).
+def parse_cells(frame: Any, path: Path) -> np.ndarray:
+    """The 14 observation columns of a CSV frame (strings) -> ``(N, 14)`` float: 1.0, 0.0,
+    -1.0, NaN for blank.
 
     Raises:
         DataFormatError: any other value (names the file, line and column).
     """
-    text = "" if value is None else str(value).strip()
-    if text.lower() == "nan":
-        text = ""
-    if text not in _RAW_VALUES:
-        try:
-            number = float(text)
-        except ValueError:
-            number = None
-        if number not in (1.0, 0.0, -1.0):
-            raise DataFormatError(f"{where}: expected 1.0, 0.0, -1.0 or blank, got {value!r}")
-        return number
-    return _RAW_VALUES[text]
+    out = np.empty((len(frame), len(CHEXPERT_OBSERVATIONS)), dtype=np.float64)
+    for j, column in enumerate(CHEXPERT_OBSERVATIONS):
+        text = frame[column].astype(str).str.strip()
+        values = text.map(_RAW_VALUES).to_numpy(dtype=np.float64, na_value=np.nan)
+        for i in np.flatnonzero(np.isnan(values) & (text != "").to_numpy()):  # other spellings ("1.000")
+            try:
+                number = float(text.iloc[i])
+            except ValueError:
+                number = math.nan
+            if number not in (1.0, 0.0, -1.0):
+                raise DataFormatError(
+                    f"{path}:{i + 2} column {column!r}: expected 1.0, 0.0, -1.0 or blank, got {text.iloc[i]!r}"
+                )
+            values[i] = number
+        out[:, j] = values
+    return out
 
 
 def is_chexpert_csv(path: Path) -> bool:
@@ -328,19 +334,23 @@ def read_chexpert(
     info: dict[str, Any] = {"folder": str(folder), "label_policy": policy.describe(), "rows": 0,
                             "skipped_lateral": 0, "missing_files": 0}
     patients: dict[str, str] = {}
+    held_out: dict[str, bool] = {}  # train.csv patient -> in the held-out test split
     records: list[Record] = []
     direct = tuple(names) == CHEXPERT_OBSERVATIONS
+    policy_text = policy.describe()
+    origin = {path: f"chexpert:{path}" for path, _ in csvs}
     for path, csv_split in csvs:
         frame = read_csv(path, required=("Path", *CHEXPERT_OBSERVATIONS))
         present = [c for c in METADATA_COLUMNS if c in frame.columns]
         if len(present) < len(METADATA_COLUMNS):
             log.warning("%s: no column(s) %s", path, ", ".join(sorted(set(METADATA_COLUMNS) - set(present))))
-        rows = frame.to_dict("records")
-        info["rows"] += len(rows)
-        for lineno, row in enumerate(tqdm(rows, desc=path.name, unit="row", disable=not progress, leave=False),
-                                     start=2):
-            csv_path = cell(row["Path"])
-            if csv_path is None:
+        raw_values = parse_cells(frame, path)  # (N, 14) float: 1, 0, -1, NaN = blank
+        columns = {c: frame[c].tolist() if c in frame.columns else [""] * len(frame) for c in ("Path", *METADATA_COLUMNS)}
+        info["rows"] += len(frame)
+        for n in tqdm(range(len(frame)), desc=path.name, unit="row", disable=not progress, leave=False):
+            lineno = n + 2
+            csv_path = columns["Path"][n].strip()
+            if not csv_path:
                 raise DataFormatError(f"{path}:{lineno}: empty Path")
             key = image_key(csv_path)
             parts = key.split("/")
@@ -350,33 +360,36 @@ def read_chexpert(
                 )
             patient, study = parts[1], f"{parts[1]}/{parts[2]}"
             split = csv_split
-            if csv_split == "train" and not has_test and test_fraction > 0 and _fraction(patient, seed) < test_fraction:
-                split = "test"
+            if csv_split == "train" and not has_test and test_fraction > 0:
+                if patient not in held_out:
+                    held_out[patient] = _fraction(patient, seed) < test_fraction
+                split = "test" if held_out[patient] else "train"
             other = patients.setdefault(patient, csv_split)
             if other != csv_split:
                 raise DataFormatError(
                     f"{path}:{lineno}: patient {patient} is also in {other}.csv: the CheXpert splits "
                     "must be patient-disjoint"
                 )
-            frontal_lateral = cell(row.get("Frontal/Lateral"))
+            frontal_lateral = cell(columns["Frontal/Lateral"][n])
             if frontal_only and frontal_lateral and frontal_lateral.lower().startswith("lat"):
                 info["skipped_lateral"] += 1
                 continue
             if existing is not None and key not in existing:
                 info["missing_files"] += 1
                 continue
-            raw = [parse_cell(row[o], f"{path}:{lineno} column {o!r}") for o in CHEXPERT_OBSERVATIONS]
+            raw = [None if math.isnan(v) else v for v in raw_values[n].tolist()]
             labels = [policy.value(v) for v in raw] if direct else labels_for(raw, names, policy, sources)
+            ap_pa = cell(columns["AP/PA"][n])
             meta: dict[str, Any] = {
                 "dataset": "chexpert",
                 "path": csv_path,
                 "image_key": key,
-                "sex": cell(row.get("Sex")),
-                "age": int_or_none(row.get("Age")),
+                "sex": cell(columns["Sex"][n]),
+                "age": int_or_none(columns["Age"][n]),
                 "frontal_lateral": frontal_lateral,
-                "ap_pa": cell(row.get("AP/PA")),
+                "ap_pa": ap_pa,
                 "raw_labels": dict(zip(CHEXPERT_OBSERVATIONS, raw)),
-                "label_policy": policy.describe(),
+                "label_policy": policy_text,
                 "lesion_boxes": [],
             }
             if not direct:
@@ -389,10 +402,10 @@ def read_chexpert(
                 image_id=key.rsplit(".", 1)[0],
                 patient_id=patient,
                 study_id=study,
-                view=_view(frontal_lateral, meta["ap_pa"]),
+                view=_view(frontal_lateral, ap_pa),
                 class_names=names,
                 labels=labels,
-                origin=f"chexpert:{path}",
+                origin=origin[path],
                 split=split,
                 meta=meta,
             ))

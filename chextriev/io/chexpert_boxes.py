@@ -25,7 +25,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from chextriev.errors import DataFormatError
@@ -48,9 +48,10 @@ def image_key(path: str) -> str:
     ``"./train/patient00001/study1/view1_frontal.jpg"`` and ``"train\\\\patient00001\\\\..."`` all
     give ``"train/patient00001/study1/view1_frontal.jpg"`` (the box JSON's keys).
     """
-    parts = [p for p in PurePosixPath(str(path).strip().replace("\\", "/")).parts if p not in (".", "/")]
-    while len(parts) > 1 and parts[0] not in SPLIT_FOLDERS and any(p in SPLIT_FOLDERS for p in parts[1:]):
-        parts = parts[1:]  # the release folder (CheXpert-v1.0, CheXpert-v1.0-small, ...)
+    parts = [p for p in str(path).strip().replace("\\", "/").split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts[:-1]):
+        if part in SPLIT_FOLDERS:  # drop what precedes it: the release folder (CheXpert-v1.0, ...-small)
+            return "/".join(parts[i:])
     return "/".join(parts)
 
 
