@@ -172,6 +172,11 @@ def evaluate_seed(paths: dict[str, Path], test, nih, archive: Path, max_images: 
     return out
 
 
+def _at(by_threshold: dict, t: float) -> float | None:
+    """The value at threshold ``t`` (keys are floats in memory, strings once read back from JSON)."""
+    return by_threshold.get(t, by_threshold.get(str(t)))
+
+
 def _stat(values: list[float | None]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -199,7 +204,7 @@ def tables(results: dict[str, Any], seeds: list[int]) -> str:
             cells = []
             for _, key in measures:
                 for t in SHOWN_T:
-                    cells.append(_cell([s["rows"][name][dataset].get(key, {}).get(t) if dataset in s["rows"][name]
+                    cells.append(_cell([_at(s["rows"][name][dataset].get(key, {}), t) if dataset in s["rows"][name]
                                         else None for s in per_seed]))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
