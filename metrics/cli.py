@@ -162,11 +162,13 @@ def localization_block(loaded: Any, records: list, embedded: Any, args: argparse
     """Localization against whatever ground truth the data holds (synthetic lesions, NIH boxes)."""
     from metrics.localization_eval import evaluate_localization, lesion_box_truth, synthetic_truth
 
+    box_masks = False  # synthetic lesions carry their own masks; NIH / CheXpert boxes serve as masks
     if (args.data / "truth").is_dir():
         truth, name = synthetic_truth(args.data), "synthetic lesions"
     elif any(r.meta.get("lesion_boxes") for r in records):
         dataset = next(r.meta.get("dataset", "") for r in records if r.meta.get("lesion_boxes"))
         truth, name = lesion_box_truth, {"chexpert": "CheXpert boxes (HAM annotations)"}.get(dataset, "NIH boxes")
+        box_masks = True
     else:
         log.info("no ground-truth lesion boxes in %s: localization skipped", args.data)
         return None
@@ -178,7 +180,7 @@ def localization_block(loaded: Any, records: list, embedded: Any, args: argparse
     try:
         result = evaluate_localization(
             explained, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
-            max_images=args.loc_max_images,
+            max_images=args.loc_max_images, box_masks=box_masks,
         )
     except ImportError as exc:  # heatmaps are provided by chextriev.localization
         log.warning("localization skipped: %s", exc)

@@ -144,8 +144,9 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
                 lines.append(f"| {m} accuracy | " + " | ".join(fmt(block[m].get(t)) for t in ts) + " |")
             pix = result.get("pixels")
             if pix:
+                against = f" (vs {pix['truth']})" if pix.get("truth") else ""
                 for m in ("TIoU", "TIoR"):
-                    lines.append(f"| {m} | " + " | ".join(fmt(pix[m].get(t)) for t in ts) + " |")
+                    lines.append(f"| {m}{against} | " + " | ".join(fmt(pix[m].get(t)) for t in ts) + " |")
             if result.get("unmapped_findings"):
                 lines.append(f"\nNot scored (no model class): {', '.join(result['unmapped_findings'])}")
             lines.append("")

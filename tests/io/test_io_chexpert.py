@@ -215,6 +215,23 @@ def test_box_metrics_run_on_chexpert_boxes(release):
     assert miss["boxes"]["per_finding"]["Cardiomegaly"]["iou"][0.5] == 0.0
     assert hit["unmapped_findings"] == ["Enlarged Cardiomediastinum"]  # no ImaGenome class: listed
     assert hit["boxes"]["n_cases"] == 4  # Cardiomegaly, Edema, Pleural Effusion on patient00001; Edema on 00002
+    assert hit["pixels"] is None  # boxes only: no TIoU/TIoR unless the boxes serve as masks
+    hit_px = evaluate_localization(pipeline(False), recs, lesion_box_truth, method="cam", max_images=None,
+                                   box_masks=True)
+    miss_px = evaluate_localization(pipeline(True), recs, lesion_box_truth, method="cam", max_images=None,
+                                    box_masks=True)
+    assert hit_px["pixels"]["truth"] == "boxes as masks" and hit_px["pixels"]["n_cases"] == 4
+    assert hit_px["pixels"]["TIoU"][0.5] == 0.25  # the Cardiomegaly map is its box; the other three are elsewhere
+    assert miss_px["pixels"]["TIoU"][0.1] == 0.0 and hit_px["boxes"] == hit["boxes"]
+
+
+def test_box_mask_fills_the_box_clipped_to_the_image():
+    from metrics.localization_eval import box_mask
+
+    mask = box_mask(np.array([2.5, 1.0, 5.0, 3.2]), (6, 8))
+    assert mask.shape == (6, 8) and mask.sum() == 3 * 3 and mask[1:4, 2:5].all()
+    assert box_mask(np.array([-4, -4, 100, 2]), (6, 8)).sum() == 8 * 2
+    assert not box_mask(np.array([9, 0, 12, 3]), (6, 8)).any()  # outside the image
 
 
 def test_label_policy_options_are_refused_for_other_layouts(tmp_path):
