@@ -44,12 +44,14 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 
 def retrieval_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (k, class or average) with mAP, mHR, mRR, hit, n_queries, n_kept."""
+    """One row per (k, class or average) with mAP, mHR, mRR, hit, n_queries, n_kept, and the
+    options and label policy the report used."""
     rows = []
     opts = report["options"]
+    policy = (report.get("meta") or {}).get("label_policy")
     for k, res in report["retrieval"].items():
         base = {"k": int(k), "skip": opts["skip"], "exclude_same": opts["exclude_same"],
-                "empty_class": opts["empty_class"]}
+                "empty_class": opts["empty_class"], "label_policy": policy}
         for name, entry in res["per_class"].items():
             rows.append({**base, "class": name, **{m: entry.get(m) for m in RETRIEVAL_COLUMNS},
                          "n_queries": entry["n_queries"], "n_kept": entry["n_kept"]})
@@ -62,7 +64,8 @@ def retrieval_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def write_csv(report: dict[str, Any], path: Path) -> Path:
     """Retrieval rows (see :func:`retrieval_rows`) as CSV; undefined values are empty."""
     rows = retrieval_rows(report)
-    fields = ["k", "class", *RETRIEVAL_COLUMNS, "n_queries", "n_kept", "skip", "exclude_same", "empty_class"]
+    fields = ["k", "class", *RETRIEVAL_COLUMNS, "n_queries", "n_kept", "skip", "exclude_same", "empty_class",
+              "label_policy"]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

@@ -83,6 +83,23 @@ def test_partially_masked_images_stay_in_the_evaluated_set():
     assert "- label_policy: test policy" in text and "masked label entries: 2 on 2 images" in text
 
 
+def test_csv_and_summary_state_the_label_policy(tmp_path):
+    import csv
+
+    from metrics.report import write_csv, write_json
+    from metrics.summary import summary_markdown
+
+    labels = np.array([[1, 0], [NAN, 1], [0, 1], [1, 1]], np.float32)
+    inputs = EvaluationInputs(embeddings=np.eye(4, dtype=np.float32), labels=labels, class_names=["a", "b"],
+                              meta={"label_policy": "CheXpert labels: uncertain (-1) -> masked"})
+    report = evaluate_arrays(inputs, EvaluationOptions(ks=(2,), skip=False))
+    rows = list(csv.DictReader(write_csv(report, tmp_path / "retrieval.csv").open()))
+    assert rows and {r["label_policy"] for r in rows} == {"CheXpert labels: uncertain (-1) -> masked"}
+    (tmp_path / "chexpert" / "v6" / "no-skip").mkdir(parents=True)
+    write_json(report, tmp_path / "chexpert" / "v6" / "no-skip" / "metrics.json")
+    assert "Labels: CheXpert labels: uncertain (-1) -> masked" in summary_markdown(tmp_path / "chexpert")
+
+
 def test_evaluate_arrays_without_masks_reports_none():
     labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     report = evaluate_arrays(EvaluationInputs(embeddings=np.eye(3, 4, dtype=np.float32), labels=labels,
