@@ -1,10 +1,15 @@
 """The vocabulary: 18 anatomical regions (node order everywhere) and the finding class lists.
 
-The class list a model uses is configuration (``class_list("imagenome")`` or ``"nih"``);
-an unknown name raises :class:`~chextriev.errors.UnknownNameError` listing the valid ones.
+The class list a model uses is configuration (``class_list("imagenome")``, ``"nih"`` or
+``"chexpert"``); an unknown name raises :class:`~chextriev.errors.UnknownNameError` listing the
+valid ones. Findings that mean the same thing in two vocabularies are linked by the
+``*_TO_*`` tables; :func:`equivalent_findings` follows them in both directions.
 """
 
 from __future__ import annotations
+
+import re
+from collections import deque
 
 from chextriev.errors import UnknownNameError
 
@@ -64,9 +69,28 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Hernia",
 )
 
+#: The 14 CheXpert observations, spelt and ordered as the columns of ``train.csv``.
+CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
 CLASS_LISTS: dict[str, tuple[str, ...]] = {
     "imagenome": IMAGENOME_FINDINGS,
     "nih": NIH_FINDINGS,
+    "chexpert": CHEXPERT_OBSERVATIONS,
 }
 
 #: NIH findings that correspond to an ImaGenome finding (used to evaluate ImaGenome-class
@@ -83,8 +107,92 @@ NIH_TO_IMAGENOME: dict[str, str] = {
 }
 
 
+#: CheXpert observations that correspond to an ImaGenome finding (the others have none:
+#: No Finding, Enlarged Cardiomediastinum, Lung Lesion, Pleural Other, Fracture, Support Devices).
+CHEXPERT_TO_IMAGENOME: dict[str, str] = {
+    "Lung Opacity": "lung opacity",
+    "Pleural Effusion": "pleural effusion",
+    "Atelectasis": "atelectasis",
+    "Cardiomegaly": "enlarged cardiac silhouette",
+    "Edema": "pulmonary edema/hazy opacity",
+    "Pneumothorax": "pneumothorax",
+    "Consolidation": "consolidation",
+    "Pneumonia": "pneumonia",
+}
+
+#: CheXpert observations that correspond to an NIH finding.
+CHEXPERT_TO_NIH: dict[str, str] = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Pleural Effusion": "Effusion",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+    "Consolidation": "Consolidation",
+    "Edema": "Edema",
+}
+
+#: Spellings of CheXpert observations that :func:`finding_key` alone does not resolve (keys
+#: are lower case with ``_``/``-`` as spaces). HAM's box JSON writes ``Pleural_Effusion``,
+#: ``Enlarged_Cardiomediastinum`` and ``edema`` beside ``Edema`` (resolved by the key) and
+#: ``Enlarg_Cardiomediastinum`` (an alias); the CheXpert paper's tables say
+#: ``Airspace Opacity`` for ``Lung Opacity``; NIH-style ``Effusion`` is ``Pleural Effusion``.
+CHEXPERT_ALIASES: dict[str, str] = {
+    "enlarg cardiomediastinum": "Enlarged Cardiomediastinum",
+    "airspace opacity": "Lung Opacity",
+    "effusion": "Pleural Effusion",
+}
+
+#: Cross-vocabulary tables followed by :func:`equivalent_findings`.
+FINDING_EQUIVALENCES: tuple[dict[str, str], ...] = (NIH_TO_IMAGENOME, CHEXPERT_TO_IMAGENOME, CHEXPERT_TO_NIH)
+
+
+def finding_key(name: str) -> str:
+    """A spelling-insensitive key: ``" Pleural_Effusion "`` -> ``"pleural effusion"``."""
+    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+def normalise_finding(
+    name: str, vocabulary: tuple[str, ...] = CHEXPERT_OBSERVATIONS, aliases: dict[str, str] | None = None
+) -> str | None:
+    """The name of ``vocabulary`` that ``name`` means, or ``None`` when it maps to none.
+
+    Case, underscores, hyphens and repeated spaces are ignored; ``aliases`` (default
+    :data:`CHEXPERT_ALIASES` for the CheXpert vocabulary) cover other spellings.
+    ``normalise_finding("Enlarg_Cardiomediastinum") == "Enlarged Cardiomediastinum"``.
+    """
+    if aliases is None:
+        aliases = CHEXPERT_ALIASES if vocabulary == CHEXPERT_OBSERVATIONS else {}
+    key = finding_key(name)
+    by_key = {finding_key(v): v for v in vocabulary}
+    if key in by_key:
+        return by_key[key]
+    target = aliases.get(key)
+    return target if target in vocabulary else None
+
+
+def equivalent_findings(name: str) -> list[str]:
+    """``name`` and every finding linked to it by :data:`FINDING_EQUIVALENCES`, nearest first.
+
+    ``equivalent_findings("Pleural Effusion") == ["Pleural Effusion", "pleural effusion",
+    "Effusion"]``: the CheXpert, ImaGenome and NIH names of one finding.
+    """
+    links: dict[str, list[str]] = {}
+    for table in FINDING_EQUIVALENCES:
+        for a, b in table.items():
+            links.setdefault(a, []).append(b)
+            links.setdefault(b, []).append(a)
+    seen = [name]
+    queue = deque([name])
+    while queue:
+        for other in links.get(queue.popleft(), ()):
+            if other not in seen:
+                seen.append(other)
+                queue.append(other)
+    return seen
+
+
 def class_list(name: str) -> tuple[str, ...]:
-    """The finding names of class list ``name`` ("imagenome" or "nih")."""
+    """The finding names of class list ``name`` ("imagenome", "nih" or "chexpert")."""
     try:
         return CLASS_LISTS[name]
     except KeyError:

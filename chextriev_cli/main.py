@@ -16,6 +16,7 @@ import sys
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chextriev.synth.cli",  # synth
     "chextriev.training.cli",  # train, train-detector
+    "chextriev.localization.cli",  # train-ham
     "metrics.cli",  # evaluate
     "indexer.cli",  # index, index verify, index remove
     "server.cli",  # serve

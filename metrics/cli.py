@@ -2,6 +2,9 @@
 
     chextriev evaluate --checkpoint CKPT --data DIR [--split test] [--k 3 5 10] [--out DIR]
                        [--skip/--no-skip] [--exclude-same none|patient|study]
+                       [--uncertainty ones|zeros|mask] [--blank zeros|mask]   (CheXpert)
+
+Every report states the label policy (CheXpert: what uncertain and blank labels became).
 
 Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
 AUROC bars, a grid of queries with their top results) into ``--out``.
@@ -20,6 +23,10 @@ from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
 
+#: ``metrics.localization_eval.LOCALIZATION_METHODS`` (not imported here: it loads matplotlib;
+#: a test keeps the two equal)
+LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "ham")
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -33,7 +40,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", help="split evaluated (gallery = queries); 'all' for every image")
     p.add_argument("--val-split", default="validate",
                    help="split used to choose Youden thresholds ('none' to skip)")
-    p.add_argument("--class-list", default="imagenome", help="class list for readers that need one (imagenome, nih)")
+    p.add_argument("--class-list", default="imagenome",
+                   help="class list for readers that need one (imagenome, nih, chexpert)")
+    p.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
+                   help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or masked "
+                        "(never queries, never relevant, left out of AUROC; the reader's default)")
+    p.add_argument("--blank", default=None, choices=("zeros", "mask"),
+                   help="CheXpert: not-mentioned (blank) labels become 0 (the reader's default) or masked")
     p.add_argument("--k", nargs="+", type=int, default=[3, 5, 10], help="cut-offs (default 3 5 10)")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
@@ -50,7 +63,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
-    p.add_argument("--cam-method", default="gradcam", help="cam, gradcam or gradcampp")
+    p.add_argument("--cam-method", default="gradcam", choices=LOCALIZATION_METHODS,
+                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, or ham (needs --ham-checkpoint)")
+    p.add_argument("--ham-checkpoint", type=Path, default=None,
+                   help="HAM network for --cam-method ham (written by `chextriev train-ham`)")
     p.add_argument("--loc-max-images", type=int, default=50)
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
@@ -69,6 +85,20 @@ def select_split(records: list, split: str) -> list:
     return chosen
 
 
+def reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Label-policy options for the dataset reader (CheXpert only: ``load_records`` refuses them
+    for other data, whose labels have no uncertain or blank values)."""
+    return {k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v is not None}
+
+
+def label_policy(records: list) -> str:
+    """The sentence every report states about the labels (the reader's policy when it has one)."""
+    policies = sorted({r.meta["label_policy"] for r in records if r.meta.get("label_policy")})
+    if policies:
+        return "; ".join(policies)
+    return "labels as the dataset gives them (0/1, no uncertain values; unknown labels left out)"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from chextriev.checkpoint import load_checkpoint
     from chextriev.io.datasets import load_records
@@ -79,9 +109,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
+    if args.localization and args.cam_method == "ham" and args.ham_checkpoint is None:
+        raise DataFormatError("--cam-method ham needs --ham-checkpoint (a HAM network from `chextriev train-ham`)")
     loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector,
                              precision=args.precision)
-    all_records = load_records(args.data, class_list=args.class_list)
+    all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
     records = select_split(all_records, args.split)
     if args.max_images:
         records = records[: args.max_images]
@@ -102,6 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "checkpoint_id": loaded.checkpoint_id,
         "variant": getattr(loaded, "variant", "") or getattr(loaded.config, "kind", ""),
         "data": str(args.data),
+        "label_policy": label_policy(records),
         "box_sources": ", ".join(sources),
     }
     inputs = build_inputs(loaded, records, embedded, val_records=val_records, val_embedded=val_embedded, meta=meta,
@@ -131,19 +164,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def localization_block(loaded: Any, records: list, embedded: Any, args: argparse.Namespace) -> dict[str, Any] | None:
     """Localization against whatever ground truth the data holds (synthetic lesions, NIH boxes)."""
-    from metrics.localization_eval import evaluate_localization, nih_truth, synthetic_truth
+    from metrics.localization_eval import evaluate_localization, lesion_box_truth, synthetic_truth
 
+    box_masks = False  # synthetic lesions carry their own masks; NIH / CheXpert boxes serve as masks
     if (args.data / "truth").is_dir():
         truth, name = synthetic_truth(args.data), "synthetic lesions"
     elif any(r.meta.get("lesion_boxes") for r in records):
-        truth, name = nih_truth, "NIH boxes"
+        dataset = next(r.meta.get("dataset", "") for r in records if r.meta.get("lesion_boxes"))
+        truth, name = lesion_box_truth, {"chexpert": "CheXpert boxes (HAM annotations)"}.get(dataset, "NIH boxes")
+        box_masks = True
     else:
         log.info("no ground-truth lesion boxes in %s: localization skipped", args.data)
         return None
+    explained = loaded
+    if args.cam_method == "ham":  # HAM explains with its own network, trained by `chextriev train-ham`
+        from chextriev.localization import load_ham
+
+        explained = load_ham(args.ham_checkpoint, device=args.device)
     try:
         result = evaluate_localization(
-            loaded, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
-            max_images=args.loc_max_images,
+            explained, records, truth, boxes=list(embedded.boxes), method=args.cam_method,
+            max_images=args.loc_max_images, box_masks=box_masks,
         )
     except ImportError as exc:  # heatmaps are provided by chextriev.localization
         log.warning("localization skipped: %s", exc)
@@ -155,4 +196,7 @@ def localization_block(loaded: Any, records: list, embedded: Any, args: argparse
             log.warning("localization skipped: %s", exc)
             return None
         raise
+    if args.cam_method == "ham":
+        result["ham_checkpoint"] = str(args.ham_checkpoint)
+        result["ham_checkpoint_id"] = explained.checkpoint_id
     return {name: result}

@@ -55,7 +55,7 @@ class EvaluationOptions:
 class EvaluationInputs:
     """Arrays of the evaluated set (gallery = queries), N images, C classes.
 
-    embeddings (N, D); labels (N, C) 0/1; probabilities (N, C) or None; region_probabilities
+    embeddings (N, D); labels (N, C) 0/1, NaN = masked entry; probabilities (N, C) or None; region_probabilities
     (N, 18, C) or None; region_labels (N, 18, C) or None; region_mask (N, 18) bool or None;
     val_labels / val_probabilities (M, C') for Youden thresholds, or None.
     ``probability_columns``: the label columns (C' of them) that the probability columns
@@ -104,6 +104,17 @@ def evaluate_retrieval(inputs: EvaluationInputs, options: EvaluationOptions) -> 
     return results, neighbors
 
 
+def masked_label_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any] | None:
+    """``{"n_entries", "n_images", "per_class": {name: n}}`` of the masked (NaN) label entries,
+    ``None`` when there is none. Masked entries are never queries and never relevant (retrieval)
+    and left out of AUROC and thresholds (classification)."""
+    mask = np.isnan(labels)
+    if not mask.any():
+        return None
+    return {"n_entries": int(mask.sum()), "n_images": int(mask.any(axis=1).sum()),
+            "per_class": {str(n): int(c) for n, c in zip(class_names, mask.sum(axis=0))}}
+
+
 def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None = None) -> dict[str, Any]:
     """The whole report: retrieval, classification, region AUROC (when the inputs allow).
 
@@ -121,7 +132,8 @@ def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None 
         "options_text": options.describe(),
         "meta": dict(inputs.meta),
         "n_images": int(labels.shape[0]),
-        "n_normal": int((np.nan_to_num(labels).sum(axis=1) == 0).sum()),
+        "n_normal": int(((labels == 0).all(axis=1)).sum()),
+        "masked_labels": masked_label_counts(labels, inputs.class_names),
         "retrieval": retrieval,
         "classification": None,
         "region_auroc": None,

@@ -1,10 +1,12 @@
 """Pixel-level localization of a model: heatmaps and boxes against true lesions.
 
 Ground truth comes from the synthetic archive (``chextriev.synth.archive.load_lesions``: boxes
-and masks per lesion) or from NIH records (``record.meta["lesion_boxes"]``, boxes only).
-Heatmaps come from ``chextriev.localization.cam.heatmap`` and boxes from
-``heatmap_to_boxes``. NIH findings are mapped to the model's classes with
-:data:`chextriev.vocab.NIH_TO_IMAGENOME`; findings without a counterpart are skipped and listed.
+and masks per lesion) or from records read with lesion boxes (NIH, CheXpert:
+``record.meta["lesion_boxes"]``, boxes only; with ``box_masks=True`` the boxes filled in serve as
+masks for TIoU/TIoR, as in HAM's published evaluation). Heatmaps come from
+``chextriev.localization.cam.heatmap`` and boxes from ``heatmap_to_boxes``. Findings are mapped
+to the model's classes with :func:`metrics.model_eval.class_mapping` (the vocabulary's NIH /
+CheXpert / ImaGenome equivalences); findings without a counterpart are skipped and listed.
 """
 
 from __future__ import annotations
@@ -43,9 +45,30 @@ def synthetic_truth(archive_dir: Path) -> Callable[[Record], list[Truth]]:
     return read
 
 
-def nih_truth(record: Record) -> list[Truth]:
-    """Ground truth of an NIH record: its ``meta["lesion_boxes"]`` (no masks)."""
+def lesion_box_truth(record: Record) -> list[Truth]:
+    """Ground truth of a record read with lesion boxes (NIH ``BBox_List``, CheXpert's HAM
+    annotations): its ``meta["lesion_boxes"]`` (boxes only, no masks)."""
     return [(b["finding"], np.asarray(b["box"], dtype=np.float64), None) for b in record.meta.get("lesion_boxes", [])]
+
+
+#: the NIH reader's boxes are read the same way
+nih_truth = lesion_box_truth
+
+
+def box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of ``box`` ``(x1, y1, x2, y2)`` (pixel edges, clipped to the image)."""
+    height, width = shape
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    c0, r0 = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)
+    c1, r1 = min(int(np.ceil(x2)), width), min(int(np.ceil(y2)), height)
+    mask = np.zeros((height, width), dtype=bool)
+    if c1 > c0 and r1 > r0:
+        mask[r0:r1, c0:c1] = True
+    return mask
+
+
+#: heatmap methods: CAM / Grad-CAM / Grad-CAM++ of any model, and HAM (its own trained network)
+LOCALIZATION_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "ham")
 
 
 def evaluate_localization(
@@ -59,19 +82,32 @@ def evaluate_localization(
     mask_threshold: float = 0.5,
     max_images: int | None = 50,
     thresholds: Sequence[float] = BOX_THRESHOLDS,
+    ham_combine: str | None = None,
+    box_masks: bool = False,
 ) -> dict[str, Any]:
     """Box (IoU/IoBB accuracy at T) and, where masks exist, pixel (TIoU/TIoR) localization.
 
-    ``boxes``: region boxes (18, 4) per record (e.g. those used at embedding), else the
-    record's. Only records with ground truth are scored, at most ``max_images`` of them.
+    ``loaded``: a retrieval model, ``LoadedModel`` or ``CamPipeline`` for ``cam``, ``gradcam``,
+    ``gradcampp``; a HAM network (``chextriev.localization.load_ham``) for ``ham`` (heatmap
+    :func:`~chextriev.localization.ham.ham_heatmap`, ``ham_combine`` overriding the
+    checkpoint's ``combine``). ``boxes``: region boxes (18, 4) per record (e.g. those used at
+    embedding), else the record's. Only records with ground truth are scored, at most
+    ``max_images`` of them. ``box_masks``: a true lesion without a mask (NIH, CheXpert boxes)
+    is scored for TIoU/TIoR against its box filled in (HAM's published evaluation does this);
+    ``pixels["truth"]`` says ``"lesion masks"``, ``"boxes as masks"`` or both.
     """
+    from chextriev.errors import UnknownNameError
     from chextriev.io.images import load_image
-    from chextriev.localization import heatmap, heatmap_to_boxes
+    from chextriev.localization import ham_heatmap, heatmap, heatmap_to_boxes
+
+    if method not in LOCALIZATION_METHODS:
+        raise UnknownNameError("localization method", method, LOCALIZATION_METHODS)
 
     model_classes = list(loaded.class_names)
     cases: list[BoxCase] = []
     heatmaps: list[np.ndarray] = []
     masks: list[np.ndarray] = []
+    mask_kinds: set[str] = set()
     skipped: set[str] = set()
     used = 0
     for i, record in enumerate(tqdm(records, desc="localization", leave=False)):
@@ -92,21 +128,33 @@ def evaluate_localization(
                 skipped.add(finding)
                 continue
             model_name = model_classes[pairs[0][0]]
-            hm = heatmap(loaded, image, region_boxes, model_name, method=method)
+            if method == "ham":
+                hm = ham_heatmap(loaded, image, model_name, combine=ham_combine)
+            else:
+                hm = heatmap(loaded, image, region_boxes, model_name, method=method)
             pred = np.asarray(heatmap_to_boxes(hm, threshold=box_threshold), dtype=np.float64).reshape(-1, 4)
             gt = np.stack([b for b, _ in entries]).reshape(-1, 4)
             cases.append(BoxCase(record.image_id, finding, gt, pred))
-            entry_masks = [m for _, m in entries if m is not None]
-            if entry_masks and entry_masks[0].shape == hm.shape:
+            entry_masks = [m for _, m in entries if m is not None and m.shape == hm.shape]
+            kind = "lesion masks"
+            if not entry_masks and box_masks:
+                entry_masks, kind = [box_mask(b, hm.shape) for b, _ in entries], "boxes as masks"
+            if entry_masks:
                 heatmaps.append(hm)
                 masks.append(np.logical_or.reduce(entry_masks))
+                mask_kinds.add(kind)
     if skipped:
         log.info("findings without a model class (not scored): %s", sorted(skipped))
+    if method == "ham":
+        method_name = f"ham ({ham_combine or loaded.config.combine})"
+    else:
+        method_name = method
     return {
-        "method": method,
+        "method": method_name,
         "box_threshold": box_threshold,
         "n_images": used,
         "unmapped_findings": sorted(skipped),
         "boxes": box_localization(cases, thresholds),
-        "pixels": pixel_localization(heatmaps, masks, thresholds, mask_threshold) if heatmaps else None,
+        "pixels": ({**pixel_localization(heatmaps, masks, thresholds, mask_threshold),
+                    "truth": " and ".join(sorted(mask_kinds))} if heatmaps else None),
     }

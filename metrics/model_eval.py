@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from chextriev.errors import DataFormatError
 from chextriev.records import Record
-from chextriev.vocab import NIH_TO_IMAGENOME, NUM_REGIONS
+from chextriev.vocab import NUM_REGIONS, equivalent_findings
 from metrics.evaluate import EvaluationInputs
 from metrics.figures import thumbnail
 
@@ -68,13 +68,13 @@ def embed_records(loaded: Any, records: Sequence[Record], batch_size: int = 16, 
 
 
 def class_mapping(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[tuple[int, int]]:
-    """``(model index, data index)`` pairs for classes both sides share, by name or through
-    :data:`chextriev.vocab.NIH_TO_IMAGENOME` (NIH data, ImaGenome model or the reverse)."""
+    """``(model index, data index)`` pairs for classes both sides share, by name or through the
+    vocabulary's cross tables (:func:`chextriev.vocab.equivalent_findings`: NIH, CheXpert and
+    ImaGenome names of one finding), nearest name first."""
     model_classes, data_classes = list(model_classes), list(data_classes)
     pairs = []
     for d, name in enumerate(data_classes):
-        candidates = [name, NIH_TO_IMAGENOME.get(name)] + [n for n, i in NIH_TO_IMAGENOME.items() if i == name]
-        for cand in candidates:
+        for cand in equivalent_findings(name):
             if cand in model_classes:
                 pairs.append((model_classes.index(cand), d))
                 break
@@ -109,13 +109,20 @@ def build_inputs(
 
     Retrieval uses the data's own class list. Classification and region AUROC use the classes
     that the model and the data share (see :func:`class_mapping`), named as the data names them.
+    Label entries that are NaN (masked, e.g. CheXpert's uncertain labels under ``mask``) are
+    kept as NaN: such an image is no query and no relevant result for that class, and is left
+    out of that class's AUROC and thresholds; images whose labels are all unknown are dropped.
     With ``use_binary_codes`` and a binary-code model, retrieval ranks by Hamming distance (the
     codes as +-1 vectors: cosine similarity is ``1 - 2 * hamming / K``, the same order).
     """
     labels, data_classes = label_matrix(records)
-    known = ~np.isnan(labels).any(axis=1)
+    known = ~np.isnan(labels).all(axis=1)  # a row with some masked (NaN) entries stays: see below
     if not known.all():
         log.warning("%d of %d images have unknown labels: they are left out", int((~known).sum()), len(records))
+    masked = int(np.isnan(labels[known]).sum())
+    if masked:
+        log.info("%d masked label entries (e.g. uncertain CheXpert labels): never queries, never relevant, "
+                 "left out of AUROC", masked)
     pairs = class_mapping(loaded.class_names, data_classes)
     m_idx = [m for m, _ in pairs]
     d_idx = [d for _, d in pairs]
@@ -128,7 +135,7 @@ def build_inputs(
     val_labels = val_probs = None
     if pairs and val_records and val_embedded is not None:
         vl, _ = label_matrix(val_records)
-        keep = ~np.isnan(vl).any(axis=1)
+        keep = ~np.isnan(vl).all(axis=1)
         val_labels = vl[keep][:, d_idx]
         val_probs = val_embedded.probabilities[keep][:, m_idx]
 

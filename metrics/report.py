@@ -44,12 +44,14 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
 
 
 def retrieval_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (k, class or average) with mAP, mHR, mRR, hit, n_queries, n_kept."""
+    """One row per (k, class or average) with mAP, mHR, mRR, hit, n_queries, n_kept, and the
+    options and label policy the report used."""
     rows = []
     opts = report["options"]
+    policy = (report.get("meta") or {}).get("label_policy")
     for k, res in report["retrieval"].items():
         base = {"k": int(k), "skip": opts["skip"], "exclude_same": opts["exclude_same"],
-                "empty_class": opts["empty_class"]}
+                "empty_class": opts["empty_class"], "label_policy": policy}
         for name, entry in res["per_class"].items():
             rows.append({**base, "class": name, **{m: entry.get(m) for m in RETRIEVAL_COLUMNS},
                          "n_queries": entry["n_queries"], "n_kept": entry["n_kept"]})
@@ -62,7 +64,8 @@ def retrieval_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def write_csv(report: dict[str, Any], path: Path) -> Path:
     """Retrieval rows (see :func:`retrieval_rows`) as CSV; undefined values are empty."""
     rows = retrieval_rows(report)
-    fields = ["k", "class", *RETRIEVAL_COLUMNS, "n_queries", "n_kept", "skip", "exclude_same", "empty_class"]
+    fields = ["k", "class", *RETRIEVAL_COLUMNS, "n_queries", "n_kept", "skip", "exclude_same", "empty_class",
+              "label_policy"]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -80,10 +83,15 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
     """The report as markdown: options, retrieval per k, classification, regions."""
     lines = [f"# {title}", "", f"Options: {report.get('options_text', '')}", ""]
     meta = report.get("meta") or {}
-    for key in ("checkpoint", "checkpoint_id", "variant", "data", "embedding", "box_sources"):
+    for key in ("checkpoint", "checkpoint_id", "variant", "data", "label_policy", "embedding", "box_sources"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines.append(f"- images: {report['n_images']} ({report.get('n_normal', 0)} normal: never queries)")
+    masked = report.get("masked_labels")
+    if masked:
+        per = ", ".join(f"{n} {c}" for n, c in masked["per_class"].items() if c)
+        lines.append(f"- masked label entries: {masked['n_entries']} on {masked['n_images']} images "
+                     f"(never queries, never relevant, left out of AUROC): {per}")
     lines.append("")
     ks = list(report["retrieval"])
     lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",
@@ -139,8 +147,9 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
                 lines.append(f"| {m} accuracy | " + " | ".join(fmt(block[m].get(t)) for t in ts) + " |")
             pix = result.get("pixels")
             if pix:
+                against = f" (vs {pix['truth']})" if pix.get("truth") else ""
                 for m in ("TIoU", "TIoR"):
-                    lines.append(f"| {m} | " + " | ".join(fmt(pix[m].get(t)) for t in ts) + " |")
+                    lines.append(f"| {m}{against} | " + " | ".join(fmt(pix[m].get(t)) for t in ts) + " |")
             if result.get("unmapped_findings"):
                 lines.append(f"\nNot scored (no model class): {', '.join(result['unmapped_findings'])}")
             lines.append("")

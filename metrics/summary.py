@@ -49,6 +49,7 @@ def summary_markdown(root: Path, setting: str = "no-skip", ks: tuple[int, ...] =
     ]
     missing = []
     options_seen: set[str] = set()
+    policies_seen: set[str] = set()
     for key, label in TABLE_ROWS:
         path = root / key / setting / "metrics.json"
         if not path.is_file():
@@ -56,6 +57,7 @@ def summary_markdown(root: Path, setting: str = "no-skip", ks: tuple[int, ...] =
             continue
         data: dict[str, Any] = json.loads(path.read_text())
         options_seen.add(data.get("options_text", ""))
+        policies_seen.add((data.get("meta") or {}).get("label_policy", ""))
         cells = [triple(data["retrieval"][str(k)]["class_average"]) if str(k) in data["retrieval"] else "n/a" for k in ks]
         auc = (data.get("classification") or {}).get("auroc", {}).get("mean")
         region = (data.get("region_auroc") or {}).get("mean")
@@ -63,6 +65,8 @@ def summary_markdown(root: Path, setting: str = "no-skip", ks: tuple[int, ...] =
     lines.append("")
     if options_seen:
         lines += ["Options: " + " / ".join(sorted(o for o in options_seen if o)), ""]
+    if any(policies_seen):
+        lines += ["Labels: " + " / ".join(sorted(p for p in policies_seen if p)), ""]
     if missing:
         lines += ["Not evaluated (no metrics.json): " + ", ".join(missing), ""]
     if root.name == "mimic":

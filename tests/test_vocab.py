@@ -2,12 +2,17 @@ import pytest
 
 from chextriev.errors import UnknownNameError
 from chextriev.vocab import (
+    CHEXPERT_OBSERVATIONS,
+    CHEXPERT_TO_IMAGENOME,
+    CHEXPERT_TO_NIH,
     IMAGENOME_FINDINGS,
     NIH_FINDINGS,
     NIH_TO_IMAGENOME,
     REGION_SIDES,
     REGIONS,
     class_list,
+    equivalent_findings,
+    normalise_finding,
     region_index,
 )
 
@@ -33,8 +38,29 @@ def test_class_lists_are_configuration():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="imagenome, nih"):
-        class_list("chexpert")
+    with pytest.raises(UnknownNameError, match="imagenome, nih, chexpert"):
+        class_list("mimic")
     with pytest.raises(UnknownNameError, match="right lung"):
         region_index("left kidney")
     assert region_index("trachea") == 17
+
+
+def test_chexpert_observations_and_cross_tables():
+    assert class_list("chexpert") == CHEXPERT_OBSERVATIONS and len(CHEXPERT_OBSERVATIONS) == 14
+    assert CHEXPERT_OBSERVATIONS[0] == "No Finding" and CHEXPERT_OBSERVATIONS[-1] == "Support Devices"
+    assert set(CHEXPERT_TO_IMAGENOME) <= set(CHEXPERT_OBSERVATIONS)
+    assert set(CHEXPERT_TO_IMAGENOME.values()) <= set(IMAGENOME_FINDINGS)
+    assert set(CHEXPERT_TO_NIH) <= set(CHEXPERT_OBSERVATIONS) and set(CHEXPERT_TO_NIH.values()) <= set(NIH_FINDINGS)
+    assert equivalent_findings("Pleural Effusion") == ["Pleural Effusion", "pleural effusion", "Effusion"]
+    assert equivalent_findings("Effusion")[:2] == ["Effusion", "pleural effusion"]
+    assert equivalent_findings("Support Devices") == ["Support Devices"]
+
+
+@pytest.mark.parametrize("raw, name", [
+    ("Pleural_Effusion", "Pleural Effusion"), ("edema", "Edema"), ("Edema", "Edema"),
+    ("Enlarg_Cardiomediastinum", "Enlarged Cardiomediastinum"),
+    ("Enlarged_Cardiomediastinum", "Enlarged Cardiomediastinum"), (" lung-opacity ", "Lung Opacity"),
+    ("Airspace Opacity", "Lung Opacity"), ("Nodule", None), ("", None),
+])
+def test_finding_names_normalised_to_the_vocabulary(raw, name):
+    assert normalise_finding(raw) == name

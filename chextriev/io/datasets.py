@@ -9,7 +9,10 @@ Detection order (the registry :data:`DATASET_LAYOUTS`; a new reader joins it wit
    :func:`chextriev.io.mimic.read_mimic` (scene graphs from ``imagenome_dir``, default
    ``scene_graph/`` or ``silver_dataset/scene_graph/`` inside the folder when present);
 3. NIH ChestX-ray14: ``Data_Entry_2017*.csv(.gz)`` -> :func:`chextriev.io.nih.read_nih`;
-4. otherwise a plain folder of PNG/JPEG/DICOM (a DICOM tree included), with an optional
+4. CheXpert: ``train.csv`` / ``valid.csv`` with ``Path`` and the 14 observation columns, in the
+   folder or ``CheXpert-v1.0/`` -> :func:`chextriev.io.chexpert.read_chexpert` (options
+   ``uncertainty``, ``blank``, ``boxes``, ``frontal_only``, ``test_fraction``, ...);
+5. otherwise a plain folder of PNG/JPEG/DICOM (a DICOM tree included), with an optional
    manifest -> :func:`chextriev.io.folder.read_folder`. A ``.csv`` path is read as a manifest.
 
 For indexing, :func:`chextriev.io.sources.open_source` uses the same detection and streams.
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import DataFormatError, UnknownNameError
+from chextriev.io.chexpert import is_chexpert_layout, read_chexpert
 from chextriev.io.folder import read_dicom_tree, read_folder
 from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.mimic import is_mimic_layout, read_mimic
@@ -33,6 +37,9 @@ from chextriev.records import Record
 
 log = logging.getLogger(__name__)
 
+#: reader options that only CheXpert's labels give a meaning to
+LABEL_POLICY_OPTIONS = ("uncertainty", "blank")
+
 __all__ = [
     "DATASET_LAYOUTS",
     "LAYOUTS",
@@ -40,6 +47,7 @@ __all__ = [
     "detect_layout",
     "layout_names",
     "load_records",
+    "read_chexpert",
     "read_dicom_tree",
     "read_folder",
     "read_mimic",
@@ -102,6 +110,7 @@ DATASET_LAYOUTS: list[DatasetLayout] = [
     DatasetLayout("synthetic", _is_synthetic, _read_synthetic, None),
     DatasetLayout("mimic", is_mimic_layout, _read_mimic, "imagenome"),
     DatasetLayout("nih", is_nih_layout, read_nih, "nih"),
+    DatasetLayout("chexpert", is_chexpert_layout, read_chexpert, "chexpert"),
 ]
 #: The fallback layouts (plain folder, DICOM-only tree).
 FOLDER_LAYOUTS = ("folder", "dicom")
@@ -189,10 +198,12 @@ def load_records(
             (each dataset's own list; a manifest's own columns).
         layout: force one of :func:`layout_names` instead of detecting it.
         **options: passed to the reader (``imagenome_dir`` for MIMIC, ``only_existing`` for
-            NIH, ``manifest``/``include_unlisted`` for folders, ...).
+            NIH, ``uncertainty``/``blank``/``boxes`` for CheXpert, ``manifest``/
+            ``include_unlisted`` for folders, ...).
 
     Raises:
-        DataFormatError: missing path, or no images found.
+        DataFormatError: missing path, no images found, or a label-policy option
+            (``uncertainty``, ``blank``) for data that is not CheXpert.
         UnknownNameError: an unknown ``layout`` or class list.
     """
     path = Path(path)
@@ -200,6 +211,12 @@ def load_records(
         layout = detect_layout(path)
     elif layout not in layout_names():
         raise UnknownNameError("dataset layout", layout, layout_names())
+    label_options = sorted(set(options) & set(LABEL_POLICY_OPTIONS))
+    if label_options and layout != "chexpert":
+        raise DataFormatError(
+            f"{', '.join(label_options)} appl{'ies' if len(label_options) == 1 else 'y'} to CheXpert data "
+            f"only; {path} is read as {layout!r}, whose labels have no uncertain or blank values"
+        )
     log.info("%s: reading as %s", path, layout)
     if layout not in FOLDER_LAYOUTS:
         return read_layout(path, layout, class_list, **options)

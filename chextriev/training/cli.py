@@ -34,6 +34,12 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", default="synthetic-small", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--data", type=Path, required=True, help="archive folder (any layout load_records reads)")
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
+    parser.add_argument("--class-list", default="imagenome",
+                        help="class list for readers that need one (imagenome, nih, chexpert)")
+    parser.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
+                        help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (default mask)")
+    parser.add_argument("--blank", default=None, choices=("zeros", "mask"),
+                        help="CheXpert: not-mentioned labels become 0 (default) or masked")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
     parser.add_argument("--backbone-weights", default=None,
                         help="local torchvision ResNet state-dict file (default: random init, logged)")
@@ -75,8 +81,10 @@ def run_train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     get_preset(args.preset)
+    read_options = {"class_list": args.class_list}
+    read_options.update({k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v})
     result = train(
-        args.data, args.out, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
+        args.data, args.out, read_options=read_options, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
         backbone_weights=args.backbone_weights, train_backbone=args.train_backbone, seed=args.seed,
         devices=args.devices, strategy=args.strategy, precision=args.precision, cache_dir=args.cache_dir,
         batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,

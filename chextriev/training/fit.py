@@ -227,8 +227,11 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
                        splits={k: len(v) for k, v in splits.items()})
 
 
-def train(data: str | Path, out: str | Path, **options: Any) -> TrainResult:
-    """Load the records of ``data`` (any layout ``load_records`` reads) and :func:`train_records`."""
+def train(data: str | Path, out: str | Path, *, read_options: dict[str, Any] | None = None,
+          **options: Any) -> TrainResult:
+    """Load the records of ``data`` (any layout ``load_records`` reads, with ``read_options``
+    such as ``class_list`` or CheXpert's ``uncertainty``) and :func:`train_records`. Masked
+    (NaN) labels are left out of the loss."""
     from chextriev.io.datasets import load_records
 
-    return train_records(load_records(data), out, **options)
+    return train_records(load_records(data, **(read_options or {})), out, **options)
