@@ -300,6 +300,19 @@ def apply_conventions(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
+class VersionAction(argparse.Action):
+    """``--version``: prints ``PROG VERSION`` and exits; the version is looked up only then
+    (importlib.metadata costs ~70 ms, too much for every ``--help``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the installed version and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def package_version(distribution: str = "chextriev") -> str:
     """The installed version of ``distribution`` (importlib.metadata), ``unknown`` when it is
     not installed (a source tree on ``sys.path``)."""

@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from chextriev.cli_options import apply_conventions, package_version
+from chextriev.cli_options import VersionAction, apply_conventions
 
 # (module, what it provides). Order is the order shown in `chextriev --help`.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chextriev",
         description="Case-based retrieval of chest radiographs.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, default=False,
                         help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

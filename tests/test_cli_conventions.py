@@ -22,7 +22,8 @@ from chextriev_cli.main import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [path for path, _ in conventions.iter_parsers(build_parser())]
-SKIPPED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+SKIPPED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction,
+           conventions.VersionAction)
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
