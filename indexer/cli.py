@@ -180,7 +180,7 @@ def source_options(args) -> dict:
         given = [f"--{name.replace('_', '-')}" for name in _WEB_FLAGS if getattr(args, name)]
         if given or args.insecure:
             raise ChextrievError(f"{', '.join(given or ['--insecure'])} only apply to an "
-                                 "http(s):// DICOMweb --source")
+                                 "http(s):// DICOMweb --data")
         return {}
     from chextriev.io.dicomweb import DEFAULT_MODALITIES, credentials_from
 
