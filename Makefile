@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/chextriev demo --out $(DEMO_DIR) --data $(DEMO_DATA) --serve $(DEMO_SERVE)
+	$(BIN)/chextriev demo --out $(DEMO_DIR) --data $(DEMO_DATA) $(if $(filter 0,$(DEMO_SERVE)),--no-serve,--serve)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

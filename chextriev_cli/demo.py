@@ -8,7 +8,7 @@ last, so a crash mid-step redoes only that step):
 3. evaluate both and print the retrieval table (mAP/mHR/mRR at 3, 5, 10);
 4. index the archive (or the real NIH sample with ``--data nih-sample``) into SQLite and Faiss;
 5. start the server on 127.0.0.1, send a real query over HTTP, print the top-5 and the page's
-   address, and keep serving until Ctrl-C (``--serve 0`` stops after the query).
+   address, and keep serving until Ctrl-C (``--no-serve`` stops after the query).
 
 Everything goes under one folder (``demo/`` by default).
 """
@@ -25,6 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from chextriev.cli_options import (
+    LegacyValueBoolean,
+    add_data_option,
+    add_epochs_option,
+    add_out_dir,
+)
 from chextriev.errors import ChextrievError
 
 log = logging.getLogger(__name__)
@@ -44,18 +50,19 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("demo"), help="folder for everything (default demo/)")
-    parser.add_argument(
-        "--data",
-        default="synthetic",
-        help="what to index and serve: 'synthetic' (default), 'nih-sample' (the real NIH sample "
-        "found through CHEXTRIEV_NIH_SAMPLE or ../shared/data/nih-sample), or a folder path",
+    add_out_dir(parser, default=Path("demo"), help="folder for everything")
+    add_data_option(
+        parser, type=str, default="synthetic", metavar="synthetic|nih-sample|PATH",
+        help="what to index and serve: the synthetic archive, the real NIH sample (found through "
+        "CHEXTRIEV_NIH_SAMPLE or ../shared/data/nih-sample), or a folder",
     )
-    parser.add_argument("--serve", type=int, choices=(0, 1), default=1, help="1: keep serving until Ctrl-C; 0: stop after the query")
-    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
-    parser.add_argument("--patients", type=int, default=DEMO_PATIENTS, help="synthetic patients (default 600)")
-    parser.add_argument("--size", type=int, default=DEMO_SIZE, help="synthetic image side in pixels (default 512)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--serve", action=LegacyValueBoolean, default=True,
+                        help="keep serving after the query until Ctrl-C (--no-serve: stop after it)")
+    parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    parser.add_argument("--patients", type=int, default=DEMO_PATIENTS, help="synthetic patients")
+    parser.add_argument("--size", type=int, default=DEMO_SIZE, help="synthetic image side in pixels")
+    add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
+                      help="training epochs of each model (default: the preset's)")
     parser.set_defaults(func=run_demo)
 
 
@@ -122,7 +129,7 @@ def train_models(out: Path, archive: Path, max_epochs: int | None) -> dict[str, 
             args = ["train", "--variant", variant, "--preset", "synthetic-small", "--data", str(archive), "--out", str(run_dir),
                     "--cache-dir", str(out / "cache" / "features")]
             if max_epochs is not None:
-                args += ["--max-epochs", str(max_epochs)]
+                args += ["--epochs", str(max_epochs)]
             _cli(*args)
             _mark_done(run_dir)
         else:
@@ -139,7 +146,7 @@ def train_detector(out: Path, archive: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # The small CPU detector at 128 px: minutes on two cores, and it beats the atlas (BENCHMARKS.md).
-    _cli("train-detector", "--data", str(archive), "--out", str(path), "--backbone", "small",
+    _cli("train-detector", "--data", str(archive), "--out-file", str(path), "--backbone", "small",
          "--image-size", "128", "--epochs", "8", "--max-train", "200")
     _mark_done(path.parent)
     return path
@@ -179,7 +186,7 @@ def index_data(out: Path, source: Path, checkpoint: Path, detector: Path, label:
     _step(f"5/6 indexing {source} -> {index_dir}")
     index_dir.mkdir(parents=True, exist_ok=True)
     # Incremental by design: a rerun indexes only what is new, so no marker is needed here.
-    _cli("index", "--source", str(source), "--checkpoint", str(checkpoint), "--db", db_url,
+    _cli("index", "--data", str(source), "--checkpoint", str(checkpoint), "--db", db_url,
          "--index-dir", str(index_dir), "--detector", str(detector))
     return db_url, index_dir
 

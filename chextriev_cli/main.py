@@ -1,7 +1,9 @@
 """`chextriev` console script.
 
 Each subcommand is registered by the package that implements it, through a module exposing
-``register(subparsers)``; a registered parser sets ``func(args) -> int`` as its default.
+``register(subparsers)``; a registered parser sets ``func(args) -> int`` as its default. Its
+options follow the conventions of :mod:`chextriev.cli_options` (built from its helpers; checked
+for every subcommand by ``tests/test_cli_conventions.py``).
 This module sits above every package (it may import all of them); no package imports it.
 """
 
@@ -11,6 +13,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from chextriev.cli_options import VersionAction, apply_conventions
 
 # (module, what it provides). Order is the order shown in `chextriev --help`.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -29,12 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chextriev",
         description="Case-based retrieval of chest radiographs.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=VersionAction)
+    parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, default=False,
+                        help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
-    return parser
+    return apply_conventions(parser)  # the shared help formatter, on every subcommand
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,22 +1,23 @@
 """``chextriev index``: build or update an index; ``index verify``, ``index repair``,
 ``index remove``; ``chextriev db upgrade``.
 
-    chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
-        [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--workers N] [--batch-size B]
-        [--wait [SECONDS]]
+    chextriev index --data ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
+        [--device auto|cpu|cuda|cuda:N] [--precision auto|fp32|bf16] [--workers N]
+        [--batch-size B] [--wait [SECONDS]] [--json]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH]
         [--pseudonymise [--pseudonym-key-file FILE] [--dates shift|year]] [--keep-burned-in]
-    chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
+    chextriev index --data https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
         [--dicomweb-token-file FILE | --dicomweb-user USER --dicomweb-password-file FILE]
         [--ca-bundle FILE] [--insecure]
-    chextriev index verify --index-dir idx [--db URL] [--sample N]  # exit 1 when they disagree
+    chextriev index verify --index-dir idx [--db URL] [--sample N] [--json]  # exit 1: they differ
     chextriev index repair --index-dir idx [--db URL]               # rebuild the index
     chextriev index remove --index-dir idx [--db URL] ID [ID ...]
     chextriev db upgrade (--db URL | --index-dir DIR)               # schema upgrade in place
 
 ARCHIVE: a folder (a dataset layout or a plain tree of PNG/JPEG/DICOM), a manifest CSV, an
 image file, or an ``http(s)://`` DICOMweb service root (``chextriev.io.sources.open_source``).
+``--source`` is the deprecated spelling of ``--data`` (still accepted, with a warning).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ import math
 import os
 from pathlib import Path
 
+from chextriev.cli_options import (
+    add_data_option,
+    add_device_option,
+    add_json_option,
+    add_precision_option,
+    print_json,
+)
 from chextriev.errors import ChextrievError
-from chextriev.precision import PRECISIONS, default_precision
 
 # indexer.vector_index.INDEX_TYPES, here so that argument parsing does not import Faiss
 # (tests/test_cli_startup.py checks that the two agree).
@@ -45,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 def _common(parser: argparse.ArgumentParser, *, required_dir: bool) -> None:
-    parser.add_argument("--index-dir", required=required_dir, type=Path,
+    parser.add_argument("--index-dir", required=required_dir, type=Path, metavar="DIR",
                         help="folder of the Faiss index (and of the default SQLite catalog)")
     parser.add_argument("--db", default=None,
                         help="SQLAlchemy URL, e.g. postgresql://user@host/db (default "
@@ -64,39 +71,43 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "index", help="index an archive (DICOM/PNG/JPEG) into SQL + Faiss",
         description="Index an archive; `index verify` and `index remove` maintain it.")
-    parser.add_argument("--source", help="archive folder, manifest CSV, image file, or an "
-                                          "http(s):// DICOMweb service root (a PACS)")
+    add_data_option(parser, dest="source", type=str, metavar="PATH|URL", aliases=("--source",),
+                    help="archive folder, manifest CSV, image file, or an http(s):// DICOMweb "
+                         "service root (a PACS)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="manifest CSV (path, patient_id, study_id, view, sex, age, findings); "
                              "only its files are indexed")
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint (.ckpt)")
     _common(parser, required_dir=False)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
-                        help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
+    add_device_option(parser, help="torch device for the model")
+    add_precision_option(parser)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="decoding processes (0 = decode in the main process)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--index-type", default="auto", choices=INDEX_TYPES)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--index-type", default="auto", choices=INDEX_TYPES,
+                        help="Faiss index; auto: flat, ivf-flat or ivf-pq by the number of vectors")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights")
-    parser.add_argument("--pseudonymise", action="store_true",
+    parser.add_argument("--pseudonymise", action=argparse.BooleanOptionalAction, default=False,
                         help="de-identify what the catalog stores (DICOM PS3.15 basic profile): "
                              "identifiers and image ids as keyed HMAC-SHA256, UIDs as 2.25.<int> "
                              "from it, dates shifted per patient or cut to the year (key: "
                              "$CHEXTRIEV_PSEUDONYM_KEY or --pseudonym-key-file)")
-    parser.add_argument("--pseudonym-key-file", type=Path, default=None)
+    parser.add_argument("--pseudonym-key-file", type=Path, default=None, metavar="FILE",
+                        help="the pseudonymisation key (else $CHEXTRIEV_PSEUDONYM_KEY)")
     parser.add_argument("--dates", choices=DATE_MODES, default=None,
                         help="with --pseudonymise: shift each patient's dates by a keyed 1..365 "
                              "days (shift, the default) or keep only the year (year)")
-    parser.add_argument("--keep-burned-in", action="store_true",
-                        help="index DICOMs marked BurnedInAnnotation YES (skipped by default: "
-                             "their pixels may show patient identifiers)")
+    parser.add_argument("--keep-burned-in", action=argparse.BooleanOptionalAction, default=False,
+                        help="index DICOMs marked BurnedInAnnotation YES (else skipped: their "
+                             "pixels may show patient identifiers)")
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="sync the Faiss index every N batches (and at the end)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bar on stderr")
+    add_json_option(parser, "the run's summary")
     _wait(parser)
-    web = parser.add_argument_group("DICOMweb source (--source http(s)://...)")
+    web = parser.add_argument_group("DICOMweb source (--data http(s)://...)")
     web.add_argument("--modality", nargs="+", default=None, metavar="M",
                      help="modalities searched (default CR DX; 'any' for all)")
     web.add_argument("--study-date", default=None, metavar="FROM-TO",
@@ -110,7 +121,7 @@ def register(subparsers) -> None:
                      help=f"basic-auth password file (else ${PASSWORD_ENV})")
     web.add_argument("--ca-bundle", type=Path, default=None,
                      help="CA certificates to verify the service's TLS certificate with")
-    web.add_argument("--insecure", action="store_true",
+    web.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=False,
                      help="do not verify TLS certificates (logs a warning; not for production)")
     web.add_argument("--page-size", type=int, default=500, help="QIDO-RS results per request")
     parser.set_defaults(func=_index)
@@ -123,6 +134,7 @@ def register(subparsers) -> None:
     _common(verify, required_dir=True)
     verify.add_argument("--sample", type=int, default=None, metavar="N",
                         help="compare the vectors of N random images (default: all)")
+    add_json_option(verify, "the result")
     verify.set_defaults(func=_verify)
     repair = actions.add_parser("repair", help="rebuild the index from the catalog")
     _common(repair, required_dir=True)
@@ -168,7 +180,7 @@ def source_options(args) -> dict:
         given = [f"--{name.replace('_', '-')}" for name in _WEB_FLAGS if getattr(args, name)]
         if given or args.insecure:
             raise ChextrievError(f"{', '.join(given or ['--insecure'])} only apply to an "
-                                 "http(s):// DICOMweb --source")
+                                 "http(s):// DICOMweb --data")
         return {}
     from chextriev.io.dicomweb import DEFAULT_MODALITIES, credentials_from
 
@@ -195,7 +207,8 @@ def _index(args) -> int:
 
     missing = [name for name in ("source", "checkpoint") if getattr(args, name) is None]
     if missing:
-        raise ChextrievError(f"`chextriev index` needs --{' and --'.join(missing)} "
+        flags = {"source": "--data", "checkpoint": "--checkpoint"}
+        raise ChextrievError(f"`chextriev index` needs {' and '.join(flags[m] for m in missing)} "
                              "(or use `index verify` / `index remove`)")
     if not args.checkpoint.is_file():
         raise ChextrievError(f"checkpoint {args.checkpoint} does not exist")
@@ -215,25 +228,42 @@ def _index(args) -> int:
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), policy=policy,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
-        progress=not args.no_progress, wait=args.wait)
-    print(summary.format())
+        progress=args.progress, wait=args.wait)
+    if args.json:
+        print_json(summary.figures())
+    else:
+        print(summary.format())
     return 0
 
 
 def _verify(args) -> int:
     from indexer.sync import verify
 
-    problems = verify(_sessions(args), args.index_dir, sample=args.sample)
-    for problem in problems:
-        print(f"DIFFERENCE: {problem}")
-    if problems:
-        print(f"run `chextriev index repair --index-dir {args.index_dir}` to rebuild the index "
-              "from the catalog")
+    figures = verify_figures(verify(_sessions(args), args.index_dir, sample=args.sample),
+                             args.index_dir, args.sample)
+    if args.json:
+        print_json(figures)
     else:
-        checked = f"{args.sample} sampled" if args.sample else "all"
-        print(f"OK: catalog and index in {args.index_dir} agree (checksums, ids, {checked} "
-              "vectors)")
-    return 1 if problems else 0
+        print(format_verify(figures))
+    return 0 if figures["ok"] else 1
+
+
+def verify_figures(problems: list[str], index_dir: Path, sample: int | None) -> dict:
+    """What `index verify` found (``--json`` prints this; :func:`format_verify` as prose)."""
+    return {"ok": not problems, "index_dir": str(index_dir), "vectors_checked": sample or "all",
+            "differences": list(problems)}
+
+
+def format_verify(figures: dict) -> str:
+    lines = [f"DIFFERENCE: {problem}" for problem in figures["differences"]]
+    if figures["ok"]:
+        checked = "all" if figures["vectors_checked"] == "all" else f"{figures['vectors_checked']} sampled"
+        lines.append(f"OK: catalog and index in {figures['index_dir']} agree (checksums, ids, "
+                     f"{checked} vectors)")
+    else:
+        lines.append(f"run `chextriev index repair --index-dir {figures['index_dir']}` to rebuild "
+                     "the index from the catalog")
+    return "\n".join(lines)
 
 
 def _repair(args) -> int:

@@ -74,8 +74,20 @@ class IndexSummary:
     index_size: int = 0
     build_id: str | None = None
 
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def figures(self) -> dict:
+        """Every figure of the run, JSON-ready (``chextriev index --json``; :meth:`format`
+        prints the same fields as prose, the 20 most common reasons only)."""
+        figures = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        figures["reasons"] = dict(self.reasons.most_common())
+        figures["images_per_second"] = self.images_per_second
+        return figures
+
     def format(self) -> str:
-        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
+        rate = self.images_per_second
         lines = [
             (f"discovered {self.discovered} file(s): indexed {self.indexed}, unchanged "
             f"{self.unchanged}, duplicates {self.duplicates}, skipped {self.skipped}, failed "

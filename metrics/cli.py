@@ -1,13 +1,14 @@
 """``chextriev evaluate``: retrieval, classification and localization of a checkpoint.
 
     chextriev evaluate --checkpoint CKPT --data DIR [--split test] [--k 3 5 10] [--out DIR]
-                       [--skip/--no-skip] [--exclude-same none|patient|study]
+                       [--skip/--no-skip] [--exclude-same none|patient|study] [--json]
                        [--uncertainty ones|zeros|mask] [--blank zeros|mask]   (CheXpert)
 
 Every report states the label policy (CheXpert: what uncertain and blank labels became).
 
 Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
-AUROC bars, a grid of queries with their top results) into ``--out``.
+AUROC bars, a grid of queries with their top results) into ``--out``. Prints the summary
+(``metrics.report.summary``) as markdown, or with ``--json`` as one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from chextriev.cli_options import (
+    add_data_option,
+    add_device_option,
+    add_json_option,
+    add_out_dir,
+    add_precision_option,
+    print_json,
+    resolve_device,
+)
 from chextriev.errors import DataFormatError, UnknownNameError
-from chextriev.precision import PRECISIONS, default_precision
 from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt written by `chextriev train`")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (any layout load_records detects)")
+    add_data_option(p, required=True, help="dataset folder (any layout load_records detects)")
     p.add_argument("--split", default="test", help="split evaluated (gallery = queries); 'all' for every image")
     p.add_argument("--val-split", default="validate",
                    help="split used to choose Youden thresholds ('none' to skip)")
@@ -47,8 +56,8 @@ def register(subparsers: Any) -> None:
                         "(never queries, never relevant, left out of AUROC; the reader's default)")
     p.add_argument("--blank", default=None, choices=("zeros", "mask"),
                    help="CheXpert: not-mentioned (blank) labels become 0 (the reader's default) or masked")
-    p.add_argument("--k", nargs="+", type=int, default=[3, 5, 10], help="cut-offs (default 3 5 10)")
-    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
+    p.add_argument("--k", nargs="+", type=int, default=[3, 5, 10], help="cut-offs")
+    add_out_dir(p, default=Path("evaluation"), help="output folder")
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
                    help="drop queries with no hit from the means (published default: --skip)")
     p.add_argument("--exclude-same", default="none", choices=EXCLUDE_SAME_MODES,
@@ -56,10 +65,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--empty-class", default="undefined", choices=EMPTY_CLASS_MODES,
                    help="class without queries: undefined (left out) or zero (published)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate at most this many images (first N)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default=default_precision(), choices=PRECISIONS,
-                   help="auto (default; $CHEXTRIEV_PRECISION overrides): bf16 where the CPU has AMX or AVX-512 bf16 or the GPU has bf16, else fp32")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    add_device_option(p, default="cpu", help="torch device for the model")
+    add_precision_option(p)
     p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
@@ -67,10 +75,12 @@ def register(subparsers: Any) -> None:
                    help="heatmaps: cam, gradcam, gradcampp of the checkpoint, or ham (needs --ham-checkpoint)")
     p.add_argument("--ham-checkpoint", type=Path, default=None,
                    help="HAM network for --cam-method ham (written by `chextriev train-ham`)")
-    p.add_argument("--loc-max-images", type=int, default=50)
-    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--loc-max-images", type=int, default=50, help="images scored for localization")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="PNG figures: per-class bars, AUROC bars, a query grid")
     p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
                    help="for binary-code models (ATH binary): rank by Hamming distance of the codes")
+    add_json_option(p, "the summary and the files written")
     p.set_defaults(func=run_evaluate)
 
 
@@ -105,13 +115,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from metrics.evaluate import EvaluationOptions, evaluate_arrays
     from metrics.figures import auroc_bars, per_class_bars, pick_queries, query_grid
     from metrics.model_eval import build_inputs, embed_records
-    from metrics.report import markdown, write_report
+    from metrics.report import summary, summary_markdown, write_report
 
     if not args.checkpoint.is_file():
         raise DataFormatError(f"checkpoint {args.checkpoint} does not exist")
     if args.localization and args.cam_method == "ham" and args.ham_checkpoint is None:
         raise DataFormatError("--cam-method ham needs --ham-checkpoint (a HAM network from `chextriev train-ham`)")
-    loaded = load_checkpoint(args.checkpoint, device=args.device, detector_path=args.detector,
+    loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), detector_path=args.detector,
                              precision=args.precision)
     all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
     records = select_split(all_records, args.split)
@@ -157,8 +167,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if queries:
             query_grid(thumbs, inputs.labels, inputs.class_names, report["neighbors"], queries,
                        out / "query_grid.png", n_results=min(5, max(args.k)))
-    print(markdown(report, title="Summary").split("### k =")[0].rstrip())
-    print(f"\nwrote {', '.join(str(p) for p in paths.values())} and figures in {out}")
+    figures = summary(report)
+    if args.json:
+        print_json({**figures, "out": str(out), "files": [str(p) for p in paths.values()]})
+    else:
+        print(summary_markdown(figures, title="Summary"))
+        print(f"\nwrote {', '.join(str(p) for p in paths.values())} and figures in {out}")
     return 0
 
 

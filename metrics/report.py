@@ -79,26 +79,51 @@ def triple(avg: dict[str, Any]) -> str:
     return "/".join(fmt(avg.get(m)) for m in ("mAP", "mHR", "mRR"))
 
 
-def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
-    """The report as markdown: options, retrieval per k, classification, regions."""
-    lines = [f"# {title}", "", f"Options: {report.get('options_text', '')}", ""]
+SUMMARY_META: tuple[str, ...] = ("checkpoint", "checkpoint_id", "variant", "data", "label_policy", "embedding",
+                                 "box_sources")
+AVERAGES: tuple[str, ...] = ("class_average", "weighted_average")
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a report (what ``chextriev evaluate`` prints, as prose through
+    :func:`summary_markdown` or as JSON with ``--json``): options, the model and data, image
+    counts, and the class and weighted averages of mAP/mHR/mRR at each k. JSON-ready (an
+    undefined value is ``None``)."""
     meta = report.get("meta") or {}
-    for key in ("checkpoint", "checkpoint_id", "variant", "data", "label_policy", "embedding", "box_sources"):
-        if key in meta:
-            lines.append(f"- {key}: {meta[key]}")
-    lines.append(f"- images: {report['n_images']} ({report.get('n_normal', 0)} normal: never queries)")
-    masked = report.get("masked_labels")
+    return _jsonable({
+        "options": report.get("options_text", ""),
+        "meta": {key: meta[key] for key in SUMMARY_META if key in meta},
+        "n_images": report["n_images"],
+        "n_normal": report.get("n_normal", 0),
+        "masked_labels": report.get("masked_labels"),
+        "retrieval": {str(k): {avg: {m: res[avg].get(m) for m in ("mAP", "mHR", "mRR")} for avg in AVERAGES}
+                      for k, res in report["retrieval"].items()},
+    })
+
+
+def summary_markdown(figures: dict[str, Any], title: str = "Evaluation") -> str:
+    """:func:`summary` figures as markdown: the head of :func:`markdown`."""
+    lines = [f"# {title}", "", f"Options: {figures['options']}", ""]
+    lines += [f"- {key}: {value}" for key, value in figures["meta"].items()]
+    lines.append(f"- images: {figures['n_images']} ({figures['n_normal']} normal: never queries)")
+    masked = figures.get("masked_labels")
     if masked:
         per = ", ".join(f"{n} {c}" for n, c in masked["per_class"].items() if c)
         lines.append(f"- masked label entries: {masked['n_entries']} on {masked['n_images']} images "
                      f"(never queries, never relevant, left out of AUROC): {per}")
     lines.append("")
-    ks = list(report["retrieval"])
+    ks = list(figures["retrieval"])
     lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",
               "|---|" + "---|" * len(ks)]
-    for avg in ("class_average", "weighted_average"):
-        lines.append(f"| {avg.replace('_', ' ')} | " + " | ".join(triple(report["retrieval"][k][avg]) for k in ks) + " |")
-    lines.append("")
+    for avg in AVERAGES:
+        lines.append(f"| {avg.replace('_', ' ')} | " + " | ".join(triple(figures["retrieval"][k][avg]) for k in ks) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
+    """The report as markdown: options, retrieval per k, classification, regions."""
+    lines = [summary_markdown(summary(report), title), ""]
+    ks = list(report["retrieval"])
     for k in ks:
         res = report["retrieval"][k]
         has_hit = res["options"]["hit_rate"]

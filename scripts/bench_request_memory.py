@@ -83,7 +83,7 @@ def run(module, argv):
 work = Path({work!r})
 run(synth_cli, ["synth", "--out", str(work / "archive"), "--patients", "6", "--size", "128"])
 checkpoint = train_tiny_checkpoint(work / "archive", work / "model", variant="v6")
-run(index_cli, ["index", "--source", str(work / "archive"), "--checkpoint", str(checkpoint),
+run(index_cli, ["index", "--data", str(work / "archive"), "--checkpoint", str(checkpoint),
                 "--index-dir", str(work / "index"), "--workers", "0", "--device", "cpu", "--no-progress"])
 """
 

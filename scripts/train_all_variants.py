@@ -2,7 +2,7 @@
 """Train every variant and baseline on one archive, over one or more seeds; one results table.
 
     .venv/bin/python scripts/train_all_variants.py --data ARCHIVE --out RESULTS_DIR \
-        [--preset synthetic-small] [--variants v6,resnet50] [--seeds 0,1,2] [--max-epochs N] \
+        [--preset synthetic-small] [--variants v6,resnet50] [--seeds 0,1,2] [--epochs N] \
         [--cache-dir DIR] [--fresh]
 
 The variants are the rows of the variant table (``chextriev.model.config.VARIANTS``, in its
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from chextriev.checkpoint import LoadedModel, load_checkpoint
+from chextriev.cli_options import add_epochs_option
 from chextriev.embedding import embed_images
 from chextriev.io.datasets import load_records
 from chextriev.io.images import load_image
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="synthetic-small")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names (default: every variant of the table)")
-    parser.add_argument("--max-epochs", type=int, default=None)
+    add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
+                      help="at most N epochs per run (default: the preset's)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
     parser.add_argument("--fresh", action="store_true", help="retrain rows already in RESULTS_DIR/results.json")

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chextriev.cli_options import apply_conventions, device_name
 from chextriev.errors import ChextrievError
 from server.config import (
     FROM_ENVIRONMENT,
@@ -46,11 +47,11 @@ def register(subparsers) -> None:
     for setting in SETTINGS:
         default = "required" if setting.key in REQUIRED else f"default {setting.default_doc or setting.default}"
         parser.add_argument(setting.flag, dest=setting.name, default=None,
-                            type=int if setting.kind == "int" else str,
+                            type={"int": int, "device": device_name}.get(setting.kind, str),
                             metavar=None if setting.choices else setting.metavar,
                             choices=setting.choices,
                             help=f"{setting.help} (env {setting.env_var}; {default})")
-    parser.add_argument("--print-config", action="store_true",
+    parser.add_argument("--print-config", action=argparse.BooleanOptionalAction, default=False,
                         help="print the effective settings and where each came from, then exit")
     parser.set_defaults(func=serve)
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m server.cli --checkpoint ...``: the same as ``chextriev serve ...``."""
     parser = argparse.ArgumentParser(prog="python -m server.cli")
     register(parser.add_subparsers(dest="command"))
+    apply_conventions(parser)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

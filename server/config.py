@@ -43,6 +43,7 @@ Keys that are not settings (only through ``create_app(config)`` or the environme
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import secrets
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chextriev.cli_options import DEVICE_METAVAR, device_name
 from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.precision import PRECISIONS
 
@@ -77,7 +79,8 @@ class ConfigError(ChextrievError):
 class Setting:
     """One server setting: ``name`` in the file, ``--name-with-dashes`` on the command line,
     ``CHEXTRIEV_<KEY>`` in the environment (unless ``env`` says otherwise), ``key`` in
-    ``app.config``. ``kind``: ``str``, ``path`` (relative to the file's folder in a file),
+    ``app.config``. ``kind``: ``str``, ``device`` (a ``--device`` value of
+    :mod:`chextriev.cli_options`), ``path`` (relative to the file's folder in a file),
     ``int`` (with ``low``/``high`` bounds). ``default`` ``None`` means unset."""
 
     name: str
@@ -95,7 +98,8 @@ class Setting:
 
     @property
     def metavar(self) -> str:
-        return {"int": "N", "path": "PATH"}.get(self.kind, "URL" if self.key == "DB_URL" else "TEXT")
+        return {"int": "N", "path": "PATH", "device": DEVICE_METAVAR}.get(
+            self.kind, "URL" if self.key == "DB_URL" else "TEXT")
 
     @property
     def env_var(self) -> str:
@@ -113,7 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
             default_doc="sqlite:///INDEX_DIR/catalog.sqlite"),
     Setting("detector", "DETECTOR", "path", None, "anatomy detector weights",
             default_doc="none: the atlas boxes uploads"),
-    Setting("device", "DEVICE", "str", "cpu", "torch device for the model"),
+    Setting("device", "DEVICE", "device", "cpu", "torch device for the model; auto: cuda when torch "
+            "sees a GPU, else cpu"),
     Setting("precision", "PRECISION", "str", "auto",
             "model, detector and Grad-CAM numerics: auto (bf16 where the CPU has AMX or AVX-512 "
             "bf16 or the GPU computes bf16, else fp32), fp32 or bf16",
@@ -194,7 +199,12 @@ def parse_value(setting: Setting, raw: Any, where: str) -> Any:
     ``None`` or an empty string is unset. Raises :class:`ConfigError` naming ``where``."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if setting.kind in ("str", "path"):
+    if setting.kind == "device" and isinstance(raw, str):
+        try:
+            return device_name(raw)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    if setting.kind in ("str", "path", "device"):
         if isinstance(raw, (str, Path)):
             return str(raw).strip()
         raise ConfigError(f"{where} must be a string, got {raw!r}")

@@ -111,6 +111,9 @@ class SearchService:
 
                     torch.set_num_threads(int(self.torch_threads))
 
+                from chextriev.cli_options import resolve_device
+
+                self.device = resolve_device(self.device)  # "auto" -> cuda or cpu
                 model = load_checkpoint(self.checkpoint, device=self.device, detector_path=self.detector,
                                         precision=self.precision)
                 index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"

@@ -12,9 +12,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "faiss", "pandas", "pytorch_lightning", "lightning", "sqlalchemy",
          "scipy", "flask", "PIL", "pydicom", "matplotlib", "torch_geometric", "waitress")
-COMMANDS = (["--help"], ["synth", "--help"], ["train", "--help"], ["train-detector", "--help"],
-            ["evaluate", "--help"], ["index", "--help"], ["index", "verify", "--help"],
-            ["index", "remove", "--help"], ["serve", "--help"], ["demo", "--help"])
+
+
+def _every_command() -> list[list[str]]:
+    """``--help`` of the top command and of every (sub-)subcommand, found by walking the parser."""
+    from chextriev.cli_options import iter_parsers
+    from chextriev_cli.main import build_parser
+
+    return [[*path, "--help"] for path, _ in iter_parsers(build_parser())]
+
+
+COMMANDS = _every_command()
 
 PROBE = """
 import contextlib, io, json, sys

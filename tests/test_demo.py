@@ -22,9 +22,10 @@ def test_format_retrieval_table_marks_undefined_values():
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "chextriev_cli.main", "demo", "--out", str(out), "--patients", "8",
-               "--size", "128", "--max-epochs", "1", "--serve", "0"]
+               "--size", "128", "--epochs", "1", "--no-serve"]
     first = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert ": warning: --" not in first.stderr  # no deprecated spelling: each step uses the canonical options
     assert "| v6 |" in first.stdout and "| resnet50 |" in first.stdout
     assert "Web page: http://127.0.0.1:" in first.stdout
     top = [line for line in first.stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]

@@ -1,7 +1,7 @@
 """`chextriev train-detector`: train the anatomy detector on a dataset with region boxes.
 
-    chextriev train-detector --data DIR --out detector.pt [--epochs 20] [--image-size 512]
-        [--backbone small|resnet18|resnet50] [--device cpu|cuda]
+    chextriev train-detector --data DIR --out-file detector.pt [--epochs 20] [--image-size 512]
+        [--backbone small|resnet18|resnet50] [--device auto|cpu|cuda|cuda:N]
 
 Trains on the records of the ``train`` split, then reports the mean IoU against the true
 region boxes of the validation records (``validate`` split) for the detector and for the atlas
@@ -13,6 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+
+from chextriev.cli_options import (
+    add_data_option,
+    add_device_option,
+    add_epochs_option,
+    add_out_file,
+    resolve_device,
+)
 
 # The backbone names of chextriev.anatomy.detector_nets.BACKBONES, here so that argument parsing
 # does not import torch (tests/test_cli_startup.py checks that the two agree).
@@ -31,28 +39,22 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, help="dataset folder with region boxes (synthetic archive, MIMIC + ImaGenome)")
-    parser.add_argument("--out", required=True, help="detector file to write (e.g. runs/detector.pt)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=512, help="square input size in pixels (default 512)")
+    add_data_option(parser, required=True,
+                    help="dataset folder with region boxes (synthetic archive, MIMIC + ImaGenome)")
+    add_out_file(parser, required=True, aliases=("--out",), help="detector file to write (e.g. runs/detector.pt)")
+    add_epochs_option(parser, default=20, help="training epochs")
+    parser.add_argument("--image-size", type=int, default=512, help="square input size in pixels")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet50",
-                        help="resnet50 (default), resnet18, or small (CPU)")
-    parser.add_argument("--batch-size", type=int, default=4)
+                        help="resnet50, resnet18, or small (CPU)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per step")
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default per backbone)")
     parser.add_argument("--backbone-weights", default=None, help="local torchvision ResNet state dict (optional)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_device_option(parser, help="torch device for training")
     parser.add_argument("--max-train", type=int, default=None, help="use at most this many training images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no scale/shift jitter")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="scale/shift jitter of the training images")
     parser.set_defaults(func=run)
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ChextrievError(f"{args.data}: no record in the 'train' split among {len(with_boxes)} records with boxes")
     if args.max_train:
         train = train[: args.max_train]
-    device = _device(args.device)
+    device = resolve_device(args.device)
     log.info("train-detector: %d training, %d validation images, device %s", len(train), len(validation), device)
     path = train_detector(
         train, args.out, epochs=args.epochs, image_size=args.image_size, backbone=args.backbone,

@@ -17,7 +17,8 @@ _LAZY = {
     "heatmap_to_boxes": "chextriev.localization.regions",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["METHODS", "CamPipeline", "LoadedHAM", "ham_heatmap", "heatmap", "heatmap_mask", "heatmap_to_boxes",
+           "load_ham"]
 
 
 def __getattr__(name: str):

@@ -14,6 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from chextriev.cli_options import add_data_option, add_device_option, add_epochs_option, add_out_dir, resolve_device
+
 log = logging.getLogger(__name__)
 
 #: the names of ``chextriev.localization.ham_training.HAM_PRESETS`` (not imported here: torch
@@ -26,10 +28,10 @@ def register(subparsers) -> None:
         "train-ham", help="train HAM attention mining for localization heatmaps; writes RUN_DIR/best.pt",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", type=Path, required=True, help="archive folder (any layout load_records reads)")
-    p.add_argument("--out", type=Path, required=True, help="run folder for the checkpoints")
+    add_data_option(p, required=True, help="archive folder (any layout load_records reads)")
+    add_out_dir(p, required=True, help="run folder for the checkpoints")
     p.add_argument("--preset", default="synthetic-small", help=f"one of: {', '.join(PRESET_NAMES)}")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    add_epochs_option(p, help="at most N epochs (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--box-fraction", type=float, default=1.0,
@@ -45,11 +47,12 @@ def register(subparsers) -> None:
                    help="weight of the masked-out remainder classification loss")
     p.add_argument("--combine", default=None, choices=("attention", "class"),
                    help="heatmap: class map gated by the abnormality attention (default) or the class map")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights, split of the box images)")
+    add_device_option(p, default="cpu")
     p.add_argument("--workers", type=int, default=None, help="image-reading processes (default: the preset's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr")
     p.set_defaults(func=run_train_ham)
 
 
@@ -70,8 +73,8 @@ def run_train_ham(args: argparse.Namespace) -> int:
         truth = synthetic_box_truth(args.data)
     result = train_ham(
         records, args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, box_truth=truth, box_fraction=args.box_fraction, device=args.device, num_workers=args.workers,
-        progress=not args.no_progress, backbone_weights=args.backbone_weights,
+        seed=args.seed, box_truth=truth, box_fraction=args.box_fraction, device=resolve_device(args.device), num_workers=args.workers,
+        progress=args.progress, backbone_weights=args.backbone_weights,
         train_backbone=args.train_backbone, loss_remainder=args.remainder_weight, combine=args.combine,
     )
     loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
-from pathlib import Path
 
+from chextriev.cli_options import add_out_dir
 from chextriev.vocab import IMAGENOME_FINDINGS
 
 
@@ -16,14 +16,14 @@ def register(subparsers) -> None:
         description="Draw frontal chest radiograph phantoms with findings, region boxes, scene graphs, "
                     "lesion masks, split and manifest CSVs. Same seed, same bytes.",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder (must not hold an archive yet)")
+    add_out_dir(parser, required=True, help="output folder (must not hold an archive yet)")
     parser.add_argument("--patients", type=int, required=True, help="number of patients (1-4 studies each)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--dicom-share", type=float, default=0.2, help="share of images written as DICOM (default 0.2)")
-    parser.add_argument("--normal-share", type=float, default=0.35, help="share of studies with no finding (default 0.35)")
-    parser.add_argument("--png16-share", type=float, default=0.3, help="share of PNGs written 16-bit (default 0.3)")
-    parser.add_argument("--workers", type=int, default=1, help="drawing processes (default 1; output is the same)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--dicom-share", type=float, default=0.2, help="share of images written as DICOM")
+    parser.add_argument("--normal-share", type=float, default=0.35, help="share of studies with no finding")
+    parser.add_argument("--png16-share", type=float, default=0.3, help="share of PNGs written 16-bit")
+    parser.add_argument("--workers", type=int, default=1, help="drawing processes (the output is the same)")
     parser.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ import importlib
 import logging
 from pathlib import Path
 
+from chextriev.cli_options import add_data_option, add_epochs_option, add_out_dir
 from chextriev.model.config import VARIANTS
 from chextriev.training.presets import PRESETS
 
@@ -30,21 +31,23 @@ def register(subparsers) -> None:
         "train", help="train a model variant (V0..V6) or baseline; writes RUN_DIR/best.ckpt and last.ckpt",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--variant", default="v6", help=f"one of: {', '.join(VARIANTS)} (default v6)")
+    parser.add_argument("--variant", default="v6", help=f"one of: {', '.join(VARIANTS)}")
     parser.add_argument("--preset", default="synthetic-small", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument("--data", type=Path, required=True, help="archive folder (any layout load_records reads)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
+    add_data_option(parser, required=True, help="archive folder (any layout load_records reads)")
+    add_out_dir(parser, required=True, help="run folder for checkpoints and logs")
     parser.add_argument("--class-list", default="imagenome",
                         help="class list for readers that need one (imagenome, nih, chexpert)")
     parser.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
-                        help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (default mask)")
+                        help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (the reader's default: mask)")
     parser.add_argument("--blank", default=None, choices=("zeros", "mask"),
-                        help="CheXpert: not-mentioned labels become 0 (default) or masked")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the preset's epoch limit")
+                        help="CheXpert: not-mentioned labels become 0 (the reader's default) or masked")
+    add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
+                      help="at most N epochs, early stopping may end sooner (default: the preset's)")
     parser.add_argument("--backbone-weights", default=None,
                         help="local torchvision ResNet state-dict file (default: random init, logged)")
-    parser.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone (no feature cache)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=False,
+                        help="fine-tune the backbone (no feature cache)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--devices", type=_devices, default="auto",
                         help="Lightning devices: auto, N, or GPU ids 0,1 (default auto: every GPU, else 1 CPU "
                              "process); without a GPU, N > 1 trains in N CPU processes (DDP, gloo)")
@@ -58,7 +61,8 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is much faster on a CPU shared with other jobs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bar on stderr")
     parser.set_defaults(func=run_train)
     try:
         anatomy_cli = importlib.import_module("chextriev.anatomy.cli")
@@ -87,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.data, args.out, read_options=read_options, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
         backbone_weights=args.backbone_weights, train_backbone=args.train_backbone, seed=args.seed,
         devices=args.devices, strategy=args.strategy, precision=args.precision, cache_dir=args.cache_dir,
-        batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
+        batch_size=args.batch_size, lr=args.lr, progress=args.progress,
     )
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"trained {args.variant} ({args.preset}); splits {result.splits}; best validation mAP@10 {score}")

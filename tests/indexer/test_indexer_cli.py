@@ -53,7 +53,7 @@ def test_db_upgrade_on_a_current_catalog(indexed, capsys):
 def test_index_needs_source_and_checkpoint(tmp_path):
     from chextriev.errors import ChextrievError
 
-    with pytest.raises(ChextrievError, match="--source"):
+    with pytest.raises(ChextrievError, match="--data"):
         _run(["index", "--index-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         _run(["index", "--index-type", "hnsw"])
