@@ -93,13 +93,13 @@ class Decoded:
     pixels: np.ndarray | None = None  # (h, w) float32 in [0, 1], shrunk
     original_hw: tuple[int, int] | None = None  # (H, W) of the file
     thumbnail: bytes | None = None  # PNG
-    preview: bytes | None = None  # grey JPEG, longer side <= preview_side (None: not made)
     # Model outputs computed elsewhere (a distributed shard): embedding (D,), probabilities (C,),
     # region_probabilities (18, C) | None, region_embeddings (18, R) | None, boxes (18, 4)
     # original pixels, box_source.
     embedded: dict[str, Any] | None = None
     version: str | None = None  # the record's version ("<size>:<mtime_ns>", None = immutable)
     boxes: np.ndarray | None = None  # the record's given (18, 4) boxes, original pixels
+    preview: bytes | None = None  # grey JPEG, longer side <= preview_side (None: not made)
 
     @property
     def path(self) -> str:

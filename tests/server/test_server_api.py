@@ -270,14 +270,12 @@ def test_preview_is_the_archived_image_at_preview_size(client, app):
 def test_an_index_without_previews_serves_thumbnails_and_says_so(tiny_index, tmp_path):
     """An index built before previews existed (no previews/ folder): the preview route serves
     the thumbnail (logged once), the header and the image detail say so; heatmaps use it too."""
+    import dataclasses
     import shutil
-
-    from conftest import TinyIndex
 
     copy = tmp_path / "index"
     shutil.copytree(tiny_index.index_dir, copy, ignore=shutil.ignore_patterns("previews"))
-    old = TinyIndex(tiny_index.archive, tiny_index.checkpoint, copy,
-                    f"sqlite:///{copy / 'catalog.sqlite'}")
+    old = dataclasses.replace(tiny_index, index_dir=copy, db_url=f"sqlite:///{copy / 'catalog.sqlite'}")
     app = create_app(old.config(LOAD="sync"))
     client = app.test_client()
     image_id = int(app.extensions["chextriev"].catalog.index.ids[0])
