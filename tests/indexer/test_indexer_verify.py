@@ -107,7 +107,7 @@ def test_previews_stored_per_image_and_checked_by_verify(indexed):
     from chextriev.io.images import load_image
 
     previews = _previews(indexed)
-    assert len(previews) == 8 and all(previews.values())
+    assert len(previews) == 10 and all(previews.values())
     catalog = Catalog.open(indexed.db_url, indexed.index_dir)
     for pk, data in previews.items():
         with PILImage.open(io.BytesIO(data)) as image:
