@@ -3,7 +3,8 @@
 
     chextriev index --data ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
         [--device auto|cpu|cuda|cuda:N] [--precision auto|fp32|bf16] [--workers N]
-        [--batch-size B] [--wait [SECONDS]] [--json]
+        [--batch-size B] [--wait [SECONDS]] [--preview-side PX] [--json]
+        [--devices N [--num-nodes M] [--shard-dir DIR]]
         [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH]
         [--pseudonymise [--pseudonym-key-file FILE] [--dates shift|year]] [--keep-burned-in]
     chextriev index --data https://pacs.example/dicom-web --checkpoint model.ckpt ...
@@ -41,6 +42,7 @@ from chextriev.errors import ChextrievError
 # (tests/test_cli_startup.py checks that the two agree).
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
 
+PREVIEW_SIDE = 1024  # indexer.preview_store.PREVIEW_SIDE (not imported: lazy CLI)
 DATE_MODES = ("shift", "year")  # chextriev.io.deid.DATE_MODES (not imported: lazy CLI)
 
 TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)
@@ -65,6 +67,20 @@ def _wait(parser: argparse.ArgumentParser) -> None:
                         help="when another run holds the catalog's writer lock, wait for it "
                              "(SECONDS at most; no value: as long as it takes) instead of "
                              "stopping at once")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -101,6 +117,21 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-burned-in", action=argparse.BooleanOptionalAction, default=False,
                         help="index DICOMs marked BurnedInAnnotation YES (else skipped: their "
                              "pixels may show patient identifiers)")
+    parser.add_argument("--preview-side", type=_non_negative, default=PREVIEW_SIDE,
+                        metavar="PX",
+                        help="longest side of the preview stored per image, an 8-bit JPEG "
+                             "beside the index that the viewer shows and Grad-CAM runs on "
+                             "(0: none, the thumbnail is used)")
+    scale = parser.add_argument_group(
+        "scale-out (Lightning distributed predict; see indexer/README.md)")
+    scale.add_argument("--devices", type=_positive, default=None, metavar="N",
+                       help="embed with N processes per node, one per device (GPUs, or CPU "
+                            "processes with --device cpu); rank 0 walks the source and merges")
+    scale.add_argument("--num-nodes", type=_positive, default=1, metavar="M",
+                       help="nodes taking part (started by torchrun or SLURM)")
+    scale.add_argument("--shard-dir", type=Path, default=None, metavar="DIR",
+                       help="folder every node sees for the per-rank shards (unset: "
+                            "<index-dir>/shards)")
     parser.add_argument("--checkpoint-every", type=int, default=50,
                         help="sync the Faiss index every N batches (and at the end)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -199,10 +230,11 @@ def source_options(args) -> dict:
 
 
 def _index(args) -> int:
+    from chextriev.cli_options import resolve_device
     from chextriev.io.deid import Deidentifier
     from indexer.decode import IngestPolicy
     from indexer.discovery import open_archive
-    from indexer.embedder import ModelEmbedder, resolve_device
+    from indexer.embedder import ModelEmbedder
     from indexer.pipeline import run_index
 
     missing = [name for name in ("source", "checkpoint") if getattr(args, name) is None]
@@ -221,6 +253,10 @@ def _index(args) -> int:
     source = open_archive(args.source, manifest=args.manifest, exclude=(index_dir,),
                           **source_options(args))
     source.check()  # an unreachable PACS or refused credentials fail before the model loads
+    if args.devices is not None or args.num_nodes > 1:
+        return _index_distributed(args, source, index_dir, policy)
+    if args.shard_dir is not None:
+        raise ChextrievError("--shard-dir only applies with --devices / --num-nodes")
     embedder = ModelEmbedder(args.checkpoint, device=args.device, detector=args.detector,
                              batch_size=args.batch_size, precision=args.precision)
     summary = run_index(
@@ -228,11 +264,40 @@ def _index(args) -> int:
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), policy=policy,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
-        progress=args.progress, wait=args.wait)
+        progress=args.progress, wait=args.wait, preview_side=args.preview_side)
     if args.json:
         print_json(summary.figures())
     else:
         print(summary.format())
+    return 0
+
+
+def _index_distributed(args, source, index_dir: Path, policy) -> int:
+    """``chextriev index --devices N --num-nodes M``: every process runs this (Lightning
+    starts the other ranks of one node by running the same command again; torchrun / SLURM
+    start them all); rank 0 prints the summary."""
+    from chextriev.cli_options import resolve_device
+    from indexer.distributed import run_distributed_index
+    from indexer.embedder import ModelEmbedder
+
+    def embedder_factory(device: str):
+        return ModelEmbedder(args.checkpoint, device=device, detector=args.detector,
+                             batch_size=args.batch_size, precision=args.precision)
+
+    device = resolve_device(args.device)
+    accelerator = "cpu" if device == "cpu" else "gpu"
+    summary = run_distributed_index(
+        source, embedder_factory=embedder_factory, index_dir=index_dir, db_url=args.db,
+        devices=args.devices or "auto", num_nodes=args.num_nodes, accelerator=accelerator,
+        shard_dir=args.shard_dir, workers=args.workers, batch_size=args.batch_size,
+        index_type=args.index_type, device=device, policy=policy,
+        manifest=args.manifest, nprobe=args.nprobe, progress=args.progress,
+        wait=args.wait, preview_side=args.preview_side)
+    if summary is not None:
+        if args.json:
+            print_json(summary.figures())
+        else:
+            print(summary.format())
     return 0
 
 

@@ -2,7 +2,9 @@
 stores. Fetch the bytes once (file read or WADO-RS, :func:`chextriev.io.sources.fetch_bytes`),
 hash them, merge the DICOM tags into the record (:func:`chextriev.io.dicom.merge_tags`), apply
 the view rule (:func:`chextriev.io.fields.view_decision`), decode, shrink for the model, and
-make the thumbnail.
+make the thumbnail and the preview (:func:`indexer.preview_store.encode_preview`: an 8-bit JPEG
+of about 1024 px, ``preview_side``, made from the decoded pixels of a record that passed the
+privacy rules).
 
 Everything here is picklable and free of torch, so that worker processes start fast.
 
@@ -97,6 +99,7 @@ class Decoded:
     embedded: dict[str, Any] | None = None
     version: str | None = None  # the record's version ("<size>:<mtime_ns>", None = immutable)
     boxes: np.ndarray | None = None  # the record's given (18, 4) boxes, original pixels
+    preview: bytes | None = None  # grey JPEG, longer side <= preview_side (None: not made)
 
     @property
     def path(self) -> str:
@@ -187,7 +190,7 @@ def _decided_view(result: Decoded) -> str | None:
 
 
 def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = None,
-           policy: IngestPolicy | None = None) -> Decoded:
+           policy: IngestPolicy | None = None, preview_side: int = 0) -> Decoded:
     """Fetch, hash, merge tags, de-identify, check the view and burned-in annotations, decode
     and shrink one record. Never raises for a bad record: failures become ``status="failed"``
     with the reason; an unreachable source becomes ``status="unavailable"``.
@@ -195,6 +198,7 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
     ``known_hash``: the hash recorded for this key; when the content still has that hash, the
     pixels are not decoded (``status="ok"``, ``pixels=None``: only the file's mtime changed).
     ``policy``: :class:`IngestPolicy` (default: nothing de-identified, burned-in images skipped).
+    ``preview_side``: longest side of the preview made from the decoded pixels (0: none).
     """
     policy = policy or IngestPolicy()
     size, mtime = split_version(record.version)
@@ -238,6 +242,10 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
         result.original_hw = (int(pixels.shape[0]), int(pixels.shape[1]))
         result.pixels = shrink(pixels, max_side)
         result.thumbnail = thumbnail_png(pixels)
+        if preview_side:
+            from indexer.preview_store import encode_preview
+
+            result.preview = encode_preview(pixels, preview_side)
         if record.boxes is not None and record.box_mask.any():
             result.boxes = np.asarray(record.boxes, dtype=np.float32)
     except ImageReadError as error:
@@ -247,7 +255,7 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
     except Exception as error:  # noqa: BLE001 - a broken file must never stop the run
         result.status, result.reason = FAILED, f"{type(error).__name__}: {error}"
     if result.status != OK:
-        result.pixels = result.thumbnail = None
+        result.pixels = result.thumbnail = result.preview = None
     deidentifier = policy.deidentifier
     if deidentifier is not None and not result.meta.get("pseudonymised"):
         # failed before its fields were read: still no raw file name in the catalog
@@ -274,10 +282,11 @@ def given_boxes(decoded: Decoded) -> np.ndarray | None:
 
 
 def decode_task(args: tuple) -> Decoded:
-    """``decode`` for ``Pool.imap`` (one picklable argument):
-    ``(record, max_side, known_hash[, policy])``."""
+    """``decode`` for the decoding pool (one picklable argument):
+    ``(record, max_side, known_hash[, policy[, preview_side]])``."""
     record, max_side, known_hash, *rest = args
-    return decode(record, max_side, known_hash=known_hash, policy=rest[0] if rest else None)
+    return decode(record, max_side, known_hash=known_hash, policy=rest[0] if rest else None,
+                  preview_side=rest[1] if len(rest) > 1 else 0)
 
 
 def init_worker(connections) -> None:

@@ -1,40 +1,63 @@
-"""Indexing beyond one machine: the embedding step under Lightning's distributed predict, each
-rank writing shards, then one merge into the catalog and the index.
+"""Indexing beyond one process: the embedding step under Lightning's distributed predict (one
+process per device, on one or many nodes), each rank writing shards, then one streaming merge
+into the catalog and the index. ``chextriev index --devices N --num-nodes M`` runs it all
+(:func:`run_distributed_index`); the pieces are public for other launchers.
 
-    # on every node (Lightning starts one process per device; DistributedSampler splits files)
-    from indexer.distributed import embed_to_shards
-    embed_to_shards("archive/", "model.ckpt", "shards/", devices=8, num_nodes=4, strategy="ddp")
-    # once, anywhere that sees the shard folder and the database:
-    from indexer.distributed import merge_shards
-    merge_shards("shards/", embedder_info, index_dir="idx", db_url="postgresql://...")
+What a run does:
 
-Shard format (``shard-r<rank>-b<batch>.npz``, no pickles): ``paths``, ``hashes``,
-``sizes``, ``mtimes``, ``status``, ``reasons``, ``meta`` (JSON per file), ``emb_row`` (row of
-each file in the arrays below, -1 when not embedded), ``embeddings (n, D)``, ``probabilities
-(n, C)``, ``region_probabilities (n, 18, C)`` and ``region_embeddings (n, 18, R)`` (absent for
-global models), ``boxes (n, 18, 4)`` original pixels, ``box_sources``, ``thumbs`` (concatenated
-PNG bytes) with ``thumb_offsets``, and ``info`` (JSON: checkpoint id, dimension, class names).
-A shard is written to a temporary name and renamed, so a killed rank leaves no partial shard;
-rerunning ``embed_to_shards`` skips nothing (it is a batch job), ``merge_shards`` is idempotent
-(the ledger and the content hashes dedupe).
+1. rank 0 takes the catalog's writer locks (held to the end), reads the ledger and walks the
+   source ONCE: the records that need work (:func:`indexer.discovery.pending`: new or changed
+   files, failed DICOMweb instances) go into a *work list* in the shard folder (one pickled
+   record a line, with an offsets file: nothing but the list's length is held in memory);
+2. every rank (after a barrier) reads its contiguous block of the work list and decodes it
+   with the same crash-safe decoding pool and task as the one-process pipeline
+   (:func:`indexer.decode_pool.decode_stream` + :func:`indexer.decode.decode_task`: fetch, tags,
+   de-identification and the burned-in rule of :class:`~indexer.decode.IngestPolicy`, view
+   rule, thumbnail, preview), embeds each batch with its own model (the detector too) and
+   writes ``shard-r<rank>-b<batch>.npz``;
+3. after a barrier rank 0 merges the shards in (rank, batch) order, i.e. in work-list order,
+   one shard in memory at a time, through the same writer as the pipeline (one transaction per
+   batch, dedupe, ledger, vector store, previews), syncs the index and removes the shards.
+
+Contiguous blocks in work-list order make the catalog of an N-process run the same as that of a
+one-process run (same ids, rows, vectors and index; ``tests/indexer/test_indexer_distributed.py``).
+A killed run leaves shards that the next run discards (its records are not in the ledger, so
+they are embedded again); a killed merge keeps what it committed.
+
+Shard format (``shard-r<rank>-b<batch>.npz``, no pickles): ``paths`` (ledger keys), ``hashes``,
+``sizes``, ``mtimes``, ``status``, ``reasons``, ``meta`` (JSON per record), ``emb_row`` (row of
+each record in the arrays below, -1 when not embedded), ``embeddings (n, D)``,
+``probabilities (n, C)``, ``region_probabilities (n, 18, C)`` and ``region_embeddings
+(n, 18, R)`` (absent for global models), ``boxes (n, 18, 4)`` original pixels, ``box_sources``,
+``thumbs`` / ``previews`` (concatenated bytes) with ``thumb_offsets`` / ``preview_offsets``, and
+``info`` (JSON: checkpoint id, dimension, class names). A shard is written to a temporary name,
+fsynced and renamed, so a killed rank leaves no partial shard.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
-from collections.abc import Sequence
+import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from chextriev.records import Record
-from indexer.decode import OK, Decoded, decode, given_boxes
-from indexer.discovery import discover
+from chextriev.errors import ChextrievError, SourceUnavailableError
+from indexer.decode import OK, UNAVAILABLE, Decoded, IngestPolicy, decode_task, given_boxes
+from indexer.preview_store import PREVIEW_SIDE
 
 log = logging.getLogger(__name__)
+
+WORKLIST = "worklist.pkl"
+WORKLIST_OFFSETS = "worklist.offsets.i64"
+#: How long a rank waits for the others (rank 0's walk of the source, the slowest rank's
+#: embedding) before the process group gives up.
+BARRIER_TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass
@@ -46,16 +69,28 @@ class EmbedderInfo:
     class_names: tuple[str, ...]
 
 
+def info_of(embedder) -> EmbedderInfo:
+    return EmbedderInfo(embedder.checkpoint_id, int(embedder.embedding_dim),
+                        tuple(embedder.class_names))
+
+
+# ---------------------------------------------------------------------- shards
+def _packed(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    blobs = [b or b"" for b in blobs]
+    return (np.frombuffer(b"".join(blobs), np.uint8),
+            np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64))
+
+
 def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: EmbedderInfo) -> Path:
-    """Write one shard: ``items`` (decoded files) and ``batch`` (model outputs of the items with
-    pixels, in order; None when there are none). Atomic (temporary file + rename)."""
+    """Write one shard: ``items`` (decoded records) and ``batch`` (model outputs of the items
+    with pixels, in order; None when there are none). Atomic (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     embedded = [i for i, d in enumerate(items) if d.status == OK and d.pixels is not None]
     emb_row = np.full(len(items), -1, np.int64)
     emb_row[embedded] = np.arange(len(embedded))
     arrays: dict[str, np.ndarray] = {
-        "paths": np.array([d.path for d in items], dtype=str),
+        "paths": np.array([d.key for d in items], dtype=str),
         "hashes": np.array([d.content_hash or "" for d in items], dtype=str),
         "sizes": np.array([d.file_size for d in items], np.int64),
         "mtimes": np.array([d.mtime_ns for d in items], np.int64),
@@ -67,23 +102,20 @@ def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: Embedde
         "emb_row": emb_row,
         "info": np.array(json.dumps(info.__dict__ | {"class_names": list(info.class_names)})),
     }
-    thumbs = [d.thumbnail or b"" for d in items]
-    arrays["thumbs"] = np.frombuffer(b"".join(thumbs), np.uint8)
-    arrays["thumb_offsets"] = np.cumsum([0] + [len(t) for t in thumbs]).astype(np.int64)
+    arrays["thumbs"], arrays["thumb_offsets"] = _packed([d.thumbnail for d in items])
+    arrays["previews"], arrays["preview_offsets"] = _packed([d.preview for d in items])
     if embedded:
-        scales = []
-        for i in embedded:
-            d = items[i]
-            h, w = d.pixels.shape
-            scales.append([d.original_hw[1] / w, d.original_hw[0] / h] * 2)
+        from indexer.writer import model_outputs
+
+        outputs = [model_outputs(batch, row, items[i]) for row, i in enumerate(embedded)]
         arrays["embeddings"] = np.asarray(batch.embeddings, np.float32)
         arrays["probabilities"] = np.asarray(batch.probabilities, np.float32)
-        arrays["boxes"] = np.asarray(batch.boxes, np.float32) * np.asarray(scales, np.float32)[:, None, :]
+        arrays["boxes"] = np.stack([o["boxes"] for o in outputs]).astype(np.float32)
         arrays["box_sources"] = np.array(batch.box_sources, dtype=str)
         if batch.region_probabilities is not None:
             arrays["region_probabilities"] = np.asarray(batch.region_probabilities, np.float32)
         if batch.region_embeddings is not None:
-            arrays["region_embeddings"] = np.asarray(batch.region_embeddings, np.float16)
+            arrays["region_embeddings"] = np.asarray(batch.region_embeddings, np.float32)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     with open(tmp, "rb") as handle:
@@ -93,11 +125,14 @@ def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: Embedde
 
 
 def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
-    """The decoded files of one shard, each with ``embedded`` model outputs when it has them."""
+    """The decoded records of one shard, each with ``embedded`` model outputs when it has them."""
     with np.load(path, allow_pickle=False) as data:
         info = json.loads(str(data["info"]))
         offsets = data["thumb_offsets"]
         thumbs = data["thumbs"].tobytes()
+        has_previews = "previews" in data
+        previews = data["previews"].tobytes() if has_previews else b""
+        preview_offsets = data["preview_offsets"] if has_previews else None
         out = []
         for i, p in enumerate(data["paths"]):
             thumb = thumbs[offsets[i]:offsets[i + 1]] or None
@@ -106,6 +141,8 @@ def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
                         str(data["hashes"][i]) or None, str(data["status"][i]),
                         str(data["reasons"][i]) or None, str(data["formats"][i]) or None,
                         json.loads(str(data["meta"][i])), None, hw if hw != (0, 0) else None, thumb)
+            if has_previews:
+                d.preview = previews[preview_offsets[i]:preview_offsets[i + 1]] or None
             row = int(data["emb_row"][i])
             if row >= 0:
                 d.embedded = {
@@ -123,6 +160,11 @@ def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
                              tuple(info["class_names"]))
 
 
+def shard_files(shard_dir: str | Path) -> list[Path]:
+    """The complete shards of ``shard_dir`` in merge order (rank, then batch)."""
+    return sorted(p for p in Path(shard_dir).glob("shard-*.npz") if ".tmp" not in p.name)
+
+
 class _ShardEmbedder:
     """The embedder interface for the merge: every image already carries its outputs."""
 
@@ -133,8 +175,66 @@ class _ShardEmbedder:
         self.embedding_dim = info.embedding_dim
         self.class_names = info.class_names
 
-    def __call__(self, images):  # pragma: no cover - never called: shards are pre-embedded
+    def __call__(self, images, boxes=None):  # pragma: no cover - shards are pre-embedded
         raise RuntimeError("shard images are already embedded")
+
+
+def _already_merged(session, items: Sequence[Decoded]) -> set[str]:
+    """Keys of ``items`` that the ledger holds with the same version and content (merged by an
+    earlier, interrupted merge of the same shards): one query per shard."""
+    from sqlalchemy import select
+
+    from indexer.db import Source
+
+    keys = list({d.key for d in items})
+    rows = session.execute(select(Source.path, Source.file_size, Source.mtime_ns,
+                                  Source.content_hash).where(Source.path.in_(keys)))
+    known = {path: (size, mtime, content) for path, size, mtime, content in rows}
+    return {d.key for d in items
+            if known.get(d.key) == (d.file_size, d.mtime_ns, d.content_hash)}
+
+
+def merge_into(catalog, shards: Sequence[Path], summary, *, index_dir: Path,
+               index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
+               batch_size: int = 256, expected_total: int = 0, count_discovered: bool = True):
+    """Write ``shards`` (in order) into an open :class:`~indexer.writer.WritableCatalog` and
+    sync the index; returns the manifest. One shard is read at a time. Records that the
+    source could not deliver (``unavailable``) are not stored (the next run fetches them);
+    their number is returned in ``summary.reasons["unavailable"]``."""
+    from indexer.sync import IndexSyncer, open_store
+    from indexer.writer import CatalogWriter
+
+    sessions = catalog.sessions
+    info = writer = None
+    for shard in shards:
+        items, shard_info = read_shard(shard)
+        if info is None:
+            info = shard_info
+            with sessions() as session:
+                store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
+            writer = CatalogWriter(sessions, _ShardEmbedder(info), summary, store=store)
+        elif shard_info != info:
+            raise ChextrievError(f"{shard} was made by checkpoint {shard_info.checkpoint_id}, "
+                                 f"the first shard by {info.checkpoint_id}")
+        with sessions() as session:
+            merged = _already_merged(session, items)
+        fresh = []
+        for d in items:
+            if count_discovered:
+                summary.discovered += 1
+            if d.status == UNAVAILABLE:
+                summary.reasons["unavailable"] += 1
+            elif d.key in merged:
+                summary.unchanged += 1
+            else:
+                fresh.append(d)
+        for start in range(0, len(fresh), batch_size):
+            writer.write(fresh[start:start + batch_size])
+    if info is None:
+        return None
+    return IndexSyncer(sessions, index_dir, checkpoint_id=info.checkpoint_id,
+                       dim=info.embedding_dim, index_type=index_type, device=device,
+                       nprobe=nprobe, expected_total=expected_total, store=writer.store).sync()
 
 
 def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | None = None,
@@ -142,95 +242,137 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
                  batch_size: int = 256, wait: float | None = None):
     """Write every shard of ``shard_dir`` into the catalog and build one index; returns the
     :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing. The shards
-    hold what the decoding workers made of each record (de-identified with ``policy`` given to
+    hold what the decoding workers made of each record (de-identified with the ``policy`` of
     :func:`embed_to_shards`)."""
-    from sqlalchemy import select
-
-    from indexer.db import Source
     from indexer.pipeline import IndexSummary
-    from indexer.sync import IndexSyncer, open_store
-    from indexer.writer import CatalogWriter, WritableCatalog
+    from indexer.writer import WritableCatalog
 
-    shards = sorted(Path(shard_dir).glob("shard-*.npz"))
+    shards = shard_files(shard_dir)
     if not shards:
-        from chextriev.errors import ChextrievError
-
         raise ChextrievError(f"no shard-*.npz files in {shard_dir}")
     index_dir = Path(index_dir)
     summary = IndexSummary()
-    info = None
     with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
-        sessions = catalog.sessions
-        seen: set[str] = set()
-        with sessions() as session:
-            seen.update(session.scalars(select(Source.path)))
-        writer = None
-        for shard in shards:
-            items, shard_info = read_shard(shard)
-            if info is None:
-                info = shard_info
-                with sessions() as session:
-                    store = open_store(session, index_dir, dim=info.embedding_dim, create=True)
-                writer = CatalogWriter(sessions, _ShardEmbedder(info), summary, store=store)
-            elif shard_info != info:
-                from chextriev.errors import ChextrievError
-
-                raise ChextrievError(f"{shard} was made by checkpoint {shard_info.checkpoint_id}, "
-                                     f"the first shard by {info.checkpoint_id}")
-            fresh = []
-            for d in items:  # DistributedSampler pads ranks with repeated files: keep the first
-                summary.discovered += 1
-                if d.path in seen:
-                    summary.unchanged += 1
-                    continue
-                seen.add(d.path)
-                fresh.append(d)
-            for start in range(0, len(fresh), batch_size):
-                writer.write(fresh[start:start + batch_size])
-        manifest = IndexSyncer(sessions, index_dir, checkpoint_id=info.checkpoint_id,
-                               dim=info.embedding_dim, index_type=index_type, device=device,
-                               store=writer.store).sync()
+        manifest = merge_into(catalog, shards, summary, index_dir=index_dir,
+                              index_type=index_type, device=device, batch_size=batch_size)
     summary.index_size, summary.build_id = manifest.n_vectors, manifest.build_id
     return summary
 
 
+# ---------------------------------------------------------------------- the work list
+def write_worklist(tasks: Iterator[tuple], shard_dir: Path) -> int:
+    """Write ``(record, known content hash)`` pairs to the work list of ``shard_dir`` (streamed:
+    one pickle per record, offsets beside); returns how many. Atomic (temporary names)."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    data, offsets = shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS
+    n, position = 0, 0
+    with open(data.with_suffix(".tmp"), "wb") as out, \
+            open(offsets.with_suffix(".tmp"), "wb") as index:
+        for task in tasks:
+            blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+            index.write(np.int64(position).tobytes())
+            out.write(blob)
+            position += len(blob)
+            n += 1
+        index.write(np.int64(position).tobytes())
+        for handle in (out, index):
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(data.with_suffix(".tmp"), data)
+    os.replace(offsets.with_suffix(".tmp"), offsets)
+    return n
+
+
+def worklist_length(shard_dir: Path) -> int:
+    return max(0, (shard_dir / WORKLIST_OFFSETS).stat().st_size // 8 - 1)
+
+
+def rank_block(n: int, rank: int, world: int) -> range:
+    """The contiguous block of ``n`` work-list positions that ``rank`` of ``world`` embeds."""
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def read_worklist(shard_dir: Path, block: range) -> Iterator[tuple]:
+    """The ``(record, known hash)`` pairs at the positions of ``block``, streamed."""
+    if not len(block):
+        return
+    offsets = np.fromfile(shard_dir / WORKLIST_OFFSETS, np.int64)
+    with open(shard_dir / WORKLIST, "rb") as data:
+        data.seek(int(offsets[block.start]))
+        for i in block:
+            yield pickle.loads(data.read(int(offsets[i + 1] - offsets[i])))
+
+
+def clear_shards(shard_dir: Path) -> int:
+    """Remove the shards and the work list of ``shard_dir``; returns how many shards."""
+    shards = list(shard_dir.glob("shard-*.npz")) if shard_dir.is_dir() else []
+    for path in shards + [shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS]:
+        path.unlink(missing_ok=True)
+    return len(shards)
+
+
 # ---------------------------------------------------------------------- Lightning predict
-def _collate(items):
-    return items
+def decoded_batches(tasks, batch_size: int, workers: int, connections=()
+                    ) -> Iterator[list[Decoded]]:
+    """Decoded records in task order, grouped as the pipeline groups them (``batch_size``
+    images to embed, or 8 x that many records), through the crash-safe decoding pool."""
+    from indexer.decode_pool import decode_stream
+
+    items: list[Decoded] = []
+    n_pixels = 0
+    for decoded in decode_stream(tasks, workers, connections, task_fn=decode_task):
+        items.append(decoded)
+        n_pixels += decoded.pixels is not None
+        if n_pixels >= batch_size or len(items) >= 8 * batch_size:
+            yield items
+            items, n_pixels = [], 0
+    if items:
+        yield items
 
 
-class _RecordDataset:
-    """torch Dataset of records; ``__getitem__`` decodes in DataLoader workers."""
+def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_side: int,
+                 policy: IngestPolicy | None, preview_side: int, connections=()):
+    """A LightningDataModule whose ``setup`` waits for rank 0's work list (a barrier) and whose
+    loader yields the decoded batches of this rank's block."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, IterableDataset
 
-    def __init__(self, records: Sequence[Record], max_side: int, policy=None):
-        self.records = list(records)
-        self.max_side = max_side
-        self.policy = policy
+    class RankBlock(IterableDataset):
+        def __init__(self, block: range):
+            self.block = block
 
-    def __len__(self) -> int:
-        return len(self.records)
+        def __iter__(self):
+            tasks = ((record, max_side, known_hash, policy, preview_side)
+                     for record, known_hash in read_worklist(shard_dir, self.block))
+            return decoded_batches(tasks, batch_size, workers, connections)
 
-    def __getitem__(self, i: int) -> Decoded:
-        return decode(self.records[i], self.max_side, policy=self.policy)
+    class WorkListData(pl.LightningDataModule):
+        def setup(self, stage: str) -> None:
+            self.trainer.strategy.barrier("chextriev-worklist")
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            self.block = rank_block(worklist_length(shard_dir), rank, world)
+            log.info("rank %d of %d: %d record(s) to decode and embed", rank, world,
+                     len(self.block))
+
+        def predict_dataloader(self):
+            return DataLoader(RankBlock(self.block), batch_size=None, num_workers=0,
+                              collate_fn=lambda batch: batch)
+
+    return WorkListData()
 
 
-def make_predict_module(embedder_factory):
-    """A LightningModule whose ``predict_step`` embeds a batch of decoded files.
-
-    ``embedder_factory(device: str)`` builds the embedder on the rank's device (e.g.
-    ``lambda device: ModelEmbedder(ckpt, device=device)``).
-    """
+def make_predict_module(embedder):
+    """A LightningModule whose ``predict_step`` embeds a batch of decoded records with
+    ``embedder`` (built on this rank's device), the records' given boxes passed along."""
     import pytorch_lightning as pl
 
     class EmbedPredictModule(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.embedder = None
+            self.embedder = embedder
 
-        def setup(self, stage: str) -> None:
-            device = "cuda" if self.trainer.strategy.root_device.type == "cuda" else "cpu"
-            self.embedder = embedder_factory(str(self.trainer.strategy.root_device)
-                                             if device == "cuda" else "cpu")
+        def transfer_batch_to_device(self, batch, device, dataloader_idx):
+            return batch  # decoded records: the embedder moves the pixels itself
 
         def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
             ready = [d for d in batch if d.status == OK and d.pixels is not None]
@@ -241,51 +383,167 @@ def make_predict_module(embedder_factory):
     return EmbedPredictModule()
 
 
-def make_shard_writer(shard_dir: str | Path, info_of):
-    """A BasePredictionWriter writing ``shard-r<rank>-b<batch>.npz`` after every batch."""
+def make_shard_writer(shard_dir: str | Path, info: EmbedderInfo):
+    """A BasePredictionWriter writing ``shard-r<rank>-b<batch>.npz`` after every batch, and
+    waiting for every rank at the end (so that rank 0 merges complete shards only)."""
     from pytorch_lightning.callbacks import BasePredictionWriter
 
     class ShardWriter(BasePredictionWriter):
         def __init__(self):
             super().__init__(write_interval="batch")
             self.shard_dir = Path(shard_dir)
-            self.shard_dir.mkdir(parents=True, exist_ok=True)
 
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                                batch_idx, dataloader_idx):
             items, outputs = prediction
             write_shard(self.shard_dir / f"shard-r{trainer.global_rank:04d}-b{batch_idx:07d}.npz",
-                        items, outputs, info_of(pl_module.embedder))
+                        items, outputs, info)
+
+        def on_predict_end(self, trainer, pl_module):
+            trainer.strategy.barrier("chextriev-shards")
 
     return ShardWriter()
 
 
-def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir: str | Path, *,
-                    devices="auto", num_nodes: int = 1, strategy: str = "auto",
-                    accelerator: str = "auto", batch_size: int = 32, workers: int = 4,
-                    embedder_factory=None, max_side: int = 1024, policy=None) -> None:
-    """Run the embedding step under ``Trainer.predict`` (one process per device, files split by
-    Lightning's DistributedSampler); each rank writes its shards into ``shard_dir``. ``policy``:
-    :class:`indexer.decode.IngestPolicy` (de-identification, burned-in rule) for the decoding."""
+def make_trainer(*, devices="auto", num_nodes: int = 1, accelerator: str = "auto",
+                 progress: bool = True, callbacks=()):
+    """The Lightning Trainer of a distributed embedding: DDP (gloo on CPU, NCCL on GPUs) when
+    more than one process takes part, with :data:`BARRIER_TIMEOUT`."""
     import pytorch_lightning as pl
-    from torch.utils.data import DataLoader
+    from pytorch_lightning.strategies import DDPStrategy
 
+    many = num_nodes > 1 or (isinstance(devices, int) and devices > 1) or (
+        isinstance(devices, (list, tuple)) and len(devices) > 1)
+    return pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      strategy=DDPStrategy(timeout=BARRIER_TIMEOUT) if many else "auto",
+                      logger=False, enable_checkpointing=False, enable_progress_bar=progress,
+                      enable_model_summary=False, use_distributed_sampler=False,
+                      callbacks=list(callbacks))
+
+
+def rank_device(trainer) -> str:
+    """The torch device this rank embeds on (``cuda:<local rank>`` or ``cpu``)."""
+    device = trainer.strategy.root_device
+    return str(device) if device.type == "cuda" else "cpu"
+
+
+def _predict(trainer, embedder, shard_dir: Path, *, batch_size: int, workers: int,
+             max_side: int, policy, preview_side: int, connections=()) -> None:
+    data = _data_module(shard_dir, batch_size=batch_size, workers=workers, max_side=max_side,
+                        policy=policy, preview_side=preview_side, connections=connections)
+    trainer.callbacks.append(make_shard_writer(shard_dir, info_of(embedder)))
+    trainer.predict(make_predict_module(embedder), datamodule=data, return_predictions=False)
+
+
+def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir: str | Path, *,
+                    devices="auto", num_nodes: int = 1, accelerator: str = "auto",
+                    batch_size: int = 32, workers: int = 4, embedder_factory=None,
+                    max_side: int = 1024, policy: IngestPolicy | None = None,
+                    preview_side: int = PREVIEW_SIDE, progress: bool = True) -> None:
+    """Embed every record of ``source`` under ``Trainer.predict`` (one process per device);
+    each rank writes its shards into ``shard_dir`` (merge them with :func:`merge_shards`). No
+    ledger: every record is embedded (``chextriev index --devices`` embeds only what the
+    catalog lacks). ``embedder_factory(device)`` builds the embedder on a rank's device
+    (default: ``ModelEmbedder(checkpoint, ...)``); ``policy``: de-identification and the
+    burned-in rule of the decoding."""
+    from indexer.discovery import open_archive
+
+    shard_dir = Path(shard_dir)
     if embedder_factory is None:
         from indexer.embedder import ModelEmbedder
 
         def embedder_factory(device: str):
             return ModelEmbedder(checkpoint, device=device, batch_size=batch_size)
 
-    def info_of(embedder) -> EmbedderInfo:
-        return EmbedderInfo(embedder.checkpoint_id, int(embedder.embedding_dim),
-                            tuple(embedder.class_names))
+    trainer = make_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                           progress=progress)
+    archive = open_archive(source)
+    if trainer.global_rank == 0:
+        clear_shards(shard_dir)
+        write_worklist(((record, None) for record in archive.iter_records()), shard_dir)
+    _predict(trainer, embedder_factory(rank_device(trainer)), shard_dir, batch_size=batch_size,
+             workers=workers, max_side=max_side, policy=policy, preview_side=preview_side,
+             connections=archive.connections())
 
-    records = discover(source)
-    loader = DataLoader(_RecordDataset(records, max_side, policy), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate)
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                         strategy=strategy, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=True,
-                         callbacks=[make_shard_writer(shard_dir, info_of)])
-    trainer.predict(make_predict_module(embedder_factory), dataloaders=loader,
-                    return_predictions=False)
+
+def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
+                          db_url: str | None = None, devices="auto", num_nodes: int = 1,
+                          accelerator: str = "auto", shard_dir: str | Path | None = None,
+                          workers: int = 0, batch_size: int = 16, index_type: str = "auto",
+                          device: str = "cpu", policy: IngestPolicy | None = None,
+                          manifest: str | Path | None = None, nprobe: int = 32,
+                          progress: bool = True, source_options: dict | None = None,
+                          wait: float | None = None, preview_side: int = PREVIEW_SIDE):
+    """:func:`indexer.pipeline.run_index` with the embedding spread over ``devices`` x
+    ``num_nodes`` processes (see the module docstring). Every process calls it (Lightning
+    starts the others on one node; torchrun or SLURM start them all); rank 0 returns the
+    :class:`~indexer.pipeline.IndexSummary`, the other ranks None.
+
+    ``embedder_factory(device)`` builds the embedder on a rank's device. ``shard_dir`` (default
+    ``<index_dir>/shards``) must be a folder every node sees. ``workers``: decoding processes
+    per rank.
+
+    Raises:
+        SourceUnavailableError: the source went away mid-run (what was embedded is kept).
+    """
+    import time
+
+    from indexer.discovery import open_archive, pending
+    from indexer.pipeline import IndexSummary, read_ledger
+    from indexer.writer import WritableCatalog
+
+    started = time.perf_counter()
+    index_dir = Path(index_dir)
+    shard_dir = Path(shard_dir) if shard_dir else index_dir / "shards"
+    trainer = make_trainer(devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                           progress=progress)
+    archive = open_archive(source, manifest=manifest, exclude=(index_dir, shard_dir),
+                           **(source_options or {}))
+    embedder = embedder_factory(rank_device(trainer))
+    max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
+    options = {"batch_size": batch_size, "workers": workers, "max_side": max_side,
+               "policy": policy, "preview_side": preview_side,
+               "connections": archive.connections()}
+    if trainer.global_rank != 0:
+        _predict(trainer, embedder, shard_dir, **options)
+        return None
+    summary = IndexSummary()
+    log.info("indexing %s on %d process(es)", archive.describe(), trainer.world_size)
+    with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
+        with catalog.sessions() as session:
+            ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
+        stale = clear_shards(shard_dir)
+        if stale:
+            log.warning("discarded %d shard(s) of an interrupted run in %s (their records are "
+                        "embedded again)", stale, shard_dir)
+        n = write_worklist(pending(archive.iter_records(), ledger, summary), shard_dir)
+        del ledger
+        log.info("%d record(s) discovered, %d unchanged, %d to embed", summary.discovered,
+                 summary.unchanged, n)
+        external = trainer.strategy.cluster_environment.creates_processes_externally \
+            if trainer.world_size > 1 else False
+        if n or external:  # torchrun / SLURM ranks wait in predict: always join them
+            _predict(trainer, embedder, shard_dir, **options)
+        manifest_ = merge_into(catalog, shard_files(shard_dir), summary, index_dir=index_dir,
+                               index_type=index_type, device=device, nprobe=nprobe,
+                               expected_total=n_indexed + n, count_discovered=False)
+        if manifest_ is None:  # nothing new: still bring the index in step with the catalog
+            from indexer.sync import IndexSyncer, open_store
+
+            with catalog.sessions() as session:
+                store = open_store(session, index_dir, dim=int(embedder.embedding_dim),
+                                   create=True)
+            manifest_ = IndexSyncer(catalog.sessions, index_dir,
+                                    checkpoint_id=embedder.checkpoint_id,
+                                    dim=embedder.embedding_dim, index_type=index_type,
+                                    device=device, nprobe=nprobe, expected_total=n_indexed,
+                                    store=store).sync()
+        clear_shards(shard_dir)
+    summary.index_size, summary.build_id = manifest_.n_vectors, manifest_.build_id
+    summary.seconds = time.perf_counter() - started
+    unavailable = summary.reasons.pop("unavailable", 0)
+    if unavailable:
+        raise SourceUnavailableError(
+            f"the source went away during the run: {unavailable} record(s) could not be fetched "
+            f"(this run stored {summary.indexed} new image(s); rerun to fetch the rest)")
+    return summary

@@ -37,20 +37,10 @@ class Embedder(Protocol):
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one logs and
-    falls back to ``cpu``."""
-    import torch
+    falls back to ``cpu`` (:func:`chextriev.cli_options.resolve_device`, the one rule)."""
+    from chextriev.cli_options import resolve_device as resolve
 
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        from chextriev.errors import UnknownNameError
-
-        raise UnknownNameError("device", device, ("auto", "cpu", "cuda"))
-    if device == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda" if device == "auto" else device
-    if device != "auto":
-        log.info("no CUDA device visible to torch: embedding on the CPU")
-    return "cpu"
+    return resolve(device)
 
 
 class ModelEmbedder:

@@ -52,6 +52,7 @@ from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
+from indexer.preview_store import PREVIEW_SIDE
 from indexer.sync import IndexSyncer, open_store
 from indexer.writer import CatalogWriter, WritableCatalog
 
@@ -117,6 +118,20 @@ def _decoded_stream(tasks: Iterable, workers: int, connections=()) -> Iterator[D
                              task_fn=decode_task, window=min(_CHUNK, 32 * workers))
 
 
+def read_ledger(session, checkpoint_id: str, index_dir: Path) -> tuple[dict[str, LedgerEntry], int]:
+    """``({key: LedgerEntry}, number of indexed images)`` of a catalog that a run with
+    ``checkpoint_id`` is about to add to; refuses a catalog embedded with another checkpoint."""
+    others = set(session.scalars(select(Image.checkpoint_id).where(
+        Image.status == STATUS_INDEXED, Image.checkpoint_id != checkpoint_id).distinct()))
+    if others:
+        raise ChextrievError(
+            f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
+            f"this run uses {checkpoint_id}. Index into a new --index-dir/--db.")
+    n_indexed = int(session.scalar(select(func.count(Image.id)).where(
+        Image.status == STATUS_INDEXED)))
+    return _read_ledger(session), n_indexed
+
+
 def _read_ledger(session) -> dict[str, LedgerEntry]:
     """``{key: LedgerEntry}`` of every ledger row (the version of a file key is its size:mtime)."""
     rows = session.execute(
@@ -132,7 +147,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
               device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
               nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
-              wait: float | None = None
+              wait: float | None = None, preview_side: int = PREVIEW_SIDE
               ) -> IndexSummary:
     """Index ``source`` into ``db_url`` + ``index_dir``; see the module docstring.
 
@@ -145,6 +160,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     forever).
     ``policy``: de-identification and the burned-in rule, applied in the decoding workers
     (:class:`indexer.decode.IngestPolicy`; default: fields as read, burned-in images skipped).
+    ``preview_side``: longest side of the stored preview of each image (0: none;
+    :mod:`indexer.preview_store`).
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -159,21 +176,11 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
         sessions = catalog.sessions
         with sessions() as session:
-            others = set(session.scalars(select(Image.checkpoint_id).where(
-                Image.status == STATUS_INDEXED,
-                Image.checkpoint_id != embedder.checkpoint_id).distinct()))
-            if others:
-                raise ChextrievError(
-                    f"{index_dir} already holds images embedded with checkpoint(s) "
-                    f"{sorted(others)}; this run uses {embedder.checkpoint_id}. Index into a new "
-                    "--index-dir/--db.")
-            n_indexed = int(session.scalar(select(func.count(Image.id)).where(
-                Image.status == STATUS_INDEXED)))
-            ledger = _read_ledger(session)
+            ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
             store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
         had_ledger = bool(ledger)
         max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-        tasks = ((record, max_side, known_hash, policy)
+        tasks = ((record, max_side, known_hash, policy, preview_side)
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.

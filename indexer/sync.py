@@ -35,6 +35,7 @@ from indexer.db import (
     bump_generation,
     catalog_state,
 )
+from indexer.preview_store import PreviewStore
 from indexer.vector_index import (
     IndexStateError,
     Manifest,
@@ -374,6 +375,9 @@ def verify(sessions, index_dir: str | Path, *, sample: int | None = None, seed: 
             if len(bad):
                 problems.append(f"{len(bad)} of {len(pick)} vector(s) inside the index differ "
                                 f"from the catalog's embeddings: {bad[:10].tolist()}")
+        # The previews share the store's slots: entries name their images, CRCs hold.
+        problems += PreviewStore(index_dir, state.store_rows).verify(
+            dict(zip(ids.tolist(), slots.tolist())), sample=pick.tolist())
     return problems
 
 

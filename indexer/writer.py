@@ -10,7 +10,8 @@ per-row flush):
 3. embed the new frontal images (one embedder call), unless they carry model outputs already
    (``Decoded.embedded``: distributed shards);
 4. create the missing patients and studies in bulk, insert the image rows (their vector slots
-   assigned up front), write their vectors to the store and fsync it (:mod:`indexer.vector_store`);
+   assigned up front), write their vectors to the store and their previews beside it, and
+   fsync both (:mod:`indexer.vector_store`, :mod:`indexer.preview_store`);
 5. insert/update the ledger rows, delete image rows whose content no file holds any more, move
    ``catalog_state`` (generation, committed store length, removals) and COMMIT; only then does
    the store's committed length move. A kill anywhere before the commit loses this batch only:
@@ -43,6 +44,7 @@ from indexer.db import (
     utcnow,
 )
 from indexer.decode import FAILED, OK, SKIPPED, Decoded, given_boxes
+from indexer.preview_store import PreviewStore
 from indexer.thumbnails import compact
 from indexer.vector_store import VectorStore
 
@@ -127,6 +129,8 @@ class CatalogWriter:
         self.embedder = embedder
         self.summary = summary
         self.store = store
+        # The previews share the store's slots and commit point (indexer.preview_store).
+        self.previews = PreviewStore(store.root.parent, store.committed)
 
     def _key(self, identifier) -> str | None:
         if identifier is None or str(identifier).strip() == "":
@@ -269,6 +273,9 @@ class CatalogWriter:
                     [new_pk[j] for j in embedded],
                     np.stack([np.asarray(outputs[j]["embedding"], np.float32) for j in embedded]),
                     None if any(r is None for r in regions) else np.stack(regions))
+                self.previews.commit(committed)
+                self.previews.write([new_pk[j] for j in embedded],
+                                    [new[j][0].preview for j in embedded])
                 committed += len(embedded)
 
             # 4. The ledger; images whose content no file holds any more leave the catalog.
@@ -308,6 +315,7 @@ class CatalogWriter:
                 bump_generation(session, removals=removals, store_rows=committed)
             session.commit()
         self.store.commit(committed)
+        self.previews.commit(committed)
 
 
 class WritableCatalog:

@@ -40,7 +40,6 @@ from server.services import (
     NotReadyError,
     QueryEmbedding,
     SearchService,
-    decode_png,
     png_bytes,
     shrink,
 )
@@ -85,9 +84,26 @@ def _uploaded_image():
 
 
 def _preview_url(image_id: int) -> str:
-    """The URL of the image an archived case is viewed at. Until the catalog stores a preview
-    per image (and serves it on its own route), that is the stored thumbnail."""
-    return url_for("api.thumbnail", image_id=image_id)
+    """The URL of the image an archived case is viewed at: its preview route (which serves the
+    thumbnail, and says so, for an image indexed without a preview)."""
+    return url_for("api.preview", image_id=image_id)
+
+
+#: Response header of the preview and heatmap routes: what the image was made from.
+PREVIEW_HEADER = "X-Chextriev-Preview"
+NO_PREVIEW_NOTE = ("thumbnail: the index stores no preview of this image (built before previews "
+                   "or with --preview-side 0; re-index into a new --index-dir to get them)")
+_told_no_preview: set[int] = set()
+
+
+def _no_preview(image_id: int) -> str:
+    """Log once per process that archived images are served at thumbnail size; the header."""
+    if not _told_no_preview:
+        log.warning("image %d has no stored preview: serving and computing heatmaps on its "
+                    "thumbnail (an index built before previews, or with --preview-side 0)",
+                    image_id)
+        _told_no_preview.add(image_id)
+    return NO_PREVIEW_NOTE
 
 
 def _image_row(image_id: int) -> dict:
@@ -316,6 +332,7 @@ def image(image_id: int):
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"))
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
+    detail["preview_source"] = "preview" if svc.preview(image_id, check_only=True) else "thumbnail"
     record_ids(query_id=image_id)
     return _json(detail)
 
@@ -330,6 +347,28 @@ def thumbnail(image_id: int):
     response = Response(svc.thumbnail(image_id), mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@bp.get("/images/<int:image_id>/preview")
+def preview(image_id: int):
+    """The stored preview (8-bit grey JPEG, about 1024 px on the long side) of an archived image:
+    what the viewer shows a case at. An image indexed without one gets its thumbnail (PNG), with
+    the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
+    cached, with an ETag."""
+    svc = service()
+    svc.require_ready()
+    _image_row(image_id)
+    record_ids(query_id=image_id)
+    data = svc.preview(image_id)
+    if data is None:
+        response = Response(svc.thumbnail(image_id), mimetype="image/png")
+        response.headers[PREVIEW_HEADER] = _no_preview(image_id)
+    else:
+        response = Response(data, mimetype="image/jpeg")
+        response.headers[PREVIEW_HEADER] = "preview"
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    response.add_etag()
+    return response.make_conditional(request)
 
 
 def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
@@ -354,8 +393,9 @@ def image_heatmap(image_id: int):
     """Grad-CAM of ``finding`` on an archived image, as a PNG: ``style=overlay`` (default, blended
     on the image) or ``style=layer`` (transparent colour layer to draw over the image).
 
-    The server never reads the archive, so the heatmap is computed on the stored thumbnail
-    (the preview resolution kept by the indexer) with the stored boxes rescaled to it.
+    The server never reads the archive, so the heatmap is computed on the stored preview (the
+    thumbnail for an image indexed without one: the ``X-Chextriev-Preview`` header says which)
+    with the stored boxes rescaled to it.
     """
     svc = service()
     svc.require_ready()
@@ -363,12 +403,13 @@ def image_heatmap(image_id: int):
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
-    pixels = decode_png(svc.thumbnail(image_id))
+    pixels, made_from = svc.archived_pixels(image_id)
     png = svc.heatmap_png(pixels, _scaled_boxes(row, *pixels.shape), finding, style=style)
     record_ids(query_id=image_id)
-    log.info("heatmap of image %d", image_id)
+    log.info("heatmap of image %d (on its %s)", image_id, made_from)
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
+    response.headers[PREVIEW_HEADER] = made_from if made_from == "preview" else _no_preview(image_id)
     return response
 
 

@@ -125,7 +125,7 @@ SCHEMAS: dict[str, Any] = {
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
-        "preview_url": {"type": "string", "description": "the image to view the case at (for now the thumbnail)"},
+        "preview_url": {"type": "string", "description": "the image to view the case at: its preview route"},
         "image_url": _STR, **_DICOM_FIELDS}},
     "FindingFilterMatch": {"type": "object", "description": "with a finding filter only: how this image matched it",
                            "properties": {"finding": _STR,
@@ -160,7 +160,11 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {"type": "array", "items": _ref("Finding")},
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
-        "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR, **_DICOM_FIELDS}},
+        "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,
+        "preview_source": {"type": "string", "enum": ["preview", "thumbnail"],
+                           "description": "what preview_url serves: the stored preview, or the thumbnail "
+                                          "for an image indexed without one"},
+        **_DICOM_FIELDS}},
     "Ready": {"type": "object", "required": ["ready", "state"], "properties": {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
         "error": _STR, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
@@ -256,9 +260,18 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "summary": "stored thumbnail", "parameters": [IMAGE_ID],
                 "responses": {"200": {"description": "PNG", **PNG}, "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
+            "/images/{image_id}/preview": {"get": {
+                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail (PNG) for an "
+                           "image indexed without one, the X-Chextriev-Preview header says which",
+                "parameters": [IMAGE_ID],
+                "responses": {"200": {"description": "JPEG (or PNG)", "content": {
+                                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                                  "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                              "304": {"description": "not modified (If-None-Match)"},
+                              "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {
-                "summary": "Grad-CAM overlay of a finding on an indexed image (computed on the stored thumbnail: "
-                           "the server never reads the archive)",
+                "summary": "Grad-CAM overlay of a finding on an indexed image (computed on its stored preview, "
+                           "or the thumbnail without one: the server never reads the archive)",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},

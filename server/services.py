@@ -263,6 +263,27 @@ class SearchService:
         self.require_ready()
         return self.catalog.thumbnail(image_id)
 
+    def preview(self, image_id: int, *, check_only: bool = False) -> bytes | bool | None:
+        """The stored preview (JPEG, about 1024 px) of an archived image, or None when the index
+        stores none for it (built before previews, or with ``--preview-side 0``): callers fall
+        back to the thumbnail. ``check_only``: whether it has one (the bytes are not read)."""
+        from indexer.preview_store import has_preview, preview_of
+
+        self.require_ready()
+        with self.catalog.sessions() as session:
+            if check_only:
+                return has_preview(session, self.catalog.index_dir, image_id)
+            return preview_of(session, self.catalog.index_dir, image_id)
+
+    def archived_pixels(self, image_id: int) -> tuple[np.ndarray, str]:
+        """What Grad-CAM and region overlays of an archived image are computed on (the server
+        never reads the archive): its stored preview as ``(H, W)`` float32 in [0, 1], or its
+        thumbnail when it has no preview; and which of the two (``"preview"`` / ``"thumbnail"``)."""
+        data = self.preview(image_id)
+        if data is None:
+            return decode_png(self.thumbnail(image_id)), "thumbnail"
+        return decode_png(data), "preview"
+
     def vector(self, image_id: int) -> np.ndarray:
         """``(D,)`` stored embedding of an indexed image."""
         self.require_ready()
@@ -292,7 +313,7 @@ def heat_layer_png(heat: np.ndarray, alpha: float = HEAT_ALPHA, colormap: str = 
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """A PNG (e.g. a stored thumbnail) as ``(H, W)`` float32 in [0, 1]."""
+    """A PNG or JPEG (a stored thumbnail or preview) as ``(H, W)`` float32 in [0, 1]."""
     from chextriev.io.images import load_image
 
     return np.asarray(load_image(bytes(data)), dtype=np.float32)

@@ -14,7 +14,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from chextriev.cli_options import add_data_option, add_device_option, add_epochs_option, add_out_dir, resolve_device
+from chextriev.cli_options import (
+    add_data_option,
+    add_device_option,
+    add_epochs_option,
+    add_out_dir,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 

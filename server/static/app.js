@@ -280,6 +280,10 @@ async function selectResult(index, { focus = true } = {}) {
     }
     if (group.linkView) caseView.setView(queryView.view);
     caseView.setBoxes(detail.boxes);
+    // An index built before previews (or with --preview-side 0) serves the 128 px thumbnail.
+    if (detail.preview_source === "thumbnail") {
+      $("case-meta").textContent += " · thumbnail only: this index stores no preview of the case";
+    }
     $("case-empty").hidden = true;
     renderCaseFindings(result, detail);
     setPacsLink(result.viewer_url || detail.viewer_url, result.viewer_note || detail.viewer_note);

@@ -26,6 +26,25 @@ class Indexed:
         return open_sessions(self.index_dir, self.db_url)
 
 
+@pytest.fixture(scope="session")
+def synth_and_ckpt(tmp_path_factory):
+    """A 4-patient synthetic archive (128 px) and a tiny V6 checkpoint trained on it."""
+    import argparse
+
+    from chextriev.synth.cli import register as synth_register
+    from chextriev.training.quick import train_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("model")
+    parser = argparse.ArgumentParser()
+    synth_register(parser.add_subparsers())
+    archive = root / "archive"
+    args = parser.parse_args(["synth", "--out", str(archive), "--patients", "4", "--seed", "3",
+                              "--size", "128"])
+    assert args.func(args) == 0
+    ckpt = train_tiny_checkpoint(archive, root / "train", variant="v6")
+    return archive, ckpt
+
+
 @pytest.fixture
 def fake_embedder():
     return FakeEmbedder()

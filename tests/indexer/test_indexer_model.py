@@ -14,22 +14,6 @@ from indexer import cli
 from indexer.catalog import Catalog
 
 
-@pytest.fixture(scope="module")
-def synth_and_ckpt(tmp_path_factory):
-    from chextriev.synth.cli import register as synth_register
-    from chextriev.training.quick import train_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("model")
-    parser = argparse.ArgumentParser()
-    synth_register(parser.add_subparsers())
-    archive = root / "archive"
-    args = parser.parse_args(["synth", "--out", str(archive), "--patients", "4", "--seed", "3",
-                              "--size", "128"])
-    assert args.func(args) == 0
-    ckpt = train_tiny_checkpoint(archive, root / "train", variant="v6")
-    return archive, ckpt
-
-
 def _run(argv):
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())

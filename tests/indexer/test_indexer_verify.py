@@ -82,3 +82,70 @@ def test_region_quantisation_keeps_missing_regions():
     back = dequantise_regions(codes, scales)
     assert np.isnan(back[1, 5]).all() and np.isfinite(back[0]).all()
     assert np.abs(back[0] - regions[0]).max() <= np.abs(regions[0]).max() / 127 + 1e-6
+
+
+# ---------------------------------------------------------------- previews beside the index
+def _previews(indexed):
+    """``{image pk: preview bytes or None}`` of the indexed images."""
+    from sqlalchemy import select
+
+    from indexer.db import STATUS_INDEXED, Image
+    from indexer.preview_store import preview_of
+
+    with indexed.sessions()() as session:
+        ids = session.scalars(select(Image.id).where(Image.status == STATUS_INDEXED)).all()
+        return {pk: preview_of(session, indexed.index_dir, pk) for pk in ids}
+
+
+def test_previews_stored_per_image_and_checked_by_verify(indexed):
+    """Every indexed image has its preview (a grey JPEG of the decoded pixels); a damaged byte is
+    caught by verify and that preview is not served (the thumbnail is)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from chextriev.io.images import load_image
+
+    previews = _previews(indexed)
+    assert len(previews) == 10 and all(previews.values())
+    catalog = Catalog.open(indexed.db_url, indexed.index_dir)
+    for pk, data in previews.items():
+        with PILImage.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and image.mode == "L"
+            shown = np.asarray(image, np.float32) / 255
+        original = load_image(catalog.images([pk])[0]["source_path"])
+        assert shown.shape == original.shape and np.abs(shown - original).mean() < 0.02
+    data_file = indexed.index_dir / "previews" / "data.bin"
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    problems = verify(indexed.sessions(), indexed.index_dir)
+    assert len(problems) == 1 and "damaged" in problems[0]
+    assert sum(v is None for v in _previews(indexed).values()) == 1
+
+
+def test_an_uncommitted_preview_tail_is_never_served(indexed, fake_embedder):
+    """A run killed after writing previews but before its commit leaves a tail; the next run
+    cuts it and stores its own images' previews in those slots."""
+    from indexer_fakes import write_png
+
+    from indexer.db import catalog_state
+    from indexer.pipeline import run_index
+    from indexer.preview_store import PreviewStore
+
+    before = _previews(indexed)
+    with indexed.sessions()() as session:
+        committed = catalog_state(session).store_rows
+    store = PreviewStore(indexed.index_dir, committed)
+    store.write([max(before) + 1, max(before) + 2], [b"stale-1", b"stale-2"])  # never committed
+    assert store.file_rows() == committed + 2
+    assert _previews(indexed) == before
+    write_png(indexed.root / "png" / "new.png", 99)
+    summary = run_index(indexed.root, embedder=fake_embedder, index_dir=indexed.index_dir,
+                        db_url=indexed.db_url, batch_size=4, progress=False)
+    assert summary.indexed == 1
+    after = _previews(indexed)
+    new = set(after) - set(before)
+    assert len(new) == 1 and after[new.pop()].startswith(b"\xff\xd8\xff")
+    assert {pk: after[pk] for pk in before} == before
+    assert verify(indexed.sessions(), indexed.index_dir) == []

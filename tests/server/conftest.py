@@ -1,6 +1,6 @@
 """Server fixtures: a real tiny index, built once per session with the real pieces.
 
-``chextriev synth`` (6 patients, 128 px) -> ``train_tiny_checkpoint`` (v6, tiny preset) ->
+``chextriev synth`` (6 patients, 256 px: previews 256 px, thumbnails 128 px) -> ``train_tiny_checkpoint`` (v6, tiny preset) ->
 ``chextriev index`` into SQLite + Faiss (``tiny_index``) and, with the same archive and
 checkpoint, into a PostgreSQL catalog (``tiny_index_pg``, ``--db postgresql://...``). The
 subcommands run through their own ``register``/``func`` (the code behind the console script) in
@@ -60,10 +60,10 @@ def tiny_index(tmp_path_factory) -> TinyIndex:
     root = tmp_path_factory.mktemp("server-index")
     archive = root / "archive"
     assert run_subcommand(synth_cli, ["synth", "--out", str(archive), "--patients", "6", "--seed", "0",
-                                      "--size", "128"]) == 0
+                                      "--size", "256"]) == 0
     checkpoint = train_tiny_checkpoint(archive, root / "model", variant="v6")
     index_dir = root / "index"
-    assert run_subcommand(index_cli, ["index", "--source", str(archive), "--checkpoint", str(checkpoint),
+    assert run_subcommand(index_cli, ["index", "--data", str(archive), "--checkpoint", str(checkpoint),
                                       "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
                                       "--no-progress"]) == 0
     return TinyIndex(archive, Path(checkpoint), index_dir, f"sqlite:///{index_dir / 'catalog.sqlite'}")

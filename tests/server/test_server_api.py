@@ -94,7 +94,7 @@ def test_upload_search_returns_findings_boxes_and_ranked_results(client, app, qu
     assert results[0]["image_id"] == query_png.stem and results[0]["similarity"] > 0.98
     for result in results:
         assert result["thumbnail_url"] == f"/api/v1/images/{result['id']}/thumbnail"
-        assert result["preview_url"] == result["thumbnail_url"]  # until the catalog stores previews
+        assert result["preview_url"] == f"/api/v1/images/{result['id']}/preview"
         assert result["patient"] and result["study"]
         assert isinstance(result["known_findings"], list)
         assert set(result["shared_findings"]) <= set(result["known_findings"]) & set(query["predicted_findings"])
@@ -154,7 +154,7 @@ def test_known_and_predicted_findings_come_apart(client, app):
         assert "finding_filter" not in result
     assert "finding_filter" not in body
     query = body["query"]
-    assert query["known_findings"] is not None and query["preview_url"] == f"/api/v1/images/{target}/thumbnail"
+    assert query["known_findings"] is not None and query["preview_url"] == f"/api/v1/images/{target}/preview"
     probabilities = {f["name"]: f["probability"] for f in query["findings"]}
     assert query["predicted_findings"] == [f["name"] for f in query["findings"] if f["predicted"]]
     assert all(probabilities[name] >= 0.5 for name in query["predicted_findings"])
@@ -232,13 +232,63 @@ def test_image_detail_thumbnail_and_heatmaps(client, app, query_png):
     assert "source_path" not in detail  # archive paths can carry identifiers
     thumbnail = client.get(f"/api/v1/images/{image_id}/thumbnail")
     assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/png"
-    width, height = _png_size(thumbnail.data)
+    assert max(_png_size(thumbnail.data)) == 128
+    width, height = detail["width"], detail["height"]  # 256 px: the preview is the full image
     finding = service.class_names[0]
     heat = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={"finding": finding})
     assert heat.status_code == 200 and heat.mimetype == "image/png" and _png_size(heat.data) == (width, height)
+    assert heat.headers["X-Chextriev-Preview"] == "preview"  # computed on the preview
     upload_heat = client.post("/api/v1/heatmap", data=_upload(query_png, finding=finding))
     assert upload_heat.status_code == 200 and _png_size(upload_heat.data) == Image.open(query_png).size
-    assert detail["preview_url"] == f"/api/v1/images/{image_id}/thumbnail"
+    assert detail["preview_url"] == f"/api/v1/images/{image_id}/preview"
+
+
+def test_preview_is_the_archived_image_at_preview_size(client, app):
+    """/images/<id>/preview: the stored 8-bit JPEG made at ingest from the decoded pixels (here
+    the whole 256 px image: previews are never enlarged), cached by ETag; the viewer's URL."""
+    from chextriev.io.images import load_image
+
+    service = app.extensions["chextriev"]
+    image_id = int(service.catalog.index.ids[2])
+    detail = client.get(f"/api/v1/images/{image_id}").json
+    assert detail["preview_url"] == f"/api/v1/images/{image_id}/preview"
+    assert detail["preview_source"] == "preview"
+    response = client.get(detail["preview_url"])
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert response.headers["X-Chextriev-Preview"] == "preview"
+    assert "max-age" in response.headers["Cache-Control"] and response.headers["ETag"]
+    again = client.get(detail["preview_url"], headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+    with Image.open(io.BytesIO(response.data)) as image:
+        assert image.format == "JPEG" and image.mode == "L"
+        assert image.size == (detail["width"], detail["height"])
+        shown = np.asarray(image, dtype=np.float32) / 255
+    original = load_image(service.catalog.images([image_id])[0]["source_path"])
+    assert np.abs(shown - original).mean() < 3 / 255  # the archived pixels, 8-bit JPEG
+
+
+def test_an_index_without_previews_serves_thumbnails_and_says_so(tiny_index, tmp_path):
+    """An index built before previews existed (no previews/ folder): the preview route serves
+    the thumbnail (logged once), the header and the image detail say so; heatmaps use it too."""
+    import dataclasses
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(tiny_index.index_dir, copy, ignore=shutil.ignore_patterns("previews"))
+    old = dataclasses.replace(tiny_index, index_dir=copy, db_url=f"sqlite:///{copy / 'catalog.sqlite'}")
+    app = create_app(old.config(LOAD="sync"))
+    client = app.test_client()
+    image_id = int(app.extensions["chextriev"].catalog.index.ids[0])
+    response = client.get(f"/api/v1/images/{image_id}/preview")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.headers["X-Chextriev-Preview"].startswith("thumbnail")
+    assert max(_png_size(response.data)) == 128
+    assert client.get(f"/api/v1/images/{image_id}").json["preview_source"] == "thumbnail"
+    heat = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={"finding": app.extensions[
+        "chextriev"].class_names[0]})
+    assert heat.status_code == 200 and max(_png_size(heat.data)) == 128
+    assert heat.headers["X-Chextriev-Preview"].startswith("thumbnail")
+    assert not (copy / "previews").exists()
 
 
 def test_heatmap_layer_composited_on_the_image_is_the_overlay(client, app):
@@ -254,7 +304,7 @@ def test_heatmap_layer_composited_on_the_image_is_the_overlay(client, app):
     with Image.open(io.BytesIO(layer.data)) as image:
         assert image.mode == "RGBA"
         rgba = np.asarray(image, dtype=np.float64) / 255
-    grey = np.asarray(Image.open(io.BytesIO(client.get(f"/api/v1/images/{image_id}/thumbnail").data)).convert("L"),
+    grey = np.asarray(Image.open(io.BytesIO(client.get(f"/api/v1/images/{image_id}/preview").data)).convert("L"),
                       dtype=np.float64)[..., None] / 255
     composite = rgba[..., :3] * rgba[..., 3:] + grey * (1 - rgba[..., 3:])
     expected = np.asarray(Image.open(io.BytesIO(overlay.data)).convert("RGB"), dtype=np.float64) / 255
@@ -311,6 +361,7 @@ def test_decompression_bomb_is_413(client):
 def test_unknown_ids_are_404(client):
     for response in (client.post("/api/v1/search/by-id/987654"), client.get("/api/v1/images/987654"),
                      client.get("/api/v1/images/987654/thumbnail"),
+                     client.get("/api/v1/images/987654/preview"),
                      client.get("/api/v1/images/987654/heatmap?finding=pneumothorax")):
         assert response.status_code == 404 and response.json["error"]["code"] == "unknown_image"
     assert client.get("/api/v1/images/abc").status_code == 404
@@ -329,6 +380,7 @@ def test_every_api_route_needs_the_token_when_set(token_client, token, app):
     routes = [("get", "/api/v1/healthz"), ("get", "/api/v1/readyz"), ("get", "/api/v1/openapi.json"),
               ("post", "/api/v1/search"), ("post", f"/api/v1/search/by-id/{image_id}"),
               ("get", f"/api/v1/images/{image_id}"), ("get", f"/api/v1/images/{image_id}/thumbnail"),
+              ("get", f"/api/v1/images/{image_id}/preview"),
               ("get", f"/api/v1/images/{image_id}/heatmap?finding=pneumothorax"), ("post", "/api/v1/heatmap")]
     for method, path in routes:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):

@@ -158,6 +158,9 @@ def test_query_and_first_case_side_by_side(page, big_query, screenshots):
     expect(first).to_have_attribute("aria-selected", "true")
     case_id = first.get_attribute("data-id")
     expect(page.locator("#case-title")).to_have_text(f"Case {case_id}")
+    # the case is drawn from its stored preview (the whole 256 px image), not the 128 px thumbnail
+    assert page.evaluate("[caseView.image.width, caseView.image.height]") == [256, 256]
+    expect(page.locator("#case-meta")).not_to_contain_text("thumbnail only")
     # known and predicted findings are shown apart, under each image and in the list
     expect(page.locator("#pane-case .vp-foot")).to_contain_text("Known")
     expect(page.locator("#pane-case .vp-foot")).to_contain_text("Predicted")
