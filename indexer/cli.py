@@ -4,7 +4,7 @@
     chextriev index --source ARCHIVE --checkpoint model.ckpt --index-dir idx [--db URL]
         [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--workers N] [--batch-size B]
         [--wait [SECONDS]]
-        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH]
+        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--copy-checkpoint]
         [--pseudonymise [--pseudonym-key-file FILE] [--dates shift|year]] [--keep-burned-in]
     chextriev index --source https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
@@ -80,6 +80,10 @@ def register(subparsers) -> None:
     parser.add_argument("--index-type", default="auto", choices=INDEX_TYPES)
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights")
+    parser.add_argument("--copy-checkpoint", action="store_true",
+                        help="copy the checkpoint into the index folder (bundle/), so that the "
+                             "folder alone can be served (`chextriev serve --index-dir DIR`); "
+                             "the checkpoint's path and sha256 are recorded either way")
     parser.add_argument("--pseudonymise", action="store_true",
                         help="de-identify what the catalog stores (DICOM PS3.15 basic profile): "
                              "identifiers and image ids as keyed HMAC-SHA256, UIDs as 2.25.<int> "
@@ -215,7 +219,7 @@ def _index(args) -> int:
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), policy=policy,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
-        progress=not args.no_progress, wait=args.wait)
+        progress=not args.no_progress, wait=args.wait, copy_checkpoint=args.copy_checkpoint)
     print(summary.format())
     return 0
 

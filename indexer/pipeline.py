@@ -48,6 +48,7 @@ from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
+from indexer.bundle import BuildRecord
 from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
@@ -120,7 +121,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
               device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
               nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
-              wait: float | None = None
+              wait: float | None = None, copy_checkpoint: bool = False
               ) -> IndexSummary:
     """Index ``source`` into ``db_url`` + ``index_dir``; see the module docstring.
 
@@ -133,6 +134,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     forever).
     ``policy``: de-identification and the burned-in rule, applied in the decoding workers
     (:class:`indexer.decode.IngestPolicy`; default: fields as read, burned-in images skipped).
+    Every index save records the bundle (:mod:`indexer.bundle`: checkpoint, detector, model,
+    build parameters); ``copy_checkpoint`` copies the checkpoint into the index folder.
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -165,9 +168,11 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
+        record = BuildRecord.from_embedder(embedder, index_dir=index_dir, index_type=index_type,
+                                           device=device, copy=copy_checkpoint)
         syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
                              dim=embedder.embedding_dim, index_type=index_type, device=device,
-                             nprobe=nprobe, expected_total=n_indexed, store=store)
+                             nprobe=nprobe, expected_total=n_indexed, store=store, bundle=record)
         writer = CatalogWriter(sessions, embedder, summary, store=store)
         stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
                                         writer, syncer, checkpoint_every, summary, progress)
