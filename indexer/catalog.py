@@ -106,6 +106,8 @@ class _Snapshot:
     sexes: tuple[str, ...] = ()
     size: int = 0
     checkpoint_id: str | None = None
+    removals: int = 0  # catalog_state.removals when read
+    top: int = 0  # the highest indexed id when read (rows above it are new)
     patient_order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def rows_of_patients(self, pks: np.ndarray) -> np.ndarray:
@@ -199,22 +201,28 @@ class Catalog:
             connection = session.connection()  # Core rows: no ORM per row
             if previous is not None:
                 class_names = previous.class_names
-                ids, slots = _columns(connection.execute(
-                    select(Image.id, Image.vector_slot).where(Image.status == STATUS_INDEXED)
-                    .order_by(Image.id)).all(), 2)
+                new_rows = _columns(connection.execute(
+                    _metadata_query(class_names).where(Image.id > previous.top)
+                    .order_by(Image.id)).all(), 6 + -(-len(class_names) // _BITS))
+                if int(state.removals) == previous.removals:
+                    # nothing left the indexed set: the old rows and the new ones (ids only grow)
+                    ids = np.concatenate([previous.ids, new_rows[0].astype(np.int64)])
+                else:  # the indexed ids (a covering index scan), the old rows' slots kept
+                    ids = np.fromiter(connection.execute(
+                        select(Image.id).where(Image.status == STATUS_INDEXED).order_by(Image.id)
+                    ).scalars(), np.int64)
+                slots = np.full(len(ids), -1, np.int64)
             else:
                 first = session.execute(select(Image.probabilities).where(
                     Image.status == STATUS_INDEXED).order_by(Image.id).limit(1)).scalar()
                 class_names = tuple(first or ())
-                ids = slots = None  # from the metadata query
             query = _metadata_query(class_names)
             width = 6 + -(-len(class_names) // _BITS)
             if previous is None:
                 cols = _columns(connection.execute(query.order_by(Image.id)).all(), width)
-                ids, slots = cols[0], cols[1]
+                ids = cols[0].astype(np.int64)
+                slots = np.where(cols[1] == None, -1, cols[1]).astype(np.int64)
                 parts = [cols]
-            ids = ids.astype(np.int64)
-            slots = np.where(slots == None, -1, slots).astype(np.int64)
             n = len(ids)
             views = list(previous.views) if previous is not None else []
             sexes = list(previous.sexes) if previous is not None else []
@@ -229,22 +237,23 @@ class Catalog:
                     pos = np.clip(np.searchsorted(previous.ids, ids), 0, len(previous.ids) - 1)
                     known = previous.ids[pos] == ids
                     old = pos[known]
+                    slots[known] = previous.slots[old]
                     patient_pk[known], view[known] = previous.patient_pk[old], previous.view[old]
                     sex[known], age[known] = previous.sex[old], previous.age[old]
                     holds[known] = previous.holds[old]
                     fresh = ~known
-                # the new rows: mostly above the previous ids, any others by id
-                new_ids = ids[fresh]
-                top = int(previous.ids[-1]) if len(previous.ids) else 0
-                queries = [query.where(Image.id > top)] if len(new_ids) else []
-                below = new_ids[new_ids <= top]
-                queries += [query.where(Image.id.in_(below[i:i + _CHUNK].tolist()))
-                            for i in range(0, len(below), _CHUNK)]
-                parts = [_columns(connection.execute(q).all(), width) for q in queries]
+                # the new rows: above the previous top id (ids only grow), any others by id
+                below = ids[fresh & (ids <= previous.top)]
+                parts = [new_rows] + [_columns(connection.execute(
+                    query.where(Image.id.in_(below[i:i + _CHUNK].tolist()))).all(), width)
+                    for i in range(0, len(below), _CHUNK)]
             for cols in parts:
                 if not len(cols[0]):
                     continue
+                found = np.isin(cols[0].astype(np.int64), ids)  # (new rows not indexed: skipped)
+                cols = [col[found] for col in cols]
                 at = _rows_of(ids, cols[0].astype(np.int64))
+                slots[at] = np.where(cols[1] == None, -1, cols[1]).astype(np.int64)
                 patient_pk[at] = np.where(cols[2] == None, -1, cols[2]).astype(np.int64)
                 view[at] = _codes(cols[3], views)
                 sex[at] = _codes(cols[4], sexes)
@@ -259,7 +268,8 @@ class Catalog:
             patient_pk=patient_pk, view=view, sex=sex, age=age, class_names=class_names,
             holds=holds, views=tuple(views), sexes=tuple(sexes),
             size=int(np.isin(index.ids, ids, assume_unique=True).sum()),
-            checkpoint_id=checkpoint_id,
+            checkpoint_id=checkpoint_id, removals=int(state.removals),
+            top=max(int(ids[-1]) if len(ids) else 0, previous.top if previous is not None else 0),
             patient_order=np.argsort(patient_pk, kind="stable"))
         if store is not None:
             known = snap.slots >= 0

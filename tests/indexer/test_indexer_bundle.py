@@ -68,8 +68,19 @@ def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, ca
     try:
         _assert_same(_columns(catalog), _expected(catalog))
         assert catalog._snap.holds[:20, catalog.class_names.index("lung opacity")].all()
-        # grow (another run) and shrink (remove) the catalog, then reload
-        write_embedded(index_dir, vectors[200:], db_url=catalog_url, start=200)
+        # grow (another run): the reload reads only the new rows
+        write_embedded(index_dir, vectors[200:230], db_url=catalog_url, start=200)
+        assert catalog.reload() is True and catalog.size == 230
+        fresh = Catalog.open(catalog_url, index_dir)
+        try:
+            for name in ("ids", "slots", "patient_pk", "age", "holds"):
+                np.testing.assert_array_equal(getattr(catalog._snap, name),
+                                              getattr(fresh._snap, name))
+            _assert_same(_columns(catalog), _columns(fresh))
+        finally:
+            fresh.close()
+        # grow and shrink (remove), then reload
+        write_embedded(index_dir, vectors[230:], db_url=catalog_url, start=230)
         remove_images(sessions, index_dir, [5, 150])
         previous = catalog._snap
         assert catalog.reload() is True
