@@ -31,13 +31,16 @@ assignment, so searches running meanwhile finish on the old one (no error window
 from __future__ import annotations
 
 import logging
+import operator
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Text, and_, case, cast, func, literal, or_, select
 
 from chextriev.errors import ChextrievError, UnknownNameError
 from indexer.db import (
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 
 FILTER_KEYS = ("view", "sex", "age_min", "age_max", "finding")
 _CHUNK = 20_000
+#: Finding bits packed per integer column of the metadata query.
+_BITS = 60
 
 
 class UnknownImageError(ChextrievError, LookupError):
@@ -81,7 +86,10 @@ class Hit:
 
 @dataclass
 class _Snapshot:
-    """Everything a search reads, from one committed build (replaced whole on reload)."""
+    """Everything a search reads, from one committed build (replaced whole on reload).
+
+    One row per indexed image, sorted by id; columns are numpy arrays (no Python object per
+    row): ``view``/``sex`` are codes into ``views``/``sexes``, ``holds`` the finding bits."""
 
     index: VectorIndex
     store: Any  # VectorStore | None
@@ -89,13 +97,60 @@ class _Snapshot:
     ids: np.ndarray
     slots: np.ndarray
     patient_pk: np.ndarray
-    patient_key: np.ndarray
-    view: np.ndarray
-    sex: np.ndarray
+    view: np.ndarray  # int16 codes into ``views``
+    sex: np.ndarray  # int16 codes into ``sexes``
     age: np.ndarray
     class_names: tuple[str, ...]
     holds: np.ndarray  # (n, C) bool: image holds finding c (known label, else p >= 0.5)
-    patient_rows: dict
+    views: tuple[str, ...] = ()
+    sexes: tuple[str, ...] = ()
+    size: int = 0
+    checkpoint_id: str | None = None
+    removals: int = 0  # catalog_state.removals when read
+    top: int = 0  # the highest indexed id when read (rows above it are new)
+    patient_order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def rows_of_patients(self, pks: np.ndarray) -> np.ndarray:
+        """Metadata rows of the images of patients ``pks`` (primary keys)."""
+        if not len(pks) or not len(self.ids):
+            return np.zeros(0, np.int64)
+        sorted_pk = self.patient_pk[self.patient_order]
+        lo = np.searchsorted(sorted_pk, pks, side="left")
+        hi = np.searchsorted(sorted_pk, pks, side="right")
+        return np.concatenate([self.patient_order[a:b] for a, b in zip(lo, hi)] or
+                              [np.zeros(0, np.int64)])
+
+
+def _metadata_query(class_names: Sequence[str]):
+    """The columns of :class:`_Snapshot` for indexed rows, the finding bits computed by the
+    database from the JSON columns (packed: bit c of ``holds<g>`` is class ``60 g + c``)."""
+    known_text = cast(Image.known_findings, Text)
+    has_known = and_(Image.known_findings.isnot(None), known_text.notin_(("null", "{}")))
+    columns = [Image.id, Image.vector_slot, Image.patient_id, func.upper(Image.view),
+               func.upper(Image.sex), Image.age]
+    for group in range(0, len(class_names), _BITS):
+        bits = []
+        for bit, name in enumerate(class_names[group:group + _BITS]):
+            known = func.coalesce(Image.known_findings[name].as_float(), 0.0) != 0
+            predicted = func.coalesce(Image.probabilities[name].as_float(), 0.0) >= 0.5
+            bits.append(case((or_(and_(has_known, known), and_(~has_known, predicted)),
+                              literal(1 << bit, BigInteger)), else_=literal(0, BigInteger)))
+        columns.append(reduce(operator.add, bits))
+    return select(*columns).where(Image.status == STATUS_INDEXED)
+
+
+def _codes(values: np.ndarray, vocab: list[str]) -> np.ndarray:
+    """``values`` (object array, None = "") as int16 codes into ``vocab`` (extended in place
+    with new values): one hash pass in C (``pandas.factorize``)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.where(values == None, "", values))
+    lookup = {v: i for i, v in enumerate(vocab)}
+    for value in uniques:
+        lookup.setdefault(str(value), len(lookup))
+    vocab[:] = sorted(lookup, key=lookup.get)
+    remap = np.array([lookup[str(v)] for v in uniques] or [0], np.int16)
+    return remap[codes] if len(codes) else np.zeros(0, np.int16)
 
 
 class Catalog:
@@ -107,6 +162,7 @@ class Catalog:
         self.db_url = db_url
         self.index_dir = Path(index_dir)
         self.device = device
+        self._reload_lock = threading.Lock()
         self._snap = self._load()
 
     @classmethod
@@ -127,50 +183,97 @@ class Catalog:
         self.engine.dispose()
 
     # ------------------------------------------------------------------ state
-    def _load(self) -> _Snapshot:
-        """Read the newest committed build and the metadata of its images (one snapshot)."""
+    def _load(self, previous: _Snapshot | None = None) -> _Snapshot:
+        """Read the newest committed build and the metadata of its images (one snapshot).
+
+        Columns are read in bulk into numpy arrays; with ``previous`` (a snapshot of the same
+        checkpoint) only the rows it does not hold are read: an image row's metadata never
+        change while it is indexed (the writer inserts rows; only the status moves), so a
+        reload costs the ids of the indexed set plus what was added."""
         index = VectorIndex.load(self.index_dir, device=self.device, mmap=True)
+        manifest = index.manifest
+        checkpoint_id = manifest.checkpoint_id if manifest is not None else None
+        if previous is not None and previous.checkpoint_id != checkpoint_id:
+            previous = None
         with self.sessions() as session:
             state = catalog_state(session)
             store = open_store(session, self.index_dir)
-            ids, slots, ppk, pkey, view, sex, age, holds = [], [], [], [], [], [], [], []
-            class_names: tuple[str, ...] | None = None
-            query = (select(Image.id, Image.vector_slot, Image.patient_id, Patient.key,
-                            Image.view, Image.sex, Image.age, Image.known_findings,
-                            Image.probabilities)
-                     .outerjoin(Patient, Patient.id == Image.patient_id)
-                     .where(Image.status == STATUS_INDEXED).order_by(Image.id)
-                     .execution_options(yield_per=_CHUNK))
-            for rows in session.execute(query).partitions():
-                for r in rows:
-                    probs = r[8] or {}
-                    if class_names is None:
-                        class_names = tuple(probs)
-                    ids.append(r[0])
-                    slots.append(-1 if r[1] is None else r[1])
-                    ppk.append(-1 if r[2] is None else r[2])
-                    pkey.append(r[3] or "")
-                    view.append((r[4] or "").upper())
-                    sex.append((r[5] or "").upper())
-                    age.append(np.nan if r[6] is None else r[6])
-                    holds.append([_holds(r[7], probs, c) for c in class_names])
-        class_names = class_names or ()
+            connection = session.connection()  # Core rows: no ORM per row
+            if previous is not None:
+                class_names = previous.class_names
+                new_rows = _columns(connection.execute(
+                    _metadata_query(class_names).where(Image.id > previous.top)
+                    .order_by(Image.id)).all(), 6 + -(-len(class_names) // _BITS))
+                if int(state.removals) == previous.removals:
+                    # nothing left the indexed set: the old rows and the new ones (ids only grow)
+                    ids = np.concatenate([previous.ids, new_rows[0].astype(np.int64)])
+                else:  # the indexed ids (a covering index scan), the old rows' slots kept
+                    ids = np.fromiter(connection.execute(
+                        select(Image.id).where(Image.status == STATUS_INDEXED).order_by(Image.id)
+                    ).scalars(), np.int64)
+                slots = np.full(len(ids), -1, np.int64)
+            else:
+                first = session.execute(select(Image.probabilities).where(
+                    Image.status == STATUS_INDEXED).order_by(Image.id).limit(1)).scalar()
+                class_names = tuple(first or ())
+            query = _metadata_query(class_names)
+            width = 6 + -(-len(class_names) // _BITS)
+            if previous is None:
+                cols = _columns(connection.execute(query.order_by(Image.id)).all(), width)
+                ids = cols[0].astype(np.int64)
+                slots = np.where(cols[1] == None, -1, cols[1]).astype(np.int64)
+                parts = [cols]
+            n = len(ids)
+            views = list(previous.views) if previous is not None else []
+            sexes = list(previous.sexes) if previous is not None else []
+            patient_pk = np.full(n, -1, np.int64)
+            view = np.zeros(n, np.int16)
+            sex = np.zeros(n, np.int16)
+            age = np.full(n, np.nan)
+            holds = np.zeros((n, len(class_names)), bool)
+            if previous is not None:
+                fresh = np.ones(n, bool)
+                if len(previous.ids) and n:
+                    pos = np.clip(np.searchsorted(previous.ids, ids), 0, len(previous.ids) - 1)
+                    known = previous.ids[pos] == ids
+                    old = pos[known]
+                    slots[known] = previous.slots[old]
+                    patient_pk[known], view[known] = previous.patient_pk[old], previous.view[old]
+                    sex[known], age[known] = previous.sex[old], previous.age[old]
+                    holds[known] = previous.holds[old]
+                    fresh = ~known
+                # the new rows: above the previous top id (ids only grow), any others by id
+                below = ids[fresh & (ids <= previous.top)]
+                parts = [new_rows] + [_columns(connection.execute(
+                    query.where(Image.id.in_(below[i:i + _CHUNK].tolist()))).all(), width)
+                    for i in range(0, len(below), _CHUNK)]
+            for cols in parts:
+                if not len(cols[0]):
+                    continue
+                found = np.isin(cols[0].astype(np.int64), ids)  # (new rows not indexed: skipped)
+                cols = [col[found] for col in cols]
+                at = _rows_of(ids, cols[0].astype(np.int64))
+                slots[at] = np.where(cols[1] == None, -1, cols[1]).astype(np.int64)
+                patient_pk[at] = np.where(cols[2] == None, -1, cols[2]).astype(np.int64)
+                view[at] = _codes(cols[3], views)
+                sex[at] = _codes(cols[4], sexes)
+                age[at] = np.where(cols[5] == None, np.nan, cols[5]).astype(np.float64)
+                for g, packed in enumerate(cols[6:]):
+                    packed = packed.astype(np.int64)
+                    bits = min(_BITS, len(class_names) - g * _BITS)
+                    holds[at, g * _BITS:g * _BITS + bits] = (
+                        (packed[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(bool)
         snap = _Snapshot(
-            index=index, store=store, generation=int(state.generation),
-            ids=np.array(ids, np.int64), slots=np.array(slots, np.int64),
-            patient_pk=np.array(ppk, np.int64), patient_key=np.array(pkey, dtype=object),
-            view=np.array(view, dtype=object), sex=np.array(sex, dtype=object),
-            age=np.array(age, np.float64), class_names=class_names,
-            holds=np.array(holds, dtype=bool).reshape(len(ids), len(class_names)),
-            patient_rows={})
+            index=index, store=store, generation=int(state.generation), ids=ids, slots=slots,
+            patient_pk=patient_pk, view=view, sex=sex, age=age, class_names=class_names,
+            holds=holds, views=tuple(views), sexes=tuple(sexes),
+            size=int(np.isin(index.ids, ids, assume_unique=True).sum()),
+            checkpoint_id=checkpoint_id, removals=int(state.removals),
+            top=max(int(ids[-1]) if len(ids) else 0, previous.top if previous is not None else 0),
+            patient_order=np.argsort(patient_pk, kind="stable"))
         if store is not None:
             known = snap.slots >= 0
             index.exact = StoreExact(store, snap.ids[known], snap.slots[known])
-        for row, (pk, key) in enumerate(zip(snap.patient_pk.tolist(), snap.patient_key.tolist())):
-            if pk >= 0:
-                snap.patient_rows.setdefault(pk, []).append(row)
-                snap.patient_rows.setdefault(key, []).append(row)
-        manifest = index.manifest
         if manifest is not None and manifest.catalog_generation != snap.generation:
             log.info("index build %s reflects catalog generation %d, the catalog is at %d "
                      "(indexing in progress, or run `chextriev index verify`); hits missing from "
@@ -181,19 +284,21 @@ class Catalog:
     def reload(self) -> bool:
         """Open the newest committed build when it is not the one in use; True when swapped.
 
-        The new snapshot is built beside the old one and swapped in with one assignment, so
-        concurrent searches never see a half-loaded state. On failure the old snapshot stays in
-        use and the error is raised (retry later)."""
-        manifest = Manifest.read(self.index_dir)
-        current = self._snap.index.manifest
-        if current is not None and manifest.build_id == current.build_id:
-            return False
-        try:
-            snap = self._load()
-        except (IndexStateError, StoreError):
-            snap = self._load()  # the build moved on while we read it: once more
-        self._snap = snap
-        return True
+        The new snapshot is built beside the old one (reading only the rows the old one does
+        not hold) and swapped in with one assignment, so concurrent searches never see a
+        half-loaded state. On failure the old snapshot stays in use and the error is raised
+        (retry later). One reload at a time per catalog."""
+        with self._reload_lock:
+            manifest = Manifest.read(self.index_dir)
+            current = self._snap.index.manifest
+            if current is not None and manifest.build_id == current.build_id:
+                return False
+            try:
+                snap = self._load(self._snap)
+            except (IndexStateError, StoreError):
+                snap = self._load(self._snap)  # the build moved on while we read it: once more
+            self._snap = snap
+            return True
 
     def refresh(self) -> bool:
         """Alias of :meth:`reload`."""
@@ -206,8 +311,7 @@ class Catalog:
     @property
     def size(self) -> int:
         """Number of searchable images (in the index and indexed in the database)."""
-        snap = self._snap
-        return int(np.isin(snap.index.ids, snap.ids).sum())
+        return self._snap.size
 
     @property
     def build_id(self) -> str | None:
@@ -250,9 +354,9 @@ class Catalog:
         if filters.get("view"):
             views = filters["view"]
             views = [views] if isinstance(views, str) else list(views)
-            mask &= np.isin(snap.view, [v.upper() for v in views])
+            mask &= np.isin(snap.view, _codes_of(snap.views, [v.upper() for v in views]))
         if filters.get("sex"):
-            mask &= snap.sex == str(filters["sex"]).upper()[:1]
+            mask &= np.isin(snap.sex, _codes_of(snap.sexes, [str(filters["sex"]).upper()[:1]]))
         if filters.get("age_min") is not None:
             mask &= snap.age >= float(filters["age_min"])  # NaN compares False
         if filters.get("age_max") is not None:
@@ -268,15 +372,16 @@ class Catalog:
 
     def search(self, vectors, k: int, *, exclude_ids: Iterable[int] | None = None,
                exclude_patients: Iterable[str | int] | None = None,
-               filters: dict[str, Any] | None = None, nprobe: int | None = None
-               ) -> list[list[Hit]]:
+               filters: dict[str, Any] | None = None, nprobe: int | None = None,
+               rerank: int | None = None) -> list[list[Hit]]:
         """The ``k`` most similar indexed images for each query vector.
 
         ``vectors`` ``(n, D)`` (L2-normalised here); ``exclude_ids`` database ids to leave out;
         ``exclude_patients`` patient keys as :meth:`images` reports them (``"patient"``) or
         patient primary keys; ``filters`` see the module docstring; ``nprobe`` IVF lists to
-        scan (default: the build's). Returns one list of at most ``k`` :class:`Hit` per query,
-        best first.
+        scan and ``rerank`` the IVF-PQ re-rank depth (``rerank`` x k candidates re-scored with
+        the exact vectors), both defaulting to the build's (:meth:`search_settings`). Returns
+        one list of at most ``k`` :class:`Hit` per query, best first.
         """
         snap = self._snap
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -287,9 +392,8 @@ class Catalog:
         excluded = np.zeros(len(snap.ids), dtype=bool)
         if exclude_ids is not None:
             excluded[_rows_of(snap.ids, np.fromiter((int(i) for i in exclude_ids), np.int64))] = True
-        for patient in exclude_patients or ():
-            key = int(patient) if isinstance(patient, (int, np.integer)) else str(patient)
-            excluded[snap.patient_rows.get(key, [])] = True
+        if exclude_patients:
+            excluded[snap.rows_of_patients(self._patient_pks(exclude_patients))] = True
         allowed_ids = None
         if filters:
             allowed_ids = snap.ids[self._allowed_mask(snap, filters) & ~excluded]
@@ -298,7 +402,8 @@ class Catalog:
             fetch = k + int(excluded.sum())
         # Over-fetch a little so that stale index entries (not in the database) can be dropped.
         fetch = min(fetch + 8, max(snap.index.ntotal, 1))
-        scores, ids = snap.index.search(vectors, fetch, allowed_ids=allowed_ids, nprobe=nprobe)
+        scores, ids = snap.index.search(vectors, fetch, allowed_ids=allowed_ids, nprobe=nprobe,
+                                        rerank=rerank)
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, ids):
             pos = np.clip(np.searchsorted(snap.ids, row_ids), 0, max(len(snap.ids) - 1, 0))
@@ -308,6 +413,24 @@ class Catalog:
             results.append([Hit(int(i), float(s))
                             for i, s in zip(row_ids[keep][:k], row_scores[keep][:k])])
         return results
+
+    def _patient_pks(self, patients: Iterable[str | int]) -> np.ndarray:
+        """Primary keys of ``patients`` (ints as they are; strings looked up by stored key)."""
+        pks = [int(p) for p in patients if isinstance(p, (int, np.integer))]
+        keys = [str(p) for p in patients if not isinstance(p, (int, np.integer))]
+        if keys:
+            with self.sessions() as session:
+                pks += session.scalars(select(Patient.id).where(Patient.key.in_(keys))).all()
+        return np.unique(np.asarray(pks, np.int64))
+
+    def search_settings(self) -> dict[str, Any]:
+        """The build's search defaults: ``index_type``, ``nprobe`` (``None`` for flat indexes),
+        ``nlist`` (IVF lists, ``None`` for flat), ``rerank`` (``None`` unless IVF-PQ)."""
+        index = self._snap.index
+        ivf = index.trained is not None
+        nlist = index.nlist if ivf else None
+        return {"index_type": index.index_type, "nprobe": min(index.nprobe, nlist) if ivf else None,
+                "nlist": nlist, "rerank": index.rerank if index.index_type == "ivf-pq" else None}
 
     # ------------------------------------------------------------------ rows
     def lookup(self, image_id: str) -> int | None:
@@ -377,7 +500,7 @@ class Catalog:
             if absent or snap.store is None:
                 raise UnknownImageError(absent or ids[missing].tolist())
             rows = np.array([slots[int(i)] for i in ids[missing]], np.int64)
-            vec = snap.store.embeddings(rows)
+            vec = self._store_for(rows).embeddings(rows)
             out[missing] = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
         return out
 
@@ -391,7 +514,20 @@ class Catalog:
         store = self._snap.store
         if not ids or store is None or not store.region_dim or any(slots[i] is None for i in ids):
             return None
-        return store.regions(np.array([slots[i] for i in ids], np.int64))
+        rows = np.array([slots[i] for i in ids], np.int64)
+        return self._store_for(rows).regions(rows)
+
+    def _store_for(self, slots: np.ndarray):
+        """The snapshot's vector store, or, for slots committed after it was opened (images
+        indexed since the last reload), the store at the database's committed length now."""
+        store = self._snap.store
+        if store is not None and (not len(slots) or int(np.max(slots)) < store.committed):
+            return store
+        with self.sessions() as session:
+            fresh = open_store(session, self.index_dir)
+        if fresh is None:
+            raise UnknownImageError([])
+        return fresh
 
 
 def _rows_of(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -402,10 +538,16 @@ def _rows_of(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return pos[known[pos] == ids]
 
 
-def _holds(known: dict | None, probs: dict, finding: str) -> bool:
-    if known:
-        return bool(known.get(finding, 0))
-    return float(probs.get(finding, 0.0)) >= 0.5
+def _codes_of(vocab: Sequence[str], values: Sequence[str]) -> list[int]:
+    """Codes of the ``values`` found in ``vocab`` (absent values match nothing)."""
+    return [vocab.index(v) for v in values if v in vocab]
+
+
+def _columns(rows: Sequence[Sequence], width: int) -> list[np.ndarray]:
+    """Result rows as ``width`` object columns (one C-level transpose, no per-row Python)."""
+    if not rows:
+        return [np.zeros(0, object) for _ in range(width)]
+    return [np.array(col, dtype=object) for col in zip(*rows)]
 
 
 def _image_dict(image: Image, patient_key: str | None, study_key: str | None,

@@ -5,7 +5,7 @@
         [--device auto|cpu|cuda|cuda:N] [--precision auto|fp32|bf16] [--workers N]
         [--batch-size B] [--wait [SECONDS]] [--preview-side PX] [--json]
         [--devices N [--num-nodes M] [--shard-dir DIR]]
-        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH]
+        [--index-type auto|flat|ivf-flat|ivf-pq] [--detector PATH] [--copy-checkpoint]
         [--pseudonymise [--pseudonym-key-file FILE] [--dates shift|year]] [--keep-burned-in]
     chextriev index --data https://pacs.example/dicom-web --checkpoint model.ckpt ...
         [--modality CR DX] [--study-date 20240101-20241231] [--study-uids-file FILE]
@@ -104,6 +104,10 @@ def register(subparsers) -> None:
                         help="Faiss index; auto: flat, ivf-flat or ivf-pq by the number of vectors")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights")
+    parser.add_argument("--copy-checkpoint", action=argparse.BooleanOptionalAction, default=False,
+                        help="copy the checkpoint into the index folder (bundle/), so that the "
+                             "folder alone can be served (`chextriev serve --index-dir DIR`); "
+                             "the checkpoint's path and sha256 are recorded either way")
     parser.add_argument("--pseudonymise", action=argparse.BooleanOptionalAction, default=False,
                         help="de-identify what the catalog stores (DICOM PS3.15 basic profile): "
                              "identifiers and image ids as keyed HMAC-SHA256, UIDs as 2.25.<int> "
@@ -264,7 +268,8 @@ def _index(args) -> int:
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
         device=resolve_device(args.device), policy=policy,
         manifest=args.manifest, checkpoint_every=args.checkpoint_every, nprobe=args.nprobe,
-        progress=args.progress, wait=args.wait, preview_side=args.preview_side)
+        progress=args.progress, wait=args.wait, preview_side=args.preview_side,
+        copy_checkpoint=args.copy_checkpoint)
     if args.json:
         print_json(summary.figures())
     else:
@@ -292,7 +297,7 @@ def _index_distributed(args, source, index_dir: Path, policy) -> int:
         shard_dir=args.shard_dir, workers=args.workers, batch_size=args.batch_size,
         index_type=args.index_type, device=device, policy=policy,
         manifest=args.manifest, nprobe=args.nprobe, progress=args.progress,
-        wait=args.wait, preview_side=args.preview_side)
+        wait=args.wait, preview_side=args.preview_side, copy_checkpoint=args.copy_checkpoint)
     if summary is not None:
         if args.json:
             print_json(summary.figures())

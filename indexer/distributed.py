@@ -196,7 +196,8 @@ def _already_merged(session, items: Sequence[Decoded]) -> set[str]:
 
 def merge_into(catalog, shards: Sequence[Path], summary, *, index_dir: Path,
                index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
-               batch_size: int = 256, expected_total: int = 0, count_discovered: bool = True):
+               batch_size: int = 256, expected_total: int = 0, count_discovered: bool = True,
+               bundle=None):
     """Write ``shards`` (in order) into an open :class:`~indexer.writer.WritableCatalog` and
     sync the index; returns the manifest. One shard is read at a time. Records that the
     source could not deliver (``unavailable``) are not stored (the next run fetches them);
@@ -234,7 +235,8 @@ def merge_into(catalog, shards: Sequence[Path], summary, *, index_dir: Path,
         return None
     return IndexSyncer(sessions, index_dir, checkpoint_id=info.checkpoint_id,
                        dim=info.embedding_dim, index_type=index_type, device=device,
-                       nprobe=nprobe, expected_total=expected_total, store=writer.store).sync()
+                       nprobe=nprobe, expected_total=expected_total, store=writer.store,
+                       bundle=bundle).sync()
 
 
 def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | None = None,
@@ -473,11 +475,15 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
                           device: str = "cpu", policy: IngestPolicy | None = None,
                           manifest: str | Path | None = None, nprobe: int = 32,
                           progress: bool = True, source_options: dict | None = None,
-                          wait: float | None = None, preview_side: int = PREVIEW_SIDE):
+                          wait: float | None = None, preview_side: int = PREVIEW_SIDE,
+                          copy_checkpoint: bool = False):
     """:func:`indexer.pipeline.run_index` with the embedding spread over ``devices`` x
     ``num_nodes`` processes (see the module docstring). Every process calls it (Lightning
     starts the others on one node; torchrun or SLURM start them all); rank 0 returns the
     :class:`~indexer.pipeline.IndexSummary`, the other ranks None.
+
+    Rank 0 records the bundle (:mod:`indexer.bundle`) as the one-process run does
+    (``copy_checkpoint`` likewise).
 
     ``embedder_factory(device)`` builds the embedder on a rank's device. ``shard_dir`` (default
     ``<index_dir>/shards``) must be a folder every node sees. ``workers``: decoding processes
@@ -507,8 +513,12 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
     if trainer.global_rank != 0:
         _predict(trainer, embedder, shard_dir, **options)
         return None
+    from indexer.bundle import BuildRecord
+
     summary = IndexSummary()
     log.info("indexing %s on %d process(es)", archive.describe(), trainer.world_size)
+    bundle = BuildRecord.from_embedder(embedder, index_dir=index_dir, index_type=index_type,
+                                       device=device, copy=copy_checkpoint)
     with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
         with catalog.sessions() as session:
             ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
@@ -526,7 +536,8 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
             _predict(trainer, embedder, shard_dir, **options)
         manifest_ = merge_into(catalog, shard_files(shard_dir), summary, index_dir=index_dir,
                                index_type=index_type, device=device, nprobe=nprobe,
-                               expected_total=n_indexed + n, count_discovered=False)
+                               expected_total=n_indexed + n, count_discovered=False,
+                               bundle=bundle)
         if manifest_ is None:  # nothing new: still bring the index in step with the catalog
             from indexer.sync import IndexSyncer, open_store
 
@@ -537,7 +548,7 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
                                     checkpoint_id=embedder.checkpoint_id,
                                     dim=embedder.embedding_dim, index_type=index_type,
                                     device=device, nprobe=nprobe, expected_total=n_indexed,
-                                    store=store).sync()
+                                    store=store, bundle=bundle).sync()
         clear_shards(shard_dir)
     summary.index_size, summary.build_id = manifest_.n_vectors, manifest_.build_id
     summary.seconds = time.perf_counter() - started

@@ -58,6 +58,8 @@ class ModelEmbedder:
         self.class_names = tuple(self.loaded.class_names)
         self.image_size = int(self.loaded.image_size)
         self.batch_size = batch_size
+        self.detector_path = Path(detector) if detector else None  # recorded in the bundle
+        self.precision_requested = precision
 
     def __call__(self, images: Sequence[np.ndarray],
                  boxes: Sequence[np.ndarray | None] | None = None):

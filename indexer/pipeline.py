@@ -48,6 +48,7 @@ from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
+from indexer.bundle import BuildRecord
 from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
@@ -147,7 +148,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
               device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
               nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
-              wait: float | None = None, preview_side: int = PREVIEW_SIDE
+              wait: float | None = None, preview_side: int = PREVIEW_SIDE,
+              copy_checkpoint: bool = False
               ) -> IndexSummary:
     """Index ``source`` into ``db_url`` + ``index_dir``; see the module docstring.
 
@@ -162,6 +164,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     (:class:`indexer.decode.IngestPolicy`; default: fields as read, burned-in images skipped).
     ``preview_side``: longest side of the stored preview of each image (0: none;
     :mod:`indexer.preview_store`).
+    Every index save records the bundle (:mod:`indexer.bundle`: checkpoint, detector, model,
+    build parameters); ``copy_checkpoint`` copies the checkpoint into the index folder.
 
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
@@ -184,9 +188,11 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
+        record = BuildRecord.from_embedder(embedder, index_dir=index_dir, index_type=index_type,
+                                           device=device, copy=copy_checkpoint)
         syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
                              dim=embedder.embedding_dim, index_type=index_type, device=device,
-                             nprobe=nprobe, expected_total=n_indexed, store=store)
+                             nprobe=nprobe, expected_total=n_indexed, store=store, bundle=record)
         writer = CatalogWriter(sessions, embedder, summary, store=store)
         stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
                                         writer, syncer, checkpoint_every, summary, progress)

@@ -27,6 +27,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from chextriev.errors import ChextrievError
+from indexer.bundle import BUNDLE_KEY
 from indexer.db import (
     STATUS_INDEXED,
     STATUS_REMOVED,
@@ -122,8 +123,11 @@ class IndexSyncer:
 
     def __init__(self, sessions, index_dir: str | Path, *, checkpoint_id: str | None, dim: int,
                  index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
-                 expected_total: int = 0, store: VectorStore | None = None):
+                 expected_total: int = 0, store: VectorStore | None = None, bundle=None):
         self.sessions = sessions
+        #: ``bundle``: an :class:`indexer.bundle.BuildRecord` (or None: the previous manifest's
+        #: bundle is carried over by ``VectorIndex.save``), recorded at every save.
+        self.bundle = bundle
         self.index_dir = Path(index_dir)
         self.checkpoint_id = checkpoint_id
         self.dim = int(dim)
@@ -208,9 +212,11 @@ class IndexSyncer:
             else:
                 index = self._rebuild(session)
             self.index = index
+            extra = {} if self.bundle is None else {BUNDLE_KEY: self.bundle.as_dict()}
             manifest = index.save(
                 self.index_dir, checkpoint_id=self.checkpoint_id, catalog_generation=generation,
-                store_rows=store_rows, removals=removals, db_state=f"generation:{generation}")
+                store_rows=store_rows, removals=removals, db_state=f"generation:{generation}",
+                **extra)
             session.add(IndexBuild(
                 checkpoint_id=self.checkpoint_id, embedding_dim=self.dim,
                 index_type=index.index_type, factory=index.factory, n_vectors=index.ntotal,

@@ -601,10 +601,18 @@ class VectorIndex:
         return out
 
     # ------------------------------------------------------------------ search
-    def search(self, queries, k: int, *, allowed_ids=None, nprobe: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def nlist(self) -> int | None:
+        """Inverted lists of an IVF index (``None`` for flat)."""
+        return None if self.trained is None else int(faiss.extract_index_ivf(self.trained).nlist)
+
+    def search(self, queries, k: int, *, allowed_ids=None, nprobe: int | None = None,
+               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` by inner product. ``queries`` ``(n, D)``; returns ``(scores, ids)``, each
         ``(n, k)``, best first, id -1 / score -inf where fewer than k exist.
+
+        ``nprobe`` (IVF lists scanned) and ``rerank`` (IVF-PQ: ``rerank`` x k candidates
+        re-scored with the exact vectors) default to the build's.
 
         ``allowed_ids``: restrict to these ids (brute force on the exact vectors when the set
         is small, a Faiss ID selector otherwise).
@@ -623,7 +631,7 @@ class VectorIndex:
                 return self._brute_force(queries, k, allowed)
             selector = faiss.IDSelectorBatch(allowed)
         nprobe = int(nprobe or self.nprobe)
-        fetch = k * self.rerank if self.index_type == "ivf-pq" else k
+        fetch = k * int(rerank or self.rerank) if self.index_type == "ivf-pq" else k
         fetch = max(1, min(fetch, self.ntotal))
         assign = None
         if self.trained is not None:

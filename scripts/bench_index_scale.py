@@ -11,6 +11,8 @@ manifest; then ``Catalog.open`` and ``Catalog.search``.
     .venv/bin/python scripts/bench_index_scale.py --sizes 10000 100000
     nice -n 10 .venv/bin/python scripts/bench_index_scale.py --sizes 1000000 --out /work/bench
     .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --db postgresql://u@127.0.0.1:5432/postgres
+    .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --keep --dim 64 --region-dim 8
+    .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --open-only --reopen 3 --grow 1000
 
 ``--db`` names a PostgreSQL server (any database on it): the script creates one database per
 size there. Without it the catalog is SQLite inside the index folder.
@@ -18,6 +20,10 @@ size there. Without it the catalog is SQLite inside the index folder.
 Run with ``PYTHONPATH`` pointing at an older checkout's ``indexer/`` (e.g. ``git archive
 <commit> indexer | tar -x -C /tmp/before``) to measure that code: the script detects the
 0.1 writer (vectors in SQL rows, whole-index rewrites) and drives it the same way.
+
+``--open-only`` times ``Catalog.open`` and ``Catalog.reload`` (after ``--grow`` new images, a
+new build) on the folders a ``--keep`` run left; with ``PYTHONPATH`` at an older checkout (and
+``BENCH_CODE=before`` to label it) it times that code's catalog on the same folder.
 
 Bytes written: ``/proc/self/io`` of this process (``wchar``: bytes passed to write calls;
 ``write_bytes``: bytes it sent towards the disk); a PostgreSQL server's own writes are not in
@@ -283,6 +289,51 @@ def search_latency(index_dir: Path, db_url: str | None, model: StandIn, n: int, 
             "recall_at_10": round(float(recall), 3), "index_type": catalog.index.index_type}
 
 
+def open_and_reload(n: int, args, model: StandIn) -> dict:
+    """``Catalog.open`` of the kept folder ``<out>/n<n>`` (``--reopen`` times), then one more
+    open, ``--grow`` new images written and synced by the real writer and syncer (a new build),
+    and ``Catalog.reload`` of it timed. Works with the 0.2 catalog of an older checkout too
+    (its reload re-reads everything)."""
+    from sqlalchemy import func, select
+
+    from indexer.catalog import Catalog
+    from indexer.db import Image
+    from indexer.pipeline import IndexSummary
+    from indexer.sync import IndexSyncer, open_store
+    from indexer.writer import CatalogWriter, WritableCatalog
+
+    index_dir = Path(args.out) / f"n{n}"
+    if not (index_dir / "manifest.json").is_file():
+        raise SystemExit(f"{index_dir} holds no index: build it first with --keep")
+    opens = []
+    for _ in range(args.reopen):
+        started = time.perf_counter()
+        catalog = Catalog.open(args.db, index_dir)
+        opens.append(time.perf_counter() - started)
+        size = catalog.size
+        catalog.close()
+    catalog = Catalog.open(args.db, index_dir)
+    with WritableCatalog(index_dir, args.db) as writable:
+        with writable.sessions() as session:
+            start = int(session.scalar(select(func.max(Image.id)))) + 1
+            store = open_store(session, index_dir, dim=model.embedding_dim)
+        writer = CatalogWriter(writable.sessions, model, IndexSummary(), store=store)
+        for offset in range(0, args.grow, args.batch):
+            writer.write(model.items(start + offset, min(args.batch, args.grow - offset)))
+        IndexSyncer(writable.sessions, index_dir, checkpoint_id=model.checkpoint_id,
+                    dim=model.embedding_dim, store=store).sync()
+    started = time.perf_counter()
+    swapped = catalog.reload()
+    reload_s = time.perf_counter() - started
+    grown = catalog.size
+    catalog.close()
+    return {"n": size, "code": os.environ.get("BENCH_CODE", "this checkout"),
+            "catalog_open_s": [round(t, 2) for t in opens],
+            "catalog_open_median_s": round(float(np.median(opens)), 2),
+            "grow": args.grow, "reload_s": round(reload_s, 2), "reloaded": swapped,
+            "size_after": grown, "peak_rss_mb": round(peak_rss_mb())}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -296,8 +347,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="/tmp/bench-index-scale", help="work folder")
     parser.add_argument("--keep", action="store_true", help="keep the index folders")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--open-only", action="store_true",
+                        help="time Catalog.open (--reopen times) and Catalog.reload after --grow "
+                             "new images on the folders a --keep run left, instead of building")
+    parser.add_argument("--reopen", type=int, default=3)
+    parser.add_argument("--grow", type=int, default=1000)
     args = parser.parse_args(argv)
     model = StandIn(args.dim, args.region_dim)
+    if args.open_only:
+        for n in args.sizes:
+            print(json.dumps(open_and_reload(n, args, model)), flush=True)
+        return 0
     print("MODEL: fast deterministic stand-in (clustered unit vectors, shifted region copies, "
           f"64 thumbnails), D={args.dim}, R={args.region_dim}; NOT a neural network")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "

@@ -50,12 +50,20 @@ from server.validation import (
     parse_filters,
     parse_finding,
     parse_k,
+    parse_search_settings,
 )
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_token)
+
+
+@bp.before_request
+def _poll():
+    """Pick up a newly committed index build, or retry a failed load (in the background)."""
+    current_app.extensions["chextriev"].poll()
+
 
 #: Longest side of the query preview returned with an upload search (the viewer draws on it;
 #: the size of the archive's previews, so that query and result compare at the same detail).
@@ -73,7 +81,8 @@ def service() -> SearchService:
 
 @bp.errorhandler(NotReadyError)
 def _not_ready(error: NotReadyError):
-    return error_response(503, "not_ready", f"the server is not ready: {error}", {"Retry-After": "5"})
+    return error_response(503, "not_ready", f"the server is not ready: {error}",
+                          {"Retry-After": str(getattr(error, "retry_after", 5))})
 
 
 def _uploaded_image():
@@ -138,13 +147,15 @@ def _upload_patient_keys(meta: dict) -> list[str]:
 
 def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude_ids: list[int],
                      exclude_patients: list[str], filters: dict, started: float,
-                     timings: dict) -> tuple[dict, list[dict]]:
-    """The search response for ``query``, and the catalog rows of its results."""
+                     timings: dict, settings: dict | None = None) -> tuple[dict, list[dict]]:
+    """The search response for ``query``, and the catalog rows of its results. ``settings``:
+    the request's ``nprobe``/``rerank`` (absent: the build's)."""
     svc = service()
     class_names = svc.class_names
+    settings = settings or {}
     searched = time.perf_counter()
     hits = svc.search(query.embedding, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
-                      filters=filters)
+                      filters=filters, **settings)
     timings["search"] = (time.perf_counter() - searched) * 1000
     responding = time.perf_counter()
     ids = [int(hit.image_id) for hit in hits]
@@ -174,6 +185,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
         "exclude_same_patient": bool(exclude_patients),
         "index_size": svc.size,
         "checkpoint_id": svc.model.checkpoint_id,
+        "search": svc.search_settings(**settings),
         "results": results,
         "timing_ms": {name: round(value, 1) for name, value in timings.items()},
     }
@@ -187,7 +199,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
 
 #: The fields a JSON body may carry, and the JSON type each must have (others are ignored).
 JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_patient": bool,
-                    "view": str, "sex": str, "finding": str}
+                    "view": str, "sex": str, "finding": str, "nprobe": int, "rerank": int}
 
 
 def _json_fields(body) -> dict[str, str]:
@@ -195,7 +207,8 @@ def _json_fields(body) -> dict[str, str]:
     (:data:`JSON_FIELD_TYPES`: ``k`` a number, ``exclude_same_patient`` a boolean, ...)."""
     if not isinstance(body, dict):
         raise ApiError(400, "bad_body", "the JSON body must be an object of fields (k, "
-                                        "exclude_same_patient, view, sex, age_min, age_max, finding)")
+                                        "exclude_same_patient, view, sex, age_min, age_max, finding, "
+                                        "nprobe, rerank)")
     fields = {}
     for key, kind in JSON_FIELD_TYPES.items():
         if key not in body:
@@ -223,7 +236,7 @@ def readyz():
     response = jsonify(jsonable(status))
     if not status["ready"]:
         response.status_code = 503
-        response.headers["Retry-After"] = "5"
+        response.headers["Retry-After"] = str(status.get("retry_after_s", 5))
     return response
 
 
@@ -241,6 +254,7 @@ def search_upload():
     check_single(request.args)
     k = parse_k(request.form.get("k", request.args.get("k")))
     exclude_same_patient = parse_bool("exclude_same_patient", request.form.get("exclude_same_patient"))
+    settings = parse_search_settings(request.form, request.args)
     svc = service()
     svc.require_ready()
     filters = parse_filters(request.form, svc.class_names)
@@ -263,7 +277,7 @@ def search_upload():
     timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview PNG
     payload, rows = _search_response(query, query_info, k=k, exclude_ids=[],
                                      exclude_patients=exclude_patients, filters=filters,
-                                     started=started, timings=timings)
+                                     started=started, timings=timings, settings=settings)
     if exclude_patients and not current_app.config.get("PSEUDONYM_KEY") \
             and any(row.get("pseudonymised") for row in rows):
         payload["exclude_same_patient"] = False  # the stored keys are pseudonyms we cannot make
@@ -290,6 +304,7 @@ def search_by_id(image_id: int):
         values = _json_fields(request.get_json(silent=True))
     k = parse_k(values.get("k"))
     exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
+    settings = parse_search_settings(values)
     svc = service()
     svc.require_ready()
     filters = parse_filters(values, svc.class_names)
@@ -314,7 +329,7 @@ def search_by_id(image_id: int):
                   "image_url": url_for("api.image", image_id=image_id)}
     payload, _ = _search_response(query, jsonable(query_info), k=k, exclude_ids=[image_id],
                                exclude_patients=[patient] if exclude_same_patient and patient else [],
-                               filters=filters, started=started, timings={})
+                               filters=filters, started=started, timings={}, settings=settings)
     record_ids(query_id=image_id)
     if exclude_same_patient and not patient:
         payload["notes"] = [f"image {image_id} has no recorded patient: nothing excluded"]

@@ -34,8 +34,11 @@ from server.config import (
 
 log = logging.getLogger(__name__)
 
-#: Settings ``chextriev serve`` cannot run without.
-REQUIRED = ("CHECKPOINT", "INDEX_DIR")
+#: Settings ``chextriev serve`` cannot run without (the checkpoint and detector default to the
+#: ones the index bundle records: :mod:`indexer.bundle`).
+REQUIRED = ("INDEX_DIR",)
+#: Paths that must exist when given.
+EXISTING = ("CHECKPOINT", "INDEX_DIR", "DETECTOR")
 
 
 def register(subparsers) -> None:
@@ -75,9 +78,26 @@ def resolve_for_serving(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("missing " + ", ".join(
             f"{s.name} ({s.flag}, {s.env_var} or the configuration file)" for s in missing))
     for setting in SETTINGS:
-        if setting.key in REQUIRED and not Path(values[setting.key]).exists():
+        if setting.key in EXISTING and values[setting.key] and not Path(values[setting.key]).exists():
             raise ConfigError(f"{setting.name} {values[setting.key]} does not exist")
+    check_bundle(values)
     return values
+
+
+def check_bundle(values: dict[str, Any]) -> None:
+    """Fail before any worker starts when the index folder cannot name what was not given:
+    no index in it, or a checkpoint (detector) the bundle records that is not there."""
+    from indexer.bundle import BundleError, read_bundle
+    from indexer.vector_index import IndexStateError
+
+    try:
+        bundle = read_bundle(values["INDEX_DIR"])
+        if not values["CHECKPOINT"]:
+            bundle.checkpoint_file()
+        if not values["DETECTOR"]:
+            bundle.detector_file()
+    except (BundleError, IndexStateError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -111,12 +111,13 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("checkpoint", "CHECKPOINT", "path", None, "model checkpoint (.ckpt) the index was built with"),
+    Setting("checkpoint", "CHECKPOINT", "path", None, "model checkpoint (.ckpt) the index was built with",
+            default_doc="the one the index records (its copy in the index folder, else its path)"),
     Setting("index_dir", "INDEX_DIR", "path", None, "folder holding the Faiss index"),
     Setting("db", "DB_URL", "str", None, "catalog database URL (any SQLAlchemy URL)",
             default_doc="sqlite:///INDEX_DIR/catalog.sqlite"),
     Setting("detector", "DETECTOR", "path", None, "anatomy detector weights",
-            default_doc="none: the atlas boxes uploads"),
+            default_doc="the one the index records; none: the atlas boxes uploads"),
     Setting("device", "DEVICE", "device", "cpu", "torch device for the model; auto: cuda when torch "
             "sees a GPU, else cpu"),
     Setting("precision", "PRECISION", "str", "auto",

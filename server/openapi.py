@@ -6,7 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.services import HEATMAP_STYLES
-from server.validation import AGE_MAX, AGE_MIN, FALSE_WORDS, K_DEFAULT, K_MAX, K_MIN, TRUE_WORDS
+from server.validation import (
+    AGE_MAX,
+    AGE_MIN,
+    FALSE_WORDS,
+    K_DEFAULT,
+    K_MAX,
+    K_MIN,
+    NPROBE_MAX,
+    NPROBE_MIN,
+    RERANK_MAX,
+    RERANK_MIN,
+    TRUE_WORDS,
+)
 
 #: The largest catalog id (positive 64-bit integers); see ``server.api.MAX_IMAGE_ID``.
 MAX_IMAGE_ID = 2**63 - 1
@@ -44,7 +56,8 @@ IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "example": 1,
                            "number, or an image that was skipped, failed or removed, is 404"}
 COMMON_ERRORS = {"401": _error("missing or wrong bearer token (when the server has one)"),
                  "403": _error("the server has no token and the client is not on its machine"),
-                 "503": _error("model, index or database not loaded yet (Retry-After set)")}
+                 "503": _error("model, index or database not loaded yet, or the load failed "
+                                "(Retry-After: seconds until the next attempt)")}
 #: Errors every POST route can answer before it reads its fields.
 FORM_ERRORS = {"413": _error("body above MAX_CONTENT_LENGTH, or a form with more than MAX_FORM_PARTS "
                              "parts or a field above MAX_FORM_MEMORY_SIZE (the message says which)")}
@@ -63,6 +76,13 @@ SEARCH_FIELDS: dict[str, Any] = {
     "finding": {"type": "string", "description": "only images with this finding (one of the model's class names, "
                                                  "see /readyz): by the known label when the image has labels, else "
                                                  "by the prediction; the response's finding_filter says which"},
+    "nprobe": {"type": "integer", "minimum": NPROBE_MIN, "maximum": NPROBE_MAX,
+               "description": "IVF indexes: inverted lists scanned (more: slower, closer to exact; capped at "
+                              "the index's list count). Default: the build's (/readyz search.nprobe); "
+                              "ignored by flat indexes. The response's search says what was used"},
+    "rerank": {"type": "integer", "minimum": RERANK_MIN, "maximum": RERANK_MAX,
+               "description": "IVF-PQ indexes: rerank x k candidates re-scored with the exact vectors. "
+                              "Default: the build's (/readyz search.rerank); ignored by other index types"},
 }
 
 _STR = {"type": "string"}
@@ -144,6 +164,7 @@ SCHEMAS: dict[str, Any] = {
         "exclude_same_patient": {"type": "boolean", "description": "whether the query's patient was left out "
                                                                    "(false, with a note, when it could not be)"},
         "index_size": {"type": "integer"}, "checkpoint_id": _NSTR,
+        "search": _ref("SearchSettings"),
         "results": {"type": "array", "items": _ref("Result"), "maxItems": K_MAX},
         "finding_filter": _ref("FindingFilter"),
         "notes": {**_NAMES, "description": "what the server could not do as asked, in words"},
@@ -165,9 +186,25 @@ SCHEMAS: dict[str, Any] = {
                            "description": "what preview_url serves: the stored preview, or the thumbnail "
                                           "for an image indexed without one"},
         **_DICOM_FIELDS}},
+    "SearchSettings": {"type": "object", "required": ["index_type", "nprobe", "nlist", "rerank"],
+                       "description": "the search settings used (or, in /readyz, the build's defaults)",
+                       "properties": {
+        "index_type": {"type": "string", "enum": ["flat", "ivf-flat", "ivf-pq"]},
+        "nprobe": {**_NINT, "description": "inverted lists scanned (null: flat index)"},
+        "nlist": {**_NINT, "description": "inverted lists of the index (null: flat index)"},
+        "rerank": {**_NINT, "description": "re-rank depth x k (null unless ivf-pq)"}}},
     "Ready": {"type": "object", "required": ["ready", "state"], "properties": {
         "ready": {"type": "boolean"}, "state": {"type": "string", "enum": ["idle", "loading", "ready", "failed"]},
-        "error": _STR, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
+        "error": _STR,
+        "retry_after_s": {"type": "integer", "description": "failed: seconds until the next load attempt "
+                                                             "(also the Retry-After header)"},
+        "reload_error": {**_STR, "description": "the last new index build could not be loaded: the "
+                                                 "previous one is still served, retried with backoff"},
+        "reloads": {"type": "integer", "description": "index builds picked up since start-up"},
+        "search": _ref("SearchSettings"),
+        "bundle": {"type": "object", "nullable": True,
+                   "description": "what the index folder records about its build (checkpoint id, whether "
+                                  "a copy is inside, detector, boxes, model summary, build parameters)"}, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
         "checkpoint_id": _NSTR, "class_names": _NAMES,
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
         "load_seconds": _NNUM,

@@ -6,6 +6,16 @@ app), and it reloads itself if it finds itself in a different process from the o
 it (a pre-fork server that built the app before forking), so no model, Faiss index or
 database connection is ever shared across a fork.
 
+Bundle and live updates: the checkpoint and detector default to what the index folder's bundle
+records (:mod:`indexer.bundle`; settings override them), and a checkpoint whose id is not the
+index's is refused. Each request calls :meth:`SearchService.poll`, which compares the
+``manifest.json`` it loaded with the one on disk (one ``stat``): a new committed build is loaded
+in a background thread (:meth:`indexer.catalog.Catalog.reload`, an atomic swap) while requests
+keep being answered from the old one, so there is no error window; a build of another
+checkpoint loads the new model too (when the checkpoint comes from the bundle). A failed load
+or reload is retried with exponential backoff (1 s doubling to :data:`RETRY_MAX_S`);
+``Retry-After`` says when the next attempt is due. Each worker process polls on its own.
+
 Concurrency: model calls (embedding, Grad-CAM with its hooks) hold ``model_lock``; searches of
 a GPU index hold ``index_lock``, because a Faiss GPU index must not be searched from two threads
 at once. CPU indexes are searched concurrently (Faiss CPU search is thread-safe, and a one-query
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import threading
 import time
@@ -31,6 +42,11 @@ from chextriev.errors import ChextrievError
 log = logging.getLogger(__name__)
 
 STATES = ("idle", "loading", "ready", "failed")
+#: Extra hits asked of the index, so that hits removed since the build was loaded can be dropped.
+STALE_MARGIN = 8
+#: Backoff of a failed load or reload: 1 s, doubling, at most this.
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 60.0
 #: ``overlay``: the heat blended on the image (RGB); ``layer``: the same colours as a transparent
 #: RGBA layer (alpha in proportion to the heat), which drawn over the grey image gives the overlay.
 HEATMAP_STYLES = ("overlay", "layer")
@@ -40,7 +56,28 @@ HEAT_COLORMAP = "jet"
 
 
 class NotReadyError(ChextrievError):
-    """The model, index or database is not loaded (yet, or it failed: ``reason`` says)."""
+    """The model, index or database is not loaded (yet, or it failed: ``reason`` says).
+    ``retry_after``: seconds until the next attempt (for the ``Retry-After`` header)."""
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = int(retry_after)
+
+
+class CheckpointMismatchError(NotReadyError):
+    """The checkpoint loaded is not the one the index was built with."""
+
+
+def manifest_signature(index_dir: Path | None) -> tuple | None:
+    """What identifies the committed build on disk without reading it: ``manifest.json``'s
+    inode, modification time and size (a save renames a new file into place)."""
+    if index_dir is None:
+        return None
+    try:
+        info = os.stat(Path(index_dir) / "manifest.json")
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 @dataclass(frozen=True)
@@ -79,59 +116,176 @@ class SearchService:
         self.state = "idle"
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.bundle = None  # indexer.bundle.Bundle of the loaded build
+        self.reload_error: str | None = None
+        self.reloads = 0
+        self._seen: tuple | None = None  # manifest_signature of the loaded build
+        self._failures = 0
+        self._next_attempt = 0.0  # time.monotonic() of the next retry after a failure
         self._pid: int | None = None
         self._load_lock = threading.Lock()
+        self._busy = threading.Lock()  # one background load or reload at a time
         self.model_lock = threading.Lock()
         self.index_lock = threading.Lock()
 
     # ---- loading -------------------------------------------------------------------------
     def missing_settings(self) -> list[str]:
-        """Required settings that are not set (``DB_URL`` defaults to the index folder's SQLite)."""
-        return [name for name, value in (("CHECKPOINT", self.checkpoint), ("INDEX_DIR", self.index_dir))
-                if not value]
+        """Required settings that are not set (``DB_URL`` defaults to the index folder's
+        SQLite; the checkpoint and detector to the index bundle's)."""
+        return [] if self.index_dir else ["INDEX_DIR"]
+
+    def _open(self):
+        """``(model, catalog, bundle)`` for the build committed now: the checkpoint and detector
+        from the settings, else from the bundle; a checkpoint that is not the index's refused."""
+        from chextriev.checkpoint import load_checkpoint
+        from indexer.bundle import Bundle, read_bundle
+        from indexer.catalog import Catalog
+
+        bundle = read_bundle(self.index_dir)
+        checkpoint = self.checkpoint or bundle.checkpoint_file()
+        detector = self.detector if self.detector else bundle.detector_file()
+        if self.detector and bundle.detector and not bundle.detector_matches(self.detector):
+            log.warning("the detector %s is not the one the index was built with (%s): query "
+                        "boxes may differ from the archive's", self.detector.name,
+                        Path(bundle.detector["path"]).name)
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(int(self.torch_threads))
+        from chextriev.cli_options import resolve_device
+
+        self.device = resolve_device(self.device)  # "auto" -> cuda or cpu
+        model = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
+                                precision=self.precision)
+        index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        catalog = Catalog.open(self.db_url, self.index_dir, device=index_device)
+        try:
+            self._check_checkpoint(model, catalog, checkpoint)
+        except BaseException:
+            catalog.close()
+            raise
+        return model, catalog, Bundle.from_manifest(self.index_dir, catalog.manifest)
+
+    def _check_checkpoint(self, model, catalog, path) -> None:
+        """The one checkpoint check: the model's id against the index's (the bundle records
+        the same id with the full sha256 and the path)."""
+        built = getattr(catalog, "checkpoint_id", None)
+        if built and built != model.checkpoint_id:
+            where = "given in the settings (--checkpoint)" if self.checkpoint else "named by the bundle"
+            raise CheckpointMismatchError(
+                f"the index was built with checkpoint {built} but the checkpoint {where}, "
+                f"{Path(path).name}, is {model.checkpoint_id}: serve the checkpoint the index was "
+                "built with (or leave --checkpoint out to use the one the index records), or "
+                "re-index", retry_after=self.retry_after())
 
     def load(self) -> None:
         """Load the checkpoint and open the catalog (idempotent per process). On failure the
-        state becomes ``failed`` and ``error`` holds the reason (``/readyz`` shows it)."""
+        state becomes ``failed``, ``error`` holds the reason (``/readyz`` shows it) and the next
+        :meth:`poll` after the backoff tries again."""
         with self._load_lock:
             if self.state == "ready" and self._pid == os.getpid():
                 return
             self.state, self.error = "loading", None
             started = time.perf_counter()
+            seen = manifest_signature(self.index_dir)
             try:
                 missing = self.missing_settings()
                 if missing:
                     raise NotReadyError(f"not configured: set {', '.join(missing)} "
-                                        "(chextriev serve --checkpoint/--index-dir, or CHEXTRIEV_* variables)")
-                from chextriev.checkpoint import load_checkpoint
-                from indexer.catalog import Catalog
-
-                if self.torch_threads:
-                    import torch
-
-                    torch.set_num_threads(int(self.torch_threads))
-
-                from chextriev.cli_options import resolve_device
-
-                self.device = resolve_device(self.device)  # "auto" -> cuda or cpu
-                model = load_checkpoint(self.checkpoint, device=self.device, detector_path=self.detector,
-                                        precision=self.precision)
-                index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
-                catalog = Catalog.open(self.db_url, self.index_dir, device=index_device)
-                catalog_checkpoint = getattr(catalog, "checkpoint_id", None)
-                if catalog_checkpoint and catalog_checkpoint != model.checkpoint_id:
-                    raise NotReadyError(
-                        f"the index was built with checkpoint {catalog_checkpoint} but the server loaded "
-                        f"{model.checkpoint_id}: serve the checkpoint the index was built with, or re-index")
-                self.model, self.catalog = model, catalog
+                                        "(chextriev serve --index-dir, or CHEXTRIEV_* variables)")
+                model, catalog, bundle = self._open()
+                self.model, self.catalog, self.bundle = model, catalog, bundle
                 self._pid = os.getpid()
+                self._seen, self._failures, self.reload_error = seen, 0, None
                 self.load_seconds = time.perf_counter() - started
                 self.state = "ready"
                 log.info("ready in %.1f s: %d indexed images, checkpoint %s, index build %s",
                          self.load_seconds, catalog.size, model.checkpoint_id, catalog.build_id)
             except Exception as error:  # noqa: BLE001 - any failure is reported through /readyz
+                self._failed()
                 self.state, self.error = "failed", f"{type(error).__name__}: {error}"
-                log.error("loading failed: %s", self.error)
+                log.error("loading failed (next attempt in %d s): %s", self.retry_after(),
+                          self.error)
+
+    def _failed(self) -> None:
+        self._failures += 1
+        delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (self._failures - 1))
+        self._next_attempt = time.monotonic() + delay
+
+    def retry_after(self) -> int:
+        """Whole seconds until the next load attempt (at least 1)."""
+        return max(1, math.ceil(self._next_attempt - time.monotonic()))
+
+    # ---- live updates --------------------------------------------------------------------
+    def poll(self) -> None:
+        """Called on every request (cheap: one ``stat``). Retries a failed load once its backoff
+        has passed, and loads a newly committed build, both in a background thread: requests
+        meanwhile are answered from what is loaded (or 503 while nothing is)."""
+        if self.index_dir is None or self._pid not in (None, os.getpid()):
+            return
+        if self.state == "failed":
+            if time.monotonic() >= self._next_attempt:
+                self._in_background(self._retry, "chextriev-retry")
+            return
+        if self.state != "ready" or manifest_signature(self.index_dir) == self._seen:
+            return
+        if time.monotonic() >= self._next_attempt:
+            self._in_background(self.refresh, "chextriev-reload")
+
+    def _in_background(self, work, name: str) -> None:
+        if not self._busy.acquire(blocking=False):
+            return  # one is running already
+
+        def run():
+            try:
+                work()
+            finally:
+                self._busy.release()
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+
+    def _retry(self) -> None:
+        log.info("retrying the load (attempt %d)", self._failures + 1)
+        self.load()
+
+    def refresh(self) -> bool:
+        """Swap in the build committed now if it is not the one loaded; True when swapped.
+        Failures keep the loaded build serving (retried after the backoff), except a build of
+        a checkpoint this server must not serve, which makes the service ``failed``."""
+        from indexer.bundle import Bundle
+        from indexer.vector_index import Manifest
+
+        seen = manifest_signature(self.index_dir)
+        started = time.perf_counter()
+        try:
+            built = Manifest.read(self.index_dir).checkpoint_id
+            if built != self.model.checkpoint_id:
+                log.info("the index was rebuilt with checkpoint %s: loading it", built)
+                model, catalog, bundle = self._open()
+                old = self.catalog
+                self.model, self.catalog, self.bundle = model, catalog, bundle
+                old.close()
+                swapped = True
+            else:
+                swapped = self.catalog.reload()
+                self.bundle = Bundle.from_manifest(self.index_dir, self.catalog.manifest)
+        except CheckpointMismatchError as error:
+            self._failed()
+            self.state, self.error = "failed", f"{type(error).__name__}: {error}"
+            log.error("%s", self.error)
+            return False
+        except Exception as error:  # noqa: BLE001 - keep serving the loaded build, retry later
+            self._failed()
+            self.reload_error = f"{type(error).__name__}: {error}"
+            log.warning("reloading the index failed (serving build %s; next attempt in %d s): %s",
+                        self.catalog.build_id, self.retry_after(), self.reload_error)
+            return False
+        self._seen, self._failures, self.reload_error = seen, 0, None
+        if swapped:
+            self.reloads += 1
+            log.info("index build %s loaded in %.2f s: %d indexed images", self.catalog.build_id,
+                     time.perf_counter() - started, self.catalog.size)
+        return swapped
 
     def start_background_load(self) -> threading.Thread:
         thread = threading.Thread(target=self.load, name="chextriev-load", daemon=True)
@@ -151,7 +305,7 @@ class SearchService:
         if self.state != "ready":
             reason = self.error or ("loading the model, index and database" if self.state == "loading"
                                     else "not loaded")
-            raise NotReadyError(reason)
+            raise NotReadyError(reason, retry_after=self.retry_after() if self.state == "failed" else 5)
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""
@@ -159,6 +313,10 @@ class SearchService:
         info: dict[str, Any] = {"ready": self.ready, "state": self.state, "worker_pid": os.getpid()}
         if self.error:
             info["error"] = self.error
+        if self.state == "failed":
+            info["retry_after_s"] = self.retry_after()
+        if self.reload_error:
+            info["reload_error"] = self.reload_error
         if self.ready:
             info.update({
                 "index_size": int(self.catalog.size),
@@ -169,6 +327,9 @@ class SearchService:
                 "has_regions": bool(self.model.has_regions),
                 "precision": self.model.precision,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
+                "reloads": self.reloads,
+                "search": self.catalog.search_settings(),
+                "bundle": self.bundle.summary() if self.bundle is not None else None,
             })
         return info
 
@@ -225,18 +386,37 @@ class SearchService:
         return int(self.catalog.size)
 
     def search(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] | None = None,
-               exclude_patients: Sequence[str] | None = None, filters: dict | None = None) -> list:
-        """Top-``k`` hits (``Hit(image_id, score)``, best first) for one ``(D,)`` vector."""
+               exclude_patients: Sequence[str] | None = None, filters: dict | None = None,
+               nprobe: int | None = None, rerank: int | None = None) -> list:
+        """Top-``k`` hits (``Hit(image_id, score)``, best first) for one ``(D,)`` vector, each
+        an image indexed in the catalog now (the loaded build may predate a removal: such hits
+        are dropped, one primary-key query). ``nprobe``/``rerank``: per-request search
+        settings (default: the build's)."""
         self.require_ready()
+        catalog = self.catalog
         query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, -1))
         options = {"exclude_ids": exclude_ids or None, "exclude_patients": exclude_patients or None,
-                   "filters": filters or None}
+                   "filters": filters or None, "nprobe": nprobe, "rerank": rerank}
+        fetch = k + STALE_MARGIN
         if self.index_on_gpu:
             with self.index_lock:
-                hits = self.catalog.search(query, k, **options)
+                hits = catalog.search(query, fetch, **options)[0]
         else:  # Faiss CPU indexes are safe to search from several threads at once
-            hits = self.catalog.search(query, k, **options)
-        return list(hits[0])
+            hits = catalog.search(query, fetch, **options)[0]
+        status = catalog.status([hit.image_id for hit in hits])
+        return [hit for hit in hits if status.get(hit.image_id) == "indexed"][:k]
+
+    def search_settings(self, nprobe: int | None = None, rerank: int | None = None) -> dict:
+        """What a search with these per-request settings uses: ``index_type``, ``nprobe``
+        (capped at ``nlist``; ``None`` for flat indexes), ``nlist``, ``rerank`` (``None``
+        unless IVF-PQ); the build's defaults where not given."""
+        self.require_ready()
+        used = dict(self.catalog.search_settings())
+        if nprobe is not None and used["nprobe"] is not None:
+            used["nprobe"] = min(int(nprobe), used["nlist"])
+        if rerank is not None and used["rerank"] is not None:
+            used["rerank"] = int(rerank)
+        return used
 
     @property
     def index_on_gpu(self) -> bool:

@@ -18,6 +18,10 @@ from server.errors import ApiError
 log = logging.getLogger(__name__)
 
 K_MIN, K_MAX, K_DEFAULT = 1, 100, 10
+#: Per-request search settings (default: the index build's, see ``/readyz`` ``search``): IVF
+#: lists scanned (capped at the index's list count) and the IVF-PQ re-rank depth (x k).
+NPROBE_MIN, NPROBE_MAX = 1, 4096
+RERANK_MIN, RERANK_MAX = 1, 64
 AGE_MIN, AGE_MAX = 0, 150
 SEXES = ("F", "M")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -25,7 +29,8 @@ FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 #: The form / query fields of the API (each at most once).
-FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style")
+FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style",
+          "nprobe", "rerank")
 
 
 def check_single(values) -> None:
@@ -44,6 +49,19 @@ def parse_k(value: str | None) -> int:
     if value is None:
         return K_DEFAULT
     return _bounded_int("k", value, K_MIN, K_MAX, f"an integer from {K_MIN} to {K_MAX}")
+
+
+def parse_search_settings(*sources: Mapping[str, str]) -> dict[str, int]:
+    """``nprobe`` (1..4096) and ``rerank`` (1..64) from the first of ``sources`` (a form, then
+    the query string) that has each; absent or empty fields are left out (the build's apply)."""
+    settings = {}
+    for name, low, high in (("nprobe", NPROBE_MIN, NPROBE_MAX), ("rerank", RERANK_MIN, RERANK_MAX)):
+        for values in sources:
+            value = values.get(name)
+            if value is not None and str(value).strip():
+                settings[name] = _bounded_int(name, value, low, high, f"an integer from {low} to {high}")
+                break
+    return settings
 
 
 def _bounded_int(name: str, value: str, low: int, high: int, kind: str) -> int:

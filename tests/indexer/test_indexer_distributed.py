@@ -182,6 +182,11 @@ def test_two_cpu_processes_from_the_cli_equal_one(synth_and_ckpt, tmp_path):
     assert all(r["image_id"] != Path(r["source_path"]).stem for r in first["images"])  # pseudonyms
     _assert_same(_catalog_state(tmp_path / "one"), first)
     assert not list((tmp_path / "two" / "shards").glob("shard-*"))  # merged, then removed
+    from indexer.bundle import read_bundle
+
+    one, two = read_bundle(tmp_path / "one"), read_bundle(tmp_path / "two")
+    assert two.checkpoint_file() == one.checkpoint_file() == Path(ckpt).resolve()  # servable alone
+    assert two.checkpoint == one.checkpoint and two.data["model"] == one.data["model"]
 
     # A new file: the ledger leaves one record, which only one of the two ranks gets.
     png = next(source.rglob("*.png"))

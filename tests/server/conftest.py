@@ -12,9 +12,7 @@ settings reuse the loaded service (``SERVICE``).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -23,22 +21,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port
 
 from server import create_app
 
 log = logging.getLogger(__name__)
 TOKEN = "test-token-0123456789abcdef"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_subcommand(module, argv: list[str]) -> int:
-    """Parse ``argv`` with ``module.register`` and run the handler it sets (as `chextriev` does)."""
-    parser = argparse.ArgumentParser()
-    module.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
 @dataclass(frozen=True)
 class TinyIndex:
     archive: Path
@@ -119,13 +107,6 @@ def query_dicom(tiny_index) -> Path | None:
     return found[0] if found else None
 
 
-def unused_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def free_port() -> int:
     return unused_port()
@@ -158,17 +139,6 @@ def start_server(tiny_index: TinyIndex, port: int, log_dir: Path, *extra: str, w
             stop_server(process)
             raise AssertionError("server not ready after 120 s")
     return base, process
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM (graceful), then SIGKILL after 20 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture()

@@ -139,14 +139,23 @@ def test_every_setting_has_a_flag_with_its_default_and_variable_in_the_help(caps
     assert cli.given_flags(args) == {"WORKERS": 3, "INDEX_DIR": "/x"}
 
 
-def test_serve_needs_checkpoint_and_index_dir_from_somewhere(tmp_path, monkeypatch):
-    monkeypatch.delenv("CHEXTRIEV_CONFIG", raising=False)
-    monkeypatch.delenv("CHEXTRIEV_CHECKPOINT", raising=False)
-    monkeypatch.delenv("CHEXTRIEV_INDEX_DIR", raising=False)
-    with pytest.raises(ConfigError, match="missing checkpoint .*--checkpoint.*CHEXTRIEV_CHECKPOINT"):
+def test_serve_needs_an_index_dir_and_a_checkpoint_from_somewhere(tmp_path, monkeypatch):
+    import numpy as np
+
+    from indexer.vector_index import VectorIndex
+
+    for name in ("CHEXTRIEV_CONFIG", "CHEXTRIEV_CHECKPOINT", "CHEXTRIEV_INDEX_DIR", "CHEXTRIEV_DETECTOR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="missing index_dir .*--index-dir.*CHEXTRIEV_INDEX_DIR"):
+        cli.resolve_for_serving(_parse())
+    with pytest.raises(ConfigError, match="no index in .*run `chextriev index`"):
         cli.resolve_for_serving(_parse("--index-dir", str(tmp_path)))
     with pytest.raises(ConfigError, match="checkpoint .*nope.ckpt does not exist"):
         cli.resolve_for_serving(_parse("--index-dir", str(tmp_path), "--checkpoint", str(tmp_path / "nope.ckpt")))
+    # an index that records no checkpoint (saved through the Python API): --checkpoint is needed
+    VectorIndex.build(np.arange(1, 4), np.eye(3, 8, dtype=np.float32)).save(tmp_path, checkpoint_id="abc")
+    with pytest.raises(ConfigError, match="does not record its checkpoint.*pass --checkpoint .*abc"):
+        cli.resolve_for_serving(_parse("--index-dir", str(tmp_path)))
 
 
 def test_print_config_shows_values_and_sources(tmp_path):

@@ -145,5 +145,6 @@ def test_not_ready_app_answers_503_json_and_openapi_lists_every_route():
                  for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/v1")}
     assert api_rules == set(spec["paths"])
     app.extensions["chextriev"].load()  # nothing configured: loading fails and says what is missing
-    failed = client.get("/api/v1/readyz").json
-    assert failed["state"] == "failed" and "CHECKPOINT" in failed["error"]
+    failed = client.get("/api/v1/readyz")
+    assert failed.json["state"] == "failed" and "INDEX_DIR" in failed.json["error"]
+    assert failed.headers["Retry-After"] == str(failed.json["retry_after_s"]) and failed.json["retry_after_s"] >= 1

@@ -1,0 +1,188 @@
+"""The read side at scale and per request: Catalog metadata read in bulk (and incrementally on
+reload), per-search nprobe and re-rank depth, and the bundle the index records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from indexer_fakes import FakeEmbedder, clustered_vectors, write_embedded
+from sqlalchemy import update
+
+from indexer.bundle import BUNDLE_KEY, BuildRecord, BundleError, read_bundle
+from indexer.catalog import Catalog
+from indexer.db import Image, make_engine, make_sessionmaker
+from indexer.sync import remove_images
+
+
+def _sessions(index_dir, db_url):
+    from indexer.db import default_db_url
+
+    return make_sessionmaker(make_engine(db_url or default_db_url(index_dir), create=False))
+
+
+def _expected(catalog: Catalog) -> dict:
+    """The snapshot's columns recomputed row by row from ``catalog.images`` (the reference
+    semantics: a finding holds by its known label when the image has labels, else p >= 0.5)."""
+    rows = catalog.images(catalog._snap.ids.tolist())
+    names = catalog.class_names
+
+    def holds(row, name):
+        known = row["known_findings"]
+        if known:
+            return bool(known.get(name, 0))
+        return float((row["probabilities"] or {}).get(name, 0.0)) >= 0.5
+
+    return {"view": [(r["view"] or "").upper() for r in rows],
+            "sex": [(r["sex"] or "").upper() for r in rows],
+            "age": [np.nan if r["age"] is None else r["age"] for r in rows],
+            "holds": np.array([[holds(r, n) for n in names] for r in rows], bool)}
+
+
+def _columns(catalog: Catalog) -> dict:
+    snap = catalog._snap
+    return {"view": [snap.views[c] for c in snap.view], "sex": [snap.sexes[c] for c in snap.sex],
+            "age": snap.age.tolist(), "holds": snap.holds}
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got["view"] == want["view"] and got["sex"] == want["sex"]
+    np.testing.assert_array_equal(np.array(got["age"], float), np.array(want["age"], float))
+    np.testing.assert_array_equal(got["holds"], want["holds"])
+
+
+def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, catalog_url):
+    index_dir = tmp_path / "idx"
+    vectors = clustered_vectors(260, dim=32, seed=3)
+    write_embedded(index_dir, vectors[:200], db_url=catalog_url)
+    sessions = _sessions(index_dir, catalog_url)
+    with sessions() as session:  # labels on some rows: known labels win over predictions there
+        session.execute(update(Image).where(Image.id <= 20).values(
+            known_findings={"lung opacity": 1, "pneumothorax": 0}))
+        session.execute(update(Image).where(Image.id.between(21, 30)).values(known_findings={}))
+        session.execute(update(Image).where(Image.id.between(31, 40)).values(view="ap", sex=None,
+                                                                             age=None))
+        session.commit()
+    catalog = Catalog.open(catalog_url, index_dir)
+    try:
+        _assert_same(_columns(catalog), _expected(catalog))
+        assert catalog._snap.holds[:20, catalog.class_names.index("lung opacity")].all()
+        # grow (another run): the reload reads only the new rows
+        write_embedded(index_dir, vectors[200:230], db_url=catalog_url, start=200)
+        assert catalog.reload() is True and catalog.size == 230
+        fresh = Catalog.open(catalog_url, index_dir)
+        try:
+            for name in ("ids", "slots", "patient_pk", "age", "holds"):
+                np.testing.assert_array_equal(getattr(catalog._snap, name),
+                                              getattr(fresh._snap, name))
+            _assert_same(_columns(catalog), _columns(fresh))
+        finally:
+            fresh.close()
+        # grow and shrink (remove), then reload
+        write_embedded(index_dir, vectors[230:], db_url=catalog_url, start=230)
+        remove_images(sessions, index_dir, [5, 150])
+        previous = catalog._snap
+        assert catalog.reload() is True
+        assert catalog._snap is not previous and catalog.size == 258
+        fresh = Catalog.open(catalog_url, index_dir)
+        try:
+            for name in ("ids", "slots", "patient_pk", "age", "holds"):
+                np.testing.assert_array_equal(getattr(catalog._snap, name),
+                                              getattr(fresh._snap, name))
+            _assert_same(_columns(catalog), _columns(fresh))
+            _assert_same(_columns(catalog), _expected(catalog))
+            query = vectors[7:9]
+            for options in ({}, {"filters": {"view": "AP"}}, {"filters": {"sex": "F", "age_min": 30}},
+                            {"filters": {"finding": "lung opacity"}},
+                            {"exclude_patients": [catalog.images([7])[0]["patient"]]}):
+                assert catalog.search(query, 10, **options) == fresh.search(query, 10, **options)
+            patient = catalog.images([7])[0]["patient"]
+            hits = catalog.search(query[:1], 50, exclude_patients=[patient])[0]
+            assert hits and all(row["patient"] != patient
+                                for row in catalog.images([h.image_id for h in hits]))
+        finally:
+            fresh.close()
+        assert catalog.reload() is False  # same build: nothing read
+    finally:
+        catalog.close()
+
+
+def test_new_images_are_readable_before_the_reload(tmp_path):
+    """Vectors of images committed after the snapshot come from the store at its length now."""
+    index_dir = tmp_path / "idx"
+    vectors = clustered_vectors(60, dim=16, seed=1)
+    write_embedded(index_dir, vectors[:40])
+    catalog = Catalog.open(None, index_dir)
+    try:
+        write_embedded(index_dir, vectors[40:], start=40, sync=False)
+        got = catalog.vectors([46])  # ids are 1-based: item 45 is id 46
+        np.testing.assert_allclose(got[0], vectors[45] / np.linalg.norm(vectors[45]), atol=1e-5)
+        assert catalog.region_embeddings([46]).shape[:2] == (1, 18)
+    finally:
+        catalog.close()
+
+
+def test_nprobe_and_rerank_are_per_search(tmp_path):
+    vectors = clustered_vectors(3000, dim=32, clusters=60, seed=2)
+    queries = vectors[:40] + 0.05 * np.random.default_rng(0).standard_normal((40, 32)).astype(np.float32)
+    exact = np.argsort(-(queries @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T),
+                       axis=1)[:, :10] + 1  # ids are 1-based row numbers
+
+    def recall(catalog, **options):
+        hits = catalog.search(queries, 10, **options)
+        return np.mean([len({h.image_id for h in row} & set(truth)) / 10
+                        for row, truth in zip(hits, exact.tolist())])
+
+    for index_type, option, low, high in (("ivf-flat", "nprobe", 1, 64), ("ivf-pq", "rerank", 1, 32)):
+        index_dir = tmp_path / index_type
+        write_embedded(index_dir, vectors, index_type=index_type)
+        catalog = Catalog.open(None, index_dir)
+        try:
+            settings = catalog.search_settings()
+            assert settings["index_type"] == index_type and settings["nlist"] > 1
+            assert (settings["rerank"] is None) == (index_type != "ivf-pq")
+            base = {"nprobe": settings["nlist"]} if option == "rerank" else {}
+            worse, better = recall(catalog, **base, **{option: low}), recall(catalog, **base, **{option: high})
+            assert better > worse, (index_type, worse, better)
+            if index_type == "ivf-flat":
+                assert better == 1.0  # every list scanned: exact
+        finally:
+            catalog.close()
+
+
+def test_the_bundle_is_recorded_and_carried_over(tmp_path, fake_embedder):
+    """``run_index`` records the bundle at every save; repair and remove carry it over."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from indexer_fakes import make_archive
+
+    from indexer.pipeline import run_index
+    from indexer.sync import repair
+
+    root = tmp_path / "archive"
+    make_archive(root)
+    index_dir = tmp_path / "idx"
+    run_index(root, embedder=fake_embedder, index_dir=index_dir, batch_size=4, progress=False,
+              index_type="flat", nprobe=7)
+    data = json.loads((index_dir / "manifest.json").read_text())
+    bundle = data[BUNDLE_KEY]
+    assert bundle["checkpoint"] is None  # the fake embedder has no file
+    assert bundle["model"]["checkpoint_id"] == FakeEmbedder.checkpoint_id
+    assert bundle["model"]["embedding_dim"] == fake_embedder.embedding_dim
+    assert bundle["build"]["index_type"] == "flat" and bundle["boxes"]["otherwise"] == "atlas"
+    read = read_bundle(index_dir)
+    assert read.nprobe == 7 and read.checkpoint_id == FakeEmbedder.checkpoint_id
+    with pytest.raises(BundleError, match="does not record its checkpoint.*--checkpoint"):
+        read.checkpoint_file()
+    sessions = _sessions(index_dir, None)
+    before = read_bundle(index_dir).build_id
+    repair(sessions, index_dir)
+    remove_images(sessions, index_dir, [1])
+    after = read_bundle(index_dir)
+    assert after.build_id != before and after.data == read.data
+    with pytest.raises(BundleError, match="needs a checkpoint file"):
+        BuildRecord.from_embedder(fake_embedder, index_dir=index_dir, index_type="auto",
+                                  device="cpu", copy=True)

@@ -1,0 +1,37 @@
+"""Helpers of the server tests that test modules import by name (``from server_helpers import``;
+a module named ``conftest`` is ambiguous when several test folders run in one session)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_subcommand(module, argv: list[str]) -> int:
+    """Parse ``argv`` with ``module.register`` and run the handler it sets (as `chextriev` does)."""
+    parser = argparse.ArgumentParser()
+    module.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM (graceful), then SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
