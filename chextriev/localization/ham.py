@@ -453,8 +453,8 @@ def load_ham(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedH
             "checkpoint use the cam, gradcam or gradcampp methods"
         )
     config = HAMConfig.from_dict(data["config"])
-    with weights_restored_later():
-        model = HAMNet(config)
+    with weights_restored_later():  # the state dict holds the trunk: no weights file needed
+        model = HAMNet(dataclasses.replace(config, backbone_weights=None))
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:

@@ -337,3 +337,17 @@ def test_expected_shapes_are_the_trunk_without_classifier():
     shapes = expected_shapes("densenet121", "xrv")
     assert shapes["features.conv0.weight"] == (64, 1, 7, 7)
     assert not any(k.startswith("classifier.") for k in shapes)
+
+
+def test_ham_checkpoint_rebuilds_its_backbone_without_the_weights_file(tmp_path):
+    from chextriev.localization.ham import HAMConfig, HAMNet, load_ham, save_ham
+
+    weights = tmp_path / "efficientnet_b0.pth"
+    torch.save(_seeded_network("efficientnet_b0").state_dict(), weights)
+    ham = HAMNet(HAMConfig(backbone="efficientnet_b0", backbone_weights=str(weights), image_size=64, head_width=32))
+    path = save_ham(ham, tmp_path / "ham.pt")
+    weights.unlink()
+    loaded = load_ham(path)
+    assert loaded.config.backbone == "efficientnet_b0"
+    for key, value in ham.trunk.state_dict().items():
+        torch.testing.assert_close(loaded.model.trunk.state_dict()[key], value)
