@@ -21,6 +21,7 @@ from chextriev.cli_options import (
     add_out_dir,
     resolve_device,
 )
+from chextriev.model.config import BACKBONES, WEIGHTS_FORMATS, XRV_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,10 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                    help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (default mask)")
     p.add_argument("--blank", default=None, choices=("zeros", "mask"), help="CheXpert: not-mentioned labels")
-    p.add_argument("--backbone-weights", default=None, help="local torchvision ResNet state dict (else random init)")
+    p.add_argument("--backbone", default=None, help=f"one of: {', '.join(BACKBONES)} (default: the preset's)")
+    p.add_argument("--backbone-weights", default=None, help="local backbone state dict (else random init)")
+    p.add_argument("--backbone-weights-format", default=None, help=f"one of: {', '.join(WEIGHTS_FORMATS)} "
+                   "(default torchvision; xrv: a torchxrayvision DenseNet121 state dict, 224 px)")
     p.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune the trunk (default: the preset's; frozen trunks cache their features)")
     p.add_argument("--remainder-weight", type=float, default=None,
@@ -80,7 +84,9 @@ def run_train_ham(args: argparse.Namespace) -> int:
     result = train_ham(
         records, args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, box_truth=truth, box_fraction=args.box_fraction, device=resolve_device(args.device), num_workers=args.workers,
-        progress=args.progress, backbone_weights=args.backbone_weights,
+        progress=args.progress, backbone=args.backbone, backbone_weights=args.backbone_weights,
+        backbone_weights_format=args.backbone_weights_format,
+        image_size=XRV_INPUT_SIZE if args.backbone_weights_format == "xrv" else None,  # xrv's native input
         train_backbone=args.train_backbone, loss_remainder=args.remainder_weight, combine=args.combine,
     )
     loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"

@@ -60,11 +60,14 @@ from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.localization.adapters import CamPipeline
 from chextriev.model.backbone import (
     build_trunk,
+    check_backbone,
     freeze,
     normalize,
     to_channels_last,
+    trunk_channels,
     weights_restored_later,
 )
+from chextriev.model.config import BACKBONES, XRV_INPUT_SIZE
 from chextriev.model.heads import masked_bce
 from chextriev.model.preprocess import prepare_image
 from chextriev.vocab import IMAGENOME_FINDINGS, finding_index
@@ -73,8 +76,6 @@ log = logging.getLogger(__name__)
 
 COMBINES: tuple[str, ...] = ("attention", "class")
 FEATURE_STRIDES: tuple[int, ...] = (32, 16)
-BACKBONES: tuple[str, ...] = ("resnet18", "resnet50")
-TRUNK_CHANNELS = {("resnet18", 32): 512, ("resnet18", 16): 256, ("resnet50", 32): 2048, ("resnet50", 16): 1024}
 CHECKPOINT_FORMAT = "chextriev-ham"
 CHECKPOINT_VERSION = 1
 LOSS_TERMS: tuple[str, ...] = ("anomaly", "cls", "remainder", "box", "bound", "union")
@@ -96,7 +97,8 @@ class HAMConfig:
 
     class_names: tuple[str, ...] = IMAGENOME_FINDINGS
     backbone: str = "resnet18"
-    backbone_weights: str | None = None  # local torchvision state dict, else random init from seed
+    backbone_weights: str | None = None  # local state dict (see chextriev.model.weights), else random init from seed
+    backbone_weights_format: str = "torchvision"  # torchvision | xrv (torchxrayvision DenseNet121, 1 channel)
     backbone_seed: int = 0
     train_backbone: bool = False
     feature_stride: int = 32  # 32: the trunk's last stage; 16: one stage less (finer map)
@@ -119,6 +121,10 @@ class HAMConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise UnknownNameError("HAM backbone", self.backbone, BACKBONES)
+        check_backbone(self.backbone, self.backbone_weights_format)
+        if self.backbone_weights_format == "xrv" and self.image_size != XRV_INPUT_SIZE:
+            raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "
+                             f"image_size={XRV_INPUT_SIZE} (got {self.image_size})")
         if self.feature_stride not in FEATURE_STRIDES:
             raise UnknownNameError("HAM feature stride", str(self.feature_stride), [str(s) for s in FEATURE_STRIDES])
         if self.combine not in COMBINES:
@@ -130,7 +136,7 @@ class HAMConfig:
 
     @property
     def trunk_channels(self) -> int:
-        return TRUNK_CHANNELS[(self.backbone, self.feature_stride)]
+        return trunk_channels(self.backbone, self.feature_stride)
 
     @property
     def num_classes(self) -> int:
@@ -237,7 +243,8 @@ class HAMNet(nn.Module):
     def __init__(self, config: HAMConfig):
         super().__init__()
         self.config = config
-        trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed)
+        trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed,
+                            config.backbone_weights_format)
         self.trunk = trunk if config.feature_stride == 32 else trunk[:-1]
         if not config.train_backbone:
             freeze(self.trunk)
@@ -262,7 +269,7 @@ class HAMNet(nn.Module):
     def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> trunk map ``(B, F, S/stride, S/stride)``."""
         with torch.set_grad_enabled(self.config.train_backbone and torch.is_grad_enabled()):
-            out = self.trunk(to_channels_last(normalize(images)))
+            out = self.trunk(to_channels_last(normalize(images, self.config.backbone_weights_format)))
         return out.contiguous()
 
     def forward_features(self, trunk_map: torch.Tensor) -> HAMOutput:
@@ -446,8 +453,8 @@ def load_ham(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedH
             "checkpoint use the cam, gradcam or gradcampp methods"
         )
     config = HAMConfig.from_dict(data["config"])
-    with weights_restored_later():
-        model = HAMNet(config)
+    with weights_restored_later():  # the state dict holds the trunk: no weights file needed
+        model = HAMNet(dataclasses.replace(config, backbone_weights=None))
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:

@@ -149,7 +149,8 @@ def model_boxes(record: Record, truth: BoxTruth, class_names: Sequence[str], siz
 
 def trunk_signature(config: HAMConfig) -> tuple:
     """What a frozen trunk's feature map depends on (keys of a shared ``feature_store``)."""
-    return (config.backbone, config.backbone_weights, config.backbone_seed, config.feature_stride, config.image_size)
+    return (config.backbone, config.backbone_weights_format, config.backbone_weights, config.backbone_seed,
+            config.feature_stride, config.image_size)
 
 
 class _ImageSet(torch.utils.data.Dataset):

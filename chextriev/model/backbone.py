@@ -1,23 +1,45 @@
-"""Torchvision ResNet trunks (no pooling, no classifier) and image normalisation.
+"""Torchvision backbone trunks (no pooling, no classifier) and their input normalisation.
 
-Weights come from a local torchvision state-dict file when given (no downloads, ever);
-otherwise the trunk is initialised randomly from ``seed`` so that every variant trained with
-the same config shares the same frozen backbone (and its cached features). A random init is
-logged once per process.
+Backbones (:data:`chextriev.model.config.BACKBONES`, feature dims in
+:data:`~chextriev.model.config.BACKBONE_FEATURE_DIMS`): ``resnet18`` (512), ``resnet50`` (2048),
+``densenet121`` (1024: CheXNet, torchxrayvision), ``efficientnet_b0`` .. ``efficientnet_b4``
+(1280, 1280, 1408, 1536, 1792: X_RAY). Every trunk is an ``nn.Sequential`` mapping
+``(B, C, H, W) -> (B, F, H/32, W/32)``, the map that CAM / Grad-CAM explain and RoIAlign pools,
+whose last element is the last stride-32 stage: ``trunk[:-1]`` is the stride-16 map (HAM's
+finer option; :func:`trunk_channels` gives its width).
+
+* ResNet: ``conv1 .. layer4`` (the map after the last residual block's ReLU);
+* DenseNet121: ``features`` then ReLU (what torchvision's and torchxrayvision's ``forward``
+  pool), ``trunk[:-1]`` ends at ``denseblock3`` (1024 channels);
+* EfficientNet: ``features`` (up to the 1x1 head convolution + BN + SiLU), ``trunk[:-1]`` ends
+  at stage 5.
+
+Weights come from a local file when given (no downloads, ever;
+:mod:`chextriev.model.weights` reads torchvision and torchxrayvision state dicts); otherwise
+the trunk is initialised randomly from ``seed`` so that every variant trained with the same
+config shares the same frozen backbone (and its cached features). A random init is logged once
+per process. The weights format also fixes the input: ``torchvision`` trunks take the grey
+image replicated to RGB and ImageNet-normalised; ``xrv`` (torchxrayvision DenseNet121) takes one
+channel scaled to ``[-1024, 1024]`` at 224 px, exactly as torchxrayvision's own model expects
+(:func:`normalize`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
-from pathlib import Path
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
 
-from chextriev.errors import ChextrievError
+from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.model.config import BACKBONES, WEIGHTS_FORMATS, XRV_BACKBONES
 
 log = logging.getLogger(__name__)
 _warned_random = False
@@ -34,89 +56,179 @@ def weights_restored_later():
     finally:
         _quiet -= 1
 
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: torchxrayvision's intensity range: 8-bit pixel p -> (2 p / 255 - 1) * 1024
+#: (``torchxrayvision.utils.normalize(img, maxval=255)``).
+XRV_RANGE = 1024.0
 
 
 class BackboneWeightsError(ChextrievError):
     """A backbone weights file that cannot be read or does not fit the architecture."""
 
 
-_INIT_CACHE: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+def _resnet_trunk(net: nn.Module) -> nn.Sequential:
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
-def _random_resnet(name: str, seed: int) -> nn.Module:
-    """A torchvision ResNet with the random init of ``seed`` (memoised: later builds skip the init)."""
-    factory = {"resnet50": torchvision.models.resnet50, "resnet18": torchvision.models.resnet18}[name]
-    cached = _INIT_CACHE.get((name, seed))
+def _densenet_trunk(net: nn.Module) -> nn.Sequential:
+    stages = OrderedDict(net.features.named_children())
+    last = OrderedDict((name, stages.pop(name)) for name in ("transition3", "denseblock4", "norm5"))
+    last["relu5"] = nn.ReLU()
+    stages["stage4"] = nn.Sequential(last)
+    return nn.Sequential(stages)
+
+
+def _efficientnet_trunk(net: nn.Module) -> nn.Sequential:
+    stages = list(net.features.children())
+    return nn.Sequential(*stages[:6], nn.Sequential(*stages[6:]))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one backbone: the torchvision constructor, how to cut its trunk, and which
+    keys of a full state dict belong to its classifier (ignored when weights are loaded)."""
+
+    factory: Callable[..., nn.Module]
+    trunk: Callable[[nn.Module], nn.Sequential]
+    head_prefixes: tuple[str, ...]
+    first_conv: str  # state-dict key of the first convolution's weight (its input channels)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet50": Architecture(torchvision.models.resnet50, _resnet_trunk, ("fc.",), "conv1.weight"),
+    "resnet18": Architecture(torchvision.models.resnet18, _resnet_trunk, ("fc.",), "conv1.weight"),
+    "densenet121": Architecture(torchvision.models.densenet121, _densenet_trunk, ("classifier.",),
+                                "features.conv0.weight"),
+    **{f"efficientnet_b{i}": Architecture(getattr(torchvision.models, f"efficientnet_b{i}"), _efficientnet_trunk,
+                                          ("classifier.",), "features.0.0.weight") for i in range(5)},
+}
+assert tuple(ARCHITECTURES) == BACKBONES, "chextriev.model.config.BACKBONES lists the architectures"
+
+
+def check_backbone(name: str, weights_format: str = "torchvision") -> None:
+    """Raise :class:`UnknownNameError` for an unknown backbone, format, or a pair that does not exist."""
+    if name not in ARCHITECTURES:
+        raise UnknownNameError("backbone", name, BACKBONES)
+    if weights_format not in WEIGHTS_FORMATS:
+        raise UnknownNameError("backbone weights format", weights_format, WEIGHTS_FORMATS)
+    if weights_format == "xrv" and name not in XRV_BACKBONES:
+        raise UnknownNameError("backbone for torchxrayvision weights", name, XRV_BACKBONES)
+
+
+def input_channels(weights_format: str) -> int:
+    """Channels of the trunk's input: 3 (RGB-replicated grey, torchvision) or 1 (xrv)."""
+    return 1 if weights_format == "xrv" else 3
+
+
+def full_network(name: str, weights_format: str = "torchvision") -> nn.Module:
+    """The whole torchvision network ``name`` (classifier included), default init, in the layout
+    of ``weights_format`` (xrv: a one-channel first convolution, kaiming-normal as xrv's)."""
+    check_backbone(name, weights_format)
+    net = ARCHITECTURES[name].factory(weights=None)
+    if input_channels(weights_format) == 1:
+        old = net.features.conv0
+        net.features.conv0 = nn.Conv2d(1, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                                       padding=old.padding, bias=False, device=old.weight.device)
+        if old.weight.device.type != "meta":
+            nn.init.kaiming_normal_(net.features.conv0.weight)
+    return net
+
+
+_INIT_CACHE: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
+
+
+def _random_network(name: str, seed: int, weights_format: str) -> nn.Module:
+    """:func:`full_network` with the random init of ``seed`` (memoised: later builds skip the init)."""
+    key = (name, seed, weights_format)
+    cached = _INIT_CACHE.get(key)
     if cached is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = factory(weights=None)
-        _INIT_CACHE[(name, seed)] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net = full_network(name, weights_format)
+        _INIT_CACHE[key] = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return net
     with torch.device("meta"):
-        net = factory(weights=None)
+        net = full_network(name, weights_format)
     net = net.to_empty(device="cpu")
     net.load_state_dict(cached)
     return net
 
 
-def build_trunk(name: str, weights: str | None = None, seed: int = 0) -> nn.Sequential:
-    """ResNet ``name`` up to ``layer4``: ``(B, 3, H, W) -> (B, F, H/32, W/32)``.
+def build_trunk(name: str, weights: str | None = None, seed: int = 0,
+                weights_format: str = "torchvision") -> nn.Sequential:
+    """Trunk of backbone ``name``: ``(B, C, H, W) -> (B, F, H/32, W/32)``.
 
-    ``F`` is 2048 for resnet50, 512 for resnet18.
+    ``C`` is 3 for ``torchvision`` weights and 1 for ``xrv``; ``F`` is
+    ``BACKBONE_FEATURE_DIMS[name]`` (2048 resnet50, 512 resnet18, 1024 densenet121, 1280
+    efficientnet_b0, ...). ``weights``: a local state-dict file in ``weights_format`` (see
+    :func:`chextriev.model.weights.load_backbone_weights`), else the random init of ``seed``.
     """
     global _warned_random
-    net = _random_resnet(name, seed)
     if weights:
-        path = Path(weights)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as error:
-            raise BackboneWeightsError(f"cannot read backbone weights {path}: {error}") from error
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise BackboneWeightsError(
-                f"{path} does not fit a torchvision {name}: missing {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''} (unexpected {list(unexpected)[:5]})"
+        from chextriev.model.weights import load_backbone_weights
+
+        with torch.device("meta"):  # every trunk tensor comes from the file: no random init
+            net = full_network(name, weights_format)
+        net = net.to_empty(device="cpu")
+        load_backbone_weights(net, name, weights, weights_format)
+        log.info("backbone %s: %s weights from %s", name, weights_format, weights)
+    else:
+        net = _random_network(name, seed, weights_format)
+        if not _warned_random and not _quiet:
+            _warned_random = True
+            log.warning(
+                "backbone %s starts from random weights (seed %d): no --backbone-weights file given "
+                "(pass a local torchvision ImageNet or torchxrayvision state dict for pretrained features)",
+                name, seed,
             )
-        log.info("backbone %s: weights from %s", name, path)
-    elif not _warned_random and not _quiet:
-        _warned_random = True
-        log.warning(
-            "backbone %s starts from random weights (seed %d): no --backbone-weights file given "
-            "(pass a torchvision ImageNet state dict for the published setting)", name, seed,
-        )
-    trunk = nn.Sequential(
-        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-    )
+    trunk = ARCHITECTURES[name].trunk(net)
     # NHWC convolutions: about 1.4x faster on CPU in both feature modes (BENCHMARKS.md);
     # inputs are converted by `to_channels_last` before the trunk.
     return trunk.to(memory_format=torch.channels_last)
 
 
+@functools.cache
+def trunk_channels(name: str, stride: int = 32) -> int:
+    """Channels of the trunk's map at ``stride`` 32 (the whole trunk) or 16 (``trunk[:-1]``)."""
+    if stride not in (16, 32):
+        raise UnknownNameError("feature stride", str(stride), ["16", "32"])
+    with torch.device("meta"):
+        trunk = ARCHITECTURES[name].trunk(full_network(name))
+        if stride == 16:
+            trunk = trunk[:-1]
+        return int(trunk(torch.empty(1, 3, 64, 64)).shape[1])
+
+
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` in the trunk's memory layout (same values, NHWC strides)."""
+    """``(B, C, H, W)`` in the trunk's memory layout (same values, NHWC strides)."""
     return images.contiguous(memory_format=torch.channels_last)
 
 
-def weights_id(weights: str | None, seed: int) -> str:
-    """Identity of the backbone weights for cache keys: file hash, or ``random-seed<N>``."""
+def weights_id(weights: str | None, seed: int, weights_format: str = "torchvision") -> str:
+    """Identity of the backbone weights for cache keys: file hash, or ``random-seed<N>``;
+    prefixed ``xrv-`` for torchxrayvision-format trunks (one input channel, another input
+    scale: never the same features as a torchvision trunk of the same file or seed)."""
+    prefix = "" if weights_format == "torchvision" else f"{weights_format}-"
     if not weights:
-        return f"random-seed{seed}"
+        return f"{prefix}random-seed{seed}"
     digest = hashlib.sha256()
     with open(weights, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return prefix + digest.hexdigest()[:16]
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` in [0, 1] -> ``(B, 3, H, W)`` ImageNet-normalised (grey replicated)."""
+def normalize(images: torch.Tensor, weights_format: str = "torchvision") -> torch.Tensor:
+    """``(B, 1, H, W)`` in [0, 1] -> the trunk input of ``weights_format``.
+
+    ``torchvision``: ``(B, 3, H, W)``, grey replicated, ImageNet-normalised. ``xrv``:
+    ``(B, 1, H, W)`` ``(2 x - 1) * 1024``, which is torchxrayvision's
+    ``(2 * (p / 255) - 1) * 1024`` for the 8-bit pixel ``p = 255 x``.
+    """
+    if weights_format == "xrv":
+        return (2.0 * images - 1.0) * XRV_RANGE
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (images.expand(-1, 3, -1, -1) - mean) / std

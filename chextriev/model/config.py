@@ -31,7 +31,18 @@ KINDS = ("graph", "global", "ath", "anaxnet")
 GRAPHS = ("none", "transformer")
 EDGES = ("none", "adjacency", "uniform", "learned")
 RESIDUALS = ("layer", "global")
-BACKBONES = ("resnet50", "resnet18")
+#: Backbone -> channels of its last feature map (the region / global feature dimension).
+BACKBONE_FEATURE_DIMS: dict[str, int] = {
+    "resnet50": 2048, "resnet18": 512, "densenet121": 1024, "efficientnet_b0": 1280,
+    "efficientnet_b1": 1280, "efficientnet_b2": 1408, "efficientnet_b3": 1536, "efficientnet_b4": 1792,
+}
+BACKBONES = tuple(BACKBONE_FEATURE_DIMS)
+#: Layout and input of a backbone's weights: torchvision (RGB-replicated, ImageNet-normalised) or
+#: xrv (torchxrayvision DenseNet121: one channel in [-1024, 1024], 224 px).
+WEIGHTS_FORMATS = ("torchvision", "xrv")
+#: Backbones whose torchxrayvision layout is read, and the input side their weights were trained at.
+XRV_BACKBONES = ("densenet121",)
+XRV_INPUT_SIZE = 224
 FEATURE_MODES = ("roi", "crop")
 GLOBAL_EMBEDDINGS = ("backbone", "projection")
 GRAPH_CONVS = ("raw", "gcnconv")
@@ -70,13 +81,16 @@ class ModelConfig:
     ff_width: int = 4096
     dropout: float = 0.0
     # region features
-    backbone: str = "resnet50"  # resnet50 | resnet18
+    backbone: str = "resnet50"  # one of BACKBONES (resnet, densenet121, efficientnet_b0..b4)
     feature_mode: str = "roi"  # roi | crop
     image_size: int = 512  # square model input (roi, global, ATH); crop mode crops the original
     crop_size: int = 224  # crop mode: every region crop of the original is resized to crop_size^2
     roi_output: int = 3  # roi mode: RoIAlign output grid, averaged to one vector per region
     train_backbone: bool = False
-    backbone_weights: str | None = None  # local torchvision state-dict file, else random init
+    backbone_weights: str | None = None  # local state-dict file (not saved: the checkpoint holds the weights)
+    # layout and input of the backbone: torchvision (3 channels, ImageNet-normalised) | xrv
+    # (torchxrayvision DenseNet121: 1 channel in [-1024, 1024], 224 px model input)
+    backbone_weights_format: str = "torchvision"
     backbone_seed: int = 0  # seed of the random init (same backbone across variants: cacheable)
     # supervision
     graph_importance: float = 1.0  # loss = gi * BCE(graph) + (1 - gi) * BCE(node)
@@ -103,6 +117,7 @@ class ModelConfig:
             ("edge type", self.edges, EDGES),
             ("residual source", self.residual, RESIDUALS),
             ("backbone", self.backbone, BACKBONES),
+            ("backbone weights format", self.backbone_weights_format, WEIGHTS_FORMATS),
             ("feature mode", self.feature_mode, FEATURE_MODES),
             ("global embedding", self.global_embedding, GLOBAL_EMBEDDINGS),
             ("graph convolution", self.graph_conv, GRAPH_CONVS),
@@ -115,6 +130,13 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.backbone_weights_format == "xrv" and self.uses_backbone:
+            if self.backbone not in XRV_BACKBONES:
+                raise UnknownNameError("backbone for torchxrayvision (xrv) weights", self.backbone, XRV_BACKBONES)
+            side, name = (self.crop_size, "crop_size") if self.crops_original else (self.image_size, "image_size")
+            if side != XRV_INPUT_SIZE:
+                raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "
+                                 f"{name}={XRV_INPUT_SIZE} (got {side})")
         if not 0.0 <= self.graph_importance <= 1.0:
             raise ValueError(f"graph_importance must be in [0, 1], got {self.graph_importance}")
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -132,8 +154,9 @@ class ModelConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Channels of the backbone's last feature map (2048 ResNet50, 512 ResNet18)."""
-        return 2048 if self.backbone == "resnet50" else 512
+        """Channels of the backbone's last feature map (:data:`BACKBONE_FEATURE_DIMS`: 2048
+        ResNet50, 512 ResNet18, 1024 DenseNet121, 1280 EfficientNet-B0, ...)."""
+        return BACKBONE_FEATURE_DIMS[self.backbone]
 
     @property
     def has_regions(self) -> bool:

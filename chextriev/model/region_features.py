@@ -58,7 +58,8 @@ class GlobalFeatures(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed)
+        self.trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed,
+                                 config.backbone_weights_format)
         if not config.train_backbone:
             freeze(self.trunk)
         # Fixed per-channel standardisation of the frozen features, fitted on the training set
@@ -81,9 +82,13 @@ class GlobalFeatures(nn.Module):
             self.trunk.eval()
         return self
 
+    def trunk_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> what the trunk takes (normalised for its weights format)."""
+        return to_channels_last(normalize(images, self.config.backbone_weights_format))
+
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)``."""
-        return self.trunk(to_channels_last(normalize(images)))
+        return self.trunk(self.trunk_input(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.feature_map(images).mean(dim=(2, 3))
@@ -128,7 +133,7 @@ class RegionFeatures(GlobalFeatures):
         crops = inputs[mask]  # (n, 1, C, C)
         if crops.shape[0] == 0:
             return inputs.new_zeros(boxes.shape[0], NUM_REGIONS, self.config.feature_dim)
-        return _scatter(self.trunk(to_channels_last(normalize(crops))).mean(dim=(2, 3)), mask)
+        return _scatter(self.feature_map(crops).mean(dim=(2, 3)), mask)
 
     def project(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, 18, F)`` -> node features ``(B, 18, width)``; masked nodes set to zero."""

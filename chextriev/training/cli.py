@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from chextriev.cli_options import add_data_option, add_epochs_option, add_out_dir
-from chextriev.model.config import VARIANTS
+from chextriev.model.config import BACKBONES, VARIANTS, WEIGHTS_FORMATS
 from chextriev.training.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,14 @@ def register(subparsers) -> None:
                         help="CheXpert: not-mentioned labels become 0 (the reader's default) or masked")
     add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
                       help="at most N epochs, early stopping may end sooner (default: the preset's)")
+    parser.add_argument("--backbone", default=None,
+                        help=f"one of: {', '.join(BACKBONES)} (unset: the preset's)")
     parser.add_argument("--backbone-weights", default=None,
-                        help="local torchvision ResNet state-dict file (default: random init, logged)")
+                        help="local state-dict file of the backbone (unset: random init, logged)")
+    parser.add_argument("--backbone-weights-format", default=None,
+                        help=f"one of: {', '.join(WEIGHTS_FORMATS)} (unset: torchvision, the .pth file "
+                             "torchvision downloads; xrv: a torchxrayvision DenseNet121 state dict, one channel, "
+                             "224 px, their [-1024, 1024] intensities)")
     parser.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=False,
                         help="fine-tune the backbone (no feature cache)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -75,23 +81,27 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from chextriev.model.backbone import check_backbone
     from chextriev.model.config import get_config
     from chextriev.training.fit import train
     from chextriev.training.presets import get_preset
 
-    get_config(args.variant)  # unknown names fail before any data is read
+    # unknown names fail before any data is read
+    variant, settings = get_config(args.variant), get_preset(args.preset)
+    backbone = {"backbone": args.backbone, "backbone_weights_format": args.backbone_weights_format}
+    check_backbone(args.backbone or settings.model.get("backbone", variant.backbone),
+                   args.backbone_weights_format or "torchvision")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    get_preset(args.preset)
     read_options = {"class_list": args.class_list}
     read_options.update({k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v})
     result = train(
         args.data, args.out, read_options=read_options, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
         backbone_weights=args.backbone_weights, train_backbone=args.train_backbone, seed=args.seed,
         devices=args.devices, strategy=args.strategy, precision=args.precision, cache_dir=args.cache_dir,
-        batch_size=args.batch_size, lr=args.lr, progress=args.progress,
+        batch_size=args.batch_size, lr=args.lr, progress=args.progress, model_overrides=backbone,
     )
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"trained {args.variant} ({args.preset}); splits {result.splits}; best validation mAP@10 {score}")

@@ -65,7 +65,7 @@ def content_hash(source: str | Path | bytes) -> str:
 def config_signature(config: ModelConfig) -> str:
     """The part of the key that depends on the model: backbone, weights, mode, sizes."""
     kind = "global" if config.kind == "global" else "regions"
-    weights = weights_id(config.backbone_weights, config.backbone_seed)
+    weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
     if kind == "regions" and config.feature_mode == "crop":  # crops of the original: no image_size
         return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size)])
     parts = [kind, config.backbone, weights, str(config.image_size)]

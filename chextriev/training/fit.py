@@ -29,7 +29,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from chextriev.anatomy.atlas import Atlas
 from chextriev.errors import DataFormatError
 from chextriev.model.adjacency import as_tuple, cooccurrence_adjacency
-from chextriev.model.config import get_config
+from chextriev.model.config import XRV_INPUT_SIZE, get_config
 from chextriev.records import Record
 from chextriev.training.data import RetrievalDataModule, feature_statistics, split_records
 from chextriev.training.feature_cache import FeatureCache
@@ -55,6 +55,13 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
     base = get_config(variant)
     if base.kind == "ath":  # ATH works on the whole image at (at most) 256 px, as published
         options["image_size"] = min(options.get("image_size", base.image_size), base.image_size)
+    if overrides.get("backbone_weights_format") == "xrv" and base.uses_backbone:
+        # torchxrayvision's weights take 224 px inputs: the preset's input side gives way
+        side = "crop_size" if base.has_regions and options.get("feature_mode", base.feature_mode) == "crop" \
+            else "image_size"
+        if options.get(side, getattr(base, side)) != XRV_INPUT_SIZE:
+            log.info("xrv backbone weights: %s %s -> %d", side, options.get(side, getattr(base, side)), XRV_INPUT_SIZE)
+        options[side] = XRV_INPUT_SIZE
     options.update({k: v for k, v in overrides.items() if v is not None})
     options["class_names"] = tuple(class_names)
     options["adjacency"] = as_tuple(adjacency)

@@ -56,7 +56,7 @@ def test_config_errors_list_valid_values():
         HAMConfig(combine="max")
     with pytest.raises(UnknownNameError, match="32, 16"):
         HAMConfig(feature_stride=8)
-    with pytest.raises(UnknownNameError, match="resnet18, resnet50"):
+    with pytest.raises(UnknownNameError, match="resnet50, resnet18, densenet121, efficientnet_b0"):
         HAMConfig(backbone="vgg")
 
 
