@@ -75,6 +75,9 @@ class ModelConfig:
     image_size: int = 512  # square model input (roi, global, ATH); crop mode crops the original
     crop_size: int = 224  # crop mode: every region crop of the original is resized to crop_size^2
     roi_output: int = 3  # roi mode: RoIAlign output grid, averaged to one vector per region
+    # fraction of each side kept around the image centre before the model input (1 = the whole
+    # image); set by training with random crops (chextriev.training.augment), as classifiers do
+    center_crop: float = 1.0
     train_backbone: bool = False
     backbone_weights: str | None = None  # local torchvision state-dict file, else random init
     backbone_seed: int = 0  # seed of the random init (same backbone across variants: cacheable)
@@ -115,6 +118,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if not 0.0 < self.center_crop <= 1.0:
+            raise ValueError(f"center_crop must be in (0, 1], got {self.center_crop}")
         if not 0.0 <= self.graph_importance <= 1.0:
             raise ValueError(f"graph_importance must be in [0, 1], got {self.graph_importance}")
         object.__setattr__(self, "class_names", tuple(self.class_names))
