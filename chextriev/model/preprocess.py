@@ -150,7 +150,7 @@ def prepare_input(config: ModelConfig, image: np.ndarray, boxes: np.ndarray,
     training images, already randomly cropped)."""
     if apply_center_crop and config.center_crop < 1.0:
         image, boxes = center_crop(image, boxes, config.center_crop)
-    model_boxes = torch.from_numpy(input_boxes(config, boxes, np.asarray(image).shape[:2]))
+    model_boxes = torch.from_numpy(input_boxes(config, boxes, tuple(image.shape[-2:]), apply_center_crop=False))
     if config.crops_original:
         return crop_regions(image, boxes, config.crop_size), model_boxes
     return prepare_image(image, config.image_size), model_boxes

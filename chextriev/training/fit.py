@@ -229,6 +229,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")  # ShardStream
         trainer.fit(module, datamodule=data)
     best = out / "best.ckpt"
     last = out / "last.ckpt"

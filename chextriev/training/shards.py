@@ -17,10 +17,11 @@ training side reads it to split patients and fit the atlas without opening a sha
 
 Crash safety: a shard is written to ``.shard-NNNNNN.tar.partial``, flushed and fsynced, then
 renamed into place; ``index.json`` is written last the same way. A killed write leaves no
-``index.json`` (the folder is refused as shards, with a message to rerun the write) or an
-``index.json`` of the previous complete write; a shard whose size differs from its index entry
-(truncated, replaced) is refused by name. A new write removes stale ``.partial`` files and
-shards its index does not list.
+``index.json`` (the folder is refused as shards, with a message to rerun the write: a new write
+deletes the previous index before it writes its first shard); a shard whose size differs from
+its index entry (truncated, replaced) is refused by name, and ``chextriev shards verify DIR``
+also checks every shard's sha256. A new write removes stale ``.partial`` files and shards its
+index does not list.
 
 Reading: :func:`load_shard_records` gives :class:`~chextriev.records.Record` objects whose
 ``meta["shard"]`` locates the image; :func:`read_shard_image` reads one image by offset (the
@@ -160,6 +161,8 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
     load = load or (lambda record: load_image(record.source))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # the previous index goes first: a killed rewrite must not leave an index over new shards
+    (out / INDEX).unlink(missing_ok=True)
     for stale in out.glob(".shard-*.tar.partial"):
         stale.unlink()
     shards: list[dict[str, Any]] = []
