@@ -14,7 +14,8 @@ HEAVY = ("torch", "torchvision", "faiss", "pandas", "pytorch_lightning", "lightn
          "scipy", "flask", "PIL", "pydicom", "matplotlib", "torch_geometric", "waitress")
 COMMANDS = (["--help"], ["synth", "--help"], ["train", "--help"], ["train-detector", "--help"],
             ["evaluate", "--help"], ["index", "--help"], ["index", "verify", "--help"],
-            ["index", "remove", "--help"], ["serve", "--help"], ["demo", "--help"])
+            ["index", "remove", "--help"], ["serve", "--help"], ["demo", "--help"],
+            ["shards", "--help"], ["shards", "write", "--help"], ["shards", "verify", "--help"])
 
 PROBE = """
 import contextlib, io, json, sys

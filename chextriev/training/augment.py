@@ -49,14 +49,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from chextriev.errors import UnknownNameError
-from chextriev.model.preprocess import as_image_tensor, clip_boxes
 from chextriev.vocab import NUM_REGIONS, REGIONS
+
+# torch and torchvision are imported by Augmenter only: the names and configs here are read by
+# `chextriev train --help`, which must not load them
 
 
 def _mirror_order() -> tuple[int, ...]:
@@ -171,6 +169,8 @@ class Augmenter:
     DataLoader worker by Lightning)."""
 
     def __init__(self, config: AugmentConfig, class_names: Sequence[str]):
+        from torchvision.transforms import v2
+
         self.config = config
         self.class_names = tuple(class_names)
         geometric: list[Any] = []
@@ -184,7 +184,10 @@ class Augmenter:
             geometric.append(v2.ColorJitter(brightness=c.brightness or None, contrast=c.contrast or None))
         self.transform = v2.Compose(geometric) if geometric else None
 
-    def _random_crop(self, image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes):
+    def _random_crop(self, image, boxes):
+        import torch
+        from torchvision.transforms.v2 import functional as TF
+
         height, width = image.shape[-2:]
         fraction = float(torch.empty(()).uniform_(self.config.crop, 1.0))
         h, w = max(1, round(height * fraction)), max(1, round(width * fraction))
@@ -192,11 +195,17 @@ class Augmenter:
         left = int(torch.randint(0, width - w + 1, ()))
         return TF.crop(image, top, left, h, w), TF.crop(boxes, top, left, h, w)
 
-    def __call__(self, image: np.ndarray | torch.Tensor, boxes: np.ndarray, region_labels: np.ndarray,
-                 labels: np.ndarray | None = None, meta: Mapping[str, Any] | None = None
-                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """``image (H, W)``, ``boxes (18, 4)`` its pixels, ``region_labels (18, C)`` ->
-        ``(image (h, w) float32 tensor in [0, 1], boxes (18, 4), region labels (18, C))``."""
+    def __call__(self, image, boxes: np.ndarray, region_labels: np.ndarray,
+                 labels: np.ndarray | None = None, meta: Mapping[str, Any] | None = None):
+        """``image (H, W)`` array or tensor, ``boxes (18, 4)`` its pixels, ``region_labels
+        (18, C)`` -> ``(image (h, w) float32 tensor in [0, 1], boxes (18, 4), region labels
+        (18, C))``."""
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
+        from chextriev.model.preprocess import as_image_tensor, clip_boxes
+
         tensor = tv_tensors.Image(as_image_tensor(image)[None])
         boxes = np.asarray(boxes, dtype=np.float32).reshape(NUM_REGIONS, 4)
         region_labels = np.array(region_labels, dtype=np.float32, copy=True)

@@ -213,7 +213,12 @@ def test_augmented_training_bypasses_the_cache_for_the_training_split(tiny_recor
 
 def test_augmented_dataset_gives_new_inputs_each_time_and_plain_validation(tiny_records, tmp_path):
     from chextriev.anatomy.atlas import Atlas
-    from chextriev.training.data import FeatureDataset, ImageDataset, RetrievalDataModule, split_records
+    from chextriev.training.data import (
+        FeatureDataset,
+        ImageDataset,
+        RetrievalDataModule,
+        split_records,
+    )
     from chextriev.training.feature_cache import FeatureCache
 
     splits = split_records(tiny_records)
