@@ -162,10 +162,14 @@ def test_training_from_shards_streamed_with_augmentation(shard_dir, tmp_path, mo
     from chextriev.training.fit import train
 
     monkeypatch.setattr(data_module, "INPUT_CACHE_BYTES", 0)  # too big for memory: stream it
+    epochs: list[int] = []
+    set_epoch = ShardStream.set_epoch
+    monkeypatch.setattr(ShardStream, "set_epoch", lambda self, e: (epochs.append(e), set_epoch(self, e)))
     with caplog.at_level(logging.INFO):
-        result = train(shard_dir, tmp_path / "run", variant="v6", preset="tiny", max_epochs=1, progress=False,
+        result = train(shard_dir, tmp_path / "run", variant="v6", preset="tiny", max_epochs=2, progress=False,
                        cache_dir=tmp_path / "cache", augment="standard")
     assert any("streamed from 3 shard files" in r.getMessage() for r in caplog.records)
+    assert epochs == [0, 1]  # a new shard order every epoch
     assert load_checkpoint(result.best).thresholds is not None
 
 
