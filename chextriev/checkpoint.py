@@ -9,6 +9,13 @@ A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
 
 and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
 included, so no weights file is needed at load time).
+
+Finding thresholds: ``data[THRESHOLDS_KEY]`` (``{"rule", "class_names", "values", "f1",
+"n_images", "epoch"}``, see :mod:`chextriev.training.thresholds`) holds the per-class
+thresholds chosen on validation (max F1). :attr:`LoadedModel.thresholds` is ``(C,)`` with NaN
+for a class without one, or ``None`` for a checkpoint written before thresholds were saved
+(it still loads; the log says so); :meth:`LoadedModel.finding_thresholds` fills the gaps with
+:data:`DEFAULT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from chextriev.anatomy.atlas import Atlas
@@ -33,6 +41,10 @@ from chextriev.precision import describe, prepare_model, resolve_precision
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "model."
+#: Top-level checkpoint key of the finding thresholds chosen on validation.
+THRESHOLDS_KEY = "finding_thresholds"
+#: Probability from which a finding counts as predicted when no threshold was chosen for it.
+DEFAULT_THRESHOLD = 0.5
 
 
 class CheckpointError(ChextrievError):
@@ -66,6 +78,15 @@ class LoadedModel:
     path: Path | None = None
     precision: str = "fp32"
     verify_bf16: bool = False
+    thresholds: np.ndarray | None = None  # (C,) chosen on validation (NaN = none); None: not saved
+    threshold_rule: str | None = None
+
+    def finding_thresholds(self) -> np.ndarray:
+        """``(C,)`` thresholds for predicted findings: the checkpoint's, else (per class, or all
+        for a checkpoint without them) :data:`DEFAULT_THRESHOLD`."""
+        if self.thresholds is None:
+            return np.full(len(self.class_names), DEFAULT_THRESHOLD, np.float32)
+        return np.where(np.isnan(self.thresholds), DEFAULT_THRESHOLD, self.thresholds).astype(np.float32)
 
     def settle_bf16(self, cosine: float, images: int) -> str:
         """End the ``auto`` check: keep bf16 when ``cosine`` (the smallest bf16-to-fp32 cosine of
@@ -168,7 +189,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     path = Path(path)
     device = torch.device(device)
     resolved = resolve_precision(precision, device)
-    model, hparams = model_from_checkpoint_dict(read_checkpoint(path))
+    data = read_checkpoint(path)
+    model, hparams = model_from_checkpoint_dict(data)
     verify = resolved == "bf16" and str(precision).strip().lower() == "auto"
     prepare_model(model.to(device).eval(), "fp32" if verify else resolved)
     log.info("model %s on %s, precision %s%s", path.name, device, describe(precision, device, resolved),
@@ -180,10 +202,12 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         from chextriev.anatomy.detector import AnatomyDetector
 
         detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
+    class_names = tuple(hparams.get("class_names", config.class_names))
+    thresholds, rule = checkpoint_thresholds(data, class_names, path)
     return LoadedModel(
         model=model,
         config=config,
-        class_names=tuple(hparams.get("class_names", config.class_names)),
+        class_names=class_names,
         image_size=int(hparams.get("image_size", config.image_size)),
         checkpoint_id=file_sha256(path)[:16],
         embedding_dim=model.embedding_dim,
@@ -195,4 +219,24 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         path=path,
         precision=resolved,
         verify_bf16=verify,
+        thresholds=thresholds,
+        threshold_rule=rule,
     )
+
+
+def checkpoint_thresholds(data: dict[str, Any], class_names: tuple[str, ...],
+                          path: Path | None = None) -> tuple[np.ndarray | None, str | None]:
+    """``(thresholds (C,) NaN = none, rule)`` saved in a checkpoint dict, or ``(None, None)`` for
+    a checkpoint written before thresholds were saved (logged: findings are then predicted at
+    :data:`DEFAULT_THRESHOLD`). Raises :class:`CheckpointError` when they do not fit the classes."""
+    entry = data.get(THRESHOLDS_KEY)
+    name = path.name if path is not None else "checkpoint"
+    if not entry:
+        log.info("%s has no finding thresholds (written before they were saved): predicted findings use "
+                 "probability >= %.1f; retrain to get thresholds chosen on validation", name, DEFAULT_THRESHOLD)
+        return None, None
+    values = [np.nan if v is None else float(v) for v in entry.get("values", [])]
+    if list(entry.get("class_names", class_names)) != list(class_names) or len(values) != len(class_names):
+        raise CheckpointError(f"{name}: its finding thresholds are for classes {entry.get('class_names')}, "
+                              f"the model has {list(class_names)}")
+    return np.asarray(values, dtype=np.float32), str(entry.get("rule", ""))

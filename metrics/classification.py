@@ -7,6 +7,10 @@
 * :func:`youden_thresholds` picks per class the threshold maximising ``sensitivity +
   specificity - 1`` on validation data; :func:`threshold_metrics` applies given thresholds to
   test data (prediction = ``score >= threshold``).
+* F1 beside AUROC: :func:`classification_report` also chooses per class the threshold of
+  maximal F1 on validation (:func:`chextriev.training.thresholds.max_f1_thresholds`, the rule
+  training saves in every checkpoint) and reports test F1 at it, and test F1 at the thresholds
+  saved in the checkpoint when given (``saved_thresholds``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+
+from chextriev.training.thresholds import max_f1_thresholds
 
 
 def _pair(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +146,12 @@ def threshold_metrics(
     return out
 
 
+def mean_f1(per_class: dict[Any, dict[str, Any]]) -> float | None:
+    """Mean F1 over the classes of a :func:`threshold_metrics` result where it is defined."""
+    values = [v["f1"] for v in per_class.values() if v.get("f1") is not None]
+    return float(np.mean(values)) if values else None
+
+
 def classification_report(
     test_labels: np.ndarray,
     test_scores: np.ndarray,
@@ -147,11 +159,15 @@ def classification_report(
     *,
     val_labels: np.ndarray | None = None,
     val_scores: np.ndarray | None = None,
+    saved_thresholds: np.ndarray | None = None,
+    saved_rule: str | None = None,
 ) -> dict[str, Any]:
-    """AUROC on test, plus Youden thresholds chosen on validation and applied to test.
+    """AUROC on test, plus thresholds chosen on validation and applied to test: Youden's
+    (``"thresholds"``) and max F1 (``"f1"``); with ``saved_thresholds (C,)`` (a checkpoint's,
+    NaN = none) also test F1 at those (``"saved_thresholds"``).
 
-    Without validation data the thresholds section says so (``"thresholds": None``) rather
-    than choosing thresholds on the test set.
+    Without validation data the two chosen sections say so (``None``) rather than choosing
+    thresholds on the test set.
     """
     report: dict[str, Any] = {"auroc": per_class_auroc(test_labels, test_scores, class_names)}
     if val_labels is not None and val_scores is not None:
@@ -160,6 +176,15 @@ def classification_report(
             "chosen_on": "validation (Youden J)",
             "per_class": threshold_metrics(test_labels, test_scores, thresholds, class_names),
         }
+        f1_thresholds, _ = max_f1_thresholds(val_labels, val_scores)
+        per_class = threshold_metrics(test_labels, test_scores, f1_thresholds, class_names)
+        report["f1"] = {"chosen_on": "validation (max F1)", "per_class": per_class, "mean": mean_f1(per_class)}
     else:
         report["thresholds"] = None
+        report["f1"] = None
+    report["saved_thresholds"] = None
+    if saved_thresholds is not None:
+        per_class = threshold_metrics(test_labels, test_scores, np.asarray(saved_thresholds, np.float64), class_names)
+        report["saved_thresholds"] = {"rule": saved_rule or "saved in the checkpoint", "per_class": per_class,
+                                      "mean": mean_f1(per_class)}
     return report

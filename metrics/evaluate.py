@@ -60,6 +60,8 @@ class EvaluationInputs:
     val_labels / val_probabilities (M, C') for Youden thresholds, or None.
     ``probability_columns``: the label columns (C' of them) that the probability columns
     correspond to, when the model classifies only some of the data's classes; all when None.
+    ``saved_thresholds`` (C',): the checkpoint's finding thresholds (NaN = none) for those
+    columns, or None (a checkpoint without them); ``saved_threshold_rule`` how they were chosen.
     """
 
     embeddings: np.ndarray
@@ -75,6 +77,8 @@ class EvaluationInputs:
     val_labels: np.ndarray | None = None
     val_probabilities: np.ndarray | None = None
     probability_columns: Sequence[int] | None = None
+    saved_thresholds: np.ndarray | None = None
+    saved_threshold_rule: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +152,8 @@ def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None 
             prob_names,
             val_labels=inputs.val_labels,
             val_scores=inputs.val_probabilities,
+            saved_thresholds=inputs.saved_thresholds,
+            saved_rule=inputs.saved_threshold_rule,
         )
     if inputs.region_probabilities is not None and inputs.region_labels is not None:
         report["region_auroc"] = region_auroc(

@@ -139,6 +139,8 @@ def build_inputs(
         val_labels = vl[keep][:, d_idx]
         val_probs = val_embedded.probabilities[keep][:, m_idx]
 
+    saved = getattr(loaded, "thresholds", None)
+    saved = None if saved is None or not pairs else np.asarray(saved, np.float32)[m_idx]
     meta = dict(meta or {})
     vectors = embedded.embeddings
     if use_binary_codes and embedded.binary_codes is not None:
@@ -164,6 +166,8 @@ def build_inputs(
         val_labels=val_labels,
         val_probabilities=val_probs,
         probability_columns=d_idx,
+        saved_thresholds=saved,
+        saved_threshold_rule=getattr(loaded, "threshold_rule", None),
         meta=meta,
     )
 

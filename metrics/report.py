@@ -141,12 +141,22 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
     cls = report.get("classification")
     if cls:
         au = cls["auroc"]
-        lines += ["## Classification (AUROC)", "", f"Mean over {au['n_defined']} defined classes: {fmt(au['mean'])}", ""]
+        lines += ["## Classification (AUROC, F1)", "", f"Mean over {au['n_defined']} defined classes: {fmt(au['mean'])}", ""]
         thr = (cls.get("thresholds") or {}).get("per_class", {})
-        lines += ["| class | AUROC | threshold (val, Youden) | sensitivity | specificity | F1 |", "|---|---|---|---|---|---|"]
+        f1 = (cls.get("f1") or {}).get("per_class", {})
+        saved = (cls.get("saved_thresholds") or {}).get("per_class", {})
+        for label, block in (("max-F1 thresholds chosen on validation", cls.get("f1")),
+                             ("the checkpoint's thresholds", cls.get("saved_thresholds"))):
+            if block:
+                lines.append(f"Mean test F1 at {label}: {fmt(block.get('mean'))}")
+        if "checkpoint" in (report.get("meta") or {}) and not cls.get("saved_thresholds"):
+            lines.append("The checkpoint has no finding thresholds (written before they were saved).")
+        lines += ["", ("| class | AUROC | F1 | threshold (val, max F1) | F1 (checkpoint threshold) | checkpoint "
+                       "threshold | threshold (val, Youden) | sensitivity | specificity | F1 (Youden) |"), "|---" * 10 + "|"]
         for name, v in au["per_class"].items():
-            t = thr.get(name, {})
-            lines.append(f"| {name} | {fmt(v)} | {fmt(t.get('threshold'))} | {fmt(t.get('sensitivity'))} | "
+            t, f, c = thr.get(name, {}), f1.get(name, {}), saved.get(name, {})
+            lines.append(f"| {name} | {fmt(v)} | {fmt(f.get('f1'))} | {fmt(f.get('threshold'))} | {fmt(c.get('f1'))} | "
+                         f"{fmt(c.get('threshold'))} | {fmt(t.get('threshold'))} | {fmt(t.get('sensitivity'))} | "
                          f"{fmt(t.get('specificity'))} | {fmt(t.get('f1'))} |")
         if not cls.get("thresholds"):
             lines.append("\nNo validation data: thresholds not chosen (never chosen on test).")

@@ -20,7 +20,7 @@ from PIL import Image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="anything `chextriev index --source` reads")
+    parser.add_argument("source", help="anything `chextriev index --data` reads")
     parser.add_argument("--side", type=int, default=1024, help="--preview-side (default 1024)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     args = parser.parse_args()

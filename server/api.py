@@ -161,7 +161,8 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     ids = [int(hit.image_id) for hit in hits]
     rows = svc.images(ids) if ids else []
     stored_regions = svc.region_embeddings(ids) if query.region_embeddings is not None and ids else None
-    findings = findings_list(query.probabilities, class_names)
+    thresholds = svc.finding_thresholds  # per class, chosen on validation (0.5 without)
+    findings = findings_list(query.probabilities, class_names, thresholds)
     predicted = [item["name"] for item in findings if item["predicted"]]
     finding = filters.get("finding")
     results = []
@@ -174,7 +175,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
             thumbnail_url=url_for("api.thumbnail", image_id=int(hit.image_id)),
             preview_url=_preview_url(int(hit.image_id)),
             image_url=url_for("api.image", image_id=int(hit.image_id)), finding_filter=finding,
-            viewer_template=current_app.config.get("VIEWER_URL")))
+            viewer_template=current_app.config.get("VIEWER_URL"), threshold=thresholds))
     timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
@@ -344,7 +345,7 @@ def image(image_id: int):
     svc = service()
     svc.require_ready()
     row = _image_row(image_id)
-    detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"))
+    detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"), svc.finding_thresholds)
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
     detail["preview_source"] = "preview" if svc.preview(image_id, check_only=True) else "thumbnail"

@@ -101,7 +101,7 @@ SCHEMAS: dict[str, Any] = {
                                                                                     "enum": ["ok"]}}},
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
         "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
-        "predicted": {"type": "boolean", "description": "probability >= 0.5"}}},
+        "predicted": {"type": "boolean", "description": "probability >= the checkpoint's threshold for the class (chosen on validation, max F1; 0.5 without one)"}}},
     "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
@@ -126,7 +126,7 @@ SCHEMAS: dict[str, Any] = {
         "image_url": {"type": "string", "description": "archive queries only"},
         "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
         "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
-        "predicted_findings": {**_NAMES, "description": "findings with probability >= 0.5, most likely first"},
+        "predicted_findings": {**_NAMES, "description": "findings at or above their class thresholds (see Finding.predicted), most likely first"},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -139,7 +139,7 @@ SCHEMAS: dict[str, Any] = {
         "view": _NSTR, "sex": _NSTR, "age": _NNUM,
         "known_findings": {**_NNAMES, "description": "labels from reports or annotations; null when the image's "
                                                      "labels are unknown"},
-        "predicted_findings": {**_NNAMES, "description": "the model's findings at probability >= 0.5 (stored at "
+        "predicted_findings": {**_NNAMES, "description": "the model's findings at its class thresholds (probabilities stored at "
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},

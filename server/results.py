@@ -2,7 +2,8 @@
 and the per-region match explanation.
 
 Known findings (the archive's labels, from reports or annotations) and predicted findings (the
-model's probabilities at :data:`FINDING_THRESHOLD`) are always separate fields, never merged.
+model's probabilities at the checkpoint's per-class thresholds, chosen on validation, or
+:data:`FINDING_THRESHOLD` where it has none) are always separate fields, never merged.
 
 Region matching: for a query and a result with region embeddings ``q, r (18, R)`` (each row
 L2-normalised), the region similarity is the row-wise cosine ``(q * r).sum(-1)`` ``(18,)``;
@@ -29,7 +30,7 @@ import numpy as np
 
 from chextriev.vocab import REGIONS
 
-#: Probability from which a query finding counts as predicted (and hits are marked on results).
+#: Probability from which a finding counts as predicted when the checkpoint has no threshold for it.
 FINDING_THRESHOLD = 0.5
 #: How many best-matching regions each result names.
 TOP_REGIONS = 3
@@ -54,11 +55,13 @@ def jsonable(value: Any) -> Any:
 
 
 def findings_list(probabilities: np.ndarray, class_names: Sequence[str],
-                  threshold: float = FINDING_THRESHOLD) -> list[dict]:
-    """``probabilities (C,)`` as ``[{name, probability, predicted}]``, most likely first."""
+                  threshold: float | np.ndarray = FINDING_THRESHOLD) -> list[dict]:
+    """``probabilities (C,)`` as ``[{name, probability, predicted}]``, most likely first;
+    ``threshold``: one for all classes or ``(C,)`` per class."""
     order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
+    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), np.shape(probabilities))
     return [{"name": class_names[i], "probability": round(float(probabilities[i]), 4),
-             "predicted": bool(probabilities[i] >= threshold)} for i in order]
+             "predicted": bool(probabilities[i] >= limits[i])} for i in order]
 
 
 def boxes_list(boxes: np.ndarray | None) -> list[dict]:
@@ -114,7 +117,7 @@ def as_probabilities(value: Any, class_names: Sequence[str]) -> np.ndarray | Non
 
 
 def predicted_findings(probabilities: np.ndarray | None, class_names: Sequence[str],
-                       threshold: float = FINDING_THRESHOLD) -> list[str] | None:
+                       threshold: float | np.ndarray = FINDING_THRESHOLD) -> list[str] | None:
     """Names of the findings with ``probabilities (C,)`` at or above ``threshold``, most likely
     first; ``None`` when no probabilities are known."""
     if probabilities is None:
@@ -201,7 +204,8 @@ def dicom_fields(row: Mapping[str, Any], viewer_template: str | None) -> dict:
 
 def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list[dict],
                 query_findings: set[str], class_names: Sequence[str], thumbnail_url: str, preview_url: str,
-                image_url: str, finding_filter: str | None = None, viewer_template: str | None = None) -> dict:
+                image_url: str, finding_filter: str | None = None, viewer_template: str | None = None,
+                threshold: float | np.ndarray = FINDING_THRESHOLD) -> dict:
     """One search result as JSON (no patient identifier other than the stored pseudonym).
 
     ``known_findings`` and ``predicted_findings`` stay apart; ``shared_findings`` are the known
@@ -221,7 +225,7 @@ def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list
         "age": jsonable(row.get("age")),
         "known_findings": known,
         "predicted_findings": predicted_findings(as_probabilities(row.get("probabilities"), class_names),
-                                                 class_names),
+                                                 class_names, threshold),
         "shared_findings": sorted(query_findings & set(known or ())),
         "matched_regions": matched_regions,
         "thumbnail_url": thumbnail_url,
@@ -240,7 +244,7 @@ DETAIL_FIELDS = ("id", "image_id", "patient", "study", "view", "sex", "age", "st
 
 
 def image_detail(row: Mapping[str, Any], class_names: Sequence[str],
-                 viewer_template: str | None = None) -> dict:
+                 viewer_template: str | None = None, threshold: float | np.ndarray = FINDING_THRESHOLD) -> dict:
     """``GET /images/<id>``: metadata, DICOM UIDs (and the viewer link), findings, predicted
     and region probabilities, boxes."""
     probabilities = as_probabilities(row.get("probabilities"), class_names)
@@ -249,7 +253,8 @@ def image_detail(row: Mapping[str, Any], class_names: Sequence[str],
     detail.update(dicom_fields(row, viewer_template))
     detail["known_findings"] = known_findings(row)
     detail["class_names"] = list(class_names)
-    detail["predicted_findings"] = [] if probabilities is None else findings_list(probabilities, class_names)
+    detail["predicted_findings"] = [] if probabilities is None else findings_list(probabilities, class_names,
+                                                                                  threshold)
     detail["region_probabilities"] = None if region_probabilities is None else [
         {"region": REGIONS[i], "index": i,
          "probabilities": {name: jsonable(round(float(p), 4)) for name, p in zip(class_names, row_p)}}

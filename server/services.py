@@ -339,6 +339,13 @@ class SearchService:
         self.require_ready()
         return tuple(self.model.class_names)
 
+    @property
+    def finding_thresholds(self) -> np.ndarray:
+        """``(C,)`` probability from which each finding counts as predicted: the checkpoint's
+        thresholds chosen on validation (max F1), 0.5 where it has none (older checkpoints)."""
+        self.require_ready()
+        return self.model.finding_thresholds()
+
     def embed(self, pixels: np.ndarray, boxes: np.ndarray | None = None,
               timings: dict[str, float] | None = None) -> QueryEmbedding:
         """Embed one ``(H, W)`` image with THE embedding function (``embed_images``).

@@ -44,7 +44,8 @@ def test_console_script_lists_every_subcommand():
     from chextriev_cli.main import build_parser
 
     help_text = build_parser().format_help()
-    for command in ("synth", "train", "train-detector", "evaluate", "index", "db", "serve", "demo"):
+    for command in ("synth", "train", "train-detector", "shards", "evaluate", "index", "db", "serve",
+                    "demo"):
         assert command in help_text
 
 

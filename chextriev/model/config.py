@@ -86,6 +86,9 @@ class ModelConfig:
     image_size: int = 512  # square model input (roi, global, ATH); crop mode crops the original
     crop_size: int = 224  # crop mode: every region crop of the original is resized to crop_size^2
     roi_output: int = 3  # roi mode: RoIAlign output grid, averaged to one vector per region
+    # fraction of each side kept around the image centre before the model input (1 = the whole
+    # image); set by training with random crops (chextriev.training.augment), as classifiers do
+    center_crop: float = 1.0
     train_backbone: bool = False
     backbone_weights: str | None = None  # local state-dict file (not saved: the checkpoint holds the weights)
     # layout and input of the backbone: torchvision (3 channels, ImageNet-normalised) | xrv
@@ -137,6 +140,8 @@ class ModelConfig:
             if side != XRV_INPUT_SIZE:
                 raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "
                                  f"{name}={XRV_INPUT_SIZE} (got {side})")
+        if not 0.0 < self.center_crop <= 1.0:
+            raise ValueError(f"center_crop must be in (0, 1], got {self.center_crop}")
         if not 0.0 <= self.graph_importance <= 1.0:
             raise ValueError(f"graph_importance must be in [0, 1], got {self.graph_importance}")
         object.__setattr__(self, "class_names", tuple(self.class_names))

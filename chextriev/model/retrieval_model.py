@@ -19,6 +19,7 @@ Every model (``build_model`` result) is a :class:`RetrievalModel`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,8 +61,11 @@ class RetrievalModel(nn.Module):
     @property
     def max_input_side(self) -> int | None:
         """The largest image side the model can use: ``None`` when it reads the full-resolution
-        original (``crop`` mode), else ``image_size`` (a caller may shrink images to it)."""
-        return None if self.config.crops_original else int(self.config.image_size)
+        original (``crop`` mode), else ``image_size`` (a caller may shrink images to it), divided
+        by ``center_crop`` when the model takes the centre of the image."""
+        if self.config.crops_original:
+            return None
+        return math.ceil(self.config.image_size / self.config.center_crop)
 
     def input_boxes(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """``(18, 4)`` original-pixel boxes of an ``(H, W)`` image -> model-input boxes."""

@@ -1,5 +1,9 @@
 """``chextriev train``: train one variant or baseline and write its checkpoints.
 
+``chextriev shards write --data ARCHIVE --out DIR --max-side N --shard-size S``: the archive
+as preprocessed tar shards (downscaled images + labels + boxes, :mod:`chextriev.training.shards`),
+for ``chextriev train --data DIR`` (detected) or ``--shards DIR`` on network storage.
+
 Also registers ``chextriev train-detector`` from :mod:`chextriev.anatomy.cli` when that module
 exists (the CLI dispatcher lists this module for both commands).
 """
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from chextriev.cli_options import add_data_option, add_epochs_option, add_out_dir
 from chextriev.model.config import BACKBONES, VARIANTS, WEIGHTS_FORMATS
+from chextriev.training.augment import AUGMENTATIONS
 from chextriev.training.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--variant", default="v6", help=f"one of: {', '.join(VARIANTS)}")
     parser.add_argument("--preset", default="synthetic-small", help=f"one of: {', '.join(PRESETS)}")
-    add_data_option(parser, required=True, help="archive folder (any layout load_records reads)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    add_data_option(source, help="archive folder (any layout load_records reads, or a shard folder)")
+    source.add_argument("--shards", type=Path, metavar="DIR",
+                        help="shard folder written by `chextriev shards write`")
+    parser.add_argument("--augment", default=None,
+                        help="training augmentation, overrides the preset's: one of: " + ", ".join(AUGMENTATIONS))
     add_out_dir(parser, required=True, help="run folder for checkpoints and logs")
     parser.add_argument("--class-list", default="imagenome",
                         help="class list for readers that need one (imagenome, nih, chexpert)")
@@ -70,6 +80,7 @@ def register(subparsers) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bar on stderr")
     parser.set_defaults(func=run_train)
+    register_shards(subparsers)
     try:
         anatomy_cli = importlib.import_module("chextriev.anatomy.cli")
     except ModuleNotFoundError as error:
@@ -95,10 +106,19 @@ def run_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.augment is not None:
+        from chextriev.training.augment import get_augmentation
+
+        get_augmentation(args.augment)
+    if args.shards is not None:
+        from chextriev.training.shards import read_index
+
+        read_index(args.shards)  # a missing or unfinished shard folder fails here, with the reason
+    data = args.shards if args.shards is not None else args.data
     read_options = {"class_list": args.class_list}
     read_options.update({k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v})
     result = train(
-        args.data, args.out, read_options=read_options, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
+        data, args.out, augment=args.augment, read_options=read_options, variant=args.variant.lower(), preset=args.preset, max_epochs=args.max_epochs,
         backbone_weights=args.backbone_weights, train_backbone=args.train_backbone, seed=args.seed,
         devices=args.devices, strategy=args.strategy, precision=args.precision, cache_dir=args.cache_dir,
         batch_size=args.batch_size, lr=args.lr, progress=args.progress, model_overrides=backbone,
@@ -107,4 +127,54 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"trained {args.variant} ({args.preset}); splits {result.splits}; best validation mAP@10 {score}")
     print(f"best checkpoint: {result.best}")
     print(f"last checkpoint: {result.last}")
+    return 0
+
+
+def register_shards(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "shards", help="preprocessed training shards (downscaled images + labels + boxes in tar files)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="shards_command", metavar="ACTION")
+    actions.required = True
+    write = actions.add_parser("write", help="write an archive's records as shards (index.json written last)")
+    add_data_option(write, required=True, help="archive folder (any layout load_records reads)")
+    add_out_dir(write, required=True, help="shard folder (shard-000000.tar ... and index.json)")
+    write.add_argument("--max-side", type=int, default=1024,
+                       help="longest side of the stored images (default 1024; keep it >= the model's input size)")
+    write.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default 1000)")
+    write.add_argument("--class-list", default="imagenome",
+                       help="class list for readers that need one (imagenome, nih, chexpert)")
+    write.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
+                       help="CheXpert: uncertain labels become 1, 0 or masked")
+    write.add_argument("--blank", default=None, choices=("zeros", "mask"), help="CheXpert: not-mentioned labels")
+    write.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="progress bar on stderr")
+    write.set_defaults(func=run_shards_write)
+    verify = actions.add_parser("verify", help="check every shard's size and sha256 against index.json")
+    verify.add_argument("dir", type=Path)
+    verify.set_defaults(func=run_shards_verify)
+
+
+def run_shards_write(args: argparse.Namespace) -> int:
+    from chextriev.io.datasets import load_records
+    from chextriev.training.shards import read_index, write_shards
+
+    read_options = {"class_list": args.class_list}
+    read_options.update({k: v for k, v in (("uncertainty", args.uncertainty), ("blank", args.blank)) if v})
+    records = load_records(args.data, **read_options)
+    index_path = write_shards(records, args.out, max_side=args.max_side, shard_size=args.shard_size,
+                              progress=args.progress)
+    index = read_index(args.out)
+    size = sum(s["bytes"] for s in index["shards"])
+    print(f"wrote {len(index['samples'])} images in {len(index['shards'])} shards ({size / 2**20:.1f} MiB, "
+          f"max side {args.max_side}) to {args.out}; {len(index['skipped'])} skipped")
+    print(f"index: {index_path}")
+    return 0
+
+
+def run_shards_verify(args: argparse.Namespace) -> int:
+    from chextriev.training.shards import read_index
+
+    index = read_index(args.dir, verify=True)
+    print(f"{args.dir}: {len(index['shards'])} shards, {len(index['samples'])} images, all sizes and sha256 match")
     return 0

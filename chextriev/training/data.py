@@ -35,7 +35,9 @@ from chextriev.model.config import ModelConfig
 from chextriev.model.preprocess import input_boxes, prepare_input
 from chextriev.model.tensors import box_mask
 from chextriev.records import Record
+from chextriev.training.augment import AugmentConfig, Augmenter, base_side
 from chextriev.training.feature_cache import FeatureCache, config_signature
+from chextriev.training.shards import ShardStream, is_shard_record, read_shard_image, shrink
 from chextriev.vocab import NUM_REGIONS
 
 log = logging.getLogger(__name__)
@@ -114,11 +116,22 @@ def record_boxes(record: Record, atlas: Atlas, shape: tuple[int, int]) -> np.nda
 INPUT_CACHE_BYTES = 1 << 30
 
 
-def input_bytes(config: ModelConfig) -> int:
-    """Bytes of one prepared float32 model input of ``config``."""
+def input_bytes(config: ModelConfig, augment: AugmentConfig | None = None) -> int:
+    """Bytes of one prepared float32 model input of ``config`` (with ``augment``: of one kept
+    base image, see :class:`ImageDataset`)."""
+    if augment is not None and augment.enabled and not config.crops_original:
+        return 4 * base_side(config.image_size, augment) ** 2
     if config.crops_original:
         return 4 * 18 * config.crop_size**2
     return 4 * config.image_size**2
+
+
+def read_record_image(record: Record) -> np.ndarray:
+    """``(H, W)`` float32 in [0, 1]: the record's image (a shard record's stored image, see
+    :mod:`chextriev.training.shards`, else :func:`chextriev.io.images.load_image`)."""
+    if is_shard_record(record):
+        return read_shard_image(record)
+    return load_image(record.source)
 
 
 class ImageDataset(Dataset):
@@ -129,34 +142,64 @@ class ImageDataset(Dataset):
     tensors, so the same training; ATH decodes and resizes each image once instead of once per
     epoch). :class:`RetrievalDataModule` asks for it when the whole split fits in
     :data:`INPUT_CACHE_BYTES` and the loader runs in the main process.
+
+    With ``augment`` (an enabled :class:`~chextriev.training.augment.AugmentConfig`) every item
+    is a new random augmentation of the image (:class:`~chextriev.training.augment.Augmenter`,
+    boxes and region labels transformed with it) before ``prepare_input`` (without the centre
+    crop: the random crop replaces it); ``keep_inputs`` then keeps the decoded images, shrunk
+    for ``roi``/global models to :func:`~chextriev.training.augment.base_side` pixels.
     """
 
-    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas, keep_inputs: bool = False):
+    def __init__(self, records: Sequence[Record], config: ModelConfig, atlas: Atlas, keep_inputs: bool = False,
+                 augment: AugmentConfig | None = None):
         self.records = list(records)
         self.config = config
         self.atlas = atlas
-        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if keep_inputs else None
+        self.augmenter = Augmenter(augment, config.class_names) if augment is not None and augment.enabled else None
+        self.kept: dict[int, tuple] | None = {} if keep_inputs else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _inputs(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _base(self, index: int, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The (shrunk) decoded image and its boxes, before augmentation."""
         if self.kept is not None and index in self.kept:
             return self.kept[index]
         record = self.records[index]
-        image = load_image(record.source)
+        image = read_record_image(record) if image is None else image
+        boxes = record_boxes(record, self.atlas, image.shape)
+        if not self.config.crops_original:
+            image, boxes = shrink(image, boxes, base_side(self.config.image_size, self.augmenter.config))
+        if self.kept is not None:
+            self.kept[index] = (image, boxes)
+        return image, boxes
+
+    def _inputs(self, index: int, image: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kept is not None and index in self.kept:
+            return self.kept[index]
+        record = self.records[index]
+        image = read_record_image(record) if image is None else image
         prepared = prepare_input(self.config, image, record_boxes(record, self.atlas, image.shape))
         if self.kept is not None:
             self.kept[index] = prepared
         return prepared
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def item(self, index: int, image: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Item ``index`` (``image``: its decoded image when the caller has read it already)."""
         record = self.records[index]
-        inputs, boxes = self._inputs(index)
         labels, region = label_arrays(record, self.config.num_classes)
+        if self.augmenter is not None:
+            base, boxes = self._base(index, image)
+            augmented, boxes, region = self.augmenter(base, boxes, region, labels, record.meta)
+            inputs, boxes = prepare_input(self.config, augmented, boxes, apply_center_crop=False)
+        else:
+            inputs, boxes = self._inputs(index, image)
         return {"image": inputs, "boxes": boxes,
                 "labels": torch.from_numpy(labels), "region_labels": torch.from_numpy(region),
                 "index": torch.tensor(index)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.item(index)
 
 
 class FeatureDataset(Dataset):
@@ -180,6 +223,16 @@ class FeatureDataset(Dataset):
                 "index": torch.tensor(index)}
 
 
+def content_hashes(cache: FeatureCache, records: Sequence[Record]) -> list[str]:
+    """Content hash of each record's image: a shard record's from the shard index (the stored
+    image's sha256), the others from the cache's memo (no re-read per training start)."""
+    out: list[str | None] = [r.meta["shard"]["sha256"] if is_shard_record(r) else None for r in records]
+    files = [i for i, value in enumerate(out) if value is None]
+    for i, value in zip(files, cache.content_hashes(records[i].source for i in files)):
+        out[i] = value
+    return out  # type: ignore[return-value]
+
+
 @torch.inference_mode()
 def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: FeatureCache,
                    batch_size: int = 16, device: str | torch.device = "cpu",
@@ -188,7 +241,7 @@ def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: Featur
     config: ModelConfig = model.config
     signature = config_signature(config)
     keys, masks, original_boxes = [], [], []
-    hashes = cache.content_hashes(record.source for record in records)  # memoised: no re-read per start
+    hashes = content_hashes(cache, records)
     for record, image_hash in zip(records, hashes):
         shape = record_shape(record)
         boxes = record_boxes(record, atlas, shape)
@@ -203,7 +256,7 @@ def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: Featur
         for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", leave=False):
             chunk = indices[start:start + batch_size]
             # the model's own input: resized image, or (crop mode) the crops of the original
-            inputs, boxes = extractor.prepare_batch([load_image(records[i].source) for i in chunk],
+            inputs, boxes = extractor.prepare_batch([read_record_image(records[i]) for i in chunk],
                                                     [original_boxes[i] for i in chunk])
             out.append(extractor.extract(inputs.to(device), boxes.to(device)).float().cpu())
         return torch.cat(out).numpy()
@@ -214,35 +267,79 @@ def cache_features(model, records: Sequence[Record], atlas: Atlas, cache: Featur
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Train / validate / test loaders over records, with cached features when the backbone is frozen."""
+    """Train / validate / test loaders over records, with cached features when the backbone is frozen.
+
+    ``augment`` (an enabled :class:`~chextriev.training.augment.AugmentConfig`) augments the
+    training split: its inputs change every epoch, so it is read as images (an
+    :class:`ImageDataset`) even when the backbone is frozen, and the backbone runs on every
+    training batch; validation and test stay un-augmented (and cached). Shard records
+    (:func:`chextriev.training.shards.load_shard_records`) read as images are streamed shard by
+    shard (:class:`~chextriev.training.shards.ShardStream`) unless the split fits in memory or
+    several processes train.
+    """
 
     def __init__(self, splits: dict[str, list[Record]], model, atlas: Atlas, batch_size: int = 16,
-                 num_workers: int = 0, cache: FeatureCache | None = None, device: str | torch.device = "cpu"):
+                 num_workers: int = 0, cache: FeatureCache | None = None, device: str | torch.device = "cpu",
+                 augment: AugmentConfig | None = None, seed: int = 0):
         super().__init__()
         self.splits, self.model, self.atlas = splits, model, atlas
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache, self.device = cache, device
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = seed
         self.datasets: dict[str, Dataset] = {}
+        self._features: dict[str, FeatureDataset] = {}
 
     @property
     def uses_features(self) -> bool:
         return self.cache is not None and self.model.config.cacheable
 
+    def augmented(self, name: str) -> bool:
+        return name == "train" and self.augment is not None
+
+    def feature_dataset(self, name: str) -> FeatureDataset:
+        """The cached (un-augmented) features of split ``name`` (also for an augmented training
+        split: the feature standardisation is fitted on them)."""
+        if not self.uses_features:
+            raise DataFormatError("no frozen-feature cache: this model's features are not cached")
+        if name not in self._features:
+            self._features[name] = cache_features(self.model, self.splits[name], self.atlas, self.cache,
+                                                  device=self.device, desc=f"features {name}")
+        return self._features[name]
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
     def setup(self, stage: str | None = None) -> None:
         for name, records in self.splits.items():
             if name in self.datasets or not records:
                 continue
-            if self.uses_features:
-                self.datasets[name] = cache_features(self.model, records, self.atlas, self.cache,
-                                                     device=self.device, desc=f"features {name}")
+            augmented = self.augmented(name)
+            if self.uses_features and not augmented:
+                self.datasets[name] = self.feature_dataset(name)
+                continue
+            if augmented and self.uses_features:
+                log.info("augmentation %r: the training split is read as images every epoch (augmented inputs "
+                         "cannot come from the frozen-feature cache; the backbone runs on every training batch); "
+                         "validation and test are not augmented and use the cache", self.augment.name)
+            keep = (self.num_workers == 0
+                    and len(records) * input_bytes(self.model.config, self.augment if augmented else None)
+                    <= INPUT_CACHE_BYTES)
+            dataset = ImageDataset(records, self.model.config, self.atlas, keep_inputs=keep,
+                                   augment=self.augment if augmented else None)
+            if not keep and name == "train" and self._world_size() == 1 and all(map(is_shard_record, records)):
+                log.info("training split streamed from %d shard files", len({r.meta["shard"]["path"] for r in records}))
+                self.datasets[name] = ShardStream(records, dataset.item, seed=self.seed)
             else:
-                keep = self.num_workers == 0 and len(records) * input_bytes(self.model.config) <= INPUT_CACHE_BYTES
-                self.datasets[name] = ImageDataset(records, self.model.config, self.atlas, keep_inputs=keep)
+                self.datasets[name] = dataset
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.datasets:
             raise DataFormatError(f"no records in the {name} split")
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+        dataset = self.datasets[name]
+        streamed = isinstance(dataset, ShardStream)  # shuffles itself
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and not streamed,
                           num_workers=self.num_workers, drop_last=False,
                           persistent_workers=self.num_workers > 0)
 

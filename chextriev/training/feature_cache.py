@@ -63,15 +63,17 @@ def content_hash(source: str | Path | bytes) -> str:
 
 
 def config_signature(config: ModelConfig) -> str:
-    """The part of the key that depends on the model: backbone, weights, mode, sizes."""
+    """The part of the key that depends on the model: backbone, weights, mode, sizes, and the
+    centre crop when there is one (keys of models without one are unchanged)."""
     kind = "global" if config.kind == "global" else "regions"
     weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
+    center = [f"center-{config.center_crop:g}"] if config.center_crop < 1.0 else []
     if kind == "regions" and config.feature_mode == "crop":  # crops of the original: no image_size
-        return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size)])
+        return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size), *center])
     parts = [kind, config.backbone, weights, str(config.image_size)]
     if kind == "regions":
         parts += [config.feature_mode, str(config.roi_output)]
-    return "|".join(parts)
+    return "|".join(parts + center)
 
 
 def _is_busy(error: sqlite3.Error) -> bool:

@@ -31,10 +31,12 @@ from chextriev.errors import DataFormatError
 from chextriev.model.adjacency import as_tuple, cooccurrence_adjacency
 from chextriev.model.config import XRV_INPUT_SIZE, get_config
 from chextriev.records import Record
+from chextriev.training.augment import get_augmentation
 from chextriev.training.data import RetrievalDataModule, feature_statistics, split_records
 from chextriev.training.feature_cache import FeatureCache
 from chextriev.training.module import MONITOR, RetrievalModule
 from chextriev.training.presets import get_preset
+from chextriev.training.shards import is_shard_dir, load_shard_records
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,8 @@ def fit_feature_stats(model, data: RetrievalDataModule) -> bool:
     target = model.feature_module()
     if target is None or not data.uses_features:
         return False
-    data.setup("fit")
-    mean, std = feature_statistics(data.datasets["train"])
+    # the un-augmented cached features (an augmented training split is read as images)
+    mean, std = feature_statistics(data.feature_dataset("train"))
     target.set_feature_stats(mean, std)
     return True
 
@@ -159,9 +161,16 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
                   train_backbone: bool = False, seed: int = 0, devices: Any = "auto",
                   strategy: str = "auto", precision: str | None = None, cache_dir: str | Path | None = None,
                   batch_size: int | None = None, lr: float | None = None, progress: bool = True,
-                  model_overrides: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``variant`` with ``preset`` on ``records`` (patient-disjoint splits from ``split``)."""
+                  model_overrides: dict[str, Any] | None = None, augment: str | None = None) -> TrainResult:
+    """Train ``variant`` with ``preset`` on ``records`` (patient-disjoint splits from ``split``).
+
+    ``augment`` (an :data:`~chextriev.training.augment.AUGMENTATIONS` name) overrides the
+    preset's training augmentation; with random crops the model takes the centre crop at test
+    (``center_crop`` in its config)."""
     settings = get_preset(preset)
+    if augment is not None:
+        settings = replace(settings, augment=augment)
+    augmentation = get_augmentation(settings.augment)
     if max_epochs is not None:
         settings = replace(settings, max_epochs=int(max_epochs))
     if batch_size is not None:
@@ -180,15 +189,18 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
     pl.seed_everything(seed, workers=True)
     atlas = Atlas.fit(splits["train"])
     adjacency = cooccurrence_adjacency(r.region_labels for r in splits["train"])
+    overrides = {"center_crop": augmentation.test_center_crop} if augmentation.enabled else {}
+    overrides.update(model_overrides or {})
     config = resolve_config(variant, settings.model, class_names, adjacency,
                             backbone_weights=backbone_weights, **({"train_backbone": True} if train_backbone else {}),
-                            **(model_overrides or {}))
+                            **overrides)
     monitor, mode = selection_metric(config)
     module = RetrievalModule(
         model_config=config.to_dict(), variant=variant, preset=preset, class_names=list(class_names),
         image_size=config.image_size, atlas=atlas.to_dict(), adjacency=[list(r) for r in config.adjacency],
         lr=settings.lr, weight_decay=settings.weight_decay, plateau_patience=settings.plateau_patience,
         plateau_factor=settings.plateau_factor, val_k=settings.val_k, monitor=monitor, monitor_mode=mode,
+        augmentation=augmentation.to_dict(),
     )
     accelerator = _accelerator(devices)
     if precision is None:
@@ -196,7 +208,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
     cache = FeatureCache(cache_dir) if settings.cache_features and config.cacheable else None
     data = RetrievalDataModule(splits, module.model, atlas, batch_size=settings.batch_size,
                                num_workers=settings.num_workers, cache=cache,
-                               device="cuda" if accelerator == "gpu" else "cpu")
+                               device="cuda" if accelerator == "gpu" else "cpu", augment=augmentation, seed=seed)
     fit_feature_stats(module.model, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +236,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")  # ShardStream
         trainer.fit(module, datamodule=data)
     best = out / "best.ckpt"
     last = out / "last.ckpt"
@@ -237,8 +250,15 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
 def train(data: str | Path, out: str | Path, *, read_options: dict[str, Any] | None = None,
           **options: Any) -> TrainResult:
     """Load the records of ``data`` (any layout ``load_records`` reads, with ``read_options``
-    such as ``class_list`` or CheXpert's ``uncertainty``) and :func:`train_records`. Masked
-    (NaN) labels are left out of the loss."""
+    such as ``class_list`` or CheXpert's ``uncertainty``; or a shard folder written by
+    ``chextriev shards write``, :mod:`chextriev.training.shards`) and :func:`train_records`.
+    Masked (NaN) labels are left out of the loss."""
     from chextriev.io.datasets import load_records
 
+    if is_shard_dir(data):
+        if read_options and any(k in read_options for k in ("uncertainty", "blank")):
+            raise DataFormatError(f"{data} holds shards: their label policy was fixed when they were written "
+                                  "(pass --uncertainty/--blank to `chextriev shards write`)")
+        log.info("%s holds preprocessed shards", data)
+        return train_records(load_shard_records(data), out, **options)
     return train_records(load_records(data, **(read_options or {})), out, **options)

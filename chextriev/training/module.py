@@ -9,7 +9,13 @@ Validation embeds the whole validation set with :func:`chextriev.embedding.embed
 (the same path as :func:`chextriev.embedding.embed_images` after the frozen backbone), gathers
 every rank's embeddings and labels, and logs ``val_mAP10`` (retrieval mAP@k, SPEC protocol,
 ``skip=False``, class average, by :func:`chextriev.retrieval.retrieval_scores`, the same core
-as ``chextriev evaluate``) computed once on the whole set; checkpoints select on it.
+as ``chextriev evaluate``) computed once on the whole set; checkpoints select on it. The same
+validation pass chooses per-class finding thresholds (max F1, :mod:`chextriev.training.thresholds`)
+from the image-level probabilities; every checkpoint stores the latest under
+:data:`chextriev.checkpoint.THRESHOLDS_KEY` (``on_save_checkpoint``), so ``best.ckpt`` holds the
+thresholds of its own epoch. ``hyper_parameters["augmentation"]`` records the training
+augmentation (``AugmentConfig.to_dict()``; informative: the model's input path depends only on
+``model_config``, whose ``center_crop`` the augmentation set).
 
 Several processes: each rank gets ``ceil(N / world)`` validation items from Lightning's
 ``DistributedSampler`` (padded with repeats of the first items), ``all_gather`` stacks them,
@@ -28,10 +34,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from chextriev.checkpoint import THRESHOLDS_KEY
 from chextriev.embedding import outputs_to_arrays
 from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.retrieval import retrieval_scores
+from chextriev.training.thresholds import threshold_entry
 
 MONITOR = "val_mAP10"
 
@@ -42,13 +50,14 @@ class RetrievalModule(pl.LightningModule):
                  atlas: dict[str, Any] | None = None, adjacency: list[list[int]] | None = None,
                  lr: float = 1e-4, weight_decay: float = 0.0, plateau_patience: int = 3,
                  plateau_factor: float = 0.5, val_k: int = 10, monitor: str = MONITOR, monitor_mode: str = "max",
-                 model_format: int = MODEL_FORMAT):
+                 model_format: int = MODEL_FORMAT, augmentation: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(dict(model_config))
         self.model = build_from_config(self.config)
         self._val: list[dict[str, torch.Tensor]] = []
         self.last_val_scores: dict[str, float] = {}
+        self.finding_thresholds: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ steps
     def _output(self, batch: dict[str, torch.Tensor]):
@@ -92,12 +101,27 @@ class RetrievalModule(pl.LightningModule):
         _, first = np.unique(index, return_index=True)  # drop the sampler's padding duplicates
         embeddings = local["embeddings"].float().cpu().numpy()[first]
         labels = local["labels"].float().cpu().numpy()[first]
+        probabilities = local["probabilities"].float().cpu().numpy()[first]
+        self.finding_thresholds = threshold_entry(labels, probabilities, list(self.config.class_names),
+                                                  epoch=int(self.current_epoch))
         k = int(self.hparams.val_k)
         scores = retrieval_scores(embeddings, labels, k=k)
         self.last_val_scores = scores
         self.log(MONITOR, scores["mAP"], prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.log(f"val_mHR{k}", scores["mHR"], sync_dist=False)
         self.log(f"val_mRR{k}", scores["mRR"], sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.finding_thresholds is not None:
+            checkpoint[THRESHOLDS_KEY] = self.finding_thresholds
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.finding_thresholds = checkpoint.get(THRESHOLDS_KEY)
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # a shard stream: a new shard order every epoch
+            dataset.set_epoch(int(self.current_epoch))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -12,6 +12,10 @@
   full-resolution original), width 1024, 8 heads of 64, Adam lr 1e-4, batch 16 x gradient
   accumulation 8, ReduceLROnPlateau on validation mAP@10, early stop (patience 10), up to 100
   epochs.
+* ``synthetic-small-aug``, ``mimic-aug`` — the same with the ``standard`` training
+  augmentation (:mod:`chextriev.training.augment`: random crop, shift, rotation, scale,
+  perspective, brightness and contrast, horizontal flips where the findings allow them); the
+  model then takes the centre crop at test. The published presets train without augmentation.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Preset:
     val_k: int = 10
     num_workers: int = 0
     cache_features: bool = True  # cache frozen backbone features on disk
+    augment: str = "none"  # chextriev.training.augment.AUGMENTATIONS name (training split only)
 
 
 PRESETS: dict[str, Preset] = {
@@ -56,6 +61,8 @@ PRESETS: dict[str, Preset] = {
         num_workers=8,
     ),
 }
+PRESETS["synthetic-small-aug"] = replace(PRESETS["synthetic-small"], name="synthetic-small-aug", augment="standard")
+PRESETS["mimic-aug"] = replace(PRESETS["mimic"], name="mimic-aug", augment="standard")
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:

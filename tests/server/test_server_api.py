@@ -145,10 +145,11 @@ def test_known_and_predicted_findings_come_apart(client, app):
     target = int(service.catalog.index.ids[0])
     body = client.post(f"/api/v1/search/by-id/{target}", data={"k": "100"}).json
     rows = {row["id"]: row for row in service.images([r["id"] for r in body["results"]])}
+    thresholds = dict(zip(class_names, service.finding_thresholds))  # the checkpoint's (0.5 without)
     for result in body["results"]:
         row = rows[result["id"]]
         assert result["known_findings"] == [name for name, flag in row["known_findings"].items() if flag]
-        expected = sorted((name for name in class_names if row["probabilities"][name] >= 0.5),
+        expected = sorted((name for name in class_names if row["probabilities"][name] >= thresholds[name]),
                           key=lambda name: -row["probabilities"][name])
         assert result["predicted_findings"] == expected
         assert "finding_filter" not in result
@@ -157,7 +158,29 @@ def test_known_and_predicted_findings_come_apart(client, app):
     assert query["known_findings"] is not None and query["preview_url"] == f"/api/v1/images/{target}/preview"
     probabilities = {f["name"]: f["probability"] for f in query["findings"]}
     assert query["predicted_findings"] == [f["name"] for f in query["findings"] if f["predicted"]]
-    assert all(probabilities[name] >= 0.5 for name in query["predicted_findings"])
+    assert all(probabilities[name] >= thresholds[name] - 1e-4 for name in query["predicted_findings"])
+
+
+def test_predicted_findings_use_the_checkpoint_thresholds(client, app, monkeypatch):
+    """Each class predicted at its own threshold chosen on validation (0.5 where there is none)."""
+    service = app.extensions["chextriev"]
+    class_names = service.class_names
+    assert service.model.thresholds is not None and len(service.model.thresholds) == len(class_names)
+    forced = np.full(len(class_names), 1.5, np.float32)  # nothing reaches it...
+    forced[1] = 0.0  # ...but every image has class 1
+    forced[2] = np.nan  # no threshold: 0.5
+    monkeypatch.setattr(service.model, "thresholds", forced)
+    target = int(service.catalog.index.ids[0])
+    body = client.post(f"/api/v1/search/by-id/{target}", data={"k": "5"}).json
+    rows = {row["id"]: row for row in service.images([r["id"] for r in body["results"]])}
+    for result in body["results"]:
+        at_half = rows[result["id"]]["probabilities"][class_names[2]] >= 0.5
+        assert set(result["predicted_findings"]) == {class_names[1], *([class_names[2]] if at_half else [])}
+    query = body["query"]
+    assert class_names[1] in query["predicted_findings"] and class_names[0] not in query["predicted_findings"]
+    detail = client.get(f"/api/v1/images/{target}").json
+    assert not any(f["predicted"] for f in detail["predicted_findings"] if f["name"] == class_names[0])
+    assert any(f["predicted"] for f in detail["predicted_findings"] if f["name"] == class_names[1])
 
 
 def test_the_finding_filter_says_whether_it_used_the_label_or_the_prediction(client, app):
