@@ -53,12 +53,12 @@ class BundleError(ChextrievError):
     """An index bundle that names a file which is not there (or not the one recorded)."""
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in chunks (:func:`indexer.vector_index.sha256_file`, the one
+    used for every index file; imported here so that this module loads without Faiss)."""
+    from indexer.vector_index import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def checkpoint_copy_name(checkpoint_id: str) -> str:

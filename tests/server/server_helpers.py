@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +37,14 @@ def stop_server(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_for(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.2):
+    """Poll ``condition`` until it is truthy (returns it) or ``seconds`` pass (fails, saying ``what``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {seconds:.0f} s: {what}")

@@ -16,19 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port
+from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
 
 from server import create_app
-
-
-def _wait(condition, seconds: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +96,10 @@ def test_a_failed_load_is_retried_with_backoff_and_a_broken_build_is_survived(ti
     assert first.headers["Retry-After"] == "1"
     time.sleep(1.05)
     client.get("/api/v1/readyz")  # due: retried in the background, fails again, waits longer
-    _wait(lambda: service._failures == 2 and not service._busy.locked(), 30, "a second attempt")
+    wait_for(lambda: service._failures == 2 and not service._busy.locked(), 30, "a second attempt")
     assert int(client.get("/api/v1/readyz").headers["Retry-After"]) == 2
     shutil.copytree(tiny_index.index_dir, index_dir, dirs_exist_ok=True)  # the index arrives
-    _wait(lambda: client.get("/api/v1/readyz").status_code == 200, 60, "ready after the retry")
+    wait_for(lambda: client.get("/api/v1/readyz").status_code == 200, 60, "ready after the retry")
     assert client.post("/api/v1/search/by-id/1", data={"k": "2"}).status_code == 200
     # a new build that cannot be loaded: the old one keeps serving, the reload is retried
     manifest = index_dir / "manifest.json"
@@ -121,14 +111,14 @@ def test_a_failed_load_is_retried_with_backoff_and_a_broken_build_is_survived(ti
     tmp.write_text(json.dumps(broken))
     tmp.replace(manifest)
     client.get("/api/v1/readyz")
-    _wait(lambda: service.reload_error, 30, "the failed reload reported")
+    wait_for(lambda: service.reload_error, 30, "the failed reload reported")
     ready = client.get("/api/v1/readyz")
     assert ready.status_code == 200 and "missing" in ready.json["reload_error"]
     assert client.post("/api/v1/search/by-id/1", data={"k": "2"}).status_code == 200
     tmp.write_text(good)
     tmp.replace(manifest)  # fixed: picked up after the backoff
     time.sleep(1.05)
-    _wait(lambda: client.get("/api/v1/readyz").json.get("reload_error") is None
+    wait_for(lambda: client.get("/api/v1/readyz").json.get("reload_error") is None
           and not service._busy.locked(), 30, "the reload retried")
     assert service.catalog.build_id == json.loads(good)["build_id"]
 
@@ -233,25 +223,25 @@ def test_a_running_server_follows_the_index_without_a_5xx(tiny_index, tmp_path):
              "--workers", "2", "--threads", "2"],
             cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: _ready(base) or process.poll() is not None, 120, "the server ready")
+        wait_for(lambda: _ready(base) or process.poll() is not None, 120, "the server ready")
         assert process.poll() is None, log_path.read_text()[-2000:]
         query = min(before)
         with SearchLoop(base, query) as loop:
-            _wait(lambda: len(loop.builds) == 2, 60, "both workers answered")
+            wait_for(lambda: len(loop.builds) == 2, 60, "both workers answered")
             # 1. the index grows under the server: the new images are found
             _index("--source", str(archive), "--checkpoint", str(copy), *common)
             after = _ids_in(index_dir)
             new = after - before
             assert len(new) == 4
             build = json.loads((index_dir / "manifest.json").read_text())["build_id"]
-            _wait(lambda: set(loop.builds.values()) == {build} and len(loop.builds) == 2, 60,
+            wait_for(lambda: set(loop.builds.values()) == {build} and len(loop.builds) == 2, 60,
                   "both workers on the new build")
-            _wait(lambda: new <= loop.seen_ids, 30, "the new images in the results")
+            wait_for(lambda: new <= loop.seen_ids, 30, "the new images in the results")
             # 2. an image leaves: 404 on every route of every worker, never in results
             gone = max(new)
             _index("remove", "--index-dir", str(index_dir), str(gone))
             build = json.loads((index_dir / "manifest.json").read_text())["build_id"]
-            _wait(lambda: set(loop.builds.values()) == {build}, 60, "both workers after the removal")
+            wait_for(lambda: set(loop.builds.values()) == {build}, 60, "both workers after the removal")
             for _ in range(6):  # requests land on either worker
                 for response in (requests.get(f"{base}/api/v1/images/{gone}", timeout=30),
                                  requests.get(f"{base}/api/v1/images/{gone}/thumbnail", timeout=30),
@@ -265,7 +255,7 @@ def test_a_running_server_follows_the_index_without_a_5xx(tiny_index, tmp_path):
             # 3. a full rebuild under the server
             _index("repair", "--index-dir", str(index_dir))
             build = json.loads((index_dir / "manifest.json").read_text())["build_id"]
-            _wait(lambda: set(loop.builds.values()) == {build}, 60, "both workers after the rebuild")
+            wait_for(lambda: set(loop.builds.values()) == {build}, 60, "both workers after the rebuild")
             time.sleep(1)
         assert not loop.errors, loop.errors[:3]
         assert len(loop.codes) > 20 and all(code == 200 for code in loop.codes), sorted(set(loop.codes))

@@ -13,12 +13,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
+from server_helpers import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Bounds of every load loop here: at most this many requests, for at most this long.
@@ -41,17 +41,6 @@ def newcomers(master: int, count: int, old: set[int], *, old_gone: bool = False)
     if len(pids) != count or (old_gone and pids & old):
         return set()
     return pids - old
-
-
-def wait_for(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.2):
-    """Poll ``condition`` until it is truthy (returns it) or ``seconds`` pass (fails, saying ``what``)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {seconds:.0f} s: {what}")
 
 
 def ready_pid(base: str) -> int | None:
