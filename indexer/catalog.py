@@ -14,7 +14,9 @@ Filters (``search(..., filters={...})``), all optional and combined with AND:
 * ``sex``: ``"M"``/``"F"``;
 * ``age_min`` / ``age_max``: years, inclusive (unknown ages never match);
 * ``finding``: a finding name or a list (all must hold). An image holds a finding when its
-  known label is 1, or, when its labels are unknown, when its predicted probability is >= 0.5.
+  known label is 1, or, when its labels are unknown, when its predicted probability reaches the
+  class's threshold (``Catalog.open(..., finding_thresholds=)``: the server passes the
+  checkpoint's, chosen on validation; 0.5 for a class without one).
 
 A search with filters is exact over the allowed set when that set is at most 50,000 images
 (brute force on the exact vectors), else it runs on the approximate index with an ID selector.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -101,7 +103,7 @@ class _Snapshot:
     sex: np.ndarray  # int16 codes into ``sexes``
     age: np.ndarray
     class_names: tuple[str, ...]
-    holds: np.ndarray  # (n, C) bool: image holds finding c (known label, else p >= 0.5)
+    holds: np.ndarray  # (n, C) bool: image holds finding c (known label, else p >= its threshold)
     views: tuple[str, ...] = ()
     sexes: tuple[str, ...] = ()
     size: int = 0
@@ -121,9 +123,15 @@ class _Snapshot:
                               [np.zeros(0, np.int64)])
 
 
-def _metadata_query(class_names: Sequence[str]):
+#: the predicted-finding threshold of a class the caller gave none for
+DEFAULT_FINDING_THRESHOLD = 0.5
+
+
+def _metadata_query(class_names: Sequence[str], thresholds: Mapping[str, float] | None = None):
     """The columns of :class:`_Snapshot` for indexed rows, the finding bits computed by the
-    database from the JSON columns (packed: bit c of ``holds<g>`` is class ``60 g + c``)."""
+    database from the JSON columns (packed: bit c of ``holds<g>`` is class ``60 g + c``); a
+    prediction counts at ``thresholds[name]`` (default :data:`DEFAULT_FINDING_THRESHOLD`)."""
+    thresholds = thresholds or {}
     known_text = cast(Image.known_findings, Text)
     has_known = and_(Image.known_findings.isnot(None), known_text.notin_(("null", "{}")))
     columns = [Image.id, Image.vector_slot, Image.patient_id, func.upper(Image.view),
@@ -132,7 +140,8 @@ def _metadata_query(class_names: Sequence[str]):
         bits = []
         for bit, name in enumerate(class_names[group:group + _BITS]):
             known = func.coalesce(Image.known_findings[name].as_float(), 0.0) != 0
-            predicted = func.coalesce(Image.probabilities[name].as_float(), 0.0) >= 0.5
+            cut = float(thresholds.get(name, DEFAULT_FINDING_THRESHOLD))
+            predicted = func.coalesce(Image.probabilities[name].as_float(), 0.0) >= cut
             bits.append(case((or_(and_(has_known, known), and_(~has_known, predicted)),
                               literal(1 << bit, BigInteger)), else_=literal(0, BigInteger)))
         columns.append(reduce(operator.add, bits))
@@ -156,8 +165,10 @@ def _codes(values: np.ndarray, vocab: list[str]) -> np.ndarray:
 class Catalog:
     """SQL metadata + vector store + Faiss index of one indexed archive (read only)."""
 
-    def __init__(self, engine, *, db_url: str, index_dir: Path, device: str = "cpu"):
+    def __init__(self, engine, *, db_url: str, index_dir: Path, device: str = "cpu",
+                 finding_thresholds: Mapping[str, float] | None = None):
         self.engine = engine
+        self.finding_thresholds = dict(finding_thresholds or {})
         self.sessions = make_sessionmaker(engine)
         self.db_url = db_url
         self.index_dir = Path(index_dir)
@@ -166,15 +177,18 @@ class Catalog:
         self._snap = self._load()
 
     @classmethod
-    def open(cls, db_url: str | None, index_dir: str | Path, *, device: str = "cpu") -> Catalog:
+    def open(cls, db_url: str | None, index_dir: str | Path, *, device: str = "cpu",
+             finding_thresholds: Mapping[str, float] | None = None) -> Catalog:
         """Open the database at ``db_url`` (default ``sqlite:///<index_dir>/catalog.sqlite``)
-        and the index saved in ``index_dir``. Raises ChextrievError when either is missing, or
+        and the index saved in ``index_dir``; ``finding_thresholds`` (class name -> threshold)
+        decide which predicted findings the ``finding`` filter counts (0.5 for the others). Raises ChextrievError when either is missing, or
         when the catalog's schema revision is not this code's (naming ``chextriev db upgrade``)."""
         index_dir = Path(index_dir)
         db_url = db_url or default_db_url(index_dir)
         engine = make_engine(db_url, create=False)
         try:
-            return cls(engine, db_url=db_url, index_dir=index_dir, device=device)
+            return cls(engine, db_url=db_url, index_dir=index_dir, device=device,
+                       finding_thresholds=finding_thresholds)
         except BaseException:
             engine.dispose()
             raise
@@ -202,7 +216,7 @@ class Catalog:
             if previous is not None:
                 class_names = previous.class_names
                 new_rows = _columns(connection.execute(
-                    _metadata_query(class_names).where(Image.id > previous.top)
+                    _metadata_query(class_names, self.finding_thresholds).where(Image.id > previous.top)
                     .order_by(Image.id)).all(), 6 + -(-len(class_names) // _BITS))
                 if int(state.removals) == previous.removals:
                     # nothing left the indexed set: the old rows and the new ones (ids only grow)
@@ -216,7 +230,7 @@ class Catalog:
                 first = session.execute(select(Image.probabilities).where(
                     Image.status == STATUS_INDEXED).order_by(Image.id).limit(1)).scalar()
                 class_names = tuple(first or ())
-            query = _metadata_query(class_names)
+            query = _metadata_query(class_names, self.finding_thresholds)
             width = 6 + -(-len(class_names) // _BITS)
             if previous is None:
                 cols = _columns(connection.execute(query.order_by(Image.id)).all(), width)

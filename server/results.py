@@ -126,9 +126,10 @@ def predicted_findings(probabilities: np.ndarray | None, class_names: Sequence[s
 
 
 #: What the catalog's ``finding`` filter tested for an image (``indexer.catalog``: the known
-#: label when the image has labels, else the predicted probability at 0.5).
-FINDING_FILTER_RULE = ("known label when the image has labels, else predicted probability >= "
-                       f"{FINDING_THRESHOLD}")
+#: label when the image has labels, else the predicted probability at the class's threshold).
+FINDING_FILTER_RULE = ("known label when the image has labels, else predicted probability >= the "
+                       "checkpoint's threshold for the finding (chosen on validation, max F1; "
+                       f"{FINDING_THRESHOLD} without one), as in the predicted findings shown")
 
 
 def finding_filter_basis(row: Mapping[str, Any]) -> str:

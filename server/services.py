@@ -158,7 +158,9 @@ class SearchService:
         model = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
                                 precision=self.precision)
         index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        catalog = Catalog.open(self.db_url, self.index_dir, device=index_device)
+        thresholds = dict(zip(model.class_names, map(float, model.finding_thresholds())))
+        catalog = Catalog.open(self.db_url, self.index_dir, device=index_device,
+                               finding_thresholds=thresholds)
         try:
             self._check_checkpoint(model, catalog, checkpoint)
         except BaseException:

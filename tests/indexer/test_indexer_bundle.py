@@ -186,3 +186,42 @@ def test_the_bundle_is_recorded_and_carried_over(tmp_path, fake_embedder):
     with pytest.raises(BundleError, match="needs a checkpoint file"):
         BuildRecord.from_embedder(fake_embedder, index_dir=index_dir, index_type="auto",
                                   device="cpu", copy=True)
+
+
+def test_the_finding_filter_counts_predictions_at_the_given_thresholds(tmp_path, catalog_url):
+    """Predicted findings count at each class's threshold (the checkpoint's, as the server
+    shows them), known labels still win, and a reload keeps the thresholds."""
+    index_dir = tmp_path / "idx"
+    vectors = clustered_vectors(120, seed=3)
+    write_embedded(index_dir, vectors, db_url=catalog_url)
+    sessions = _sessions(index_dir, catalog_url)
+    with sessions() as session:
+        session.execute(update(Image).where(Image.id <= 10).values(known_findings={"lung opacity": 0}))
+        session.commit()
+        rows = session.query(Image.id, Image.probabilities).order_by(Image.id).all()
+    p = np.array([row.probabilities["lung opacity"] for row in rows])
+    cut = float(np.quantile(p, 0.8))  # far from 0.5: the two rules select different images
+    assert ((p >= cut) != (p >= 0.5)).sum() > 10
+
+    def matched(catalog):
+        hits = catalog.search(vectors[:1], 120, filters={"finding": "lung opacity"})[0]
+        return {h.image_id for h in hits}
+
+    ids = np.array([row.id for row in rows])
+    unlabelled = ids > 10
+    plain = Catalog.open(catalog_url, index_dir)
+    tuned = Catalog.open(catalog_url, index_dir, finding_thresholds={"lung opacity": cut})
+    try:
+        assert matched(plain) == set(ids[unlabelled & (p >= 0.5)].tolist())
+        assert matched(tuned) == set(ids[unlabelled & (p >= cut)].tolist())
+        write_embedded(index_dir, clustered_vectors(20, seed=4), db_url=catalog_url, start=120)
+        assert tuned.reload() is True
+        with sessions() as session:
+            new = session.query(Image.id, Image.probabilities).filter(Image.id > 120).all()
+        grown = set(ids[unlabelled & (p >= cut)].tolist()) | {
+            row.id for row in new if row.probabilities["lung opacity"] >= cut}
+        hits = tuned.search(vectors[:1], 140, filters={"finding": "lung opacity"})[0]
+        assert {h.image_id for h in hits} == grown
+    finally:
+        plain.close()
+        tuned.close()
