@@ -42,6 +42,7 @@ from chextriev.io.fields import (
     normalise_age,
     normalise_date,
     normalise_sex,
+    normalise_text,
     uid_problem,
     view_decision,
 )
@@ -131,10 +132,10 @@ def catalog_meta(record: Record, policy: IngestPolicy | None = None) -> dict[str
     if record.labels is not None and record.class_names:
         known = {name: int(v) for name, v in zip(record.class_names, record.labels)}
     fields = {
-        "image_id": _text(record.image_id),
-        "patient_id": _text(record.patient_id),
-        "study_id": _text(record.study_id),
-        **{name: _text(meta.get(name)) for name in UID_FIELDS},
+        "image_id": normalise_text(record.image_id),
+        "patient_id": normalise_text(record.patient_id),
+        "study_id": normalise_text(record.study_id),
+        **{name: normalise_text(meta.get(name)) for name in UID_FIELDS},
         "study_date": normalise_date(meta.get("study_date") or meta.get("StudyDate")),
         "sex": normalise_sex(meta.get("sex")),
         "age": normalise_age(meta.get("age")),
@@ -152,13 +153,6 @@ def catalog_meta(record: Record, policy: IngestPolicy | None = None) -> dict[str
         if fields[name] and len(fields[name]) > limit:
             raise FieldError(f"{name} is longer than {limit} characters ({len(fields[name])})")
     return fields
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:

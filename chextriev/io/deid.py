@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import ChextrievError, UnknownNameError
-from chextriev.io.fields import normalise_date
+from chextriev.io.fields import normalise_date, normalise_text
 
 PSEUDONYM_KEY_ENV = "CHEXTRIEV_PSEUDONYM_KEY"
 #: ``shift``: each patient's dates move by the same keyed number of days; ``year``: only the year.
@@ -139,26 +139,21 @@ class Deidentifier:
         ``pseudonymised: True``. ``image_id_source`` ``"dataset"`` marks an image id that is the
         SOPInstanceUID (it then gets the UID's pseudonym, so the two agree)."""
         out = dict(meta)
-        raw_patient = _text(meta.get("patient_id"))
+        raw_patient = normalise_text(meta.get("patient_id"))
         for name in ("patient_id", "study_id"):
-            value = _text(meta.get(name))
+            value = normalise_text(meta.get(name))
             out[name] = None if value is None else self.pseudonym(value)
         for name in UID_FIELDS:
-            value = _text(meta.get(name))
+            value = normalise_text(meta.get(name))
             out[name] = None if value is None else self.uid(value)
-        image_id = _text(meta.get("image_id"))
-        sop = _text(meta.get("sop_instance_uid"))
+        image_id = normalise_text(meta.get("image_id"))
+        sop = normalise_text(meta.get("sop_instance_uid"))
         if image_id is not None:
             same_as_sop = image_id_source == "dataset" and image_id == sop
             out["image_id"] = self.uid(image_id) if same_as_sop else self.pseudonym(image_id)
-        anchor = raw_patient or _text(meta.get("study_id")) or image_id
+        anchor = raw_patient or normalise_text(meta.get("study_id")) or image_id
         out["study_date"] = self.date(meta.get("study_date"), anchor)
         out["pseudonymised"] = True
         return out
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None

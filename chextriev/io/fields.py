@@ -48,6 +48,14 @@ def view_decision(view: str | None) -> tuple[str | None, str | None]:
     return text, f"non-frontal view {text} (only PA/AP are indexed)"
 
 
+def normalise_text(value: Any) -> str | None:
+    """``value`` as stripped text; ``None`` for ``None`` or blank."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def normalise_sex(value: Any) -> str | None:
     """``"M"`` / ``"F"`` / ``"O"`` from ``M``, ``male``, ``F``, ``female``, ``O``, ``other``."""
     if value is None:

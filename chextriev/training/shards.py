@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from chextriev.checkpoint import file_sha256
 from chextriev.errors import DataFormatError
 from chextriev.records import Record
 
@@ -181,7 +182,7 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
         handle.close()
         name = SHARD_PATTERN.format(len(shards))
         _fsync_replace(tmp, out / name)
-        shards.append({"name": name, "bytes": (out / name).stat().st_size, "sha256": _file_sha256(out / name),
+        shards.append({"name": name, "bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name),
                        "samples": in_shard})
         tar = handle = tmp = None
         in_shard = 0
@@ -237,14 +238,6 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
     return out / INDEX
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_index(directory: str | Path, verify: bool = False) -> dict[str, Any]:
     """The shard folder's index, every listed shard checked to exist with its listed size
     (``verify``: and its sha256). Raises :class:`DataFormatError` naming what is wrong."""
@@ -266,7 +259,7 @@ def read_index(directory: str | Path, verify: bool = False) -> dict[str, Any]:
         if not file.is_file():
             raise DataFormatError(f"shard {file} listed in {INDEX} is missing: rerun `chextriev shards write`")
         size = file.stat().st_size
-        if size != shard["bytes"] or (verify and _file_sha256(file) != shard["sha256"]):
+        if size != shard["bytes"] or (verify and file_sha256(file) != shard["sha256"]):
             raise DataFormatError(f"shard {file} is {size} bytes, its index says {shard['bytes']}"
                                   f"{' (or its sha256 differs)' if verify else ''}: truncated or replaced; "
                                   "rerun `chextriev shards write`")

@@ -52,6 +52,13 @@ def _assert_same(got: dict, want: dict) -> None:
     np.testing.assert_array_equal(got["holds"], want["holds"])
 
 
+def _assert_same_snapshot(catalog: Catalog, fresh: Catalog) -> None:
+    """A reloaded catalog holds what a fresh open reads: arrays and columns."""
+    for name in ("ids", "slots", "patient_pk", "age", "holds"):
+        np.testing.assert_array_equal(getattr(catalog._snap, name), getattr(fresh._snap, name))
+    _assert_same(_columns(catalog), _columns(fresh))
+
+
 def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, catalog_url):
     index_dir = tmp_path / "idx"
     vectors = clustered_vectors(260, dim=32, seed=3)
@@ -73,10 +80,7 @@ def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, ca
         assert catalog.reload() is True and catalog.size == 230
         fresh = Catalog.open(catalog_url, index_dir)
         try:
-            for name in ("ids", "slots", "patient_pk", "age", "holds"):
-                np.testing.assert_array_equal(getattr(catalog._snap, name),
-                                              getattr(fresh._snap, name))
-            _assert_same(_columns(catalog), _columns(fresh))
+            _assert_same_snapshot(catalog, fresh)
         finally:
             fresh.close()
         # grow and shrink (remove), then reload
@@ -87,10 +91,7 @@ def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, ca
         assert catalog._snap is not previous and catalog.size == 258
         fresh = Catalog.open(catalog_url, index_dir)
         try:
-            for name in ("ids", "slots", "patient_pk", "age", "holds"):
-                np.testing.assert_array_equal(getattr(catalog._snap, name),
-                                              getattr(fresh._snap, name))
-            _assert_same(_columns(catalog), _columns(fresh))
+            _assert_same_snapshot(catalog, fresh)
             _assert_same(_columns(catalog), _expected(catalog))
             query = vectors[7:9]
             for options in ({}, {"filters": {"view": "AP"}}, {"filters": {"sex": "F", "age_min": 30}},

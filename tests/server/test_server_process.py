@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from server_helpers import wait_for
+from server_helpers import stop_server, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Bounds of every load loop here: at most this many requests, for at most this long.
@@ -264,9 +264,4 @@ def test_a_request_past_the_timeout_ends_its_worker(free_port, tmp_path):
         assert second != first and process.poll() is None
         assert "over the 2 s timeout" in log_path.read_text()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
