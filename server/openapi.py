@@ -210,6 +210,8 @@ SCHEMAS: dict[str, Any] = {
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
+        "compiled": {"type": "boolean",
+                     "description": "the backbone trunk runs compiled by torch (--compile on, compilation succeeded)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 
