@@ -81,9 +81,17 @@ class CompiledTrunk:
         try:
             return self.compiled(inputs)
         except Exception as error:  # torch raises many kinds for a missing or failing compiler
-            self.failed = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+            self.failed = describe_failure(error)
             log.warning("--compile: compiling the backbone trunk failed (%s); running it eagerly", self.failed)
             return self.trunk(inputs)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the log: the exception's type and the most specific line of its message
+    (TorchInductor wraps the cause: "backend='inductor' raised:" then the real error)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.endswith("raised:") and not line.startswith("Set TORCH")]
+    return f"{type(error).__name__}: {(useful or lines or [''])[0][:300]}"
 
 
 def enable_compiled_trunk(model) -> bool:
