@@ -61,7 +61,9 @@ class LoadedModel:
     ``precision`` the resolved precision the model runs in (``"fp32"`` or ``"bf16"``, see
     :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16);
     ``verify_bf16`` is True while an ``auto`` bf16 choice waits for its check on the first
-    embedded batch (:meth:`settle_bf16`; weights stay float32 until then).
+    embedded batch (:meth:`settle_bf16`; weights stay float32 until then); ``compile`` whether
+    the frozen trunk runs compiled at inference (:mod:`chextriev.compiled`; with a pending
+    ``auto`` check it is compiled once the check has settled the precision).
     """
 
     model: RetrievalModel
@@ -80,6 +82,8 @@ class LoadedModel:
     verify_bf16: bool = False
     thresholds: np.ndarray | None = None  # (C,) chosen on validation (NaN = none); None: not saved
     threshold_rule: str | None = None
+    compile: bool = False
+    compile_batch: int = 1  # the batch size the compiled trunk is warmed up for
 
     def finding_thresholds(self) -> np.ndarray:
         """``(C,)`` thresholds for predicted findings: the checkpoint's, else (per class, or all
@@ -98,8 +102,10 @@ class LoadedModel:
         if cosine >= BF16_MIN_COSINE:
             prepare_model(self.model, "bf16")
             log.info("precision auto: bf16 kept (smallest cosine to fp32 %.6f over %d images)", cosine, images)
+            self.start_compiled()
             return self.precision
         self.precision = "fp32"
+        self.start_compiled()
         detector = getattr(self.box_provider, "detector", None)
         if detector is not None and hasattr(detector, "precision"):
             detector.precision = "fp32"
@@ -107,6 +113,17 @@ class LoadedModel:
                     "%.3f over %d images): running in fp32 (--precision bf16 forces bf16)", cosine,
                     BF16_MIN_COSINE, images)
         return self.precision
+
+    def start_compiled(self) -> float | None:
+        """With ``compile`` and the precision settled: compile the trunk now (see
+        :func:`chextriev.compiled.warm_up`). Returns the seconds it took, or None."""
+        if not self.compile or self.verify_bf16:
+            return None
+        from chextriev.compiled import enable_compiled_trunk, warm_up
+
+        if not enable_compiled_trunk(self.model):
+            return None
+        return warm_up(self, self.compile_batch)
 
     @property
     def max_input_side(self) -> int | None:
@@ -174,7 +191,8 @@ def model_from_checkpoint_dict(data: dict[str, Any]) -> tuple[RetrievalModel, di
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    detector_path: str | Path | None = None, precision: str = "fp32") -> LoadedModel:
+                    detector_path: str | Path | None = None, precision: str = "fp32",
+                    compile: bool = False, compile_batch: int = 1) -> LoadedModel:
     """Load ``path`` (a ``chextriev train`` checkpoint) for inference.
 
     Args:
@@ -185,6 +203,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         precision: ``"fp32"`` (default: the reference numerics), ``"bf16"``, or ``"auto"``
             (bf16 where the device computes it natively; the commands' default). See
             :mod:`chextriev.precision`.
+        compile: run the frozen trunk compiled (:mod:`chextriev.compiled`), warmed up here for
+            batches of ``compile_batch`` (after the first batch's check under ``auto``).
     """
     path = Path(path)
     device = torch.device(device)
@@ -204,7 +224,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
     class_names = tuple(hparams.get("class_names", config.class_names))
     thresholds, rule = checkpoint_thresholds(data, class_names, path)
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         config=config,
         class_names=class_names,
@@ -221,7 +241,11 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         verify_bf16=verify,
         thresholds=thresholds,
         threshold_rule=rule,
+        compile=bool(compile),
+        compile_batch=max(1, int(compile_batch)),
     )
+    loaded.start_compiled()
+    return loaded
 
 
 def checkpoint_thresholds(data: dict[str, Any], class_names: tuple[str, ...],

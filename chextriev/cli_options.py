@@ -105,6 +105,28 @@ def add_precision_option(parser: argparse.ArgumentParser) -> argparse.Action:
              f"bf16, else fp32; ${ENV_VAR} overrides")
 
 
+def add_compile_option(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--compile {off,on}`` of the commands that run the model at inference: the frozen trunk
+    compiled by torch (:mod:`chextriev.compiled`, which imports torch only when it compiles;
+    ``$CHEXTRIEV_COMPILE`` sets the default)."""
+    from chextriev.compiled import ENV_VAR, default_compile
+
+    return parser.add_argument(
+        "--compile", default=default_compile(), type=_compile_mode, metavar="{off,on}",
+        help=f"run the frozen backbone compiled by torch (TorchInductor): faster on a CPU after a "
+             f"one-off compilation of 10-30 s at start (default off; ${ENV_VAR} sets it)")
+
+
+def _compile_mode(text: str) -> str:
+    from chextriev.compiled import parse_compile
+    from chextriev.errors import ChextrievError
+
+    try:
+        return parse_compile(text)
+    except ChextrievError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # ----------------------------------------------------------------------------- named options
 
 def add_data_option(parser: argparse.ArgumentParser, *, help: str, required: bool = False,

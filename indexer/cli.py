@@ -33,6 +33,7 @@ from chextriev.cli_options import (
     add_data_option,
     add_device_option,
     add_json_option,
+    add_compile_option,
     add_precision_option,
     print_json,
 )
@@ -97,6 +98,7 @@ def register(subparsers) -> None:
     _common(parser, required_dir=False)
     add_device_option(parser, help="torch device for the model")
     add_precision_option(parser)
+    add_compile_option(parser)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="decoding processes (0 = decode in the main process)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
@@ -262,7 +264,7 @@ def _index(args) -> int:
     if args.shard_dir is not None:
         raise ChextrievError("--shard-dir only applies with --devices / --num-nodes")
     embedder = ModelEmbedder(args.checkpoint, device=args.device, detector=args.detector,
-                             batch_size=args.batch_size, precision=args.precision)
+                             batch_size=args.batch_size, precision=args.precision, compile=args.compile)
     summary = run_index(
         source, embedder=embedder, index_dir=index_dir, db_url=args.db,
         workers=args.workers, batch_size=args.batch_size, index_type=args.index_type,
@@ -287,7 +289,7 @@ def _index_distributed(args, source, index_dir: Path, policy) -> int:
 
     def embedder_factory(device: str):
         return ModelEmbedder(args.checkpoint, device=device, detector=args.detector,
-                             batch_size=args.batch_size, precision=args.precision)
+                             batch_size=args.batch_size, precision=args.precision, compile=args.compile)
 
     device = resolve_device(args.device)
     accelerator = "cpu" if device == "cpu" else "gpu"

@@ -47,12 +47,13 @@ class ModelEmbedder:
     """A checkpoint's model (loaded once) applied through ``embed_images``."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "auto",
-                 detector: str | Path | None = None, batch_size: int = 16, precision: str = "auto"):
+                 detector: str | Path | None = None, batch_size: int = 16, precision: str = "auto",
+                 compile: str = "off"):
         from chextriev.checkpoint import load_checkpoint
 
         self.device = resolve_device(device)
         self.loaded = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
-                                      precision=precision)
+                                      precision=precision, compile=compile == "on", compile_batch=batch_size)
         self.checkpoint_id = self.loaded.checkpoint_id
         self.embedding_dim = int(self.loaded.embedding_dim)
         self.class_names = tuple(self.loaded.class_names)

@@ -23,6 +23,7 @@ from chextriev.cli_options import (
     add_device_option,
     add_json_option,
     add_out_dir,
+    add_compile_option,
     add_precision_option,
     print_json,
     resolve_device,
@@ -68,6 +69,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     add_device_option(p, default="cpu", help="torch device for the model")
     add_precision_option(p)
+    add_compile_option(p)
     p.add_argument("--detector", type=Path, default=None, help="anatomy detector for images without boxes")
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
@@ -122,7 +124,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.localization and args.cam_method == "ham" and args.ham_checkpoint is None:
         raise DataFormatError("--cam-method ham needs --ham-checkpoint (a HAM network from `chextriev train-ham`)")
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), detector_path=args.detector,
-                             precision=args.precision)
+                             precision=args.precision, compile=args.compile == "on",
+                             compile_batch=args.batch_size)
     all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
     records = select_split(all_records, args.split)
     if args.max_images:

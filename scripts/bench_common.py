@@ -46,7 +46,6 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     feature standardisation fitted on ``images`` (fp32), as a ``chextriev train`` checkpoint."""
     import torch
 
-    from chextriev.embedding import prepare_batch
     from chextriev.model.build import build_from_config
     from chextriev.model.config import MODEL_FORMAT, get_config
 
@@ -65,7 +64,7 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
         rows = []
         with torch.inference_mode():
             for start in range(0, len(images), 8):
-                x, b = prepare_batch(images[start:start + 8], boxes[start:start + 8], config.image_size)
+                x, b = model.prepare_batch(images[start:start + 8], boxes[start:start + 8])
                 rows.append(model.extract(x, b).reshape(-1, config.feature_dim) if config.has_regions
                             else model.extract(x, b).reshape(len(x), -1))
         features = torch.cat(rows)

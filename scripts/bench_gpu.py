@@ -176,6 +176,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--precision", default="bf16", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--compile", default="off", choices=("off", "on"),
+                        help="the trunk compiled by TorchInductor (chextriev.compiled) in embed, index and upload")
     parser.add_argument("--reduced", action="store_true", help="small sizes (the CPU dry run)")
     parser.add_argument("--images", type=int, default=None, help="archive size (default 5,120; reduced 12)")
     parser.add_argument("--vectors", type=int, default=None, help="Faiss size (default 1,000,000; reduced 20,000)")
@@ -211,7 +213,8 @@ def main() -> int:
     table.row("synth", f"{len(records)} images at 512 px, {workers} processes", f"{time.perf_counter() - t:.0f} s")
     images, boxes, _ = archive_images(archive, 64)
     checkpoint = default_checkpoint(work / "v6-default.ckpt", images, boxes)
-    loaded = load_checkpoint(checkpoint, device=args.device, precision=args.precision)
+    loaded = load_checkpoint(checkpoint, device=args.device, precision=args.precision,
+                             compile=args.compile == "on", compile_batch=8 if reduced else 64)
     precision = loaded.precision
 
     # 2. embedding
@@ -228,7 +231,8 @@ def main() -> int:
         from indexer.pipeline import run_index
 
         batch = 8 if reduced else 128
-        embedder = ModelEmbedder(checkpoint, device=args.device, batch_size=batch, precision=args.precision)
+        embedder = ModelEmbedder(checkpoint, device=args.device, batch_size=batch, precision=args.precision,
+                                 compile=args.compile)
         summary = run_index(archive, embedder=embedder, index_dir=index_dir, workers=workers, batch_size=batch,
                             device=embedder.device, progress=False)
         rate = summary.indexed / summary.seconds
@@ -250,7 +254,8 @@ def main() -> int:
     if "upload" not in args.skip:
         from load_test import compare_precisions, serve_in_process
 
-        base = serve_in_process(checkpoint, None, index_dir, 0, 4, torch_threads=None, precision=args.precision)
+        base = serve_in_process(checkpoint, None, index_dir, 0, 4, torch_threads=None, precision=args.precision,
+                                compile=args.compile)
         logging.getLogger("server").setLevel(logging.WARNING)
         query_files = sorted((archive / "files").rglob("*.png"))[:20]
         result = compare_precisions({precision: base}, [p.read_bytes() for p in query_files], upload_seconds, 10, {})

@@ -6,6 +6,12 @@ at the same side, interleaved per image.
 
     python scripts/bench_previews.py ../shared/data/nih-sample --side 1024
     python scripts/bench_previews.py /tmp/synth-2048 --side 1024 --limit 60
+    python scripts/bench_previews.py ../shared/data/nih-sample --limit 60 --query-preview
+
+``--query-preview`` compares, instead, the two encodings of the query preview an upload search
+returns, from each original image (interleaved per image): the lossless PNG it used to be
+(``server.services.png_bytes``) and the archive previews' JPEG it is now
+(``indexer.preview_store.encode_preview``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ def main() -> None:
     parser.add_argument("source", help="anything `chextriev index --data` reads")
     parser.add_argument("--side", type=int, default=1024, help="--preview-side (default 1024)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--query-preview", action="store_true", help="PNG vs JPEG of the upload query preview")
     args = parser.parse_args()
+    if args.query_preview:
+        return compare_query_previews(args.source, args.side, args.limit)
 
     from indexer.decode import OK, decode
     from indexer.discovery import open_archive
@@ -61,6 +70,32 @@ def main() -> None:
     ratio = webp_sizes.mean() / sizes.mean()
     print(f"WebP q80 (compared): mean {webp_sizes.mean() / 1e3:.1f} kB ({ratio:.2f}x the JPEG), "
           f"encode median {np.median(webp_ms):.1f} ms")
+
+
+def compare_query_previews(source: str, side: int, limit: int) -> None:
+    from chextriev.io.images import load_image
+    from indexer.discovery import open_archive
+    from indexer.preview_store import PREVIEW_QUALITY, encode_preview
+    from server.services import png_bytes
+
+    figures: dict[str, tuple[list[float], list[int]]] = {"PNG": ([], []), f"JPEG q{PREVIEW_QUALITY}": ([], [])}
+    encoders = {"PNG": lambda p: png_bytes(p, side), f"JPEG q{PREVIEW_QUALITY}": lambda p: encode_preview(p, side)}
+    shapes = []
+    for n, record in enumerate(open_archive(source).iter_records()):
+        if limit and n >= limit:
+            break
+        pixels = load_image(record.source)
+        shapes.append(max(pixels.shape))
+        for name, encode in encoders.items():
+            started = time.perf_counter()
+            data = encode(pixels)
+            figures[name][0].append(1000 * (time.perf_counter() - started))
+            figures[name][1].append(len(data))
+    print(f"{len(shapes)} images from {source}, {min(shapes)}..{max(shapes)} px on the long side; "
+          f"query preview at most {side} px")
+    for name, (ms, sizes) in figures.items():
+        print(f"{name}: encode median {np.median(ms):.1f} ms, mean {np.mean(sizes) / 1e3:.1f} kB "
+              f"({np.mean(sizes) * 4 / 3 / 1e3:.1f} kB as base64 in the response)")
 
 
 if __name__ == "__main__":

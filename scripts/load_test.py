@@ -31,6 +31,9 @@ response (decode, boxes, model, search, response, total; ``http`` = client time 
     python scripts/load_test.py --checkpoint best.ckpt --index-dir index --mode upload \
         --images q1.png q2.png --seconds 60 --compare-precision
 
+``--compare-compile`` does the same for the trunk eager and compiled (``--compile``), both in
+``--precision``.
+
 The server must be ready (``/api/v1/readyz`` 200). Non-loopback hosts are refused: this tool must
 not be pointed at someone else's server.
 """
@@ -177,7 +180,7 @@ def pad_index(catalog, pad_random: int, index_type: str) -> None:
 
 def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_random: int,
                      threads: int, index_type: str = "auto", torch_threads: int | None = None,
-                     workers: int = 1, precision: str = "auto") -> str:
+                     workers: int = 1, precision: str = "auto", compile: str = "off") -> str:
     """Serve the index with the production server (gunicorn, as ``chextriev serve``) in a forked
     child process on 127.0.0.1 and a free port; each worker pads its own index when asked.
     Returns the base URL once the server is ready."""
@@ -192,7 +195,7 @@ def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_
         port = probe.getsockname()[1]
     settings = resolve_config({"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "DB_URL": db_url,
                                "TORCH_THREADS": torch_threads, "PORT": port, "THREADS": threads,
-                               "WORKERS": workers, "PRECISION": precision, "CONFIG_FILE": None,
+                               "WORKERS": workers, "PRECISION": precision, "COMPILE": compile, "CONFIG_FILE": None,
                                "LOAD": "sync"})
 
     def padded_app(values: dict):
@@ -230,7 +233,7 @@ def compare_precisions(bases: dict[str, str], images: list[bytes], seconds: floa
     Returns per precision ``{requests, errors, p50_ms, p90_ms, stages: {stage: median ms}}``.
     """
     if not images:
-        raise SystemExit("--compare-precision needs --images")
+        raise SystemExit("--compare-precision / --compare-compile need --images")
     if not 0 < seconds <= MAX_SECONDS:
         raise SystemExit(f"--seconds must be in (0, {MAX_SECONDS}]")
     rng = random.Random(seed)
@@ -273,7 +276,7 @@ def compare_precisions(bases: dict[str, str], images: list[bytes], seconds: floa
 
 def print_comparison(result: dict) -> None:
     names = list(result)
-    print("| precision | requests | p50 ms | p90 ms | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
+    print("| server | requests | p50 ms | p90 ms | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
     print("|---" * (4 + len(STAGES)) + "|")
     for name in names:
         row = result[name]
@@ -308,16 +311,26 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
     serving.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                          help="model precision of the in-process server (default auto)")
+    serving.add_argument("--compile", default="off", choices=("off", "on"),
+                         help="the in-process server's --compile (default off)")
     serving.add_argument("--compare-precision", action="store_true",
                          help="upload mode: serve fp32 and bf16 side by side, alternate single requests")
+    serving.add_argument("--compare-compile", action="store_true",
+                         help="upload mode: serve --precision eager and compiled side by side, alternate "
+                              "single requests")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.compare_precision:
+    if args.compare_precision or args.compare_compile:
         if not (args.checkpoint and args.index_dir) or args.mode != "upload":
-            raise SystemExit("--compare-precision needs --mode upload, --checkpoint and --index-dir")
-        bases = {p: serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
-                                     args.pad_index_type, args.torch_threads, precision=p)
-                 for p in ("fp32", "bf16")}
+            raise SystemExit("--compare-precision / --compare-compile need --mode upload, --checkpoint and --index-dir")
+        if args.compare_precision:
+            variants = {p: {"precision": p, "compile": args.compile} for p in ("fp32", "bf16")}
+        else:
+            variants = {f"{args.precision} {name}": {"precision": args.precision, "compile": mode}
+                        for name, mode in (("eager", "off"), ("compiled", "on"))}
+        bases = {name: serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
+                                        args.pad_index_type, args.torch_threads, **options)
+                 for name, options in variants.items()}
         result = compare_precisions(bases, [path.read_bytes() for path in args.images], args.seconds, args.k, {})
         if args.json:
             print(json.dumps(result))
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("serving in process needs both --checkpoint and --index-dir")
         base = serve_in_process(args.checkpoint, args.db, args.index_dir, args.pad_random, args.threads,
                                 args.pad_index_type, args.torch_threads, args.workers,
-                                precision=args.precision)
+                                precision=args.precision, compile=args.compile)
     else:
         base = require_loopback(args.url)
     token = args.token_file.read_text().strip() if args.token_file else None

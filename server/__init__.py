@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     service = (config or {}).get("SERVICE") or SearchService(
         settings["CHECKPOINT"], settings["DB_URL"], settings["INDEX_DIR"],
         detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"],
-        precision=settings["PRECISION"])
+        precision=settings["PRECISION"], compile=settings["COMPILE"])
     app.extensions["chextriev"] = service
     register_error_handlers(app)  # JSON for every error; responses never hold NaN
     init_audit(app)  # one JSON line per API request

@@ -18,6 +18,7 @@ import time
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from indexer.preview_store import encode_preview
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
@@ -40,7 +41,6 @@ from server.services import (
     NotReadyError,
     QueryEmbedding,
     SearchService,
-    png_bytes,
     shrink,
 )
 from server.validation import (
@@ -67,6 +67,8 @@ def _poll():
 
 #: Longest side of the query preview returned with an upload search (the viewer draws on it;
 #: the size of the archive's previews, so that query and result compare at the same detail).
+#: Encoded as the archive's previews are (grey JPEG, ``indexer.preview_store.encode_preview``):
+#: a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes (BENCHMARKS.md).
 PREVIEW_SIDE = 1024
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
@@ -272,10 +274,10 @@ def search_upload():
         if not exclude_patients:
             patient_note = "the upload names no patient (only DICOM uploads carry PatientID): nothing excluded"
     height, width = upload.pixels.shape
-    preview = base64.b64encode(png_bytes(upload.pixels, PREVIEW_SIDE)).decode("ascii")
+    preview = base64.b64encode(encode_preview(upload.pixels, PREVIEW_SIDE)).decode("ascii")
     query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
-                  "known_findings": None, "preview_url": f"data:image/png;base64,{preview}"}
-    timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview PNG
+                  "known_findings": None, "preview_url": f"data:image/jpeg;base64,{preview}"}
+    timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview JPEG
     payload, rows = _search_response(query, query_info, k=k, exclude_ids=[],
                                      exclude_patients=exclude_patients, filters=filters,
                                      started=started, timings=timings, settings=settings)

@@ -121,7 +121,8 @@ SCHEMAS: dict[str, Any] = {
         "format": {"type": "string", "description": "upload queries: png, jpeg or dicom"},
         "width": _NINT, "height": _NINT,
         "preview_url": {"type": "string", "description": "the image to view the query at: for uploads a data: URL "
-                                                         "of a PNG (longest side 1024), for archive queries a route"},
+                                                         "of a grey JPEG (longest side 1024, as the archive's previews), for archive "
+                                                         "queries a route"},
         "thumbnail_url": {"type": "string", "description": "archive queries only"},
         "image_url": {"type": "string", "description": "archive queries only"},
         "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
@@ -210,6 +211,8 @@ SCHEMAS: dict[str, Any] = {
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
+        "compiled": {"type": "boolean",
+                     "description": "the backbone trunk runs compiled by torch (--compile on, compilation succeeded)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 

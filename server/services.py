@@ -103,13 +103,14 @@ class SearchService:
 
     def __init__(self, checkpoint: str | Path | None, db_url: str | None, index_dir: str | Path | None,
                  *, detector: str | Path | None = None, device: str = "cpu", torch_threads: int | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", compile: str = "off"):
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.db_url = db_url
         self.index_dir = Path(index_dir) if index_dir else None
         self.detector = Path(detector) if detector else None
         self.device = device
         self.torch_threads = torch_threads
+        self.compile = compile  # "on": the trunk compiled at load (chextriev.compiled)
         self.precision = precision  # asked for (auto/fp32/bf16); self.model.precision: what runs
         self.model = None  # chextriev.checkpoint.LoadedModel
         self.catalog = None  # indexer.catalog.Catalog
@@ -156,7 +157,7 @@ class SearchService:
 
         self.device = resolve_device(self.device)  # "auto" -> cuda or cpu
         model = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
-                                precision=self.precision)
+                                precision=self.precision, compile=self.compile == "on")
         index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
         thresholds = dict(zip(model.class_names, map(float, model.finding_thresholds())))
         catalog = Catalog.open(self.db_url, self.index_dir, device=index_device,
@@ -328,12 +329,21 @@ class SearchService:
                 "embedding_dim": int(self.model.embedding_dim),
                 "has_regions": bool(self.model.has_regions),
                 "precision": self.model.precision,
+                "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
                 "reloads": self.reloads,
                 "search": self.catalog.search_settings(),
                 "bundle": self.bundle.summary() if self.bundle is not None else None,
             })
         return info
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model's trunk runs compiled now (``--compile on`` and no failure)."""
+        from chextriev.compiled import compiled_trunk
+
+        trunk = compiled_trunk(self.model.model) if self.model is not None else None
+        return trunk is not None and trunk.failed is None
 
     # ---- model ---------------------------------------------------------------------------
     @property

@@ -87,8 +87,10 @@ class GlobalFeatures(nn.Module):
         return to_channels_last(normalize(images, self.config.backbone_weights_format))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)``."""
-        return self.trunk(self.trunk_input(images))
+        """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)`` (through the compiled trunk when
+        :func:`chextriev.compiled.enable_compiled_trunk` set one and no gradient is wanted)."""
+        trunk = getattr(self, "compiled_trunk", None) or self.trunk
+        return trunk(self.trunk_input(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.feature_map(images).mean(dim=(2, 3))

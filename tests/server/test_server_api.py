@@ -21,9 +21,9 @@ def _upload(path, name="query.png", **fields):
     return {"image": (io.BytesIO(path.read_bytes() if hasattr(path, "read_bytes") else path), name), **fields}
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+def _png_size(data: bytes, format: str = "PNG") -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
+        assert image.format == format
         return image.size
 
 
@@ -84,7 +84,11 @@ def test_upload_search_returns_findings_boxes_and_ranked_results(client, app, qu
     assert probabilities == sorted(probabilities, reverse=True) and all(0 <= p <= 1 for p in probabilities)
     assert [b["region"] for b in query["boxes"]] == list(REGIONS)
     assert query["box_source"] in BOX_SOURCES
-    assert query["preview_url"].startswith("data:image/png;base64,") and query["known_findings"] is None
+    assert query["preview_url"].startswith("data:image/jpeg;base64,") and query["known_findings"] is None
+    import base64
+
+    preview = base64.b64decode(query["preview_url"].split(",", 1)[1])
+    assert preview[:3] == b"\xff\xd8\xff" and len(preview) > 1000  # a JPEG, not an empty image
     results = body["results"]
     assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     similarities = [r["similarity"] for r in results]
@@ -207,7 +211,7 @@ def test_large_upload_gets_a_preview_at_viewing_size(client):
     query = body["query"]
     assert (query["width"], query["height"]) == (1536, 2048)
     preview = base64.b64decode(query["preview_url"].split(",", 1)[1])
-    assert _png_size(preview) == (768, 1024)
+    assert _png_size(preview, "JPEG") == (768, 1024)  # encoded as the archive's previews
 
 
 # ---------------------------------------------------------------------------- by-id search

@@ -39,3 +39,31 @@ def test_by_id_search_reports_search_and_response(app):
     client = app.test_client()
     timing = client.post("/api/v1/search/by-id/1", data={"k": "2"}).get_json()["timing_ms"]
     assert {"search", "response", "total"} <= set(timing)
+
+
+def test_compile_setting_is_checked_and_defaults_to_off():
+    assert resolve_config({}, environ={})["COMPILE"] == "off"
+    assert resolve_config({}, environ={"CHEXTRIEV_COMPILE": "1"})["COMPILE"] == "on"
+    from chextriev.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="off, on"):
+        resolve_config({"COMPILE": "fast"}, environ={})
+
+
+@pytest.mark.slow
+def test_a_compiled_server_answers_as_the_eager_one(tiny_index, query_png):
+    def search(compile_mode: str):
+        app = create_app(tiny_index.config(LOAD="sync", PRECISION="fp32", COMPILE=compile_mode))
+        client = app.test_client()
+        ready = client.get("/api/v1/readyz").get_json()
+        with open(query_png, "rb") as handle:
+            response = client.post("/api/v1/search", data={"image": (handle, "q.png"), "k": "3"})
+        assert response.status_code == 200, response.get_json()
+        return ready, response.get_json()
+
+    eager_ready, eager = search("off")
+    compiled_ready, compiled = search("on")  # compiled while loading, before ready
+    assert (eager_ready["compiled"], compiled_ready["compiled"]) == (False, True)
+    assert [r["id"] for r in compiled["results"]] == [r["id"] for r in eager["results"]]
+    for a, b in zip(compiled["results"], eager["results"]):
+        assert a["similarity"] == pytest.approx(b["similarity"], abs=2e-4)
