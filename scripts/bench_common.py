@@ -51,14 +51,14 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     from chextriev.model.config import MODEL_FORMAT, get_config
     from chextriev.model.region_features import SCALE_FLOOR
 
-    rule = f"relative {SCALE_FLOOR}"  # checkpoints fitted under another scale floor are redrawn
+    rule = f"absolute {SCALE_FLOOR}"  # checkpoints fitted under another scale floor are redrawn
     path = Path(path)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
-        if saved.get("feature_scale_rule") == rule:
+        if saved.get("feature_scale_rule", f"absolute {SCALE_FLOOR}") == rule:  # older files: absolute
             return path
         log.info("%s was fitted under another feature scale rule (%s): rewriting it", path,
-                 saved.get("feature_scale_rule", "absolute 1e-3"))
+                 saved.get("feature_scale_rule"))
     config = get_config(variant, **overrides)
     torch.manual_seed(seed)
     model = build_from_config(config).eval()

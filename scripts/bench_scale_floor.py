@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The feature standardisation's scale floor: bf16 accuracy and trained retrieval quality, A/B.
 
-``chextriev.model.region_features.feature_scale`` floors each channel's scale at a fraction of
-the median channel std (issue 15); before, it was ``std.clamp_min(1e-3)`` (an absolute floor).
-This script compares the rules (``abs-1e-3``, the former one, and each ``--fractions`` value):
+``chextriev.model.region_features.feature_scale`` floors each channel's scale at 1e-3 (absolute,
+the rule in use) or, with ``relative=f``, at ``f`` times the median channel std (issue 15).
+This script compares the rules (``abs-1e-3`` and each ``--fractions`` value):
 
 ``--part precision``: the default architecture (V6, ResNet50 roi at 512 px, random-init frozen
 backbone; ``bench_common.default_checkpoint``'s model), standardisation fitted on the first
@@ -46,15 +46,15 @@ from chextriev.model import region_features
 
 log = logging.getLogger("bench_scale_floor")
 OLD = "abs-1e-3"
-_RELATIVE = region_features.feature_scale
+_RULE = region_features.feature_scale
 
 
 def rule_scale(rule: str):
     """``std -> scale`` of one rule: ``abs-1e-3`` (before) or a fraction of the median std."""
     if rule == OLD:
-        return lambda std: std.clamp_min(1e-3)
+        return _RULE
     fraction = float(rule)
-    return lambda std: _RELATIVE(std, fraction)
+    return lambda std: _RULE(std, relative=fraction)
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def fitted_with(rule: str):
     try:
         yield
     finally:
-        region_features.feature_scale = _RELATIVE
+        region_features.feature_scale = _RULE
 
 
 def precision_part(args, rules: list[str]) -> None:
@@ -113,7 +113,7 @@ def precision_part(args, rules: list[str]) -> None:
                 embeddings[name] = np.concatenate([embed_features(model, f, m)["embeddings"]
                                                    for f, m in zip(features[name], masks)])
         cosine = np.sum(embeddings["fp32"] * embeddings["bf16"], axis=1)
-        label = "absolute 1e-3 (before)" if rule == OLD else f"{rule} x median std"
+        label = "absolute 1e-3 (in use)" if rule == OLD else f"{rule} x median std"
         print(f"| {label} | {int((scale > std).sum())} | {cosine.min():.5f} | {np.percentile(cosine, 1):.5f} | "
               f"{cosine.mean():.6f} | {top_k_overlap(embeddings['fp32'], embeddings['bf16'], 10):.4f} |")
 
@@ -164,7 +164,7 @@ def quality_part(args, rules: list[str]) -> None:
             values = [r[metric] for r in rows if r[metric] is not None]
             return f"{np.mean(values):.3f}" if values else "n/a"
 
-        label = "absolute 1e-3 (before)" if rule == OLD else f"{rule} x median std"
+        label = "absolute 1e-3 (in use)" if rule == OLD else f"{rule} x median std"
         per_seed = " / ".join(f"{r['test_mAP@10']:.3f}" for r in rows)
         print(f"| {label} | {avg('val_mAP@10')} | {avg('test_mAP@10')} | {avg('test_AUROC')} | "
               f"{avg('region_AUROC')} | {per_seed} |")

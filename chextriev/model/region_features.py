@@ -34,40 +34,43 @@ from chextriev.vocab import NUM_REGIONS
 __all__ = ["SCALE_FLOOR", "GlobalFeatures", "RegionFeatures", "box_mask", "feature_scale"]
 
 
-SCALE_FLOOR = 0.03
-"""Least scale of a channel, as a fraction of the median per-channel std (see :func:`feature_scale`)."""
+SCALE_FLOOR = 1e-3
+"""Least scale of a channel (absolute; the rule in use, see :func:`feature_scale`)."""
 SCALE_EPSILON = 1e-6
-"""Absolute least scale: only matters when no channel varies at all (degenerate fit)."""
+"""Least scale under the relative rule: only matters when no channel varies at all."""
 
 
-def feature_scale(std: torch.Tensor, floor: float = SCALE_FLOOR) -> torch.Tensor:
-    """Per-channel scale ``(F,)`` of the feature standardisation from the fitted ``std (F,)``:
-    ``max(std, floor * median(std of the channels that vary))``, at least :data:`SCALE_EPSILON`.
+def feature_scale(std: torch.Tensor, relative: float | None = None) -> torch.Tensor:
+    """Per-channel scale ``(F,)`` of the feature standardisation from the fitted ``std (F,)``.
 
-    Why a floor relative to the typical spread: a random-init (or ImageNet) backbone has dead
-    channels (all zero after the ReLU on the fit images: std 0) and sparse ones that fire on a
-    few images only (ResNet50 at 512 px on the synthetic archive: 127 of 2048 channels dead,
-    about two dozen with std ~1e-4, against a median std of 4.4). Divided by their own tiny std, such a channel reaches 20-60 "standard
-    deviations" on a new image and dominates the projection's input, and so the embedding. Its
-    values come from near-cancelling sums before the ReLU, so they are also the least precise
-    ones: in bf16 they err by ~2 % relative, and 20 such channels held 71 % of the bf16 error of
-    the default model (embeddings at cosine 0.978 to fp32 under the former absolute floor of
-    1e-3). Flooring at ``floor`` times the median std bounds what one rarely-firing channel can
-    weigh, whatever the backbone's feature magnitude: multiplying every feature by a constant
-    multiplies the scale by it too, so the standardised features do not change (an absolute
-    floor is wrong for every backbone whose features have another magnitude). ``floor = 0.03``
-    was chosen on measurement (``scripts/bench_scale_floor.py``, BENCHMARKS.md "Precision"):
-    0.01, 0.03 and 0.1 all bring bf16 to cosine >= 0.999 (0.99900 / 0.99903 / 0.99909, from
-    0.997); trained in fp32, 0.03 keeps retrieval quality within the seed-to-seed spread while
-    0.1 loses some mAP@10 and 0.01 sits at the bf16 bar's edge.
+    The rule in use (``relative=None``): ``max(std, SCALE_FLOOR)``, an absolute floor of 1e-3.
+    ``relative=f``: ``max(std, f * median std of the channels that vary)``, at least
+    :data:`SCALE_EPSILON`: scale-invariant (features multiplied by a constant standardise alike,
+    which an absolute floor does not), measured and NOT adopted, because it costs retrieval
+    quality (below).
+
+    What the floor decides: a random-init backbone has dead channels (all zero after the ReLU on
+    the fit images) and sparse ones that fire on a few images only (ResNet50 at 512 px on the
+    synthetic archive: 127 of 2048 dead, 150 with std below 1e-3, against a median std of 4.4).
+    Under the absolute floor such a channel reaches tens of "standard deviations" on a new image
+    and weighs heavily in the embedding; its values come from near-cancelling sums before the
+    ReLU, so bf16 errs there by ~2 % relative instead of 0.4 %, and this is why the default
+    architecture's bf16 embeddings agree with fp32 at cosine 0.978-0.997 only. A floor of 0.01,
+    0.03 or 0.1 times the median std brings bf16 to cosine >= 0.999 (0.99900 / 0.99903 /
+    0.99909), but V6 trained with it on ResNet50 features at 512 px retrieves worse in fp32 (test
+    mAP@10 -0.03 to -0.05 at every seed measured, AUROC lower too): the sparse channels carry
+    signal the projection learns from (``scripts/bench_scale_floor.py``, BENCHMARKS.md
+    "Precision"). Hence the absolute floor stays; ``--precision auto`` keeps such models in fp32.
 
     Checkpoints keep their fitted ``feature_scale`` buffer: a model loaded from one standardises
     exactly as when it was saved, whichever rule fitted it.
     """
     std = torch.nan_to_num(std.float(), nan=0.0).clamp_min(0.0)  # NaN: std of a single row
+    if relative is None:
+        return std.clamp_min(SCALE_FLOOR)
     varying = std[std > 0]
     typical = varying.median() if varying.numel() else std.new_zeros(())
-    return torch.maximum(std, floor * typical).clamp_min(SCALE_EPSILON)
+    return torch.maximum(std, relative * typical).clamp_min(SCALE_EPSILON)
 
 
 def _roi_list(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,8 +108,8 @@ class GlobalFeatures(nn.Module):
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise backbone features with the training set's per-channel ``mean``/``std``
-        ``(F,)``; the scale is :func:`feature_scale` of ``std`` (floored relative to the typical
-        channel's spread). The one place where a standardisation is fitted."""
+        ``(F,)``; the scale is :func:`feature_scale` of ``std`` (at least 1e-3). Every fit of the
+        statistics (training, benchmarks, tests) goes through here."""
         self.feature_shift.copy_(mean.to(self.feature_shift))
         self.feature_scale.copy_(feature_scale(std).to(self.feature_scale))
 
