@@ -3,9 +3,10 @@
 * :func:`synth_archive`: a ``chextriev synth`` archive (reused when the folder already holds one);
 * :func:`default_checkpoint`: the default architecture (``build_model("v6")``: ResNet50 roi at
   512 px, graph width 1024) with random weights and the feature standardisation fitted on a few
-  archive images, written in the ``chextriev train`` checkpoint format. Latency and the bf16
-  error do not depend on training; the fitted standardisation puts the projection's inputs on the
-  scale a trained model sees;
+  archive images (:func:`feature_rows`), written in the ``chextriev train`` checkpoint format.
+  Latency and the bf16 error do not depend on training; the fitted standardisation puts the
+  projection's inputs on the scale a trained model sees. An existing file is reused only when it
+  was fitted under the current scale floor (``region_features.SCALE_FLOOR``);
 * :func:`top_k_overlap`: how far two embeddings of one gallery agree on every image's neighbours.
 """
 
@@ -48,34 +49,52 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
 
     from chextriev.model.build import build_from_config
     from chextriev.model.config import MODEL_FORMAT, get_config
+    from chextriev.model.region_features import SCALE_FLOOR
 
+    rule = f"absolute {SCALE_FLOOR}"  # checkpoints fitted under another scale floor are redrawn
     path = Path(path)
     if path.is_file():
-        return path
+        saved = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+        if saved.get("feature_scale_rule", f"absolute {SCALE_FLOOR}") == rule:  # older files: absolute
+            return path
+        log.info("%s was fitted under another feature scale rule (%s): rewriting it", path,
+                 saved.get("feature_scale_rule"))
     config = get_config(variant, **overrides)
     torch.manual_seed(seed)
     model = build_from_config(config).eval()
     features_module = model.feature_module()
     if features_module is not None and len(images):
-        from chextriev.anatomy.atlas import Atlas
-
-        atlas = Atlas.default()
-        boxes = list(boxes) if boxes is not None else [atlas.boxes_for(*im.shape[:2]) for im in images]
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(images), 8):
-                x, b = model.prepare_batch(images[start:start + 8], boxes[start:start + 8])
-                rows.append(model.extract(x, b).reshape(-1, config.feature_dim) if config.has_regions
-                            else model.extract(x, b).reshape(len(x), -1))
-        features = torch.cat(rows)
-        features = features[features.abs().sum(dim=1) > 0]  # missing regions are zero rows
+        features = feature_rows(model, images, boxes)
         features_module.set_feature_stats(features.mean(dim=0), features.std(dim=0))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"hyper_parameters": {"model_format": MODEL_FORMAT, "model_config": config.to_dict(), "variant": variant,
-                                     "class_names": list(config.class_names), "image_size": config.image_size},
+                                     "class_names": list(config.class_names), "image_size": config.image_size,
+                                     "feature_scale_rule": rule},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     log.info("wrote %s (%s, random weights, feature standardisation from %d images)", path, variant, len(images))
     return path
+
+
+def feature_rows(model, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray] | None = None):
+    """The frozen backbone features of ``images`` (fp32) as rows ``(n, F)``: one per present
+    region (region models) or per image; what the feature standardisation is fitted on."""
+    import torch
+
+    config = model.config
+    if boxes is None:
+        from chextriev.anatomy.atlas import Atlas
+
+        atlas = Atlas.default()
+        boxes = [atlas.boxes_for(*im.shape[:2]) for im in images]
+    boxes = list(boxes)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 8):
+            x, b = model.prepare_batch(images[start:start + 8], boxes[start:start + 8])
+            rows.append(model.extract(x, b).reshape(-1, config.feature_dim) if config.has_regions
+                        else model.extract(x, b).reshape(len(x), -1))
+    features = torch.cat(rows)
+    return features[features.abs().sum(dim=1) > 0]  # missing regions are zero rows
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:

@@ -31,7 +31,46 @@ from chextriev.model.preprocess import crop_regions
 from chextriev.model.tensors import box_mask
 from chextriev.vocab import NUM_REGIONS
 
-__all__ = ["GlobalFeatures", "RegionFeatures", "box_mask"]
+__all__ = ["SCALE_FLOOR", "GlobalFeatures", "RegionFeatures", "box_mask", "feature_scale"]
+
+
+SCALE_FLOOR = 1e-3
+"""Least scale of a channel (absolute; the rule in use, see :func:`feature_scale`)."""
+SCALE_EPSILON = 1e-6
+"""Least scale under the relative rule: only matters when no channel varies at all."""
+
+
+def feature_scale(std: torch.Tensor, relative: float | None = None) -> torch.Tensor:
+    """Per-channel scale ``(F,)`` of the feature standardisation from the fitted ``std (F,)``.
+
+    The rule in use (``relative=None``): ``max(std, SCALE_FLOOR)``, an absolute floor of 1e-3.
+    ``relative=f``: ``max(std, f * median std of the channels that vary)``, at least
+    :data:`SCALE_EPSILON`: scale-invariant (features multiplied by a constant standardise alike,
+    which an absolute floor does not), measured and NOT adopted, because it costs retrieval
+    quality (below).
+
+    What the floor decides: a random-init backbone has dead channels (all zero after the ReLU on
+    the fit images) and sparse ones that fire on a few images only (ResNet50 at 512 px on the
+    synthetic archive: 127 of 2048 dead, 150 with std below 1e-3, against a median std of 4.4).
+    Under the absolute floor such a channel reaches tens of "standard deviations" on a new image
+    and weighs heavily in the embedding; its values come from near-cancelling sums before the
+    ReLU, so bf16 errs there by ~2 % relative instead of 0.4 %, and this is why the default
+    architecture's bf16 embeddings agree with fp32 at cosine 0.978-0.997 only. A floor of 0.01,
+    0.03 or 0.1 times the median std brings bf16 to cosine >= 0.999 (0.99900 / 0.99903 /
+    0.99909), but V6 trained with it on ResNet50 features at 512 px does worse in fp32 (three
+    seeds: test mAP@10 0.553 -> 0.508-0.537, AUROC 0.820 -> 0.777-0.784): the sparse channels carry
+    signal the projection learns from (``scripts/bench_scale_floor.py``, BENCHMARKS.md
+    "Precision"). Hence the absolute floor stays; ``--precision auto`` keeps such models in fp32.
+
+    Checkpoints keep their fitted ``feature_scale`` buffer: a model loaded from one standardises
+    exactly as when it was saved, whichever rule fitted it.
+    """
+    std = torch.nan_to_num(std.float(), nan=0.0).clamp_min(0.0)  # NaN: std of a single row
+    if relative is None:
+        return std.clamp_min(SCALE_FLOOR)
+    varying = std[std > 0]
+    typical = varying.median() if varying.numel() else std.new_zeros(())
+    return torch.maximum(std, relative * typical).clamp_min(SCALE_EPSILON)
 
 
 def _roi_list(boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,9 +107,11 @@ class GlobalFeatures(nn.Module):
         self.register_buffer("feature_scale", torch.ones(config.feature_dim))
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Standardise backbone features with the training set's per-channel ``mean``/``std`` ``(F,)``."""
+        """Standardise backbone features with the training set's per-channel ``mean``/``std``
+        ``(F,)``; the scale is :func:`feature_scale` of ``std`` (at least 1e-3). Every fit of the
+        statistics (training, benchmarks, tests) goes through here."""
         self.feature_shift.copy_(mean.to(self.feature_shift))
-        self.feature_scale.copy_(std.clamp_min(1e-3).to(self.feature_scale))
+        self.feature_scale.copy_(feature_scale(std).to(self.feature_scale))
 
     def standardize(self, features: torch.Tensor) -> torch.Tensor:
         """``(..., F)`` backbone features -> ``(features - shift) / scale``."""

@@ -84,6 +84,8 @@ def fit_feature_stats(model, data: RetrievalDataModule) -> bool:
 
     Random or ImageNet features have large per-channel offsets next to small between-image
     differences; a fixed standardisation (saved with the model) lets the projection learn.
+    The scale is floored at 1e-3 (:func:`chextriev.model.region_features.feature_scale`,
+    through ``set_feature_stats``).
     Returns False (identity kept) when the backbone trains or features are not cached.
     """
     target = model.feature_module()
