@@ -47,6 +47,7 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     feature standardisation fitted on ``images`` (fp32), as a ``chextriev train`` checkpoint."""
     import torch
 
+    from chextriev.checkpoint import read_checkpoint
     from chextriev.model.build import build_from_config
     from chextriev.model.config import MODEL_FORMAT, get_config
     from chextriev.model.region_features import SCALE_FLOOR
@@ -54,7 +55,7 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     rule = f"absolute {SCALE_FLOOR}"  # checkpoints fitted under another scale floor are redrawn
     path = Path(path)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+        saved = read_checkpoint(path).get("hyper_parameters") or {}
         if saved.get("feature_scale_rule", f"absolute {SCALE_FLOOR}") == rule:  # older files: absolute
             return path
         log.info("%s was fitted under another feature scale rule (%s): rewriting it", path,

@@ -10,7 +10,7 @@ at the same side, interleaved per image.
 
 ``--query-preview`` compares, instead, the two encodings of the query preview an upload search
 returns, from each original image (interleaved per image): the lossless PNG it used to be
-(``server.services.png_bytes``) and the archive previews' JPEG it is now
+(:func:`png_bytes`, the server's encoder until then) and the archive previews' JPEG it is now
 (``indexer.preview_store.encode_preview``).
 """
 
@@ -72,11 +72,21 @@ def main() -> None:
           f"encode median {np.median(webp_ms):.1f} ms")
 
 
+def png_bytes(pixels: np.ndarray, max_side: int) -> bytes:
+    """The upload query preview as the server encoded it before: 8-bit grey PNG, shrunk to
+    ``max_side`` if larger."""
+    image = Image.fromarray(np.clip(np.asarray(pixels) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
 def compare_query_previews(source: str, side: int, limit: int) -> None:
     from chextriev.io.images import load_image
     from indexer.discovery import open_archive
     from indexer.preview_store import PREVIEW_QUALITY, encode_preview
-    from server.services import png_bytes
 
     figures: dict[str, tuple[list[float], list[int]]] = {"PNG": ([], []), f"JPEG q{PREVIEW_QUALITY}": ([], [])}
     encoders = {"PNG": lambda p: png_bytes(p, side), f"JPEG q{PREVIEW_QUALITY}": lambda p: encode_preview(p, side)}

@@ -529,15 +529,3 @@ def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image = Image.fromarray(np.asarray(pixels, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-
-
-def png_bytes(pixels: np.ndarray, max_side: int | None = None) -> bytes:
-    """Encode ``(H, W)`` [0, 1] pixels as an 8-bit grey PNG, shrunk to ``max_side`` if larger."""
-    from PIL import Image
-
-    image = Image.fromarray(np.clip(np.asarray(pixels) * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
