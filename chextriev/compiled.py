@@ -80,7 +80,7 @@ class CompiledTrunk:
             return self.trunk(inputs)
         try:
             return self.compiled(inputs)
-        except Exception as error:  # torch raises many kinds for a missing or failing compiler
+        except Exception as error:  # noqa: BLE001 - torch raises many kinds for a missing or failing compiler
             self.failed = describe_failure(error)
             log.warning("--compile: compiling the backbone trunk failed (%s); running it eagerly", self.failed)
             return self.trunk(inputs)

@@ -30,10 +30,10 @@ import os
 from pathlib import Path
 
 from chextriev.cli_options import (
+    add_compile_option,
     add_data_option,
     add_device_option,
     add_json_option,
-    add_compile_option,
     add_precision_option,
     print_json,
 )

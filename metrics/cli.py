@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.cli_options import (
+    add_compile_option,
     add_data_option,
     add_device_option,
     add_json_option,
     add_out_dir,
-    add_compile_option,
     add_precision_option,
     print_json,
     resolve_device,

@@ -27,9 +27,11 @@ ms, single-query search p50 <= 1 ms at 1M.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -181,7 +183,9 @@ def main() -> int:
     parser.add_argument("--reduced", action="store_true", help="small sizes (the CPU dry run)")
     parser.add_argument("--images", type=int, default=None, help="archive size (default 5,120; reduced 12)")
     parser.add_argument("--vectors", type=int, default=None, help="Faiss size (default 1,000,000; reduced 20,000)")
-    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="working folder, kept (default: a new temporary one, removed at the end unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary working folder")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 16)")
     parser.add_argument("--upload-seconds", type=float, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=("embed", "index", "faiss", "upload"))
@@ -201,7 +205,11 @@ def main() -> int:
     upload_seconds = args.upload_seconds or (10.0 if reduced else 30.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU (use scripts/bench_gpu.sh --cpu for the dry run)")
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    work = args.work
+    if work is None:  # archive, checkpoint and index: several GB in the full run
+        work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+        if not args.keep:
+            atexit.register(shutil.rmtree, work, True)
     table = Table(f"GPU benchmark ({'reduced CPU dry run' if reduced else 'full'}), {time.strftime('%Y-%m-%d')}: "
                   f"{machine(args.device)}; {platform.python_version()}")
     wall = time.perf_counter()
@@ -266,7 +274,8 @@ def main() -> int:
 
     table.row("all", "wall time of the benchmark", f"{time.perf_counter() - wall:.0f} s", "<= 8 min")
     args.out.write_text(table.text())
-    print(f"\nwrote {args.out} (work folder {work})")
+    kept = args.work is not None or args.keep
+    print(f"\nwrote {args.out}" + (f" (work folder {work})" if kept else ""))
     return 0
 
 

@@ -25,7 +25,9 @@ Runtime or nncf is a dependency of the project: install them to run their rows.
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
+import shutil
 import statistics
 import tempfile
 import time
@@ -176,7 +178,8 @@ def main() -> None:
         model_boxes.append(b)
     calibration, evaluation = inputs[:args.calibrate], inputs[args.calibrate:]
     eval_boxes = model_boxes[args.calibrate:]
-    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))  # the ONNX models, removed on exit
+    atexit.register(shutil.rmtree, work, True)
     wanted = set(args.only or [])
 
     def asked(prefix: str) -> bool:

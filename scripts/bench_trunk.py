@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import numpy as np
     import torch
-
     from bench_common import machine_line
+
     from chextriev.compiled import CompiledTrunk
     from chextriev.model.build import build_from_config
     from chextriev.model.config import get_config
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(chunks, trunk) for chunks in ("whole", "one by one")
                     for trunk in (("eager", "compiled") if compiled else ("eager",))]
 
-        def run(chunks: str, trunk: str):
+        def run(chunks: str, trunk: str, module=module, compiled=compiled, precision=precision):
             module.compiled_trunk = compiled if trunk == "compiled" else None
             with torch.inference_mode(), autocast(precision, "cpu"):
                 if chunks == "whole":

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.cli_options import DEVICE_METAVAR, device_name
-from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.compiled import COMPILE_MODES, parse_compile
+from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.precision import PRECISIONS
 
 ENV_PREFIX = "CHEXTRIEV_"
