@@ -112,12 +112,14 @@ def add_compile_option(parser: argparse.ArgumentParser) -> argparse.Action:
     from chextriev.compiled import ENV_VAR, default_compile
 
     return parser.add_argument(
-        "--compile", default=default_compile(), type=_compile_mode, metavar="{off,on}",
+        "--compile", default=default_compile(), type=compile_mode, metavar="{off,on}",
         help=f"run the frozen backbone compiled by torch (TorchInductor): faster on a CPU after a "
              f"one-off compilation of 10-30 s at start (default off; ${ENV_VAR} sets it)")
 
 
-def _compile_mode(text: str) -> str:
+def compile_mode(text: str) -> str:
+    """The argparse ``type`` of every ``--compile`` flag: ``on``/``off`` from any spelling
+    :func:`chextriev.compiled.parse_compile` accepts (1/0, true/false, yes/no)."""
     from chextriev.compiled import parse_compile
     from chextriev.errors import ChextrievError
 

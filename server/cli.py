@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     for setting in SETTINGS:
         default = "required" if setting.key in REQUIRED else f"default {setting.default_doc or setting.default}"
         parser.add_argument(setting.flag, dest=setting.name, default=None,
-                            type={"int": int, "device": device_name}.get(setting.kind, str),
+                            type=setting.flag_type or {"int": int, "device": device_name}.get(setting.kind, str),
                             metavar=None if setting.choices else setting.metavar,
                             choices=setting.choices,
                             help=f"{setting.help} (env {setting.env_var}; {default})")

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chextriev.cli_options import DEVICE_METAVAR, device_name
+from chextriev.cli_options import DEVICE_METAVAR, compile_mode, device_name
 from chextriev.compiled import COMPILE_MODES, parse_compile
 from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.precision import PRECISIONS
@@ -96,6 +96,9 @@ class Setting:
     default_doc: str | None = None
     #: The valid values of a ``str`` setting (``None``: any).
     choices: tuple[str, ...] | None = None
+    #: How the command line reads the flag, when not as its ``kind`` says (it may normalise the
+    #: spelling before ``choices`` is checked).
+    flag_type: Callable[[str], Any] | None = None
 
     @property
     def metavar(self) -> str:
@@ -127,7 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=PRECISIONS),
     Setting("compile", "COMPILE", "str", "off",
             "run the frozen backbone compiled by torch (TorchInductor): faster uploads after a "
-            "one-off compilation of 10-30 s per worker at start", choices=COMPILE_MODES),
+            "one-off compilation of 10-30 s per worker at start (also 1/0, true/false, yes/no)",
+            choices=COMPILE_MODES, flag_type=compile_mode),
     Setting("torch_threads", "TORCH_THREADS", "int", None,
             "intra-op threads per worker (1 is best on a busy CPU)", low=1, default_doc="torch's choice"),
     Setting("host", "HOST", "str", "127.0.0.1", "bind address (any non-loopback address needs a token)"),

@@ -139,6 +139,14 @@ def test_every_setting_has_a_flag_with_its_default_and_variable_in_the_help(caps
     assert cli.given_flags(args) == {"WORKERS": 3, "INDEX_DIR": "/x"}
 
 
+def test_serve_compile_flag_takes_the_spellings_of_the_other_commands(capsys):
+    assert [cli.given_flags(_parse("--compile", text))["COMPILE"] for text in ("1", "YES", "off")] == [
+        "on", "on", "off"]
+    with pytest.raises(SystemExit):
+        _parse("--compile", "fast")
+    assert "off, on" in capsys.readouterr().err
+
+
 def test_serve_needs_an_index_dir_and_a_checkpoint_from_somewhere(tmp_path, monkeypatch):
     import numpy as np
 
