@@ -15,15 +15,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from dicom_files import make_dicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 DEFLATED = DeflatedExplicitVRLittleEndian
@@ -31,29 +29,13 @@ DEFLATED = DeflatedExplicitVRLittleEndian
 
 def image_dataset(rows: int = 64, columns: int = 64, *, bits: int = 16, frames: int | None = None,
                   pixels: np.ndarray | None = None, **tags) -> Dataset:
-    """A frontal DX dataset with file meta (Explicit VR LE) and ``pixels`` (default: a ramp)."""
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientSex, ds.PatientAge = "HOSTILE01", "F", "045Y"
-    ds.StudyDate, ds.Modality, ds.ViewPosition = "20240102", "DX", "PA"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    if frames is not None:
-        ds.NumberOfFrames = frames
+    """A frontal DX dataset with file meta (Explicit VR LE) and ``pixels`` (default: a ramp;
+    frames stacked on the first axis), built by :func:`dicom_files.make_dicom`."""
     if pixels is None:
         pixels = (np.arange(rows * columns).reshape(rows, columns) % (1 << min(bits, 12)))
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2" if bits == 16 else "u1")).tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    return ds
+    pixels = np.asarray(pixels)
+    return make_dicom(pixels.reshape(-1, pixels.shape[-1]), bits_stored=bits, bits_allocated=bits,
+                      PatientID="HOSTILE01", Rows=rows, Columns=columns, NumberOfFrames=frames, **tags)
 
 
 def dicom_bytes(ds: Dataset) -> bytes:

@@ -93,35 +93,14 @@ def write_png(path: Path, seed: int, size: int = 64) -> Path:
 def write_dicom(path: Path, seed: int, *, view: str | None = "PA", patient: str = "P1",
                 sop_uid: str | None = None, size: int = 64, sex: str = "F", age: str = "045Y",
                 study_uid: str | None = None) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    """A 12-bit DX file of :func:`noise_image` (``view`` ``None``: no ViewPosition)."""
+    from dicom_files import make_dicom
+    from pydicom.uid import generate_uid
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient
-    ds.PatientSex = sex
-    ds.PatientAge = age
-    ds.StudyDate = "20240102"
-    ds.Modality = "DX"
-    if view is not None:
-        ds.ViewPosition = view
-    pixels = (noise_image(seed, size) * 4095).astype(np.uint16)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
+    ds = make_dicom((noise_image(seed, size) * 4095).astype(np.uint16), sop_uid=sop_uid,
+                    StudyInstanceUID=study_uid or generate_uid(), PatientID=patient,
+                    PatientSex=sex, PatientAge=age, ViewPosition=view)
     ds.save_as(str(path), enforce_file_format=True)
     return path
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iofiles import make_dicom, write_dicom
+from dicom_files import make_dicom, write_dicom
 
 
 @pytest.fixture

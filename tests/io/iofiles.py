@@ -1,60 +1,9 @@
-"""Writers of small files in the real formats (DICOM datasets, ImaGenome scene graphs) for tests/io."""
+"""Writers of small files in the real formats for tests/io: ImaGenome scene graphs and boxes here;
+the DICOM builder is tests/dicom_files.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
 from chextriev.vocab import REGIONS
-
-
-def make_dicom(
-    stored: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 12,
-    bits_allocated: int = 16,
-    signed: bool = False,
-    transfer_syntax=ExplicitVRLittleEndian,
-    **tags,
-) -> Dataset:
-    """A DICOM dataset holding ``stored`` (H, W) integer values, with the given tags."""
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "PAT001"
-    ds.PatientSex = "F"
-    ds.PatientAge = "045Y"
-    ds.StudyDate = "20240102"
-    ds.Modality = "DX"
-    ds.ViewPosition = "PA"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = bits_allocated
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    dtype = {(16, False): "<u2", (16, True): "<i2", (8, False): "u1"}[(bits_allocated, signed)]
-    ds.PixelData = np.ascontiguousarray(stored.astype(dtype)).tobytes()
-    return ds
-
-
-def write_dicom(path: Path, ds: Dataset, *, preamble: bool = True) -> Path:
-    ds.save_as(path, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
-    return path
 
 
 def scene_graph(

@@ -14,7 +14,7 @@ import importlib.util
 import numpy as np
 import pydicom
 import pytest
-from iofiles import make_dicom, write_dicom
+from dicom_files import make_dicom, write_dicom
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from iofiles import make_dicom, write_dicom
+from dicom_files import make_dicom, write_dicom
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 

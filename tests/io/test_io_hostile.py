@@ -11,7 +11,7 @@ import hostile_files as hostile  # tests/hostile_files.py (tests/ is on sys.path
 import numpy as np
 import pydicom
 import pytest
-from iofiles import make_dicom, write_dicom
+from dicom_files import make_dicom, write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 

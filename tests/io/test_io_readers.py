@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from iofiles import full_boxes, make_dicom, scene_graph, write_dicom
+from dicom_files import make_dicom, write_dicom
+from iofiles import full_boxes, scene_graph
 from PIL import Image
 
 from chextriev.errors import DataFormatError, UnknownNameError

@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from iofiles import make_dicom, write_dicom
+from dicom_files import make_dicom, write_dicom
 from PIL import Image
 
 from chextriev.errors import DataFormatError, ImageReadError, UnknownNameError
