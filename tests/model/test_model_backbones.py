@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -257,6 +259,24 @@ def test_xrv_state_dict_gives_torchxrayvision_features(xrv_weights, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(region.regions.feature_map(model_input[None]), their_map,
                                    rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_a_pickled_torchxrayvision_file_is_refused_with_a_conversion_that_works(xrv_weights, tmp_path):
+    """torchxrayvision releases its weights as whole pickled models (``torch.save(model)``): the
+    loader refuses to unpickle one and prints a command; that command, run as printed, gives a
+    file that loads as their network."""
+    _, reference, _ = xrv_weights
+    released = tmp_path / "densenet121-res224-all.pt"
+    torch.save(reference, released)
+    with pytest.raises(BackboneWeightsError, match=r"it pickles torchxrayvision\.models\.DenseNet") as raised:
+        build_trunk("densenet121", str(released), weights_format="xrv")
+    command = re.search(r'python -c "(.*?)" and pass (\S+)$', str(raised.value))
+    assert command is not None, str(raised.value)
+    subprocess.run([sys.executable, "-c", command.group(1)], check=True, timeout=120, cwd=tmp_path)
+    trunk = build_trunk("densenet121", command.group(2), weights_format="xrv").eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), torch.relu(reference.features(x)), rtol=1e-4, atol=1e-5)
 
 
 # -------------------------------------------------------------------------- checkpoints, cache
