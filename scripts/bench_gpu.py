@@ -205,11 +205,10 @@ def main() -> int:
     upload_seconds = args.upload_seconds or (10.0 if reduced else 30.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU (use scripts/bench_gpu.sh --cpu for the dry run)")
-    work = args.work
-    if work is None:  # archive, checkpoint and index: several GB in the full run
-        work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-        if not args.keep:
-            atexit.register(shutil.rmtree, work, True)
+    keep_work = args.work is not None or args.keep
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    if not keep_work:  # archive, checkpoint and index: several GB in the full run
+        atexit.register(shutil.rmtree, work, True)
     table = Table(f"GPU benchmark ({'reduced CPU dry run' if reduced else 'full'}), {time.strftime('%Y-%m-%d')}: "
                   f"{machine(args.device)}; {platform.python_version()}")
     wall = time.perf_counter()
@@ -274,8 +273,7 @@ def main() -> int:
 
     table.row("all", "wall time of the benchmark", f"{time.perf_counter() - wall:.0f} s", "<= 8 min")
     args.out.write_text(table.text())
-    kept = args.work is not None or args.keep
-    print(f"\nwrote {args.out}" + (f" (work folder {work})" if kept else ""))
+    print(f"\nwrote {args.out}" + (f" (work folder {work})" if keep_work else ""))
     return 0
 
 
