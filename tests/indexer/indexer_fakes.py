@@ -95,14 +95,14 @@ def write_dicom(path: Path, seed: int, *, view: str | None = "PA", patient: str 
                 study_uid: str | None = None) -> Path:
     """A 12-bit DX file of :func:`noise_image` (``view`` ``None``: no ViewPosition)."""
     from dicom_files import make_dicom
+    from dicom_files import write_dicom as save_dicom
     from pydicom.uid import generate_uid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = make_dicom((noise_image(seed, size) * 4095).astype(np.uint16), sop_uid=sop_uid,
                     StudyInstanceUID=study_uid or generate_uid(), PatientID=patient,
                     PatientSex=sex, PatientAge=age, ViewPosition=view)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    return save_dicom(path, ds)
 
 
 def make_archive(root: Path, *, n_png: int = 6, n_dicom: int = 4, seed0: int = 0) -> dict:
