@@ -20,10 +20,9 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     path = tmp_path / "data.bin"
     files.atomic_write(path, b"old")
-    with pytest.raises(RuntimeError, match="disk gone"):
-        with files.atomic_open(path) as handle:
-            handle.write(b"half of the new")
-            raise RuntimeError("disk gone")
+    with pytest.raises(RuntimeError, match="disk gone"), files.atomic_open(path) as handle:
+        handle.write(b"half of the new")
+        raise RuntimeError("disk gone")
 
     def broken(tmp):
         tmp.write_bytes(b"partial")
@@ -33,9 +32,8 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         files.atomic_path(path, broken)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
-    with pytest.raises(ValueError, match="new file"):
-        with files.atomic_open(path, "ab"):
-            pass
+    with pytest.raises(ValueError, match="new file"), files.atomic_open(path, "ab"):
+        pass
 
 
 def test_copy_hash_and_temporary_names(tmp_path):
