@@ -3,9 +3,9 @@
 ``RetrievalModel.image_logits`` uses) vs the shared head on the mean of the nodes (the graph
 logits, what the published code classified images with), on the test split.
 
-    .venv/bin/python scripts/anatomy_image_logits.py --data runs/synth --runs runs/all [--seeds 0,1,2]
+    .venv/bin/python -m benchmarks anatomy_image_logits --data runs/synth --runs runs/all [--seeds 0,1,2]
 
-Reads ``RUNS/seed<S>/<variant>/best.ckpt`` as ``scripts/train_all_variants.py`` writes them,
+Reads ``RUNS/seed<S>/<variant>/best.ckpt`` as ``benchmarks/train_all_variants.py`` writes them,
 embeds the test images with THE embedding path (``model.prepare_batch``, ``extract``,
 ``forward_features``) and prints one line per variant and seed.
 """
@@ -18,10 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Test AUROC and mAP@10 with and without training augmentation, several seeds, one split.
 
-    .venv/bin/python scripts/bench_augmentation.py --data ARCHIVE --out DIR \
+    .venv/bin/python -m benchmarks augmentation --data ARCHIVE --out DIR \
         [--variant v6] [--preset synthetic-small] [--seeds 0,1,2] [--max-epochs N] \
         [--image-size S] [--patients 600] [--cache-dir DIR] [--threads 1] [--append BENCHMARKS.md]
 
@@ -34,9 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_line, synth_archive
-
+from benchmarks.harness import machine_line, synth_archive
 from chextriev.checkpoint import load_checkpoint
 from chextriev.embedding import embed_images
 from chextriev.io.datasets import load_records
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                "val_mAP@10": result.best_score}
             print(f"seed {seed} augmentation {arm}: {json.dumps(rows[arm][seed])}", flush=True)
             (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    command = "python scripts/bench_augmentation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks augmentation " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = (f"{args.variant}, preset {args.preset}, {len(records)} images ({len(test)} test), seeds "
             f"{args.seeds}, epochs {args.max_epochs or 'preset'}, model input {args.image_size or 'preset'} px"
             f"\n\n{table(rows, seeds)}")

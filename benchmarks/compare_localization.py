@@ -1,7 +1,7 @@
 """CAM, Grad-CAM, Grad-CAM++ and HAM side by side: box accuracy and TIoU/TIoR on the synthetic
 lesions and on the 12 real NIH boxes.
 
-    python scripts/compare_localization.py --data runs/synth --out results/localization \\
+    python -m benchmarks compare_localization --data runs/synth --out results/localization \\
         [--seeds 0,1,2] [--nih ../shared/data/nih-sample] [--work runs/localization] [--threads 2]
 
 For each seed, on the same synthetic archive and the same frozen random ResNet18 at 256 px
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from datetime import date
@@ -44,9 +43,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import REPO_ROOT, machine_line
 
 log = logging.getLogger("compare_localization")
 
@@ -73,10 +70,10 @@ SHOWN_T = (0.1, 0.3, 0.5)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="synthetic archive (chextriev synth)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "localization")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "localization", help="checkpoints (reused)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "localization")
+    p.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "localization", help="checkpoints (reused)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--nih", type=Path, default=ROOT.parent / "shared" / "data" / "nih-sample",
+    p.add_argument("--nih", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "nih-sample",
                    help="NIH sample with BBox_List (skipped with a note when absent)")
     p.add_argument("--box-fraction", type=float, default=0.2, help="training images with boxes for ham+boxes")
     p.add_argument("--preset", default="synthetic-small",
@@ -320,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         seed_result["eval_seconds"] = round(time.monotonic() - started - trained, 1)
         results["seeds"][str(seed)] = seed_result
         results["setup"] = {
-            "command": "python scripts/compare_localization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m benchmarks compare_localization " + " ".join(argv if argv is not None else sys.argv[1:]),
             "data": str(args.data), "n_test_images": len(test), "n_nih_images": len(nih),
             "box_fraction": args.box_fraction, "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads (shared machine)",
+            "machine": f"{machine_line()} (shared machine)",
         }
         result_path.write_text(json.dumps(results, indent=1, default=float) + "\n")  # a crash keeps finished seeds
     done = [s for s in seeds if str(s) in results["seeds"]]

@@ -2,7 +2,7 @@
 antialiased resize, what ``crop`` mode does now) vs the earlier path (resize the original to
 ``image_size``, then RoIAlign crops of the resized image), interleaved in one run.
 
-    .venv/bin/python scripts/bench_crop.py [--side 2560] [--image-size 512] [--repeats 7]
+    .venv/bin/python -m benchmarks crop [--side 2560] [--image-size 512] [--repeats 7]
 
 Prints the median time per image of both (the ResNet50 passes over the 18 crops, the same in
 both, are not included) and the share of the original's pixels each crop keeps.
@@ -11,21 +11,21 @@ both, are not included) and the share of the original's pixels each crop keeps.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
+import sys
 
 import numpy as np
 import torch
 
+from benchmarks.harness import interleaved, machine_line, median_ms
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=2560, help="original image side (px)")
     parser.add_argument("--image-size", type=int, default=512, help="the earlier path's resized side")
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from torchvision.ops import roi_align
 
     from chextriev.anatomy.atlas import default_template
@@ -45,23 +45,20 @@ def main() -> None:
     def now() -> torch.Tensor:
         return crop_regions(original, boxes, args.crop_size)
 
-    times: dict[str, list[float]] = {"earlier (resize, then RoIAlign crops)": [], "now (crops of the original)": []}
-    for _ in range(args.repeats):
-        for name, fn in zip(times, (earlier, now)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread; original {args.side} px, "
-          f"earlier path at {args.image_size} px, {args.repeats} interleaved repetitions")
+    times = interleaved({"earlier (resize, then RoIAlign crops)": earlier, "now (crops of the original)": now},
+                        args.repeats)
+    print(f"machine: {machine_line()}; original {args.side} px, earlier path at {args.image_size} px, "
+          f"{args.repeats} interleaved repetitions")
     for name, values in times.items():
-        print(f"{name}: median {statistics.median(values) * 1000:.0f} ms per image")
+        print(f"{name}: median {median_ms(values):.0f} ms per image")
     c = args.crop_size
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     # distinct source pixels behind each 224 x 224 crop: earlier from the resized image, now from the original
     kept = (np.minimum(w * scale, c) * np.minimum(h * scale, c)) / (np.minimum(w, c) * np.minimum(h, c))
     print(f"detail the earlier path kept of the published crop (source pixels, per region): median "
           f"{np.median(kept):.0%}, range {kept.min():.0%}-{kept.max():.0%}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

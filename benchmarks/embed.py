@@ -4,7 +4,7 @@
 RoIAlign) vs ``crop`` (18 ResNet50 passes on 224x224 crops, the published method), same ResNet50
 weights, 512x512 synthetic radiographs from ``chextriev synth``.
 
-    .venv/bin/python scripts/bench_embed.py --images 8
+    .venv/bin/python -m benchmarks embed --images 8
 
 Prints images/s of both modes and the ratio (target: roi >= 3x crop on a CPU).
 
@@ -15,21 +15,29 @@ roi at 512 px, width 1024; random weights with a fitted feature standardisation,
 images/s at ``--batch``, the batch-1 latency of ``--latency-images`` images, and the accuracy of
 bf16 against fp32 (per-image cosine, retrieval top-10 overlap over the whole archive).
 
-    .venv/bin/python scripts/bench_embed.py --compare precision --archive /tmp/demo-archive \
+    .venv/bin/python -m benchmarks embed --compare precision --archive /tmp/demo-archive \
         --patients 600 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.harness import (
+    archive_images,
+    default_checkpoint,
+    machine_line,
+    synth_archive,
+    top_k_overlap,
+)
 
 
 def synthetic_images(n: int, size: int, seed: int) -> list[np.ndarray]:
@@ -85,14 +93,6 @@ def compare_precision(args: argparse.Namespace) -> None:
     """fp32 vs bf16 ``embed_images``: throughput, batch-1 latency, accuracy (see the docstring)."""
     import statistics
 
-    from bench_common import (
-        archive_images,
-        default_checkpoint,
-        machine_line,
-        synth_archive,
-        top_k_overlap,
-    )
-
     from chextriev.checkpoint import load_checkpoint
     from chextriev.embedding import embed_images
 
@@ -140,7 +140,7 @@ def compare_precision(args: argparse.Namespace) -> None:
           f"top-10 overlap {top_k_overlap(fp32, bf16, 10):.4f} (targets: cosine >= 0.999, overlap >= 0.95)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--compare", choices=("mode", "precision"), default="mode")
     parser.add_argument("--images", type=int, default=8, help="mode: number of images")
@@ -158,23 +158,23 @@ def main() -> None:
     precision.add_argument("--detector-boxes", action="store_true",
                            help="boxes from the checkpoint's provider instead of the archive's true boxes")
     precision.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.compare == "precision":
         compare_precision(args)
-        return
+        return 0
     from chextriev.anatomy.atlas import default_template
 
     images = synthetic_images(args.images, args.size, args.seed)
     boxes = (default_template() * args.size).astype(np.float32)
     rates = time_modes(images, boxes, args.batch)
     roi, crop = rates["roi"], rates["crop"]
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}, {args.images} images {args.size}x{args.size}, ResNet50 "
+    print(f"machine: {machine_line()}, {args.images} images {args.size}x{args.size}, ResNet50 "
           "(random init, same weights in both modes)")
     print(f"roi : {roi:7.3f} images/s")
     print(f"crop: {crop:7.3f} images/s")
     print(f"ratio roi/crop: {roi / crop:.2f}x (target >= 3x)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Time the feature cache's image content hashes: cold (no memo: every file read and hashed)
 vs warm (``CACHE_DIR/content-hashes.sqlite`` memo: files only stat'ed), as at a training start.
 
-Usage: .venv/bin/python scripts/bench_feature_cache_keys.py [--files 2000] [--kib 200] [--dir DIR]
+Usage: .venv/bin/python -m benchmarks feature_cache_keys [--files 2000] [--kib 200] [--dir DIR]
 Writes N random files of the given size in a temporary directory (removed afterwards), with
 mtimes an hour in the past (files modified within the last seconds are never memoised).
 The cold figure reads files the OS has just written, so they are in the page cache: on a real
@@ -18,17 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from chextriev.training.feature_cache import FeatureCache, content_hash
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000, help="number of files (default 2000)")
     parser.add_argument("--kib", type=int, default=200, help="size of each file in KiB (default 200)")
     parser.add_argument("--dir", default=None, help="parent of the temporary directory (default: system temp)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-cache-keys-") as tmp:
         root = Path(tmp)

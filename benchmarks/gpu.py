@@ -1,7 +1,7 @@
-"""The GPU benchmark's figures (run by ``scripts/bench_gpu.sh``), written as one markdown table.
+"""The GPU benchmark's figures (run by ``benchmarks/gpu.sh``), written as one markdown table.
 
-    python scripts/bench_gpu.py --device cuda --out bench-gpu.md        # one H100/H200, < 8 min
-    python scripts/bench_gpu.py --device cpu --reduced --out dry.md     # the CPU dry run
+    python -m benchmarks gpu --device cuda --out bench-gpu.md        # one H100/H200, < 8 min
+    python -m benchmarks gpu --device cpu --reduced --out dry.md     # the CPU dry run
 
 Stages, each timed on its own and each a row of the table (``--skip`` leaves stages out):
 
@@ -13,7 +13,7 @@ Stages, each timed on its own and each a row of the table (``--skip`` leaves sta
    (images/s, decode included);
 3. ``index``: ``indexer.pipeline.run_index`` end to end over the whole archive (discovery,
    decoding workers, embedding, SQLite, Faiss build, save) with that checkpoint;
-4. ``faiss``: Faiss at ``--vectors`` x 1024 (clustered unit vectors like ``bench_search.py``):
+4. ``faiss``: Faiss at ``--vectors`` x 1024 (clustered unit vectors like ``benchmarks/search.py``):
    exact flat and IVF-flat (nlist 4096 at 1M; nprobe 32), on the GPU when Faiss has one: p50 of
    single queries, batched queries/s, recall@10 against exact;
 5. ``upload``: upload search against the index of stage 3 served in this process (waitress on
@@ -40,29 +40,22 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("bench_gpu")
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
+from benchmarks.harness import (
+    Table,
+    archive_images,
+    clustered_chunk,
+    default_checkpoint,
+    machine_line,
+    make_queries,
+    recall_at,
+    synth_archive,
+)
 
-
-class Table:
-    """Rows of ``| stage | what | figure | target |`` printed as they come and written at the end."""
-
-    def __init__(self, title: str):
-        self.lines = [title, "", "| stage | what | figure | target |", "|---|---|---|---|"]
-
-    def row(self, stage: str, what: str, figure: str, target: str = "") -> None:
-        line = f"| {stage} | {what} | {figure} | {target} |"
-        self.lines.append(line)
-        print(line, flush=True)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+log = logging.getLogger(__name__)
 
 
 def machine(device: str) -> str:
     import torch
-    from bench_common import machine_line
 
     line = machine_line()
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -123,7 +116,6 @@ def bench_embed(loaded, records, batch: int, workers: int, max_images: int) -> f
 # ------------------------------------------------------------------------------ 4. faiss
 def bench_faiss(n: int, dim: int, n_queries: int, device: str, nlist: int, nprobe: int) -> list[tuple]:
     import faiss
-    from bench_search import clustered_chunk, make_queries, recall_at
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((max(64, n // 500), dim)).astype(np.float32)
@@ -174,7 +166,7 @@ def bench_faiss(n: int, dim: int, n_queries: int, device: str, nlist: int, nprob
 
 
 # ------------------------------------------------------------------------------ main
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--precision", default="bf16", choices=("auto", "fp32", "bf16"))
@@ -190,10 +182,9 @@ def main() -> int:
     parser.add_argument("--upload-seconds", type=float, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=("embed", "index", "faiss", "upload"))
     parser.add_argument("--out", type=Path, default=Path("bench-gpu.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
-    from bench_common import archive_images, default_checkpoint, synth_archive
 
     from chextriev.checkpoint import load_checkpoint
     from chextriev.synth.archive import read_archive
@@ -204,7 +195,7 @@ def main() -> int:
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     upload_seconds = args.upload_seconds or (10.0 if reduced else 30.0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no GPU (use scripts/bench_gpu.sh --cpu for the dry run)")
+        raise SystemExit("--device cuda but torch sees no GPU (use benchmarks/gpu.sh --cpu for the dry run)")
     keep_work = args.work is not None or args.keep
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     if not keep_work:  # archive, checkpoint and index: several GB in the full run
@@ -259,7 +250,7 @@ def main() -> int:
 
     # 5. upload search
     if "upload" not in args.skip:
-        from load_test import compare_precisions, serve_in_process
+        from benchmarks.load_test import compare_precisions, serve_in_process
 
         base = serve_in_process(checkpoint, None, index_dir, 0, 4, torch_threads=None, precision=args.precision,
                                 compile=args.compile)

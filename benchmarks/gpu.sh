@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU benchmark (issue 15): one prepared script for one H100/H200, within 8 minutes.
 #
-#   scripts/bench_gpu.sh                # GPU: install the `gpu` extra into the venv, then measure
-#   scripts/bench_gpu.sh --cpu          # reduced CPU dry run: no install, small sizes, same code
+#   benchmarks/gpu.sh                # GPU: install the `gpu` extra into the venv, then measure
+#   benchmarks/gpu.sh --cpu          # reduced CPU dry run: no install, small sizes, same code
 #
 # Environment: PYTHON (default .venv/bin/python: `make setup` made it), OUT (the markdown table,
 # default bench-gpu.md / bench-gpu-cpu.md), WHEELS (a folder of wheels to install from instead of
 # the package index, for machines without one), NO_INSTALL=1 (the environment already has a GPU
-# Faiss), BENCH_ARGS (more arguments for scripts/bench_gpu.py, e.g. "--images 10000").
+# Faiss), BENCH_ARGS (more arguments for `python -m benchmarks gpu`, e.g. "--images 10000").
 #
 # What the GPU mode installs, and why: the `gpu` extra is the official Faiss GPU wheel
 # (faiss-gpu >= 1.15.1, built for CUDA 12 and sm_90). It brings its own CUDA 12 runtime and cuBLAS
@@ -49,17 +49,17 @@ if not torch.cuda.is_available():
 if faiss.get_num_gpus() < 1:
     problems.append(f"faiss {faiss.__version__} sees no GPU (is faiss-cpu still installed?)")
 if problems:
-    sys.exit("bench_gpu.sh: " + "; ".join(problems))
+    sys.exit("gpu.sh: " + "; ".join(problems))
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}; faiss {faiss.__version__}, "
       f"{faiss.get_num_gpus()} GPU(s)")
 PY
     # 8 minutes in all: the install above is minutes at most; the measurement is bounded here.
     # shellcheck disable=SC2086
-    timeout 420 "$PYTHON" scripts/bench_gpu.py --device cuda --precision bf16 --out "$OUT" ${BENCH_ARGS:-}
+    timeout 420 "$PYTHON" -m benchmarks gpu --device cuda --precision bf16 --out "$OUT" ${BENCH_ARGS:-}
 else
     OUT="${OUT:-bench-gpu-cpu.md}"
     # shellcheck disable=SC2086
     # bf16 as on the GPU; a loaded 2-core machine needs many minutes for the ResNet50 at 512 px
-    timeout 3600 "$PYTHON" scripts/bench_gpu.py --device cpu --precision bf16 --reduced --out "$OUT" ${BENCH_ARGS:-}
+    timeout 3600 "$PYTHON" -m benchmarks gpu --device cpu --precision bf16 --reduced --out "$OUT" ${BENCH_ARGS:-}
 fi
 echo "markdown table: $OUT"

@@ -1,27 +1,126 @@
-"""Helpers shared by the speed benchmarks (bench_embed.py, bench_int8.py, bench_gpu.py, load_test.py).
+"""What the benchmarks share: the machine they ran on, timing, and the fixtures they measure on.
 
-* :func:`synth_archive`: a ``chextriev synth`` archive (reused when the folder already holds one);
+* :func:`machine_line`: CPU model, cores, the CPU's native bf16 features named one by one (AMX,
+  AVX-512 bf16), the load average (what else was running), torch version and threads; every
+  benchmark prints it beside its figures (BENCHMARKS.md asks for it);
+* :func:`timed`, :func:`interleaved`: wall-clock seconds of one call, and of several calls
+  alternated over repeats so that the load of a shared machine hits them alike (figures are
+  compared within one run, as ratios);
+* :class:`Table`: a markdown table printed row by row as the figures come;
+* :func:`synth_archive`, :func:`archive_images`: a ``chextriev synth`` archive (reused when the
+  folder already holds one) and its decoded images, boxes and records;
 * :func:`default_checkpoint`: the default architecture (``build_model("v6")``: ResNet50 roi at
   512 px, graph width 1024) with random weights and the feature standardisation fitted on a few
-  archive images (:func:`feature_rows`), written in the ``chextriev train`` checkpoint format.
-  Latency and the bf16 error do not depend on training; the fitted standardisation puts the
-  projection's inputs on the scale a trained model sees. An existing file is reused only when it
-  was fitted under the current scale floor (``region_features.SCALE_FLOOR``);
-* :func:`top_k_overlap`: how far two embeddings of one gallery agree on every image's neighbours.
+  archive images (:func:`feature_rows`), written with
+  :func:`chextriev.checkpoint.save_model_checkpoint`. Latency and the bf16 error do not depend on
+  training; the fitted standardisation puts the projection's inputs on the scale a trained
+  model sees. An existing file is reused only when it was fitted under the current scale floor
+  (``region_features.SCALE_FLOOR``);
+* :func:`clustered_chunk`, :func:`make_queries`, :func:`recall_at`:
+  unit vectors shaped like an archive's embeddings, for the Faiss benchmarks;
+* :func:`top_k_overlap`: how far two embeddings of one gallery agree on every image's neighbours
+  (the retrieval core's exact k-NN).
+
+``REPO_ROOT`` is the checkout this package sits in (the default place of ``runs/``,
+``results/`` and ``data/`` of the experiments).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
+# ------------------------------------------------------------------------------ the machine
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_features_text() -> str:
+    """``"AMX: no, AVX-512 bf16: yes"``: the native bf16 features the precision choice reads
+    (:func:`chextriev.precision.cpu_bf16_features`), each named with its answer."""
+    from chextriev.precision import cpu_bf16_features
+
+    found = set(cpu_bf16_features())
+    return (f"AMX: {'yes' if 'amx_bf16' in found else 'no'}, "
+            f"AVX-512 bf16: {'yes' if 'avx512_bf16' in found else 'no'}")
+
+
+def load_average() -> str:
+    """The 1-minute load average (what else was running), or ``"n/a"``."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
+def machine_line() -> str:
+    """CPU model, core count, native bf16 features, load average, torch version and threads."""
+    import torch
+
+    return (f"{cpu_model()}, {os.cpu_count()} cores ({bf16_features_text()}), load average "
+            f"{load_average()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+# ------------------------------------------------------------------------------ timing
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """``(wall seconds, result)`` of one call of ``fn``."""
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of every call of ``calls``, ``repeats`` times, the calls alternated within
+    each repeat (a load change on a shared machine then hits them all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            times[name].append(timed(fn)[0])
+    return times
+
+
+def median_ms(seconds: Sequence[float]) -> float:
+    return statistics.median(seconds) * 1000
+
+
+class Table:
+    """Rows of a markdown table, printed as they come; :meth:`text` gives the whole table."""
+
+    def __init__(self, title: str, columns: Sequence[str] = ("stage", "what", "figure", "target")):
+        self.width = len(columns)
+        self.lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+    def row(self, *cells: object) -> None:
+        """One row; missing trailing cells are empty."""
+        cells = (*cells, *[""] * (self.width - len(cells)))
+        line = "| " + " | ".join(str(c) for c in cells) + " |"
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ archives and checkpoints
 def synth_archive(out: Path, patients: int, size: int = 512, seed: int = 0, workers: int = 2) -> Path:
     """``out`` holding a synthetic archive of ``patients`` patients (drawn unless already there)."""
     from chextriev.synth.writer import SynthConfig, write_archive
@@ -47,9 +146,9 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     feature standardisation fitted on ``images`` (fp32), as a ``chextriev train`` checkpoint."""
     import torch
 
-    from chextriev.checkpoint import read_checkpoint
+    from chextriev.checkpoint import read_checkpoint, save_model_checkpoint
     from chextriev.model.build import build_from_config
-    from chextriev.model.config import MODEL_FORMAT, get_config
+    from chextriev.model.config import get_config
     from chextriev.model.region_features import SCALE_FLOOR
 
     rule = f"absolute {SCALE_FLOOR}"  # checkpoints fitted under another scale floor are redrawn
@@ -67,11 +166,7 @@ def default_checkpoint(path: Path, images: Sequence[np.ndarray], boxes: Sequence
     if features_module is not None and len(images):
         features = feature_rows(model, images, boxes)
         features_module.set_feature_stats(features.mean(dim=0), features.std(dim=0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": {"model_format": MODEL_FORMAT, "model_config": config.to_dict(), "variant": variant,
-                                     "class_names": list(config.class_names), "image_size": config.image_size,
-                                     "feature_scale_rule": rule},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    save_model_checkpoint(path, model, variant=variant, feature_scale_rule=rule)
     log.info("wrote %s (%s, random weights, feature standardisation from %d images)", path, variant, len(images))
     return path
 
@@ -98,37 +193,49 @@ def feature_rows(model, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray
     return features[features.abs().sum(dim=1) > 0]  # missing regions are zero rows
 
 
+# ------------------------------------------------------------------------------ vectors
+SPREAD = 0.7  # spread of sub-cluster centres around their cluster centre (unit centre)
+NOISE = 0.35  # spread of the points around their sub-cluster centre (10 points each)
+
+
+def clustered_chunk(start: int, count: int, dim: int, centres: np.ndarray, seed: int,
+                    spread: float = SPREAD) -> np.ndarray:
+    """Rows ``start..start+count`` of the data set, regenerated deterministically per chunk.
+
+    Two-level structure like real embeddings: clusters (findings, anatomy) of sub-clusters of
+    10 near-duplicates (same patient, similar studies), the sub-cluster centres ``spread`` around
+    their cluster centre. ``start`` and ``count`` are multiples of 10."""
+    rng = np.random.default_rng([seed, start])
+    n_sub = -(-count // 10)
+    sub = centres[rng.integers(0, len(centres), n_sub)]
+    sub = sub + rng.standard_normal((n_sub, dim), dtype=np.float32) * (spread / np.sqrt(dim))
+    sub /= np.linalg.norm(sub, axis=1, keepdims=True)
+    x = np.repeat(sub, 10, axis=0)[:count]
+    x = x + rng.standard_normal((count, dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_queries(exact: np.ndarray, n_queries: int, seed: int) -> np.ndarray:
+    """Perturbed copies of archived vectors (a new image of an archived case)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(exact), n_queries, replace=False)
+    dim = exact.shape[1]
+    q = exact[picks] + rng.standard_normal((n_queries, dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true neighbours (rows of ``truth``) that ``found`` holds."""
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean share of the top-``k`` neighbours (self excluded, cosine) that embeddings ``a`` and
     ``b`` ``(N, D)`` of the same gallery agree on."""
+    from chextriev.retrieval import neighbors_from_embeddings
+
     k = min(k, len(a) - 1)  # a gallery smaller than k + 1: every other image is a neighbour
     if k < 1:
         return 1.0
-
-    def neighbours(e: np.ndarray) -> np.ndarray:
-        similarity = e @ e.T
-        np.fill_diagonal(similarity, -np.inf)
-        return np.argsort(-similarity, axis=1)[:, :k]
-
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(neighbours(a), neighbours(b))]))
-
-
-def machine_line() -> str:
-    """CPU model, core count, native bf16 features, torch version and threads."""
-    import os
-
-    import torch
-
-    from chextriev.precision import cpu_bf16_features
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    bf16 = ", ".join(cpu_bf16_features()) or "no native bf16"
-    return (f"{model}, {os.cpu_count()} cores ({bf16}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    first, second = neighbors_from_embeddings(a, k)[0], neighbors_from_embeddings(b, k)[0]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(first, second)]))

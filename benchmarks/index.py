@@ -1,8 +1,8 @@
 """End-to-end indexing speed: images/s from files on disk to a saved index (discovery, decoding in
 worker processes, embedding with the checkpoint's model, SQL writes, Faiss build and atomic save).
 
-    .venv/bin/python scripts/bench_index.py --images 2000 --size 256 --workers 2
-    .venv/bin/python scripts/bench_index.py --checkpoint model.ckpt --device cuda
+    .venv/bin/python -m benchmarks index --images 2000 --size 256 --workers 2
+    .venv/bin/python -m benchmarks index --checkpoint model.ckpt --device cuda
 
 Without ``--checkpoint`` a ``tiny`` checkpoint (ResNet18, 64 px, width 64) is trained in seconds
 on a few synthetic images and used: the figure then measures the indexer's own overhead
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.harness import machine_line
 
 
 def make_archive(out: Path, images: int, size: int, seed: int) -> int:
@@ -32,7 +34,7 @@ def make_archive(out: Path, images: int, size: int, seed: int) -> int:
     return sum(1 for p in (out / "files").rglob("*") if p.is_file())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="approximate archive size")
     parser.add_argument("--size", type=int, default=256, help="synthetic image side")
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--index-type", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary archive and index")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from indexer.embedder import ModelEmbedder
     from indexer.pipeline import run_index
@@ -62,7 +64,7 @@ def main() -> None:
     summary = run_index(work / "archive", embedder=embedder, index_dir=work / "index",
                         workers=args.workers, batch_size=args.batch_size,
                         index_type=args.index_type, device=embedder.device, progress=True)
-    print(f"machine: {platform.machine()}, device {embedder.device}, workers {args.workers}, "
+    print(f"machine: {machine_line()}, device {embedder.device}, workers {args.workers}, "
           f"batch {args.batch_size}, checkpoint {checkpoint} ({embedder.loaded.config.backbone}, "
           f"{embedder.image_size} px, D={embedder.embedding_dim})")
     print(f"archive: {n_files} files at {args.size}x{args.size} (synthesised in {synth_s:.0f} s)")
@@ -73,7 +75,8 @@ def main() -> None:
         print(f"kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,11 +8,11 @@ Everything after the model is the real code: the writer's batched transactions, 
 store, the index checkpoints (every ``--checkpoint-every`` batches and at the end), the final
 manifest; then ``Catalog.open`` and ``Catalog.search``.
 
-    .venv/bin/python scripts/bench_index_scale.py --sizes 10000 100000
-    nice -n 10 .venv/bin/python scripts/bench_index_scale.py --sizes 1000000 --out /work/bench
-    .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --db postgresql://u@127.0.0.1:5432/postgres
-    .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --keep --dim 64 --region-dim 8
-    .venv/bin/python scripts/bench_index_scale.py --sizes 100000 --open-only --reopen 3 --grow 1000
+    .venv/bin/python -m benchmarks index_scale --sizes 10000 100000
+    nice -n 10 .venv/bin/python -m benchmarks index_scale --sizes 1000000 --out /work/bench
+    .venv/bin/python -m benchmarks index_scale --sizes 100000 --db postgresql://u@127.0.0.1:5432/postgres
+    .venv/bin/python -m benchmarks index_scale --sizes 100000 --keep --dim 64 --region-dim 8
+    .venv/bin/python -m benchmarks index_scale --sizes 100000 --open-only --reopen 3 --grow 1000
 
 ``--db`` names a PostgreSQL server (any database on it): the script creates one database per
 size there. Without it the catalog is SQLite inside the index folder.
@@ -36,7 +36,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import secrets
 import shutil
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.harness import machine_line
 
 DIM = 1024
 REGION_DIM = 1024
@@ -360,7 +361,7 @@ def main(argv=None) -> int:
         return 0
     print("MODEL: fast deterministic stand-in (clustered unit vectors, shifted region copies, "
           f"64 thumbnails), D={args.dim}, R={args.region_dim}; NOT a neural network")
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {machine_line()}; "
           f"batch {args.batch}, checkpoint every {args.checkpoint_every} batches")
     results = []
     for n in args.sizes:

@@ -1,6 +1,6 @@
 """Reduced-precision backends for the ResNet50 trunk, measured in one run: speed and accuracy.
 
-    .venv/bin/python scripts/bench_int8.py --archive /tmp/demo-archive --images 48 --calibrate 16
+    .venv/bin/python -m benchmarks int8 --archive /tmp/demo-archive --images 48 --calibrate 16
 
 The trunk (ResNet50 at 512 px, 85-90 % of an upload's model time) is run by every backend that
 is installed (the others are reported as absent):
@@ -16,7 +16,7 @@ is installed (the others are reported as absent):
 For each: median milliseconds per image at batch 1 (backends interleaved image by image), and
 the accuracy of the whole embedding against fp32 (each backend's feature map goes through the
 same fp32 RoIAlign, graph and heads of the default architecture with its fitted feature
-standardisation, :func:`bench_common.default_checkpoint`): smallest and mean cosine over
+standardisation, :func:`benchmarks.harness.default_checkpoint`): smallest and mean cosine over
 ``--images`` images (none of them a calibration image) and their top-10 overlap. The issue's bar
 for adopting a backend: cosine >= 0.999 and top-10 overlap >= 0.95. None of OpenVINO, ONNX
 Runtime or nncf is a dependency of the project: install them to run their rows.
@@ -29,6 +29,7 @@ import atexit
 import copy
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import (
+
+from benchmarks.harness import (
     archive_images,
     default_checkpoint,
     machine_line,
@@ -146,7 +148,7 @@ def openvino_runners(trunk: torch.nn.Module, calibration: list[np.ndarray], thre
     return {name: (lambda x, c=c: c(x)[0]) for name, c in compiled.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", type=Path, default=Path(tempfile.gettempdir()) / "bench-embed-archive")
     parser.add_argument("--patients", type=int, default=600, help="patients when the archive is drawn")
@@ -156,7 +158,7 @@ def main() -> None:
                         help="checkpoint (default: the default architecture, random weights, fitted standardisation)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="backend rows to run (default all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from chextriev.checkpoint import load_checkpoint
     from chextriev.embedding import prepare_batch
@@ -221,7 +223,8 @@ def main() -> None:
         median = statistics.median(times[name])
         print(f"| {name} | {median:.1f} | {base / median:.2f}x | {cosine.min():.5f} | {cosine.mean():.5f} | "
               f"{top_k_overlap(reference, e, 10):.3f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

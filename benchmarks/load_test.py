@@ -10,8 +10,8 @@ p50, p99 and errors:
 
 Example::
 
-    python scripts/load_test.py --url http://127.0.0.1:8000 --mode by-id --clients 8 --seconds 30
-    python scripts/load_test.py --url http://127.0.0.1:8000 --mode upload --images q1.png q2.png \\
+    python -m benchmarks load_test --url http://127.0.0.1:8000 --mode by-id --clients 8 --seconds 30
+    python -m benchmarks load_test --url http://127.0.0.1:8000 --mode upload --images q1.png q2.png \\
         --clients 1 --seconds 30
 
 Or let the script serve an index itself (the production gunicorn server in a child process, on
@@ -20,7 +20,7 @@ optionally padding the Faiss index with ``--pad-random N`` random L2-normalised 
 search latency at a larger size (the padding ids are not in the database, so they cost search
 time but never appear in results; ``index_size`` still counts the real images only)::
 
-    python scripts/load_test.py --checkpoint best.ckpt --index-dir index --pad-random 100000 \
+    python -m benchmarks load_test --checkpoint best.ckpt --index-dir index --pad-random 100000 \
         --mode by-id --clients 8 --seconds 30
 
 Upload search in fp32 and bf16, A/B in one run (``--compare-precision``): the index is served twice
@@ -28,7 +28,7 @@ in this process, once per precision, and one client alternates requests between 
 prints p50/p90 per precision, their ratio, and the median ``timing_ms`` of every stage of the
 response (decode, boxes, model, search, response, total; ``http`` = client time - total)::
 
-    python scripts/load_test.py --checkpoint best.ckpt --index-dir index --mode upload \
+    python -m benchmarks load_test --checkpoint best.ckpt --index-dir index --mode upload \
         --images q1.png q2.png --seconds 60 --compare-precision
 
 ``--compare-compile`` does the same for the trunk eager and compiled (``--compile``), both in

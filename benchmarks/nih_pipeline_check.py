@@ -7,7 +7,7 @@ with chextriev.vocab.NIH_TO_IMAGENOME). This checks that every stage runs on rea
 (8-bit L and RGBA PNGs, real label and box files); it is NOT a quality claim: the model never
 saw a real radiograph.
 
-    .venv/bin/python scripts/nih_pipeline_check.py [--checkpoint CKPT] [--data DIR] [--out results/nih-sample]
+    .venv/bin/python -m benchmarks nih_pipeline_check [--checkpoint CKPT] [--data DIR] [--out results/nih-sample]
 
 Without --checkpoint, a tiny v6 is trained on a small fresh synthetic archive first.
 """
@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from benchmarks.harness import REPO_ROOT
 from metrics.evaluate import EvaluationInputs, EvaluationOptions, evaluate_arrays
 from metrics.report import _jsonable, triple
 
@@ -33,7 +31,7 @@ log = logging.getLogger("nih_pipeline_check")
 
 
 def default_data() -> Path:
-    return Path(os.environ.get("CHEXTRIEV_NIH_SAMPLE", str(ROOT.parent / "shared" / "data" / "nih-sample")))
+    return Path(os.environ.get("CHEXTRIEV_NIH_SAMPLE", str(REPO_ROOT.parent / "shared" / "data" / "nih-sample")))
 
 
 def tiny_synthetic_checkpoint(work: Path) -> Path:
@@ -54,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=default_data())
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "nih-sample")
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "nih-pipeline-check")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "nih-sample")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "nih-pipeline-check")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

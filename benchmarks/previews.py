@@ -4,9 +4,9 @@ the indexer's own decoding path (:func:`indexer.decode.decode`, which calls
 figures and the cost per million images. JPEG (what the indexer stores) is compared with WebP
 at the same side, interleaved per image.
 
-    python scripts/bench_previews.py ../shared/data/nih-sample --side 1024
-    python scripts/bench_previews.py /tmp/synth-2048 --side 1024 --limit 60
-    python scripts/bench_previews.py ../shared/data/nih-sample --limit 60 --query-preview
+    python -m benchmarks previews ../shared/data/nih-sample --side 1024
+    python -m benchmarks previews /tmp/synth-2048 --side 1024 --limit 60
+    python -m benchmarks previews ../shared/data/nih-sample --limit 60 --query-preview
 
 ``--query-preview`` compares, instead, the two encodings of the query preview an upload search
 returns, from each original image (interleaved per image): the lossless PNG it used to be
@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 
 import numpy as np
 from PIL import Image
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="anything `chextriev index --data` reads")
     parser.add_argument("--side", type=int, default=1024, help="--preview-side (default 1024)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--query-preview", action="store_true", help="PNG vs JPEG of the upload query preview")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.query_preview:
-        return compare_query_previews(args.source, args.side, args.limit)
+        compare_query_previews(args.source, args.side, args.limit)
+        return 0
 
     from indexer.decode import OK, decode
     from indexer.discovery import open_archive
@@ -106,7 +108,8 @@ def compare_query_previews(source: str, side: int, limit: int) -> None:
     for name, (ms, sizes) in figures.items():
         print(f"{name}: encode median {np.median(ms):.1f} ms, mean {np.mean(sizes) / 1e3:.1f} kB "
               f"({np.mean(sizes) * 4 / 3 / 1e3:.1f} kB as base64 in the response)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Peak memory of ONE upload request: hostile files (decompression bombs, lying headers) against
 normal uploads, each in a fresh server process.
 
-    python scripts/bench_request_memory.py [--work DIR] [--python PY --code DIR]
+    python -m benchmarks request_memory [--work DIR] [--python PY --code DIR]
 
 Builds a tiny index once (``chextriev synth`` 6 patients at 128 px, a tiny v6 checkpoint,
 ``chextriev index``, with the interpreter and checkout of the cases) under ``--work``; then, per case, starts a new Python process that builds
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO_ROOT
 
 CASES = {
     "normal: 2048 x 2048 16-bit PNG": "hostile.normal_png(2048)",
@@ -39,8 +40,7 @@ CASES = {
 
 CHILD = r"""
 import io, json, sys, time
-sys.path.insert(0, {tests!r})
-import hostile_files as hostile
+import hostile_files as hostile  # tests/hostile_files.py: the child's PYTHONPATH names tests/
 from server import create_app
 
 def status_kb(field):
@@ -97,18 +97,21 @@ def build_index(work: Path, python: str, code: Path) -> dict:
             "LOAD": "sync", "TORCH_THREADS": 1}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "chextriev-bench-memory")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the cases")
-    parser.add_argument("--code", type=Path, default=REPO, help="checkout the cases run in")
-    args = parser.parse_args()
+    parser.add_argument("--code", type=Path, default=REPO_ROOT, help="checkout the cases run in")
+    args = parser.parse_args(argv)
     config = build_index(args.work, args.python, args.code)
+    # the cases' files are made by the test suite's hostile-file makers (tests/hostile_files.py)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"),
+                                                                     os.environ.get("PYTHONPATH")]))}
     print("| case | status | upload | peak RSS above idle | seconds |\n|---|---|---|---|---|")
     for name, make in CASES.items():
-        child = CHILD.format(tests=str(REPO / "tests"), config=config, make=make)
+        child = CHILD.format(config=config, make=make)
         done = subprocess.run([args.python, "-c", child], cwd=args.code, capture_output=True, text=True,
-                              timeout=600, check=False)
+                              timeout=600, check=False, env=env)
         if done.returncode != 0:
             print(f"| {name} | process failed ({done.returncode}): {done.stderr.strip()[-120:]} | | | |")
             continue

@@ -1,6 +1,6 @@
 """Time the vectorised retrieval metrics (and exact cosine top-k) against a slow loop.
 
-Usage: .venv/bin/python scripts/bench_metrics.py [--queries 100000] [--k 10] [--classes 9]
+Usage: .venv/bin/python -m benchmarks retrieval_metrics [--queries 100000] [--k 10] [--classes 9]
 Prints the figures; append them to BENCHMARKS.md by hand (never rewrite that file).
 """
 
@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics.retrieval import neighbors_from_embeddings, retrieval_metrics
 
@@ -34,13 +31,13 @@ def loop_metrics(neighbors: np.ndarray, labels: np.ndarray, k: int) -> float:
     return total / max(count, 1)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--classes", type=int, default=9)
     parser.add_argument("--embed-n", type=int, default=20_000, help="rows for the top-k timing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     n, k, c = args.queries, args.k, args.classes
     labels = (rng.random((n, c)) < 0.15).astype(np.float32)

@@ -6,7 +6,7 @@ the rule in use) or, with ``relative=f``, at ``f`` times the median channel std 
 This script compares the rules (``abs-1e-3`` and each ``--fractions`` value):
 
 ``--part precision``: the default architecture (V6, ResNet50 roi at 512 px, random-init frozen
-backbone; ``bench_common.default_checkpoint``'s model), standardisation fitted on the first
+backbone; ``benchmarks.harness.default_checkpoint``'s model), standardisation fitted on the first
 ``--fit-images`` archive images, bf16 against fp32 embeddings of the next ``--eval-images``
 held-out images, per rule: cosine min / 1st percentile / mean and top-10 overlap, and how many
 channels the rule floors. The backbone runs once per precision; each rule then re-runs the
@@ -14,15 +14,16 @@ rest of ``embed_images`` (``chextriev.embedding.embed_features`` under the same 
 
 ``--part quality``: retrieval quality in fp32 of trained models: for each seed and rule,
 ``chextriev.training.fit.train_records`` (V6, ``--preset``) and the test split scored as
-``scripts/train_all_variants.py`` does (mAP@10, AUROC; validation mAP@10 of the best epoch).
+the variant sweep does (``metrics.model_eval.headline_scores``: mAP@10, AUROC; validation mAP@10 of
+the best epoch).
 The rule is switched by replacing ``region_features.feature_scale`` for the run (the function
 ``set_feature_stats`` calls, i.e. every place that fits the statistics).
 
-    .venv/bin/python scripts/bench_scale_floor.py --archive /tmp/demo-archive --part precision
-    .venv/bin/python scripts/bench_scale_floor.py --archive /tmp/demo-archive --part quality \
+    .venv/bin/python -m benchmarks scale_floor --archive /tmp/demo-archive --part precision
+    .venv/bin/python -m benchmarks scale_floor --archive /tmp/demo-archive --part quality \
         --seeds 0,1,2 --out /tmp/floor-ab --cache-dir /tmp/floor-cache --threads 1
     # the default architecture's backbone and input side under the same CPU preset:
-    .venv/bin/python scripts/bench_scale_floor.py --archive /tmp/demo-archive --part quality \
+    .venv/bin/python -m benchmarks scale_floor --archive /tmp/demo-archive --part quality \
         --backbone resnet50 --image-size 512 --out /tmp/floor-ab-r50 --cache-dir /tmp/floor-cache
 """
 
@@ -40,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import archive_images, feature_rows, machine_line, top_k_overlap
 
+from benchmarks.harness import archive_images, feature_rows, machine_line, top_k_overlap
 from chextriev.model import region_features
 
 log = logging.getLogger("bench_scale_floor")
@@ -119,18 +120,15 @@ def precision_part(args, rules: list[str]) -> None:
 
 
 def quality_part(args, rules: list[str]) -> None:
-    from train_all_variants import evaluate
-
     from chextriev.checkpoint import load_checkpoint
     from chextriev.io.datasets import load_records
-    from chextriev.io.images import load_image
     from chextriev.training.data import split_records
     from chextriev.training.fit import train_records
+    from metrics.model_eval import headline_scores
 
     records = [replace(record, split=name) for name, items in split_records(load_records(args.archive)).items()
                for record in items]
     test = [r for r in records if r.split == "test"]
-    images = [load_image(r.source) for r in test]
     overrides = {k: v for k, v in (("backbone", args.backbone), ("image_size", args.image_size)) if v}
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
@@ -146,7 +144,7 @@ def quality_part(args, rules: list[str]) -> None:
                 result = train_records(records, args.out / f"seed{seed}" / rule, variant="v6", preset=args.preset,
                                        seed=seed, cache_dir=args.cache_dir, progress=False,
                                        max_epochs=args.epochs, model_overrides=overrides)
-            row = evaluate(load_checkpoint(result.best), test, images)
+            row = headline_scores(load_checkpoint(result.best), test)
             results[key] = {"val_mAP@10": result.best_score, "test_mAP@10": row["mAP@10"],
                             "test_AUROC": row["AUROC"], "region_AUROC": row["region_AUROC"],
                             "seconds": time.perf_counter() - start}
@@ -170,7 +168,7 @@ def quality_part(args, rules: list[str]) -> None:
               f"{avg('region_AUROC')} | {per_seed} |")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archive", type=Path, required=True, help="a chextriev synth archive (512 px)")
     parser.add_argument("--part", choices=("precision", "quality"), required=True)
@@ -187,7 +185,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=None, help="quality: input side instead of the preset's")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-scale-floor"))
     parser.add_argument("--cache-dir", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

@@ -3,8 +3,8 @@
 For each size: exact ``flat`` vs ``ivf-flat`` (several nprobe) vs ``ivf-pq`` + exact re-rank;
 recall@10 against the exact result, single-query latency p50/p99 and batched throughput.
 
-    .venv/bin/python scripts/bench_search.py                     # 100k and 1M, D=1024
-    .venv/bin/python scripts/bench_search.py --sizes 100000 --queries 200
+    .venv/bin/python -m benchmarks search                     # 100k and 1M, D=1024
+    .venv/bin/python -m benchmarks search --sizes 100000 --queries 200
 
 Memory: about 2 x 4 x N x D bytes (the exact flat index and the IVF-flat lists; the IVF-PQ
 re-rank reads the flat index's vectors): 8 GB at 1M x 1024.
@@ -14,41 +14,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
+import sys
 import time
 
 import faiss
 import numpy as np
 
+from benchmarks.harness import SPREAD, clustered_chunk, machine_line, make_queries, recall_at
 from indexer.vector_index import Segment, VectorIndex, default_nlist
-
-SPREAD = 0.7  # spread of sub-cluster centres around their cluster centre (unit centre)
-NOISE = 0.35  # spread of the points around their sub-cluster centre (10 points each)
-
-
-def clustered_chunk(start: int, count: int, dim: int, centres: np.ndarray, seed: int) -> np.ndarray:
-    """Rows ``start..start+count`` of the data set, regenerated deterministically per chunk.
-
-    Two-level structure like real embeddings: clusters (findings, anatomy) of sub-clusters of
-    10 near-duplicates (same patient, similar studies). ``start`` and ``count`` are multiples
-    of 10."""
-    rng = np.random.default_rng([seed, start])
-    n_sub = -(-count // 10)
-    sub = centres[rng.integers(0, len(centres), n_sub)]
-    sub = sub + rng.standard_normal((n_sub, dim), dtype=np.float32) * (SPREAD / np.sqrt(dim))
-    sub /= np.linalg.norm(sub, axis=1, keepdims=True)
-    x = np.repeat(sub, 10, axis=0)[:count]
-    x = x + rng.standard_normal((count, dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def make_queries(exact: np.ndarray, n_queries: int, seed: int) -> np.ndarray:
-    """Perturbed copies of archived vectors (a new image of an archived case)."""
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(exact), n_queries, replace=False)
-    dim = exact.shape[1]
-    q = exact[picks] + rng.standard_normal((n_queries, dim), dtype=np.float32) * (NOISE / np.sqrt(dim))
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 class _ExactView:
@@ -79,11 +52,8 @@ def throughput(search, queries: np.ndarray, k: int) -> float:
     return len(queries) / (time.perf_counter() - t)
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
-def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 100_000) -> list[dict]:
+def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 100_000,
+             spread: float = SPREAD) -> list[dict]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(64, n // 500), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -95,7 +65,7 @@ def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 1
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     t = time.perf_counter()
     for s in range(0, n, chunk):
-        flat.add_with_ids(clustered_chunk(s, min(chunk, n - s), dim, centres, seed), ids[s:s + chunk])
+        flat.add_with_ids(clustered_chunk(s, min(chunk, n - s), dim, centres, seed, spread), ids[s:s + chunk])
     flat_add = time.perf_counter() - t
     base = faiss.downcast_index(flat.index)
     exact_view = faiss.rev_swig_ptr(base.get_xb(), n * dim).reshape(n, dim)
@@ -108,7 +78,7 @@ def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 1
                  "p50": p50, "p99": p99, "qps": throughput(flat_search, queries, k)})
     print(_fmt(rows[-1]), flush=True)
 
-    train = clustered_chunk(0, min(n, max(64 * nlist, 65_536)), dim, centres, seed)
+    train = clustered_chunk(0, min(n, max(64 * nlist, 65_536)), dim, centres, seed, spread)
     for kind, factory in (("ivf-flat", f"IVF{nlist},Flat"),
                           ("ivf-pq", f"IVF{nlist},PQ{dim // 16}x8")):
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -118,7 +88,7 @@ def run_size(n: int, dim: int, n_queries: int, k: int, seed: int, chunk: int = 1
         t = time.perf_counter()
         index.train(train)
         for s in range(0, n, chunk):
-            index.add_with_ids(clustered_chunk(s, min(chunk, n - s), dim, centres, seed), ids[s:s + chunk])
+            index.add_with_ids(clustered_chunk(s, min(chunk, n - s), dim, centres, seed, spread), ids[s:s + chunk])
         add_s = time.perf_counter() - t
         # The project's wrapper (re-rank for ivf-pq) over this Faiss index and the exact vectors.
         wrapper = VectorIndex(kind, factory, dim, nprobe=16, rerank=8, trained=index,
@@ -140,8 +110,7 @@ def _fmt(r: dict) -> str:
             f"{r['recall']:.3f} | {r['p50']:7.2f} | {r['p99']:7.2f} | {r['qps']:8.0f} |")
 
 
-def main() -> None:
-    global SPREAD
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=1024, help="the model's embedding dimension")
@@ -151,18 +120,18 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=SPREAD,
                         help="sub-cluster spread around the cluster centre")
     parser.add_argument("--threads", type=int, default=0, help="Faiss OpenMP threads (0: default)")
-    args = parser.parse_args()
-    SPREAD = args.spread
+    args = parser.parse_args(argv)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, faiss {faiss.__version__}, "
+    print(f"machine: {machine_line()}, faiss {faiss.__version__}, "
           f"omp threads {faiss.omp_get_max_threads()}, D={args.dim}, k={args.k}, "
           f"{args.queries} queries")
     print("| vectors | index | nprobe | add+train s | recall@10 | p50 ms | p99 ms | batched q/s |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        run_size(n, args.dim, args.queries, args.k, args.seed)
+        run_size(n, args.dim, args.queries, args.k, args.seed, spread=args.spread)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

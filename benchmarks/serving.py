@@ -8,7 +8,7 @@ replacement worker answered `/readyz` and how many requests failed. With ``--com
 it does this twice, interleaved, with and without the master importing the libraries before it
 forks (``PRELOADED_MODULES``), and prints the ratio of the median replacement times::
 
-    python scripts/bench_serving.py --checkpoint best.ckpt --index-dir index --kills 5 --compare-preload
+    python -m benchmarks serving --checkpoint best.ckpt --index-dir index --kills 5 --compare-preload
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-input throughput (images/s): the plain folder reader against preprocessed shards.
 
-    .venv/bin/python scripts/bench_shards.py --data ARCHIVE --out DIR [--max-side 256]
+    .venv/bin/python -m benchmarks shards --data ARCHIVE --out DIR [--max-side 256]
         [--image-size 256] [--images 300] [--repeats 5] [--shard-size 1000] [--patients 600]
 
 Writes ``ARCHIVE``'s records as shards (``chextriev.training.shards.write_shards``, timed) into
@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_line, synth_archive
-
+from benchmarks.harness import machine_line, synth_archive
 from chextriev.anatomy.atlas import Atlas
 from chextriev.io.datasets import load_records
 from chextriev.model.config import get_config

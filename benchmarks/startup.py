@@ -1,6 +1,6 @@
 """Wall time of `chextriev --help`, `chextriev COMMAND --help` and an argument error.
 
-    python scripts/bench_startup.py [--repeats 5] [--baseline /path/to/other/checkout]
+    python -m benchmarks startup [--repeats 5] [--baseline /path/to/other/checkout]
 
 Each command runs ``--repeats`` times as a fresh process (the console script's own code,
 ``python -m chextriev_cli.main``); prints the median and the worst wall time per command, and the
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO_ROOT
+
 COMMANDS = (["--help"], ["synth", "--help"], ["train", "--help"], ["train-detector", "--help"],
             ["evaluate", "--help"], ["index", "--help"], ["index", "verify", "--help"], ["serve", "--help"],
             ["demo", "--help"], ["index", "--precision", "fp16"])
@@ -31,11 +32,11 @@ def wall(command: list[str], cwd: Path = REPO_ROOT) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to compare with")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = [("python -c pass", [sys.executable, "-c", "pass"])]
     rows += [(f"chextriev {' '.join(argv)}", [sys.executable, "-m", "chextriev_cli.main", *argv]) for argv in COMMANDS]
     checkouts = [REPO_ROOT] + ([args.baseline.resolve()] if args.baseline else [])

@@ -1,11 +1,12 @@
 """Time the synthetic archive generator: images/s at a given size (default 1,000 images at 512 px).
 
-    .venv/bin/python scripts/bench_synth.py --images 1000 --size 512 --workers 1 2
+    .venv/bin/python -m benchmarks synth --images 1000 --size 512 --workers 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +26,13 @@ def patients_for(images: int, seed: int) -> int:
     return lo
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     patients = patients_for(args.images, args.seed)
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +42,8 @@ def main() -> None:
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         print(f"workers={workers} images={len(rows)} size={args.size} seconds={seconds:.1f} "
               f"images/s={len(rows) / seconds:.1f} cpu_seconds_main_process={cpu:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

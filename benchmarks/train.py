@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput (images/s) of ``roi`` vs ``crop`` region features, in one run.
 
-    .venv/bin/python scripts/bench_train.py [--backbone resnet50] [--batch 2] [--steps 2]
+    .venv/bin/python -m benchmarks train [--backbone resnet50] [--batch 2] [--steps 2]
         [--image-size 512] [--crop-size 224] [--append BENCHMARKS.md]
 
 One training step = backbone features (frozen, no cache: what a first epoch or
@@ -17,12 +17,12 @@ both modes.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 
 import torch
 
+from benchmarks.harness import machine_line
 from chextriev.anatomy.atlas import default_template
 from chextriev.model import build_model
 
@@ -75,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## Training throughput: roi vs crop region features ({time.strftime('%Y-%m-%d')})",
         "",
-        (f"Command: `.venv/bin/python scripts/bench_train.py --backbone {args.backbone} --batch {args.batch} "
+        (f"Command: `.venv/bin/python -m benchmarks train --backbone {args.backbone} --batch {args.batch} "
         f"--steps {args.steps} --image-size {size} --crop-size {args.crop_size}`"),
-        (f"Machine: 2-core CPU, 24 GiB, no GPU ({args.machine}; modes alternated step by step); "
-         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}."),
+        f"Machine: {machine_line()} ({args.machine}; modes alternated step by step).",
         f"Step = frozen {args.backbone} features (no cache) + projection + V6 (width 1024) + heads + backward + Adam.",
         "",
         f"| mode | images/s | s/step (batch {args.batch}) |",

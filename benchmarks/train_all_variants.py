@@ -1,23 +1,22 @@
 #!/usr/bin/env python
 """Train every variant and baseline on one archive, over one or more seeds; one results table.
 
-    .venv/bin/python scripts/train_all_variants.py --data ARCHIVE --out RESULTS_DIR \
+    .venv/bin/python -m benchmarks train_all_variants --data ARCHIVE --out RESULTS_DIR \
         [--preset synthetic-small] [--variants v6,resnet50] [--seeds 0,1,2] [--epochs N] \
         [--cache-dir DIR] [--fresh]
 
 The variants are the rows of the variant table (``chextriev.model.config.VARIANTS``, in its
 order); ``--variants`` picks some. For each seed and variant:
 ``chextriev.training.fit.train_records`` (best checkpoint on validation mAP@10), then the test
-split (held-out patients) is embedded with THE embedding function
-(``chextriev.embedding.embed_images`` on ``load_checkpoint(best.ckpt)``) and scored with the
-retrieval core (``chextriev.retrieval``): mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False,
-class average), the mean AUROC of the image-level probabilities, and for region models the
-region AUROC (mean over (region, finding) cells of the node probabilities against the region
-labels, ``metrics.localization.region_auroc``). An ``untrained`` row per seed embeds with a V6
+split (held-out patients) is scored by the evaluation of ``chextriev evaluate``
+(``metrics.model_eval.headline_scores`` on ``load_checkpoint(best.ckpt)``: THE embedding
+function, the retrieval core): mAP/mHR/mRR at 3, 5, 10 (SPEC protocol, skip=False, class
+average), the mean AUROC of the image-level probabilities, and for region models the region
+AUROC (mean over (region, finding) cells of the node probabilities against the region labels). An ``untrained`` row per seed embeds with a V6
 model at that seed's initialisation (same frozen backbone, same fitted feature
 standardisation). ``ath-binary`` is not trained again: it is the ``ath`` run of the same seed
 searched with the sign of its codes (train s ``= ath``); its ``best.ckpt`` is that run's, with
-``binary`` set in the saved config.
+``binary`` set in the saved config (``chextriev.checkpoint.derive_checkpoint``).
 
 The seed sets the model initialisation and the batch order; the patients of each split are the
 same for every seed (the archive's split column, else one hash of the patient id), so every
@@ -46,40 +45,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chextriev.checkpoint import LoadedModel, load_checkpoint
+from chextriev.checkpoint import LoadedModel, derive_checkpoint, load_checkpoint
 from chextriev.cli_options import add_epochs_option
-from chextriev.embedding import embed_images
 from chextriev.io.datasets import load_records
-from chextriev.io.images import load_image
 from chextriev.model.adjacency import cooccurrence_adjacency
 from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, VARIANTS
-from chextriev.retrieval import neighbors_from_embeddings, retrieval_metrics_at
 from chextriev.training.data import RetrievalDataModule, split_records
 from chextriev.training.feature_cache import FeatureCache
 from chextriev.training.fit import fit_feature_stats, resolve_config, train_records
 from chextriev.training.presets import get_preset
-from metrics.classification import per_class_auroc
-from metrics.localization import region_auroc
+from metrics.model_eval import headline_scores
 
-log = logging.getLogger("train_all_variants")
+log = logging.getLogger(__name__)
 KS = (3, 5, 10)
 ORDER = ("untrained", *VARIANTS)  # the variant table's order
 
 
-def evaluate(loaded: LoadedModel, test_records, images) -> dict:
-    batch = embed_images(loaded, images, [r.boxes for r in test_records])
-    labels = np.stack([r.labels for r in test_records]).astype(np.float32)
-    neighbors, _ = neighbors_from_embeddings(batch.embeddings, max(KS))
-    retrieval = retrieval_metrics_at(neighbors, labels, KS, skip=False)
-    row = {f"{m}@{k}": retrieval[k]["class_average"][m] for k in KS for m in ("mAP", "mHR", "mRR")}
-    row["AUROC"] = per_class_auroc(labels, batch.probabilities, loaded.class_names)["mean"]
-    row["region_AUROC"] = None
-    if batch.region_probabilities is not None and all(r.region_labels is not None for r in test_records):
-        row["region_AUROC"] = region_auroc(np.stack([r.region_labels for r in test_records]),
-                                           batch.region_probabilities,
-                                           np.stack([r.box_mask for r in test_records]))["mean"]
-    return row
+def evaluate(loaded: LoadedModel, test_records) -> dict:
+    """The row of one model: :func:`metrics.model_eval.headline_scores` at k = 3, 5, 10, skip=False."""
+    return headline_scores(loaded, test_records, KS, skip=False)
 
 
 def trained_as(name: str, variants: list[str]) -> str | None:
@@ -93,19 +78,6 @@ def trained_as(name: str, variants: list[str]) -> str | None:
         if VARIANTS[other] == replace(config, binary=False):
             return other
     return None
-
-
-def derive_checkpoint(source: Path, target: Path, variant: str) -> Path:
-    """Write ``target``: the checkpoint ``source`` with the config of ``variant`` (same weights;
-    e.g. ``ath-binary`` from the ``ath`` run), so that every variant has its own checkpoint."""
-    data = torch.load(source, map_location="cpu", weights_only=False)
-    hparams = data["hyper_parameters"]
-    config = dict(hparams["model_config"])
-    config["binary"] = VARIANTS[variant].binary
-    hparams["model_config"], hparams["variant"] = config, variant
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, target)
-    return target
 
 
 def untrained_model(records, preset: str, seed: int, cache: Path) -> LoadedModel:
@@ -233,12 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     test = [record for record in records if record.split == "test"]
     if len(test) <= max(KS):
         parser.error(f"{args.data} has {len(test)} test images: scoring at k={max(KS)} needs more than {max(KS)}")
-    images = [load_image(r.source) for r in test]
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.out / "feature-cache"
     meta = {"preset": args.preset, "data": str(args.data.resolve()), "max_epochs": args.max_epochs,
             "model_format": MODEL_FORMAT, "test_images": len(test), "seeds": args.seeds,
-            "command": "python scripts/train_all_variants.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+            "command": "python -m benchmarks train_all_variants " + shlex.join(argv if argv is not None else sys.argv[1:])}
     results = args.out / "results.json"
     previous = {} if args.fresh else _previous_rows(results, meta)
     per_seed: dict[str, dict[str, dict]] = {}
@@ -260,15 +231,16 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             shared = trained_as(name, variants)
             if name == "untrained":
-                rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test, images)
+                rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test)
             elif shared is not None and (run_dir / shared / "best.ckpt").is_file():
-                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / name / "best.ckpt", name)
-                rows[name] = {**evaluate(load_checkpoint(best), test, images), "train_seconds": 0.0,
+                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / name / "best.ckpt", variant=name,
+                                         binary=VARIANTS[name].binary)
+                rows[name] = {**evaluate(load_checkpoint(best), test), "train_seconds": 0.0,
                               "trained_as": shared, "val_mAP@10": rows.get(shared, {}).get("val_mAP@10")}
             else:
                 result = train_records(records, run_dir / name, variant=name, preset=args.preset,
                                        max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False)
-                rows[name] = {**evaluate(load_checkpoint(result.best), test, images),
+                rows[name] = {**evaluate(load_checkpoint(result.best), test),
                               "train_seconds": time.perf_counter() - start, "val_mAP@10": result.best_score}
             log.info("seed %d %s: test mAP@10 %.3f, AUROC %s, region AUROC %s (%.0f s)", seed, name,
                      rows[name]["mAP@10"], rows[name]["AUROC"], rows[name]["region_AUROC"],

@@ -1,6 +1,6 @@
 """The backbone trunk on the CPU: a batch whole or in chunks, eager or compiled (``--compile``).
 
-    python scripts/bench_trunk.py --batch 16 --repeats 5
+    python -m benchmarks trunk --batch 16 --repeats 5
 
 Builds the default architecture's trunk (ResNet50 at 512 px unless ``--backbone`` /
 ``--image-size`` say otherwise; random weights: speed does not depend on them), then times one
@@ -22,9 +22,6 @@ import copy
 import logging
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 log = logging.getLogger("bench_trunk")
 
@@ -43,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import numpy as np
     import torch
-    from bench_common import machine_line
 
+    from benchmarks.harness import machine_line
     from chextriev.compiled import CompiledTrunk
     from chextriev.model.build import build_from_config
     from chextriev.model.config import get_config

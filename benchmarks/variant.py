@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train or evaluate any variant of the variant table with the published or the synthetic settings.
 
-    python scripts/variant.py list
-    python scripts/variant.py train NAME [--preset mimic|synthetic-small] [--data DIR] [--run-dir DIR] [-- FLAGS]
-    python scripts/variant.py evaluate NAME [--preset ...] [--data DIR] [--run-dir DIR] [--results DIR] [-- FLAGS]
-    python scripts/variant.py evaluate-all [--preset ...] [--data DIR] [--runs DIR] [--results DIR] [-- FLAGS]
+    python -m benchmarks variant list
+    python -m benchmarks variant train NAME [--preset mimic|synthetic-small] [--data DIR] [--run-dir DIR] [-- FLAGS]
+    python -m benchmarks variant evaluate NAME [--preset ...] [--data DIR] [--run-dir DIR] [--results DIR] [-- FLAGS]
+    python -m benchmarks variant evaluate-all [--preset ...] [--data DIR] [--runs DIR] [--results DIR] [-- FLAGS]
 
 The variants are the rows of ``chextriev.model.config.VARIANTS`` (``list`` prints them, in the
 table's order, with their labels); nothing here retypes them.
@@ -33,10 +33,7 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file from anywhere: the checkout's packages
-    sys.path.insert(0, str(ROOT))
-
+from benchmarks.harness import REPO_ROOT
 from chextriev.errors import UnknownNameError
 from chextriev.model.config import VARIANT_LABELS, VARIANTS
 
@@ -68,7 +65,7 @@ def _data(args: argparse.Namespace) -> Path:
         return args.data
     if args.preset == "mimic":
         raise UsageError("preset mimic needs --data <MIMIC-CXR-JPG folder with Chest ImaGenome scene graphs>")
-    data = ROOT / "data" / "synthetic"
+    data = REPO_ROOT / "data" / "synthetic"
     if not (data / "manifest.csv").is_file():
         log.info("drawing the synthetic archive in %s (%d patients)", data, SYNTH_PATIENTS)
         if _chextriev(["synth", "--out", str(data), "--patients", str(SYNTH_PATIENTS), "--seed", "0"]) != 0:
@@ -93,7 +90,7 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 
 def train(args: argparse.Namespace) -> int:
     name = _variant(args.name)
-    run_dir = args.run_dir or ROOT / "runs" / _dataset(args) / name
+    run_dir = args.run_dir or REPO_ROOT / "runs" / _dataset(args) / name
     return _chextriev(["train", "--variant", name, "--preset", args.preset, "--data", str(_data(args)),
                        "--out", str(run_dir), *args.extra])
 
@@ -101,7 +98,7 @@ def train(args: argparse.Namespace) -> int:
 def evaluate_one(name: str, run_dir: Path, data: Path, results: Path, extra: list[str], preset: str) -> int:
     checkpoint = best_checkpoint(run_dir)
     if checkpoint is None:
-        raise UsageError(f"no checkpoint under {run_dir}: run `python scripts/variant.py train {name} "
+        raise UsageError(f"no checkpoint under {run_dir}: run `python -m benchmarks variant train {name} "
                          f"--preset {preset}` first")
     common = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test",
               "--k", "3", "5", "10"]
@@ -113,16 +110,16 @@ def evaluate_one(name: str, run_dir: Path, data: Path, results: Path, extra: lis
 
 def evaluate(args: argparse.Namespace) -> int:
     name = _variant(args.name)
-    run_dir = args.run_dir or ROOT / "runs" / _dataset(args) / name
-    results = args.results or ROOT / "results" / _dataset(args)
+    run_dir = args.run_dir or REPO_ROOT / "runs" / _dataset(args) / name
+    results = args.results or REPO_ROOT / "results" / _dataset(args)
     return evaluate_one(name, run_dir, _data(args), results, args.extra, args.preset)
 
 
 def evaluate_all(args: argparse.Namespace) -> int:
     from metrics.summary import main as summary
 
-    runs = args.runs or ROOT / "runs" / _dataset(args)
-    results = args.results or ROOT / "results" / _dataset(args)
+    runs = args.runs or REPO_ROOT / "runs" / _dataset(args)
+    results = args.results or REPO_ROOT / "results" / _dataset(args)
     data = _data(args)
     done, missing, failed = [], [], []
     for name in VARIANTS:

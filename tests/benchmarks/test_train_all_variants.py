@@ -1,22 +1,17 @@
-"""scripts/train_all_variants.py: per-seed rows -> means and paired margins; a tiny run end to end."""
+"""benchmarks/train_all_variants.py: per-seed rows -> means and paired margins; a tiny run end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_all_variants.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_all_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import train_all_variants
+
+    return train_all_variants
 
 
 def _row(map10: float, auroc: float | None = 0.5) -> dict:
@@ -51,8 +46,8 @@ def test_train_all_variants_scores_ath_binary_on_the_ath_run(script):
     assert list(script.ORDER) == ["untrained", *VARIANTS]
     summary = script.summarise({"0": {"untrained": _row(0.3), "ath-binary": {**_row(0.4), "trained_as": "ath"}}})
     table = script.markdown(summary, {"test_images": 9, "preset": "tiny", "data": "x", "seeds": [0],
-                                      "command": "python scripts/train_all_variants.py --seeds 0"})
-    assert "| = ath |" in table and table.startswith("```bash\npython scripts/train_all_variants.py --seeds 0")
+                                      "command": "python -m benchmarks train_all_variants --seeds 0"})
+    assert "| = ath |" in table and table.startswith("```bash\npython -m benchmarks train_all_variants --seeds 0")
 
 
 def test_train_all_variants_rejects_bad_seeds(script):
@@ -84,7 +79,7 @@ def test_train_all_variants_tiny_run_and_resume(script, tmp_path, caplog):
     derived = load_checkpoint(out / "seed0" / "ath-binary" / "best.ckpt")
     assert derived.binary and derived.variant == "ath-binary" and not load_checkpoint(out / "seed0" / "ath" / "best.ckpt").binary
     text = (out / "results.md").read_text()
-    assert "v0-image" in text and "region AUROC" in text and "python scripts/train_all_variants.py --data" in text
+    assert "v0-image" in text and "region AUROC" in text and "python -m benchmarks train_all_variants --data" in text
     caplog.set_level("INFO")
     assert script.main(argv) == 0  # everything reused: nothing retrained
     assert sum("reusing the row" in r.getMessage() for r in caplog.records) == 8

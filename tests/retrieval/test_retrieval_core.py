@@ -1,4 +1,5 @@
-"""Retrieval metrics: hand-computed cases, skip both ways, empty classes, ties, and a
+"""The retrieval core (``chextriev.retrieval``; ``metrics.retrieval`` re-exports it): exact k-NN
+with exclusions, mAP/mHR/mRR on hand-computed cases, skip both ways, empty classes, ties, and a
 randomised cross-check against a slow loop written straight from SPEC section 5."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from chextriev.errors import UnknownNameError
-from metrics.retrieval import (
+from chextriev.retrieval import (
     apply_exclusions,
     exact_knn,
     neighbors_from_embeddings,
@@ -258,3 +259,13 @@ def test_input_validation():
         retrieval_metrics(NEIGHBORS, LABELS, 4)
     with pytest.raises(ValueError, match="out of range"):
         retrieval_metrics(NEIGHBORS + 10, LABELS, 3)
+
+
+def test_metrics_retrieval_is_the_core_under_its_evaluator_name():
+    """``metrics.retrieval`` (the name the evaluators and the architecture contract use) holds the
+    core's own functions, not copies."""
+    import chextriev.retrieval as core
+    import metrics.retrieval as evaluators
+
+    for name in evaluators.__all__:
+        assert getattr(evaluators, name) is getattr(core, name), name

@@ -1,4 +1,4 @@
-"""scripts/compare_localization.py: the tables over seeds (threshold keys as floats or as the
+"""benchmarks/compare_localization.py: the tables over seeds (threshold keys as floats or as the
 strings results.json gives back), and a tiny run end to end with its reuse rules (finished
 seeds reused, NIH TIoU/TIoR added to seeds stored without them, a checkpoint without its
 finished-training stamp trained again)."""
@@ -6,7 +6,6 @@ finished-training stamp trained again)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -15,17 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_localization.py"
 NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("compare_localization", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import compare_localization
+
+    return compare_localization
 
 
 def _scores(value: float, as_text: bool) -> dict:
