@@ -31,7 +31,7 @@ import torch
 from chextriev.anatomy.atlas import Atlas
 from chextriev.anatomy.provider import BoxProvider
 from chextriev.errors import ChextrievError
-from chextriev.files import sha256_file
+from chextriev.files import atomic_path, sha256_file
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
@@ -259,20 +259,9 @@ def checkpoint_thresholds(data: dict[str, Any], class_names: tuple[str, ...],
 
 
 def _save_atomically(data: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` into a temporary file beside ``path``, then rename it over ``path``."""
-    import os
-    import tempfile
-
+    """``torch.save`` into a temporary file beside ``path``, fsynced, renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_path(path, lambda tmp: torch.save(data, tmp))
 
 
 def save_model_checkpoint(path: str | Path, model: RetrievalModel, *, variant: str,
