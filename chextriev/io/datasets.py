@@ -4,7 +4,7 @@ Detection order (the registry :data:`DATASET_LAYOUTS`; a new reader joins it wit
 :func:`register_layout`):
 
 1. synthetic archive: ``manifest.csv`` and ``scene_graph/`` ->
-   :func:`chextriev.synth.archive.read_archive`;
+   :func:`chextriev.io.synthetic.read_archive`;
 2. MIMIC-CXR-JPG: ``mimic-cxr-2.0.0-split.csv(.gz)`` or a ``files/pXX/p*/s*`` tree ->
    :func:`chextriev.io.mimic.read_mimic` (scene graphs from ``imagenome_dir``, default
    ``scene_graph/`` or ``silver_dataset/scene_graph/`` inside the folder when present);
@@ -77,7 +77,7 @@ def _is_synthetic(path: Path) -> bool:
 
 
 def _read_synthetic(path: Path, class_list: Any = None, **options: Any) -> list[Record]:
-    from chextriev.synth.archive import read_archive  # written by the synth package
+    from chextriev.io.synthetic import read_archive
 
     records = read_archive(path, **_accepted(read_archive, options))
     if (
