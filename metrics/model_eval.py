@@ -172,11 +172,6 @@ def build_inputs(
     )
 
 
-def classification_names(loaded: Any, data_classes: Sequence[str]) -> list[str]:
-    """Data class names that the model can classify (order of the data)."""
-    return [data_classes[d] for _, d in class_mapping(loaded.class_names, data_classes)]
-
-
 def headline_scores(loaded: Any, records: Sequence[Record], ks: Sequence[int] = (3, 5, 10), *,
                     skip: bool = False, batch_size: int = 16) -> dict[str, float | None]:
     """One flat row of the headline figures of ``loaded`` on ``records`` (gallery = queries):

@@ -144,19 +144,6 @@ def iter_image_files(
         stack.extend(reversed(subfolders))  # depth first, in name order
 
 
-def find_images(root: str | Path) -> list[tuple[Path, str]]:
-    """``[(path, format)]`` of every PNG / JPEG / DICOM file under ``root``, checked by content."""
-    found = []
-    for path, _ in iter_image_files(root):
-        try:
-            fmt = detect_format(path)
-        except ImageReadError:
-            continue
-        if fmt is not None:
-            found.append((Path(path), fmt))
-    return found
-
-
 def find_manifest(root: Path) -> Path | None:
     """``manifest.csv`` or ``labels.csv`` directly in ``root``."""
     for name in MANIFEST_NAMES:
