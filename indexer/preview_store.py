@@ -203,26 +203,3 @@ class PreviewStore:
         if bad > 10:
             problems.append(f"previews: {bad - 10} more damaged preview(s)")
         return problems
-
-
-def _store_and_slot(session, index_dir, image_pk: int) -> tuple[PreviewStore, int | None]:
-    from sqlalchemy import select
-
-    from indexer.db import Image, catalog_state
-
-    slot = session.execute(select(Image.vector_slot).where(Image.id == int(image_pk))).scalar()
-    return PreviewStore(index_dir, catalog_state(session).store_rows), slot
-
-
-def preview_of(session, index_dir: str | Path, image_pk: int) -> bytes | None:
-    """The stored preview JPEG of one image (one primary-key query), or None when it has none.
-    ``session``: a session of the catalog's database."""
-    store, slot = _store_and_slot(session, index_dir, image_pk)
-    return store.get(slot, image_pk)
-
-
-def has_preview(session, index_dir: str | Path, image_pk: int) -> bool:
-    """Whether one image has a stored preview (its entry only; the bytes are not read)."""
-    store, slot = _store_and_slot(session, index_dir, image_pk)
-    found = None if slot is None else store.entry(slot)
-    return found is not None and found[2] > 0 and found[0] == int(image_pk)

@@ -23,9 +23,10 @@ from sqlalchemy import func, select
 from chextriev.errors import SourceAuthError, SourceUnavailableError
 from chextriev.io.dicomweb import Credentials
 from indexer.catalog import Catalog
-from indexer.db import Image, Source, default_db_url, make_engine, make_sessionmaker
+from indexer.db import Image, Source, default_db_url
+from indexer.engine import make_engine, make_sessionmaker
 from indexer.pipeline import run_index
-from indexer.sync import verify
+from indexer.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
 

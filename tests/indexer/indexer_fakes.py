@@ -194,7 +194,8 @@ def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=
                    sync=True):
     """Write pre-embedded items for ``vectors`` into a catalog (the real writer and syncer)."""
     from indexer.pipeline import IndexSummary
-    from indexer.sync import IndexSyncer, open_store
+    from indexer.sync import IndexSyncer
+    from indexer.vector_store import open_store
     from indexer.writer import CatalogWriter, WritableCatalog
 
     vectors = np.asarray(vectors, np.float32)
@@ -216,7 +217,8 @@ def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=
 
 def open_sessions(index_dir, db_url=None):
     """A sessionmaker on the catalog of ``index_dir`` (or ``db_url``)."""
-    from indexer.db import default_db_url, make_engine, make_sessionmaker
+    from indexer.db import default_db_url
+    from indexer.engine import make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(db_url or default_db_url(index_dir)))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
 from indexer_fakes import clustered_vectors, write_embedded
 
@@ -95,3 +96,65 @@ def test_changed_is_true_once_a_newer_build_is_committed(tmp_path):
         assert catalog.size == 80  # the loaded build keeps serving
     finally:
         catalog.close()
+
+
+def test_the_model_runs_before_the_write_transaction(archive, tmp_path, catalog_url):
+    """No catalog session is open while the writer embeds a batch (the decisions come from a
+    short read before, the one write transaction after), and on PostgreSQL nobody holds the
+    catalog_state row: another connection locks it at once."""
+    from indexer_fakes import FakeEmbedder, embedded_items
+    from sqlalchemy import select
+
+    from indexer.db import CatalogState, default_db_url
+    from indexer.engine import make_engine, make_sessionmaker
+    from indexer.pipeline import IndexSummary
+    from indexer.vector_store import open_store
+    from indexer.writer import CatalogWriter, WritableCatalog
+
+    root, _ = archive
+    index_dir = tmp_path / "idx"
+    seen = []
+
+    class Watching(FakeEmbedder):
+        def __call__(self, images, boxes=None):
+            seen.append(len(open_sessions))
+            if probe is not None:  # PostgreSQL: the state row is free to lock right now
+                with probe.connect() as connection, connection.begin():
+                    connection.execute(select(CatalogState.id).with_for_update(nowait=True))
+            return super().__call__(images, boxes=boxes)
+
+    open_sessions: list = []
+    with WritableCatalog(index_dir, catalog_url) as writable:
+        factory = writable.sessions
+
+        def counted():
+            session = factory()
+            open_sessions.append(session)
+            original = session.close
+
+            def close():
+                if session in open_sessions:
+                    open_sessions.remove(session)
+                original()
+
+            session.close = close
+            return session
+
+        probe = (make_engine(catalog_url or default_db_url(index_dir), create=False)
+                 if catalog_url else None)
+        with factory() as session:
+            store = open_store(session, index_dir, dim=FakeEmbedder.embedding_dim, create=True)
+        writer = CatalogWriter(counted, Watching(), IndexSummary(), store=store)
+        from indexer.decode import decode
+        from indexer.discovery import discover
+
+        decoded = [decode(record, 64) for record in discover(root)]
+        writer.write(decoded)
+        writer.write(embedded_items(np.eye(4, FakeEmbedder.embedding_dim, dtype=np.float32),
+                                    start=100))  # pre-embedded: no model call
+        if probe is not None:
+            probe.dispose()
+    assert seen == [0] and not open_sessions
+    with make_sessionmaker(make_engine(catalog_url or default_db_url(index_dir),
+                                       create=False))() as session:
+        assert session.get(CatalogState, 1).store_rows == writer.store.committed > 4

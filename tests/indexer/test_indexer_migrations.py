@@ -17,8 +17,10 @@ from PIL import Image as PILImage
 from chextriev.vocab import IMAGENOME_FINDINGS
 from indexer import cli, migrations
 from indexer.catalog import Catalog
-from indexer.db import CatalogSchemaError, default_db_url, make_engine, normalise_url
-from indexer.sync import repair, verify
+from indexer.db import CatalogSchemaError, default_db_url, normalise_url
+from indexer.engine import make_engine
+from indexer.sync import repair
+from indexer.verify import verify
 
 
 def _run(argv):

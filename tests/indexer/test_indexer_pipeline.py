@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from indexer.catalog import Catalog, UnknownImageError
 from indexer.db import Image, Patient, Pseudonymiser, Source
 from indexer.pipeline import run_index
-from indexer.sync import remove_images, verify
+from indexer.sync import remove_images
+from indexer.verify import verify
 
 
 def _status_counts(indexed):
