@@ -52,6 +52,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_audit(app)  # one JSON line per API request
     app.register_blueprint(api_bp)
     app.register_blueprint(web_bp)
+    if settings["TRUSTED_PROXIES"]:  # forwarded headers from that proxy only (server.proxy)
+        from server.proxy import TrustedProxies
+
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings["TRUSTED_PROXIES"])
     if settings["LOAD"] == "sync":
         service.load()
     elif settings["LOAD"] == "background" and service.state == "idle":
