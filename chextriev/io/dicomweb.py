@@ -403,13 +403,15 @@ class DicomwebConnection:
 
         filters = {"SOPInstanceUID": instance_uid} if instance_uid else None
         found: list[dict[str, Any]] = []
+        def page_at(offset: int) -> list[dict]:
+            return self.client().search_for_instances(
+                study_instance_uid=study_uid, series_instance_uid=series_uid,
+                fields=list(STUDY_FIELDS), search_filters=filters, limit=DEFAULT_PAGE_SIZE,
+                offset=offset)
+
         while len(found) < MAX_STUDY_INSTANCES:
-            page = self._call(
-                "QIDO-RS study search",
-                lambda offset=len(found): self.client().search_for_instances(
-                    study_instance_uid=study_uid, series_instance_uid=series_uid,
-                    fields=list(STUDY_FIELDS), search_filters=filters,
-                    limit=DEFAULT_PAGE_SIZE, offset=offset))
+            offset = len(found)
+            page = self._call("QIDO-RS study search", lambda: page_at(offset))
             for result in page:
                 ds = Dataset.from_json(result)
                 found.append({key: _plain(ds.get(key)) for key in STUDY_FIELDS

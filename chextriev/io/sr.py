@@ -345,3 +345,64 @@ def report_summary(ds) -> dict[str, Any]:
     return {"study_instance_uid": str(ds.StudyInstanceUID),
             "series_instance_uid": str(ds.SeriesInstanceUID),
             "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID)}
+
+
+def _walk(items):
+    for item in items or ():
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def _concept(item) -> tuple[str, str] | None:
+    names = item.get("ConceptNameCodeSequence")
+    if not names:
+        return None
+    code = names[0]
+    return str(code.get("CodeValue") or code.get("LongCodeValue") or ""), str(code.CodingSchemeDesignator)
+
+
+def read_report(ds) -> dict[str, Any]:
+    """What a report built by :func:`build_report` says, read back from its content tree:
+    ``{"findings": {name: {"probability", "present", "similar", "box", "region"}}, "k",
+    "result_url", "texts", "referenced_instances"}`` (``box``: ``[x1, y1, x2, y2]``). For tests
+    and for checking a report fetched back from the PACS."""
+    findings: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"findings": findings, "k": None, "result_url": None, "texts": [],
+                           "referenced_instances": set()}
+    for item in _walk(ds.get("ContentSequence")):
+        for ref in item.get("ReferencedSOPSequence") or ():
+            out["referenced_instances"].add(str(ref.ReferencedSOPInstanceUID))
+        concept = _concept(item)
+        if concept == ("CXT-SUMMARY", SCHEME):
+            out["texts"].append(str(item.TextValue))
+        elif concept == ("CXT-RESULT-URL", SCHEME):
+            out["result_url"] = str(item.TextValue)
+        if item.get("ValueType") != "CONTAINER" or concept != ("125007", "DCM"):
+            continue
+        group = list(item.ContentSequence)
+        finding = next((entry.ConceptCodeSequence[0].CodeMeaning for entry in group
+                        if _concept(entry) == ("121071", "DCM")), None)
+        values: dict[str, Any] = {"probability": None, "present": None, "similar": None,
+                                  "box": None, "region": None}
+        for entry in _walk(group):
+            code = _concept(entry)
+            if entry.get("ValueType") == "NUM":
+                number = float(entry.MeasuredValueSequence[0].NumericValue)
+                if code == ("CXT-PROB", SCHEME):
+                    values["probability"] = number
+                elif code == ("CXT-SIMILAR", SCHEME):
+                    values["similar"] = int(number)
+                elif code == ("CXT-K", SCHEME):
+                    out["k"] = int(number)
+            elif entry.get("ValueType") == "SCOORD":
+                points = np.asarray(entry.GraphicData, dtype=np.float64).reshape(-1, 2)
+                values["box"] = [float(points[:, 0].min()), float(points[:, 1].min()),
+                                 float(points[:, 0].max()), float(points[:, 1].max())]
+            elif entry.get("ValueType") == "CODE" and code == ("363698007", "SCT"):
+                values["region"] = str(entry.ConceptCodeSequence[0].CodeMeaning)
+            elif entry.get("ValueType") == "CODE" and finding is not None and code is not None \
+                    and code[1] == SCHEME and entry.ConceptNameCodeSequence[0].CodeMeaning == finding:
+                values["present"] = entry.ConceptCodeSequence[0].CodeValue == "52101004"
+        if finding is not None and finding != "Similar-case evidence":
+            findings[str(finding)] = values
+    return out

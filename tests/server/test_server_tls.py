@@ -41,7 +41,7 @@ def test_plain_http_beyond_loopback_needs_tls_or_a_named_proxy(certificate):
 
 def test_certificate_and_key_must_belong_together(certificate, tmp_path):
     cert, key = certificate
-    other_cert, other_key = make_certificate(tmp_path, "other")
+    _, other_key = make_certificate(tmp_path, "other")
     with pytest.raises(ConfigError, match="go together"):
         resolve_config({"TLS_CERTIFICATE": str(cert), "CONFIG_FILE": None}, environ={})
     with pytest.raises(ConfigError, match="do not load together"):
