@@ -44,6 +44,7 @@ One study by reference (the server's and ``chextriev search``'s query image, :mo
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -410,8 +411,7 @@ class DicomwebConnection:
                 offset=offset)
 
         while len(found) < MAX_STUDY_INSTANCES:
-            offset = len(found)
-            page = self._call("QIDO-RS study search", lambda: page_at(offset))
+            page = self._call("QIDO-RS study search", functools.partial(page_at, len(found)))
             for result in page:
                 ds = Dataset.from_json(result)
                 found.append({key: _plain(ds.get(key)) for key in STUDY_FIELDS
