@@ -588,7 +588,9 @@ def search_by_reference():
             ("exclude_same_patient=1",) if exclude_patients else ())
         report = reference.similar_case_report(svc, located, query, rows, k=k, result_url=result_url,
                                                parameters=parameters)
+        filed = time.perf_counter()
         payload["report"] = reference.file_report(connection, located, report)
+        payload["timing_ms"]["report"] = round((time.perf_counter() - filed) * 1000, 1)
     if notes:
         payload["notes"] = notes
     payload["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 1)
