@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if not service.ready:
         raise ChextrievError(f"the model and index could not be loaded: {service.error}")
     filters = _filters(args, service.class_names)
-    out = open(args.out_file, "w", encoding="utf-8") if args.out_file else sys.stdout  # noqa: SIM115
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     failed = 0
     try:
         for study in studies:
