@@ -390,3 +390,103 @@ def test_chextriev_search_writes_one_line_per_study_and_files_reports(world, ort
                              "--k", "2", "--out-file", str(dated)]) == 1  # the lateral-only study
     found = {json.loads(line)["study_uid"] for line in dated.read_text().splitlines()}
     assert found == set(world.frontal) | {world.lateral_study}
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def tls_server(world, orthanc_server, tmp_path_factory):
+    """``chextriev serve`` (gunicorn) over HTTPS with a self-signed certificate, the world's index
+    and Orthanc as its PACS: ``(base URL, certificate)``."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from tls_files import make_certificate
+
+    folder = tmp_path_factory.mktemp("tls-server")
+    cert, key = make_certificate(folder)
+    port = free_port()
+    base = f"https://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "server.cli", "--checkpoint", str(world.checkpoint), "--index-dir",
+               str(world.index_dir), "--port", str(port), "--tls-certificate", str(cert), "--tls-key", str(key),
+               "--pacs-url", orthanc_server.dicomweb, "--pacs-user", USER, "--pacs-password-file",
+               str(world.password_file), "--public-url", base]
+    log_path = folder / "server.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the TLS server was not ready in 120 s"
+            try:
+                if requests.get(f"{base}/api/v1/readyz", verify=str(cert), timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        yield base, cert
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_page_opened_with_a_study_shows_its_results_over_https(tls_server, world, orthanc_server, tmp_path):
+    import os
+
+    import requests
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CHEXTRIEV_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CHEXTRIEV_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package to run the browser tests")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from tls_files import spki_sha256
+
+    base, cert = tls_server
+    with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP to the TLS server
+        requests.get(base.replace("https://", "http://") + "/", timeout=10)
+    study = world.fetched[-1]
+    expected = requests.post(f"{base}/api/v1/search/by-reference", json={"study_uid": study, "k": 10},
+                             verify=str(cert), timeout=120).json()
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    with playwright_api.sync_playwright() as playwright:
+        untrusting = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        page = untrusting.new_context().new_page()
+        with pytest.raises(playwright_api.Error, match="ERR_CERT"):
+            page.goto(f"{base}/?study={study}")  # a browser that does not trust the certificate
+        untrusting.close()
+        browser = playwright.chromium.launch(  # this browser trusts exactly the test's certificate
+            executable_path=str(CHROMIUM), args=[*args, f"--ignore-certificate-errors-spki-list={spki_sha256(cert)}"])
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("response", lambda r: r.status >= 400 and errors.append(f"HTTP {r.status} {r.url}"))
+        page.goto(f"{base}/?study={study}")
+        assert page.evaluate("window.location.protocol") == "https:"
+        results = page.locator("#results li")
+        playwright_api.expect(results).to_have_count(len(expected["results"]), timeout=120_000)
+        ids = [int(x) for x in results.evaluate_all("items => items.map((li) => li.dataset.id)")]
+        assert ids == [r["id"] for r in expected["results"]]
+        playwright_api.expect(page.locator("#query-meta")).to_contain_text(f"PACS study {study}")
+        playwright_api.expect(page.locator("#study-uid")).to_have_value(study)
+        # the viewer's button files the report into the study
+        playwright_api.expect(page.locator("#report-box")).to_be_visible()
+        page.click("#report-store")
+        playwright_api.expect(page.locator("#report-status")).to_contain_text("Report filed", timeout=120_000)
+        filed = page.locator("#report-status").inner_text().split("SR ")[1].rstrip(").")
+        page.screenshot(path=str(tmp_path / "by-reference.png"))
+        browser.close()
+    assert not errors, errors
+    report, _ = _stored_report(orthanc_server, study, filed)
+    assert read_report(report)["result_url"].startswith(f"{base}/?study={study}")

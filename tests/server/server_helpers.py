@@ -49,18 +49,3 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str, interva
         time.sleep(interval)
     raise AssertionError(f"not within {seconds:.0f} s: {what}")
 
-
-def make_certificate(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
-    """A self-signed certificate for ``localhost`` and ``127.0.0.1`` and its key (PEM files in
-    ``folder``), made by the ``openssl`` command line."""
-    import shutil
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise AssertionError("the openssl command is needed to make a test certificate")
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 import requests
-from server_helpers import REPO_ROOT, make_certificate
+from server_helpers import REPO_ROOT
+from tls_files import make_certificate
 
 from server import create_app
 from server.config import ConfigError, check_bind_safety, parse_proxies, resolve_config
