@@ -502,10 +502,11 @@ def upload_heatmap():
 
 
 def _pacs():
-    """The configured PACS connection; 501 without one."""
+    """The configured PACS connection; 404 ``no_pacs`` without one (the route has nothing to
+    search: a client's situation, not a server failure)."""
     connection = current_app.extensions.get("chextriev_pacs")
     if connection is None:
-        raise ApiError(501, "no_pacs", "this server has no PACS configured: set pacs_url (and its "
+        raise ApiError(404, "no_pacs", "this server has no PACS configured: set pacs_url (and its "
                                        "credentials) in the server's configuration to search by reference")
     return connection
 

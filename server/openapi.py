@@ -338,10 +338,11 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("as /search, query.source = pacs; report when stored", "SearchResponse"),
                               "400": _error("missing or malformed study_uid, series_uid, instance_uid, bad k "
                                             "or filter"),
-                              "404": _error("the PACS holds no such study (series, instance)"),
+                              "404": _error("the PACS holds no such study (series, instance): "
+                                            "unknown_study; or this server has no PACS configured "
+                                            "(pacs_url): no_pacs"),
                               "422": _error("the study holds no frontal radiograph (error.found lists what "
                                             "it holds), or its image cannot be read"),
-                              "501": _error("this server has no PACS configured (pacs_url)"),
                               "502": _error("the PACS refused the server's credentials or failed (names the "
                                             "PACS, never a credential)"),
                               **FORM_ERRORS, **COMMON_ERRORS,

@@ -226,7 +226,8 @@ def test_credentials_refused_and_pacs_unreachable_name_the_pacs_only(world, app,
     for secret in ("not-the-password-3f9", PASSWORD):
         assert secret not in json.dumps(response.json) and secret not in caplog.text
     no_pacs = create_app({"SERVICE": service, "LOAD": "manual", "CONFIG_FILE": None}).test_client()
-    assert _by_reference(no_pacs, world.fetched[0]).status_code == 501
+    response = _by_reference(no_pacs, world.fetched[0])
+    assert response.status_code == 404 and response.json["error"]["code"] == "no_pacs"
 
 
 def test_pacs_stopped_answers_503_and_touches_nothing_indexed(client, world, orthanc_server, app):
