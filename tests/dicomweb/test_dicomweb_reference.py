@@ -402,9 +402,9 @@ def tls_server(world, orthanc_server, tmp_path_factory):
     and Orthanc as its PACS: ``(base URL, certificate)``."""
     import subprocess
     import sys
-    import time
 
     import requests
+    from server_helpers import stop_server, wait_for
     from tls_files import make_certificate
 
     folder = tmp_path_factory.mktemp("tls-server")
@@ -418,25 +418,18 @@ def tls_server(world, orthanc_server, tmp_path_factory):
     log_path = folder / "server.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    def ready() -> bool:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return requests.get(f"{base}/api/v1/readyz", verify=str(cert), timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the TLS server was not ready in 120 s"
-            try:
-                if requests.get(f"{base}/api/v1/readyz", verify=str(cert), timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
+        wait_for(ready, 120, "the TLS server ready", interval=0.3)
         yield base, cert
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 @pytest.mark.browser
