@@ -1,6 +1,13 @@
 """Shared fixtures. Tests that need the real NIH sample find it through CHEXTRIEV_NIH_SAMPLE
 (default ../shared/data/nih-sample beside the checkout) and skip with that reason when it is
-absent; CI sets CHEXTRIEV_REQUIRE_SHARED=1 so that they fail there instead of skipping."""
+absent; CI sets CHEXTRIEV_REQUIRE_SHARED=1 so that they fail there instead of skipping.
+
+The suite runs the model eagerly: ``--compile`` defaults to on for users (chextriev.compiled),
+and compiling each test model's trunk would cost 15-60 s per model on a small CPU. So
+``CHEXTRIEV_COMPILE`` is set to ``off`` here (for the commands, servers and subprocesses the
+tests start) unless the environment already sets it (``CHEXTRIEV_COMPILE=on pytest ...`` runs
+the whole suite compiled). The tests about compiling (tests/model/test_compiled.py) set what
+they test themselves."""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("CHEXTRIEV_COMPILE", "off")
 
 
 def nih_sample_dir() -> Path:

@@ -1,44 +1,68 @@
-"""``--compile``: the frozen trunk compiled by TorchInductor (chextriev.compiled) gives the eager
-embeddings, leaves gradients (Grad-CAM) to the eager trunk, and falls back when compiling fails."""
+"""``--compile`` (on by default): the frozen trunk compiled ahead of time by AOTInductor
+(chextriev.compiled) gives the eager embeddings, leaves gradients (Grad-CAM) to the eager trunk,
+is compiled once into the compiled cache and loaded from there by a second process, and falls
+back to eager where no compiler is found or compiling fails.
+
+The rest of the suite runs eagerly (tests/conftest.py sets CHEXTRIEV_COMPILE=off); the tests here
+that are about the default take that variable out of their subprocesses' environment."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from chextriev.compiled import COMPILE_MODES, parse_compile
+from chextriev.compiled import COMPILE_MODES, DEFAULT_COMPILE, parse_compile
 from chextriev.errors import UnknownNameError
 
 
 def test_compile_modes_and_their_spellings():
-    assert COMPILE_MODES == ("off", "on")
-    for text in ("on", "ON", "1", "true", "yes", True):
+    assert COMPILE_MODES == ("off", "on") and DEFAULT_COMPILE == "on"
+    for text in ("on", "ON", "1", "true", "yes", True, "", None):
         assert parse_compile(text) == "on"
-    for text in ("off", "0", "false", "no", "", None, False):
+    for text in ("off", "0", "false", "no", False):
         assert parse_compile(text) == "off"
     with pytest.raises(UnknownNameError, match="off, on"):
         parse_compile("maybe")
 
 
-def test_the_flag_reads_the_environment_and_imports_no_torch(monkeypatch):
-    import subprocess
-
+def test_the_flag_defaults_to_on_reads_the_environment_and_imports_no_torch(monkeypatch):
     code = ("import argparse, sys; from chextriev.cli_options import add_compile_option; "
             "p = argparse.ArgumentParser(); add_compile_option(p); "
-            "print(p.parse_args([]).compile, p.parse_args(['--compile', '1']).compile, 'torch' in sys.modules)")
-    monkeypatch.setenv("CHEXTRIEV_COMPILE", "yes")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["on", "on", "False"]
+            "print(p.parse_args([]).compile, p.parse_args(['--compile', '0']).compile, 'torch' in sys.modules)")
+    for value, default in ((None, "on"), ("no", "off"), ("yes", "on")):
+        env = {k: v for k, v in os.environ.items() if k != "CHEXTRIEV_COMPILE"}
+        if value is not None:
+            env["CHEXTRIEV_COMPILE"] = value
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=env).stdout
+        assert out.split() == [default, "off", "False"], value
     from chextriev.cli_options import add_compile_option
 
     monkeypatch.delenv("CHEXTRIEV_COMPILE")
     parser = argparse.ArgumentParser()
     add_compile_option(parser)
+    assert parser.parse_args([]).compile == "on"
     with pytest.raises(SystemExit):
         parser.parse_args(["--compile", "sometimes"])
+
+
+def test_the_compiled_cache_folder_is_documented_and_overridable(monkeypatch, tmp_path):
+    from chextriev.compiled import cache_dir
+
+    monkeypatch.delenv("CHEXTRIEV_COMPILE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_dir() == Path.home() / ".cache" / "chextriev" / "compiled"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "chextriev" / "compiled"
+    monkeypatch.setenv("CHEXTRIEV_COMPILE_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
 
 
 def _embed(checkpoint, records, **options):
