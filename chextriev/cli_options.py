@@ -116,7 +116,7 @@ def add_compile_option(parser: argparse.ArgumentParser) -> argparse.Action:
         help=f"run the frozen backbone compiled by torch (AOTInductor): faster on a CPU; compiled once "
              f"(about 1-2 min) into the compiled cache (${CACHE_ENV_VAR}, else ~/.cache/chextriev/compiled) "
              f"and loaded from there by later runs; eager where no C++ compiler is found "
-             f"(${ENV_VAR} sets the default)")
+             f"(${ENV_VAR} sets it for every command)")
 
 
 def compile_mode(text: str) -> str:

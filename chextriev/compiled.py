@@ -348,7 +348,7 @@ def compile_trunk(module, *, precision: str, batch: int, device) -> CompiledTrun
                     how = "compiled"
         try:
             runner = _load_package(path, device)
-        except Exception as error:  # noqa: BLE001 - a truncated or foreign file: build it again next time
+        except Exception as error:  # a truncated or foreign file: built again next time
             path.unlink(missing_ok=True)
             raise RuntimeError(f"the cached package {path.name} could not be loaded and was removed "
                                f"({describe_failure(error)})") from error

@@ -7,7 +7,8 @@ and compiling each test model's trunk would cost 15-60 s per model on a small CP
 ``CHEXTRIEV_COMPILE`` is set to ``off`` here (for the commands, servers and subprocesses the
 tests start) unless the environment already sets it (``CHEXTRIEV_COMPILE=on pytest ...`` runs
 the whole suite compiled). The tests about compiling (tests/model/test_compiled.py) set what
-they test themselves."""
+they test themselves. Whatever a test compiles goes to a compiled cache of the session
+(``CHEXTRIEV_COMPILE_CACHE`` under the basetemp), never to the user's ~/.cache."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("CHEXTRIEV_COMPILE", "off")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_cache_of_the_session(tmp_path_factory):
+    """``CHEXTRIEV_COMPILE_CACHE`` for the session (unless the environment sets one)."""
+    if "CHEXTRIEV_COMPILE_CACHE" not in os.environ:
+        os.environ["CHEXTRIEV_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("compiled-cache"))
+        yield
+        os.environ.pop("CHEXTRIEV_COMPILE_CACHE", None)
+    else:
+        yield
 
 
 def nih_sample_dir() -> Path:
