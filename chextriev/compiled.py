@@ -277,13 +277,11 @@ def _build_package(trunk, *, precision: str, example, batch: int | None, device,
     with torch.no_grad():
         program = torch.export.export(_exportable(trunk, precision, torch.device(device).type), (example,),
                                       dynamic_shapes=dynamic)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
-    try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(partial),
+    from chextriev.files import atomic_open
+
+    with atomic_open(path, "wb") as handle:  # complete or absent (chextriev.files)
+        torch._inductor.aoti_compile_and_package(program, package_path=handle,
                                                  inductor_configs=dict(INDUCTOR_OPTIONS))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _load_package(path: Path, device):
