@@ -432,6 +432,12 @@ class SearchService:
         """True when the catalog searches a GPU copy of its Faiss index (or may move it there)."""
         return str(self._index_device).startswith(("cuda", "auto", "gpu"))
 
+    def lookup_instance(self, sop_instance_uid: str, *, pseudonym_key: bytes | None = None) -> int | None:
+        """The catalog id of the indexed image with this SOPInstanceUID (its pseudonym in a
+        pseudonymised index, given the key), or ``None``: :meth:`Catalog.lookup_instance`."""
+        self.require_ready()
+        return self.catalog.lookup_instance(sop_instance_uid, pseudonym_key=pseudonym_key)
+
     def images(self, ids: Sequence[int]) -> list[dict]:
         self.require_ready()
         return list(self.catalog.images(list(ids)))
