@@ -556,7 +556,7 @@ def search_by_reference():
         record_ids(query_id=image_id)
     else:
         height, width = located.pixels.shape
-        preview = base64.b64encode(reference.preview_jpeg(located.pixels, PREVIEW_SIDE)).decode("ascii")
+        preview = base64.b64encode(encode_preview(located.pixels, PREVIEW_SIDE)).decode("ascii")
         query_info.update({"width": int(width), "height": int(height),
                            "preview_url": f"data:image/jpeg;base64,{preview}"})
     timings["response"] = (time.perf_counter() - previewed) * 1000

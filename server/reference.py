@@ -265,10 +265,3 @@ def file_report(connection: DicomwebConnection, located: Located, report: Simila
     log.info("report filed into the query's study on %s (%d findings, %d similar cases)",
              connection.root, len(report.findings), report.k)  # no UID: they name a patient's record
     return {**report_summary(dataset), "timing_ms": {k: round(v, 1) for k, v in timings.items()}}
-
-
-def preview_jpeg(pixels: np.ndarray, side: int) -> bytes:
-    """The fetched query image as the archive's previews are stored (grey JPEG)."""
-    from indexer.preview_store import encode_preview
-
-    return encode_preview(pixels, side)
