@@ -134,7 +134,6 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
-    # ------------------------------------------------------------------ state
     def _load(self) -> _Snapshot:
         """Open the newest committed build: the manifest, the index segments and the column
         files mapped (no catalog rows read), the vector store at its committed length."""
@@ -228,7 +227,6 @@ class Catalog:
         with self.sessions() as session:
             return db_read.image_status(session, ids)
 
-    # ------------------------------------------------------------------ search
     def search(self, vectors, k: int, *, exclude_ids: Iterable[int] | None = None,
                exclude_patients: Iterable[str | int] | None = None,
                filters: dict[str, Any] | None = None, nprobe: int | None = None,
@@ -299,7 +297,6 @@ class Catalog:
                 "nlist": nlist,
                 "rerank": int(rerank or index.rerank) if index.index_type == "ivf-pq" else None}
 
-    # ------------------------------------------------------------------ rows
     def lookup(self, image_id: str) -> int | None:
         """The database id of an indexed image by its dataset image id (or source path)."""
         with self.sessions() as session:
@@ -312,16 +309,8 @@ class Catalog:
         The UID as stored; in a pseudonymised catalog (``chextriev index --pseudonymise``) the
         stored UID is its keyed pseudonym (:func:`chextriev.io.deid.uid_pseudonym`), found
         when ``pseudonym_key`` (the indexer's key) is given. One indexed (unique) lookup each."""
-        from chextriev.io.deid import uid_pseudonym
-
-        uid = str(sop_instance_uid).strip()
-        candidates = [uid] + ([uid_pseudonym(pseudonym_key, uid)] if pseudonym_key else [])
         with self.sessions() as session:
-            for candidate in candidates:
-                found = db_read.lookup_instance(session, candidate)
-                if found is not None:
-                    return int(found)
-        return None
+            return db_read.lookup_instance(session, sop_instance_uid, pseudonym_key)
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         """Metadata of ``ids`` in the given order; raises UnknownImageError for unknown ids.

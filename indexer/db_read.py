@@ -62,11 +62,19 @@ def lookup(session, image_id: str) -> int | None:
     return pk
 
 
-def lookup_instance(session, sop_instance_uid: str) -> int | None:
-    """The id of an indexed image by its SOP Instance UID as stored."""
-    return session.execute(select(Image.id).where(
-        Image.sop_instance_uid == str(sop_instance_uid),
-        Image.status == STATUS_INDEXED)).scalar()
+def lookup_instance(session, sop_instance_uid: str, pseudonym_key: bytes | None = None
+                    ) -> int | None:
+    """The id of an indexed image by its SOP Instance UID as stored, else (with the indexer's
+    ``pseudonym_key``) by its keyed pseudonym (:func:`chextriev.io.deid.uid_pseudonym`)."""
+    from chextriev.io.deid import uid_pseudonym
+
+    uid = str(sop_instance_uid).strip()
+    for candidate in [uid] + ([uid_pseudonym(pseudonym_key, uid)] if pseudonym_key else []):
+        found = session.execute(select(Image.id).where(
+            Image.sop_instance_uid == candidate, Image.status == STATUS_INDEXED)).scalar()
+        if found is not None:
+            return int(found)
+    return None
 
 
 def thumbnail(session, image_id: int) -> bytes | None:
