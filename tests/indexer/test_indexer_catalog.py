@@ -158,3 +158,64 @@ def test_the_model_runs_before_the_write_transaction(archive, tmp_path, catalog_
     with make_sessionmaker(make_engine(catalog_url or default_db_url(index_dir),
                                        create=False))() as session:
         assert session.get(CatalogState, 1).store_rows == writer.store.committed > 4
+
+
+def test_a_build_without_column_files_is_read_from_the_catalog_until_the_next_build(tmp_path, caplog):
+    """An index made before column files (its manifest names none) opens from the catalog's
+    rows, with the same searches; verify says what is missing; the next build writes them."""
+    import json
+    import logging
+
+    from indexer.engine import open_sessions
+    from indexer.sync import sync_index
+    from indexer.verify import verify
+
+    index_dir = tmp_path / "idx"
+    vectors = clustered_vectors(90, dim=16, seed=8)
+    write_embedded(index_dir, vectors)
+    with_columns = Catalog.open(None, index_dir)
+    expected = with_columns.search(vectors[:3], 5, filters={"sex": "F"})
+    with_columns.close()
+    manifest = index_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["columns"]  # what an index built before column files looks like
+    manifest.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="indexer.catalog"):
+        old = Catalog.open(None, index_dir)
+    try:
+        assert "no search column files" in caplog.text and old.size == 90
+        assert not isinstance(old._snap.columns.ids, np.memmap)
+        assert old.search(vectors[:3], 5, filters={"sex": "F"}) == expected
+    finally:
+        old.close()
+    sessions = open_sessions(None, index_dir)
+    assert any("no search column files" in p for p in verify(sessions, index_dir))
+    sync_index(sessions, index_dir, checkpoint_id=data["checkpoint_id"], dim=16)
+    assert verify(sessions, index_dir) == []
+    fresh = Catalog.open(None, index_dir)
+    try:
+        assert isinstance(fresh._snap.columns.ids, np.memmap)
+        assert fresh.search(vectors[:3], 5, filters={"sex": "F"}) == expected
+    finally:
+        fresh.close()
+
+
+def test_damaged_column_files_are_found_by_verify_and_rewritten_by_repair(tmp_path):
+    from indexer.engine import open_sessions
+    from indexer.sync import repair
+    from indexer.verify import verify
+
+    index_dir = tmp_path / "idx"
+    write_embedded(index_dir, clustered_vectors(60, dim=16, seed=9))
+    catalog = Catalog.open(None, index_dir)
+    columns = catalog.manifest.columns
+    catalog.close()
+    age = index_dir / "columns" / columns["set"] / "age.f64"
+    raw = bytearray(age.read_bytes())
+    raw[8:16] = np.float64(123.0).tobytes()  # the second image's age
+    age.write_bytes(bytes(raw))
+    sessions = open_sessions(None, index_dir)
+    problems = verify(sessions, index_dir)
+    assert len(problems) == 1 and "search column age differs" in problems[0] and "[2]" in problems[0]
+    repair(sessions, index_dir)
+    assert verify(sessions, index_dir) == []
