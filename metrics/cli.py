@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: ``metrics.localization_eval.LOCALIZATION_METHODS`` (not imported here: it loads matplotlib;
 #: a test keeps the two equal)
-LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "ham")
+LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "pcam", "ham")
 
 
 def register(subparsers: Any) -> None:
@@ -74,7 +74,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
     p.add_argument("--cam-method", default="gradcam", choices=LOCALIZATION_METHODS,
-                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, or ham (needs --ham-checkpoint)")
+                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, pcam (its probability maps: a "
+                        "checkpoint trained with --pooling pcam), or ham (needs --ham-checkpoint)")
     p.add_argument("--ham-checkpoint", type=Path, default=None,
                    help="HAM network for --cam-method ham (written by `chextriev train-ham`)")
     p.add_argument("--loc-max-images", type=int, default=50, help="images scored for localization")

@@ -40,7 +40,8 @@ from chextriev.vocab import finding_index
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "gradcampp", "cam")
+#: ``pcam``: the probability map of a PCAM-pooled classifier (:mod:`chextriev.localization.pcam`)
+METHODS = ("gradcam", "gradcampp", "cam", "pcam")
 
 __all__ = ["METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
@@ -72,7 +73,7 @@ def feature_cam(
     if method == "cam":
         weights = linear_weights if linear_weights is not None else gradient.sum(dim=(1, 2))
         return torch.einsum("k,khw->hw", weights.to(feature_map), feature_map)
-    raise UnknownNameError("CAM method", method, METHODS)
+    raise UnknownNameError("CAM method", method, METHODS[:3])
 
 
 def _normalise(raw: torch.Tensor, size: tuple[int, int], method: str) -> np.ndarray:
@@ -133,12 +134,17 @@ def heatmap(
         boxes: ``(18, 4)`` region boxes in the image's pixels, or ``None`` (the loaded model's
             box provider, else the default atlas). Ignored by global models.
         finding: a finding name of the model's class list, or its index.
-        method: ``"gradcam"``, ``"gradcampp"`` or ``"cam"``.
+        method: ``"gradcam"``, ``"gradcampp"``, ``"cam"``, or ``"pcam"`` (a global classifier
+            trained with ``--pooling pcam``: its own probability map, no gradient).
     Returns:
         ``(H, W)`` float32 in ``[0, 1]`` (all zeros when the finding has no positive evidence).
     """
     if method not in METHODS:
         raise UnknownNameError("CAM method", method, METHODS)
+    if method == "pcam":
+        from chextriev.localization.pcam import pcam_heatmap
+
+        return pcam_heatmap(model_or_loaded, image, finding)
     from chextriev.model.preprocess import prepare_image
 
     array = np.asarray(image, dtype=np.float32)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from chextriev.cli_options import add_data_option, add_epochs_option, add_out_dir
-from chextriev.model.config import BACKBONES, VARIANTS, WEIGHTS_FORMATS
+from chextriev.model.config import ATTENTIONS, BACKBONES, POOLINGS, VARIANTS, WEIGHTS_FORMATS
 from chextriev.training.augment import AUGMENTATIONS
 from chextriev.training.presets import PRESETS
 
@@ -61,6 +61,14 @@ def register(subparsers) -> None:
                         help=f"one of: {', '.join(WEIGHTS_FORMATS)} (unset: torchvision, the .pth file "
                              "torchvision downloads; xrv: a torchxrayvision DenseNet121 state dict, one channel, "
                              "224 px, their [-1024, 1024] intensities)")
+    parser.add_argument("--pooling", default=None, choices=POOLINGS,
+                        help="global classifier (resnet50, resnet50-projected): pooling of the backbone map, "
+                             "avg (published), max, lse (log-sum-exp) or pcam (probabilistic CAM, Ye et al. 2020: "
+                             "each class pools with its own probability map, also its heatmap)")
+    parser.add_argument("--attention", default=None, choices=ATTENTIONS,
+                        help="global classifier: attention map over the backbone map before pooling (X_RAY's): "
+                             "channel (squeeze-and-excitation), spatial (DANet position attention), pyramid "
+                             "(feature pyramid attention); default none")
     parser.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=False,
                         help="fine-tune the backbone (no feature cache)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -99,7 +107,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     # unknown names fail before any data is read
     variant, settings = get_config(args.variant), get_preset(args.preset)
-    backbone = {"backbone": args.backbone, "backbone_weights_format": args.backbone_weights_format}
+    backbone = {"backbone": args.backbone, "backbone_weights_format": args.backbone_weights_format,
+                "pooling": args.pooling, "attention": args.attention}
+    get_config(args.variant, **{k: v for k, v in backbone.items() if k in ("pooling", "attention") and v})
     check_backbone(args.backbone or settings.model.get("backbone", variant.backbone),
                    args.backbone_weights_format or "torchvision")
     if args.threads:

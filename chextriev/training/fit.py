@@ -73,8 +73,10 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
 def selection_metric(config) -> tuple[str, str]:
     """What selects the best checkpoint and stops training: validation mAP@10 (max), except for
     the published global baseline, whose embedding is the frozen backbone feature (mAP cannot
-    change with training): there the validation loss of its classification head (min)."""
-    if config.kind == "global" and config.global_embedding == "backbone" and not config.train_backbone:
+    change with training): there the validation loss of its classification head (min). With
+    PCAM pooling or an attention map its embedding trains: mAP@10 again."""
+    if (config.kind == "global" and config.global_embedding == "backbone" and not config.train_backbone
+            and not config.pools_feature_map):
         return "val_loss", "min"
     return MONITOR, "max"
 
