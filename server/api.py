@@ -25,6 +25,7 @@ from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
     as_probabilities,
     boxes_list,
@@ -182,6 +183,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
         "query": {**query_info, "findings": findings, "predicted_findings": predicted,
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,

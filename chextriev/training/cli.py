@@ -46,7 +46,9 @@ def register(subparsers) -> None:
                         help="training augmentation, overrides the preset's: one of: " + ", ".join(AUGMENTATIONS))
     add_out_dir(parser, required=True, help="run folder for checkpoints and logs")
     parser.add_argument("--class-list", default="imagenome",
-                        help="class list for readers that need one (imagenome, nih, chexpert)")
+                        help="class list for readers that need one: imagenome, nih, chexpert, nih8 (the 8 boxed "
+                             "ChestX-ray8 diseases), chexpert5 (the 5 competition observations), abnormal (one output: "
+                             "any finding vs none, from the dataset's own No Finding / normal flag)")
     parser.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                         help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (the reader's default: mask)")
     parser.add_argument("--blank", default=None, choices=("zeros", "mask"),
@@ -153,7 +155,7 @@ def register_shards(subparsers) -> None:
                        help="longest side of the stored images (default 1024; keep it >= the model's input size)")
     write.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default 1000)")
     write.add_argument("--class-list", default="imagenome",
-                       help="class list for readers that need one (imagenome, nih, chexpert)")
+                       help="class list for readers that need one (imagenome, nih, chexpert, nih8, chexpert5, abnormal)")
     write.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                        help="CheXpert: uncertain labels become 1, 0 or masked")
     write.add_argument("--blank", default=None, choices=("zeros", "mask"), help="CheXpert: not-mentioned labels")

@@ -197,6 +197,11 @@ function renderQueryFindings(query) {
     const pct = Math.round(finding.probability * 100);
     li.innerHTML = `<div class="bar ${finding.predicted ? "pos" : ""}"><div class="fill" style="width:${pct}%"></div><span class="name"></span></div><span class="pct">${pct}%</span>`;
     li.querySelector(".name").textContent = finding.name;
+    if (query.abnormality) {  // an abnormality model: its one output, as "abnormal: p"
+      li.querySelector(".name").textContent = query.abnormality.label;
+      li.querySelector(".pct").textContent = "";
+      li.title = `threshold ${query.abnormality.threshold} (chosen on validation)`;
+    }
     return li;
   }));
   $("query-known-box").hidden = query.source !== "archive";
@@ -235,7 +240,8 @@ function renderResults(payload) {
     li.querySelector(".sim").title = "cosine similarity of the embeddings";
     findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
     const predicted = li.querySelector(".r-pred");
-    if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
+    if (result.abnormality) predicted.replaceChildren(chip(result.abnormality.label, result.abnormality.abnormal ? "predicted" : "empty"));
+    else if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
     else if (!result.predicted_findings.length) predicted.replaceChildren(chip("none", "empty"));
     else predicted.replaceChildren(...result.predicted_findings.map((name) => chip(name, "predicted")));
     if (result.finding_filter) {
@@ -324,7 +330,8 @@ function renderCaseFindings(result, detail) {
   findingChips($("case-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
   const predicted = $("case-predicted");
   const above = (detail.predicted_findings || []).filter((f) => f.predicted);
-  if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
+  if (detail.abnormality) predicted.replaceChildren(chip(detail.abnormality.label, detail.abnormality.abnormal ? "predicted" : "empty"));
+  else if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
   else if (!above.length) predicted.replaceChildren(chip("none at 50 % or more", "empty"));
   else predicted.replaceChildren(...above.map((f) => chip(`${f.name} ${Math.round(f.probability * 100)}%`, "predicted")));
   const rows = [["study", detail.study], ["patient", detail.patient], ["view", detail.view], ["sex", detail.sex],
