@@ -40,10 +40,13 @@ from chextriev.vocab import finding_index
 
 log = logging.getLogger(__name__)
 
-#: ``pcam``: the probability map of a PCAM-pooled classifier (:mod:`chextriev.localization.pcam`)
-METHODS = ("gradcam", "gradcampp", "cam", "pcam")
+#: the gradient methods, for every model with a feature map
+METHODS = ("gradcam", "gradcampp", "cam")
+#: what :func:`heatmap` accepts: the above, and ``pcam``, the probability map of a classifier
+#: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
+HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
+__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
 
 
@@ -73,7 +76,7 @@ def feature_cam(
     if method == "cam":
         weights = linear_weights if linear_weights is not None else gradient.sum(dim=(1, 2))
         return torch.einsum("k,khw->hw", weights.to(feature_map), feature_map)
-    raise UnknownNameError("CAM method", method, METHODS[:3])
+    raise UnknownNameError("CAM method", method, METHODS)
 
 
 def _normalise(raw: torch.Tensor, size: tuple[int, int], method: str) -> np.ndarray:
@@ -139,8 +142,8 @@ def heatmap(
     Returns:
         ``(H, W)`` float32 in ``[0, 1]`` (all zeros when the finding has no positive evidence).
     """
-    if method not in METHODS:
-        raise UnknownNameError("CAM method", method, METHODS)
+    if method not in HEATMAP_METHODS:
+        raise UnknownNameError("CAM method", method, HEATMAP_METHODS)
     if method == "pcam":
         from chextriev.localization.pcam import pcam_heatmap
 
