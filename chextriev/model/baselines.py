@@ -54,9 +54,10 @@ class GlobalResNet(RetrievalModel):
     (``config.pools_feature_map``), :meth:`extract` returns the whole frozen map
     ``(B, F, h, w)``; the map is standardised per channel, attended, pooled, and the embedding
     (``"backbone"``) is the pooled feature the classifier sees: for PCAM the mean over classes
-    of the class-pooled features ``x_c``. PCAM classifies with a linear classifier (the published
-    1x1 convolution, weights N(0, 0.01), bias 0) applied to the map and to each ``x_c``; the other
-    poolings with the LayerNorm + Linear :class:`~chextriev.model.heads.Head`.
+    of the class-pooled features ``x_c``. The classifier is the LayerNorm + Linear
+    :class:`~chextriev.model.heads.Head`; PCAM applies it at every location of the map (each
+    class's logit map) and to each ``x_c`` (``chextriev/model/README.md`` point 17: why not the
+    published bare 1x1 convolution).
     """
 
     def __init__(self, config: ModelConfig):
@@ -70,12 +71,7 @@ class GlobalResNet(RetrievalModel):
             dim = config.width
         else:
             self.projection = None
-        if config.pooling == "pcam":
-            self.classifier = nn.Linear(config.feature_dim, config.num_classes)
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.bias)
-        else:
-            self.head = Head(dim, config.num_classes)
+        self.head = Head(dim, config.num_classes)
 
     @property
     def embedding_dim(self) -> int:
@@ -102,7 +98,7 @@ class GlobalResNet(RetrievalModel):
         ``(B, C, h, w)`` (what pools that class; its localization heatmap)."""
         if self.config.pooling != "pcam":
             raise ValueError(f"probability maps exist for pooling 'pcam' only, this model pools {self.config.pooling!r}")
-        return pcam_pool(self._standardized_map(feature_map), self.classifier)[2]
+        return pcam_pool(self._standardized_map(feature_map), self.head)[2]
 
     def _embed(self, pooled: torch.Tensor) -> ModelOutput:
         """Standardised pooled ``(B, F)`` -> embedding and logits (the head on the projection, if any)."""
@@ -115,7 +111,7 @@ class GlobalResNet(RetrievalModel):
         if features.ndim == 4:
             x = self._standardized_map(features)
             if self.config.pooling == "pcam":
-                logits, pooled, _ = pcam_pool(x, self.classifier)
+                logits, pooled, _ = pcam_pool(x, self.head)
                 return ModelOutput(embedding=pooled.mean(dim=1), graph_logits=logits)
             return self._embed(pool(x, self.config.pooling, self.config.lse_gamma))
         standardized = self.features.standardize(features)

@@ -14,8 +14,9 @@ Poolings ``(B, F, h, w) -> (B, F)`` (:func:`pool`):
   ``gamma -> 0``, the maximum as ``gamma -> inf`` (X_RAY's default ``gamma`` 10).
 
 PCAM, probabilistic class activation map pooling (Ye et al., "Weakly Supervised Lesion
-Localization With Probabilistic-CAM Pooling", 2020; :func:`pcam_pool`): with one linear
-classifier ``f_c(v) = w_c . v + b_c`` per class (the 1x1 convolution of the published code),
+Localization With Probabilistic-CAM Pooling", 2020; :func:`pcam_pool`): with a classifier
+``f_c`` per class (the published code's 1x1 convolution ``f_c(v) = w_c . v + b_c``; the global
+classifier here uses its LayerNorm + Linear head, ``f_c(v) = w_c . LN(v) + b_c``),
 
 * logit map ``s_c(h, w) = f_c(x(h, w))``, probability map ``p_c = sigmoid(s_c)``;
 * attention weights ``a_c(h, w) = p_c(h, w) / sum_hw p_c``;
@@ -80,18 +81,19 @@ def pool(x: torch.Tensor, kind: str, gamma: float = 10.0) -> torch.Tensor:
     raise UnknownNameError("fixed pooling", kind, FIXED_POOLINGS)
 
 
-def pcam_pool(x: torch.Tensor, classifier: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PCAM pooling of ``x (B, F, h, w)`` with the per-class linear ``classifier (F -> C)``.
+def pcam_pool(x: torch.Tensor, classifier: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCAM pooling of ``x (B, F, h, w)`` with ``classifier``, any module mapping feature
+    vectors ``(..., F) -> (..., C)`` (one score per class: ``f_c``).
 
     Returns ``(logits (B, C), pooled (B, C, F), probability maps (B, C, h, w))``: the image logit
-    of each class is its classifier row applied to the map pooled with that class's own
-    normalised probability map (module docstring).
+    of class ``c`` is ``f_c`` of the map pooled with that class's own normalised probability map
+    (module docstring).
     """
-    logit_map = torch.einsum("bfhw,cf->bchw", x, classifier.weight) + classifier.bias[None, :, None, None]
+    logit_map = classifier(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # f at every location: (B, C, h, w)
     probability = torch.sigmoid(logit_map)
     weights = probability / probability.sum(dim=(2, 3), keepdim=True)
     pooled = torch.einsum("bchw,bfhw->bcf", weights, x)
-    logits = (pooled * classifier.weight[None]).sum(dim=-1) + classifier.bias
+    logits = torch.diagonal(classifier(pooled), dim1=1, dim2=2)  # f_c of the pooled x_c: (B, C)
     return logits, pooled, probability
 
 

@@ -75,10 +75,12 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
 def selection_metric(config) -> tuple[str, str]:
     """What selects the best checkpoint and stops training: validation mAP@10 (max), except for
     the published global baseline, whose embedding is the frozen backbone feature (mAP cannot
-    change with training): there the validation loss of its classification head (min). With
-    PCAM pooling or an attention map its embedding trains: mAP@10 again."""
-    if (config.kind == "global" and config.global_embedding == "backbone" and not config.train_backbone
-            and not config.pools_feature_map):
+    change with training): there the validation loss of its classification head (min). The
+    same holds for the whole global classifier family (any pooling, attention map): a classifier
+    whose embedding is a by-product of its pooling (with PCAM or an attention map it moves with
+    training, but what trains is the classifier; selected on mAP, PCAM stopped at its first
+    epochs, before it classified: ``chextriev/model/README.md`` point 17)."""
+    if config.kind == "global" and config.global_embedding == "backbone" and not config.train_backbone:
         return "val_loss", "min"
     return MONITOR, "max"
 

@@ -51,11 +51,36 @@ def test_unknown_fixed_pooling_lists_the_valid_ones():
         pool(MAP, "pcam")
 
 
-def _pcam_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
-    """Ye et al. 2020, one loop per index: logit map s_c(h,w) = w_c . x(h,w) + b_c, probability
-    p_c = sigmoid(s_c), weights a_c = p_c / sum p_c, pooled x_c = sum a_c x, logit y_c = w_c . x_c + b_c."""
+def _linear(weight: np.ndarray, bias: np.ndarray):
+    """``f(v)[c] = b_c + sum_f w_cf v_f``, one loop per index."""
+    def f(v):
+        out = []
+        for c in range(weight.shape[0]):
+            s = bias[c]
+            for k in range(len(v)):
+                s += weight[c, k] * v[k]
+            out.append(s)
+        return out
+    return f
+
+
+def _layernorm_linear(head):
+    """The head ``f(v) = W LN(v) + b`` (LayerNorm: mean, biased variance, eps, affine), by loops."""
+    gamma, beta = head.norm.weight.detach().numpy(), head.norm.bias.detach().numpy()
+    linear = _linear(head.linear.weight.detach().numpy(), head.linear.bias.detach().numpy())
+
+    def f(v):
+        n = len(v)
+        mean = sum(v) / n
+        var = sum((x - mean) ** 2 for x in v) / n
+        return linear([(v[k] - mean) / math.sqrt(var + head.norm.eps) * gamma[k] + beta[k] for k in range(n)])
+    return f
+
+
+def _pcam_reference(x: np.ndarray, f, classes: int):
+    """Ye et al. 2020, one loop per index: logit map s_c(h,w) = f_c(x(h,w)), probability
+    p_c = sigmoid(s_c), weights a_c = p_c / sum p_c, pooled x_c = sum a_c x, logit y_c = f_c(x_c)."""
     batch, channels, height, width = x.shape
-    classes = weight.shape[0]
     logits = np.zeros((batch, classes))
     pooled = np.zeros((batch, classes, channels))
     prob = np.zeros((batch, classes, height, width))
@@ -63,45 +88,52 @@ def _pcam_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
         for c in range(classes):
             for i in range(height):
                 for j in range(width):
-                    s = bias[c]
-                    for f in range(channels):
-                        s += weight[c, f] * x[b, f, i, j]
+                    s = f([x[b, k, i, j] for k in range(channels)])[c]
                     prob[b, c, i, j] = 1.0 / (1.0 + math.exp(-s))
             total = 0.0
             for i in range(height):
                 for j in range(width):
                     total += prob[b, c, i, j]
-            for f in range(channels):
+            for k in range(channels):
                 acc = 0.0
                 for i in range(height):
                     for j in range(width):
-                        acc += prob[b, c, i, j] / total * x[b, f, i, j]
-                pooled[b, c, f] = acc
-            y = bias[c]
-            for f in range(channels):
-                y += weight[c, f] * pooled[b, c, f]
-            logits[b, c] = y
+                        acc += prob[b, c, i, j] / total * x[b, k, i, j]
+                pooled[b, c, k] = acc
+            logits[b, c] = f(list(pooled[b, c]))[c]
     return logits, pooled, prob
 
 
-def test_pcam_matches_the_papers_formulas_loop_by_loop():
+@pytest.mark.parametrize("kind", ["linear (published 1x1 convolution)", "layernorm + linear (the head)"])
+def test_pcam_matches_the_papers_formulas_loop_by_loop(kind):
+    from chextriev.model.heads import Head
+
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, 3, 4, generator=generator, dtype=torch.float64)
-    classifier = torch.nn.Linear(5, 3).double()
+    if kind.startswith("linear"):
+        classifier = torch.nn.Linear(5, 3).double()
+        linear = classifier
+    else:
+        classifier = Head(5, 3).double()
+        linear = classifier.linear
+        with torch.no_grad():
+            classifier.norm.weight.copy_(torch.rand(5, generator=generator, dtype=torch.float64) + 0.5)
+            classifier.norm.bias.copy_(torch.randn(5, generator=generator, dtype=torch.float64))
     with torch.no_grad():
-        classifier.weight.copy_(torch.randn(3, 5, generator=generator, dtype=torch.float64))
-        classifier.bias.copy_(torch.randn(3, generator=generator, dtype=torch.float64))
-    logits, pooled, prob = pcam_pool(x, classifier)
-    ref_logits, ref_pooled, ref_prob = _pcam_reference(x.numpy(), classifier.weight.detach().numpy(),
-                                                       classifier.bias.detach().numpy())
-    np.testing.assert_allclose(prob.detach().numpy(), ref_prob, rtol=1e-10)
-    np.testing.assert_allclose(pooled.detach().numpy(), ref_pooled, rtol=1e-10)
-    np.testing.assert_allclose(logits.detach().numpy(), ref_logits, rtol=1e-10)
+        linear.weight.copy_(torch.randn(3, 5, generator=generator, dtype=torch.float64))
+        linear.bias.copy_(torch.randn(3, generator=generator, dtype=torch.float64))
+        logits, pooled, prob = pcam_pool(x, classifier)
+    f = (_linear(linear.weight.detach().numpy(), linear.bias.detach().numpy()) if kind.startswith("linear")
+         else _layernorm_linear(classifier))
+    ref_logits, ref_pooled, ref_prob = _pcam_reference(x.numpy(), f, 3)
+    np.testing.assert_allclose(prob.numpy(), ref_prob, rtol=1e-10)
+    np.testing.assert_allclose(pooled.numpy(), ref_pooled, rtol=1e-10)
+    np.testing.assert_allclose(logits.numpy(), ref_logits, rtol=1e-10)
     # each class pools with its own map: classes differ, and a flat probability map is the average
     assert not torch.allclose(pooled[:, 0], pooled[:, 1])
     with torch.no_grad():
-        classifier.weight.zero_()
-    flat = pcam_pool(x, classifier)[1]
+        linear.weight.zero_()
+        flat = pcam_pool(x, classifier)[1]
     assert torch.allclose(flat, x.mean(dim=(2, 3))[:, None, :].expand_as(flat))
 
 
@@ -207,7 +239,7 @@ def test_the_model_pools_as_configured(tiny_batch):
         assert feature_map.shape == (4, 512, 2, 2)
         out = model.forward_features(feature_map)
         standardized = (feature_map - 0.1) / 2.0
-        logits, pooled, prob = pcam_pool(standardized, model.classifier)
+        logits, pooled, prob = pcam_pool(standardized, model.head)
         assert torch.allclose(out.graph_logits, logits, atol=1e-6)
         assert torch.allclose(out.embedding, pooled.mean(dim=1), atol=1e-6)  # the embedding: mean of x_c
         assert torch.allclose(model.probability_maps(feature_map), prob)
