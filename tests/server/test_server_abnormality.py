@@ -21,20 +21,32 @@ def test_abnormality_entry_only_for_the_abnormality_model():
     assert abnormality(None, ("abnormal",)) is None and abnormality(np.array([np.nan]), ("abnormal",)) is None
 
 
-@pytest.fixture(scope="module")
-def abnormality_app(tiny_index, tmp_path_factory):
+def build_abnormality_index(tiny_index, root):
+    """The server tests' archive indexed with an abnormality model (tiny resnet50, class list
+    abnormal): ``tiny_index`` with that checkpoint, index folder and catalog."""
+    from dataclasses import replace
+
     from chextriev.training.fit import train
     from indexer import cli as index_cli
 
-    root = tmp_path_factory.mktemp("abnormality")
     result = train(tiny_index.archive, root / "model", read_options={"class_list": "abnormal"}, variant="resnet50",
                    preset="tiny", max_epochs=1, progress=False, cache_dir=root / "cache")
     index_dir = root / "index"
     assert run_subcommand(index_cli, ["index", "--data", str(tiny_index.archive), "--checkpoint", str(result.best),
                                       "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
                                       "--no-progress"]) == 0
-    app = create_app({"CHECKPOINT": str(result.best), "INDEX_DIR": str(index_dir),
-                      "DB_URL": f"sqlite:///{index_dir / 'catalog.sqlite'}", "LOAD": "sync"})
+    return replace(tiny_index, checkpoint=result.best, index_dir=index_dir,
+                   db_url=f"sqlite:///{index_dir / 'catalog.sqlite'}")
+
+
+@pytest.fixture(scope="module")
+def abnormality_index(tiny_index, tmp_path_factory):
+    return build_abnormality_index(tiny_index, tmp_path_factory.mktemp("abnormality"))
+
+
+@pytest.fixture(scope="module")
+def abnormality_app(abnormality_index):
+    app = create_app(abnormality_index.config(LOAD="sync"))
     assert app.extensions["chextriev"].ready, app.extensions["chextriev"].error
     return app
 
@@ -64,3 +76,4 @@ def test_other_models_have_no_abnormality(client, query_png):
                            content_type="multipart/form-data")
     assert response.json["query"]["abnormality"] is None
     assert all(r["abnormality"] is None for r in response.json["results"])
+
