@@ -137,9 +137,11 @@ SETTINGS: tuple[Setting, ...] = (
             "model, detector and Grad-CAM numerics: auto (bf16 where the CPU has AMX or AVX-512 "
             "bf16 or the GPU computes bf16, else fp32), fp32 or bf16",
             choices=PRECISIONS),
-    Setting("compile", "COMPILE", "str", "off",
-            "run the frozen backbone compiled by torch (TorchInductor): faster uploads after a "
-            "one-off compilation of 10-30 s per worker at start (also 1/0, true/false, yes/no)",
+    Setting("compile", "COMPILE", "str", "on",
+            "run the frozen backbone compiled by torch (AOTInductor): faster uploads; compiled once "
+            "into the compiled cache (CHEXTRIEV_COMPILE_CACHE, else ~/.cache/chextriev/compiled) and "
+            "loaded from it by every later start and worker; eager where no C++ compiler is found "
+            "(also 1/0, true/false, yes/no)",
             choices=COMPILE_MODES, flag_type=compile_mode),
     Setting("torch_threads", "TORCH_THREADS", "int", None,
             "intra-op threads per worker (1 is best on a busy CPU)", low=1, default_doc="torch's choice"),

@@ -241,7 +241,9 @@ SCHEMAS: dict[str, Any] = {
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
         "compiled": {"type": "boolean",
-                     "description": "the backbone trunk runs compiled by torch (--compile on, compilation succeeded)"},
+                     "description": "the backbone trunk runs compiled ahead of time (--compile on, "
+                                    "the default; false when off or when no compiled trunk could be "
+                                    "had, which the log explains)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 

@@ -255,8 +255,8 @@ def file_report(connection: DicomwebConnection, located: Located, report: Simila
     started = time.perf_counter()
     connection.store([dataset], located.image.study_uid)
     timings["store"] = _ms(started)
-    log.info("report %s filed into the query's study on %s (%d findings, %d similar cases)",
-             dataset.SOPInstanceUID, connection.root, len(report.findings), report.k)
+    log.info("report filed into the query's study on %s (%d findings, %d similar cases)",
+             connection.root, len(report.findings), report.k)  # no UID: they name a patient's record
     return {**report_summary(dataset), "timing_ms": {k: round(v, 1) for k, v in timings.items()}}
 
 

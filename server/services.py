@@ -330,10 +330,14 @@ class SearchService:
 
     @property
     def compiled(self) -> bool:
-        """Whether the model's trunk runs compiled now (``--compile on`` and no failure)."""
+        """Whether the model's trunk runs compiled (``--compile on``, the default, and no
+        failure; under ``auto`` the bf16 trunk compiled at load counts: it runs from the query
+        after the first, which checks bf16 eagerly, if that check keeps bf16)."""
         from chextriev.compiled import compiled_trunk
 
-        trunk = compiled_trunk(self.model.model) if self.model is not None else None
+        if self.model is None:
+            return False
+        trunk = compiled_trunk(self.model.model) or getattr(self.model, "_pending_trunk", None)
         return trunk is not None and trunk.failed is None
 
     # ---- model ---------------------------------------------------------------------------

@@ -129,7 +129,7 @@ class GlobalFeatures(nn.Module):
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)`` (through the compiled trunk when
-        :func:`chextriev.compiled.enable_compiled_trunk` set one and no gradient is wanted)."""
+        `chextriev.compiled` installed one and no gradient is wanted)."""
         trunk = getattr(self, "compiled_trunk", None) or self.trunk
         return trunk(self.trunk_input(images))
 
