@@ -309,3 +309,55 @@ def checkpoint_thresholds(data: dict[str, Any], class_names: tuple[str, ...],
         raise CheckpointError(f"{name}: its finding thresholds are for classes {entry.get('class_names')}, "
                               f"the model has {list(class_names)}")
     return np.asarray(values, dtype=np.float32), str(entry.get("rule", ""))
+
+
+def _save_atomically(data: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` into a temporary file beside ``path``, then rename it over ``path``."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model_checkpoint(path: str | Path, model: RetrievalModel, *, variant: str,
+                          atlas: Atlas | None = None, **hyper_parameters: Any) -> Path:
+    """Write ``model`` (its config and weights) as a checkpoint that :func:`load_checkpoint`
+    reads like one of ``chextriev train``, without training: the untrained and random-weight
+    models of the benchmarks and tests. ``hyper_parameters`` are saved beside the standard ones
+    (e.g. ``feature_scale_rule``)."""
+    config = model.config
+    hparams = {"model_format": MODEL_FORMAT, "model_config": config.to_dict(), "variant": variant,
+               "class_names": list(config.class_names), "image_size": config.image_size, **hyper_parameters}
+    if atlas is not None:
+        hparams["atlas"] = atlas.to_dict()
+    state = {f"{STATE_PREFIX}{k}": v for k, v in model.state_dict().items()}
+    return _save_atomically({"hyper_parameters": hparams, "state_dict": state}, Path(path))
+
+
+def derive_checkpoint(source: str | Path, target: str | Path, *, variant: str, **config_changes: Any) -> Path:
+    """Write ``target``: the checkpoint ``source`` (same weights, thresholds and atlas) with
+    ``config_changes`` applied to its model config, saved as ``variant``. E.g. ``ath-binary``
+    from an ``ath`` run (``binary=True``: the sign of the codes that ``ath`` trains, read as a
+    hashing method reads them at search time). Raises :class:`CheckpointError` for a change that
+    is no config field or a result that does not load."""
+    data = read_checkpoint(source)
+    hparams = dict(data.get("hyper_parameters") or {})
+    if "model_config" not in hparams:
+        raise CheckpointError(f"{source} has no 'model_config' hyper-parameter: not written by `chextriev train`")
+    config = dict(hparams["model_config"])
+    unknown = sorted(set(config_changes) - set(config))
+    if unknown:
+        raise CheckpointError(f"{', '.join(unknown)}: not a field of the model config of {source}")
+    config.update(config_changes)
+    hparams["model_config"], hparams["variant"] = config, variant
+    model_from_checkpoint_dict({**data, "hyper_parameters": hparams})  # the derived file must load
+    return _save_atomically({**data, "hyper_parameters": hparams}, Path(target))

@@ -175,3 +175,25 @@ def build_inputs(
 def classification_names(loaded: Any, data_classes: Sequence[str]) -> list[str]:
     """Data class names that the model can classify (order of the data)."""
     return [data_classes[d] for _, d in class_mapping(loaded.class_names, data_classes)]
+
+
+def headline_scores(loaded: Any, records: Sequence[Record], ks: Sequence[int] = (3, 5, 10), *,
+                    skip: bool = False, batch_size: int = 16) -> dict[str, float | None]:
+    """One flat row of the headline figures of ``loaded`` on ``records`` (gallery = queries):
+    ``mAP@k``, ``mHR@k``, ``mRR@k`` (class average) at every k, ``AUROC`` (mean over the classes
+    the model and the data share) and ``region_AUROC`` (mean over (region, finding) cells; None
+    for a model without regions or data without region labels).
+
+    The evaluation of ``chextriev evaluate`` (:func:`embed_records`, :func:`build_inputs`,
+    :func:`metrics.evaluate.evaluate_arrays`) without thresholds, localization or files: what
+    the variant sweep and the benchmarks that train models score a checkpoint with."""
+    from metrics.evaluate import EvaluationOptions, evaluate_arrays
+
+    report = evaluate_arrays(build_inputs(loaded, records, embed_records(loaded, records, batch_size)),
+                             EvaluationOptions(ks=tuple(ks), skip=skip, split=None))
+    row: dict[str, float | None] = {f"{m}@{k}": report["retrieval"][k]["class_average"][m]
+                                    for k in ks for m in ("mAP", "mHR", "mRR")}
+    classification = report["classification"]
+    row["AUROC"] = classification["auroc"]["mean"] if classification else None
+    row["region_AUROC"] = report["region_auroc"]["mean"] if report["region_auroc"] else None
+    return row

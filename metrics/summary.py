@@ -2,7 +2,7 @@
 
     python -m metrics.summary results/<dataset> [--setting no-skip] [--out results/<dataset>/summary.md]
 
-Reads ``<root>/<variant>/<setting>/metrics.json`` (as written by ``scripts/variant.py
+Reads ``<root>/<variant>/<setting>/metrics.json`` (as written by ``benchmarks/variant.py
 evaluate``) for every variant of the variant table (``chextriev.model.config.VARIANTS``, in its
 order: the published table's, then the project's improvements) and writes one row each, cells
 ``mAP/mHR/mRR`` of the class average at each k, mean AUROC and region AUROC. Missing variants

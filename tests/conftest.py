@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# A throwaway PostgreSQL server and the two-backend `catalog_url` fixture (tests/postgres_fixtures.py);
+# the tiny batch, records and checkpoint of the model and training tests (tests/model_fixtures.py).
+# tests/ is on the import path through pytest's `pythonpath` setting (pyproject.toml).
+from model_fixtures import tiny_batch, tiny_checkpoint, tiny_records  # noqa: F401
+from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,10 +32,3 @@ def nih_sample() -> Path:
             pytest.fail(f"NIH sample required but missing at {path} (set CHEXTRIEV_NIH_SAMPLE)")
         pytest.skip(f"NIH sample not found at {path} (set CHEXTRIEV_NIH_SAMPLE to its folder)")
     return path
-
-
-# A throwaway PostgreSQL server and the two-backend `catalog_url` fixture (tests/postgres_fixtures.py).
-import sys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401

@@ -1,7 +1,7 @@
 """Hostile files, each in a real format, written here byte by byte or derived from real files:
 decompression bombs, headers that lie about sizes, malformed fields, non-finite pixels.
 
-Used by tests/io, tests/server, tests/indexer, tests/fuzz and scripts/bench_request_memory.py
+Used by tests/io, tests/server, tests/indexer, tests/fuzz and benchmarks/request_memory.py
 (which puts this folder on ``sys.path``). Every maker returns the file's bytes and costs
 little memory to run, however large the file claims to be (bombs are streamed through zlib).
 """

@@ -1,6 +1,6 @@
 """Start-up: `chextriev --help`, `chextriev COMMAND --help` and argument errors import none of
 the heavy libraries (checked through ``sys.modules`` of a fresh interpreter, not a clock; the
-wall-clock figures are in BENCHMARKS.md, from ``scripts/bench_startup.py``)."""
+wall-clock figures are in BENCHMARKS.md, from ``benchmarks/startup.py``)."""
 
 from __future__ import annotations
 

@@ -231,16 +231,12 @@ def test_gradcam_follows_the_model_precision(synthetic_images):
 # ---------------------------------------------------------------- auto checks bf16 on the first batch
 @pytest.fixture()
 def tiny_v6_checkpoint(tmp_path):
+    from chextriev.checkpoint import save_model_checkpoint
     from chextriev.model import TINY, build_model
-    from chextriev.model.config import MODEL_FORMAT
 
     torch.manual_seed(0)
     model = build_model("v6", **dict(TINY, image_size=128))
-    path = tmp_path / "tiny.ckpt"
-    torch.save({"hyper_parameters": {"model_format": MODEL_FORMAT, "model_config": model.config.to_dict(), "variant": "v6",
-                                     "class_names": list(model.config.class_names), "image_size": 128},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
+    return save_model_checkpoint(tmp_path / "tiny.ckpt", model, variant="v6")
 
 
 @pytest.mark.parametrize("threshold, kept", [(0.0, "bf16"), (1.01, "fp32")])

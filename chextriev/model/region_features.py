@@ -59,7 +59,7 @@ def feature_scale(std: torch.Tensor, relative: float | None = None) -> torch.Ten
     0.03 or 0.1 times the median std brings bf16 to cosine >= 0.999 (0.99900 / 0.99903 /
     0.99909), but V6 trained with it on ResNet50 features at 512 px does worse in fp32 (three
     seeds: test mAP@10 0.553 -> 0.508-0.537, AUROC 0.820 -> 0.777-0.784): the sparse channels carry
-    signal the projection learns from (``scripts/bench_scale_floor.py``, BENCHMARKS.md
+    signal the projection learns from (``benchmarks/scale_floor.py``, BENCHMARKS.md
     "Precision"). Hence the absolute floor stays; ``--precision auto`` keeps such models in fp32.
 
     Checkpoints keep their fitted ``feature_scale`` buffer: a model loaded from one standardises

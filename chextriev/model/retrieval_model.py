@@ -109,7 +109,7 @@ class RetrievalModel(nn.Module):
 
         The graph logits (the shared head on the mean of the nodes), except for anatomy-
         supervised models (``graph_importance`` 0: V0-anatomy, V4), whose loss trains the head
-        on single nodes only, never on their mean (``scripts/anatomy_image_logits.py``: the
+        on single nodes only, never on their mean (``benchmarks/anatomy_image_logits.py``: the
         head on the mean classifies their images worse). There the image logit of finding
         ``c`` is the largest node logit of ``c`` over the present regions: an image holds a
         finding when any region does (SPEC: image label = OR over regions), and sigmoid is

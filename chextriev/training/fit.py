@@ -1,13 +1,13 @@
 """Train one variant: records -> splits -> atlas + adjacency -> model -> Lightning fit.
 
 :func:`train_records` is the library entry point (``chextriev train`` and
-``scripts/train_all_variants.py`` call it); it writes under ``out``:
+``benchmarks/train_all_variants.py`` call it); it writes under ``out``:
 ``best.ckpt`` (best validation mAP@10), ``last.ckpt``, ``logs/`` (CSV) and ``tb/``
 (TensorBoard), and returns a :class:`TrainResult`.
 
 Processes: one on CPU by default. ``devices=N`` (N > 1) without a GPU trains in N CPU
 processes with ``ddp_spawn`` (gloo backend; validation mAP@10 on the gathered whole set, see
-:mod:`chextriev.training.module`), tested in ``tests/model/test_model_ddp.py``; on GPUs
+:mod:`chextriev.training.module`), tested in ``tests/training/test_model_ddp.py``; on GPUs
 ``devices`` / ``strategy`` go to Lightning as given (``auto`` on several GPUs: ``ddp``), a path
 not tested here. See :func:`trainer_devices`.
 """

@@ -22,7 +22,7 @@ Several processes: each rank gets ``ceil(N / world)`` validation items from Ligh
 and the repeats are dropped by dataset ``index``; every rank then computes the same score on
 the same ``N`` items, so it is logged without ``sync_dist`` and checkpointing / early stopping
 agree on all ranks. Tested with 2 CPU processes (``ddp_spawn``, gloo:
-``tests/model/test_model_ddp.py``); multi-GPU DDP is the same code but untested here.
+``tests/training/test_model_ddp.py``); multi-GPU DDP is the same code but untested here.
 """
 
 from __future__ import annotations

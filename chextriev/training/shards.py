@@ -28,7 +28,7 @@ Reading: :func:`load_shard_records` gives :class:`~chextriev.records.Record` obj
 frozen-feature cache fills its misses in index order, so a shard is read front to back), and
 :class:`ShardStream` yields whole shards sequentially (shard order shuffled per epoch, plus a
 bounded shuffle buffer) for training that reads images every epoch (augmentation, ATH, a
-trained backbone). Tests: ``tests/model/test_shards.py``.
+trained backbone). Tests: ``tests/training/test_shards.py``.
 """
 
 from __future__ import annotations

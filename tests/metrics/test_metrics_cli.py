@@ -1,10 +1,9 @@
-"""`chextriev evaluate` parser, split selection, the summary table and `scripts/variant.py`."""
+"""`chextriev evaluate` parser, split selection and the summary table."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from metrics.cli import register, select_split
 from metrics.evaluate import EvaluationInputs, EvaluationOptions, evaluate_arrays
 from metrics.report import write_json
 from metrics.summary import TABLE_ROWS, summary_markdown
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def parser():
@@ -68,40 +65,3 @@ def test_summary_rows_are_the_variant_table():
 
     assert [key for key, _ in TABLE_ROWS] == list(VARIANTS)
     assert dict(TABLE_ROWS) == VARIANT_LABELS
-
-
-@pytest.fixture(scope="module")
-def variant_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("variant_script", ROOT / "scripts/variant.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_variant_script_lists_the_table_and_explains_errors(variant_script, tmp_path, capsys):
-    from chextriev.model.config import VARIANTS
-
-    assert variant_script.main(["list"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(VARIANTS)
-    assert variant_script.main(["evaluate", "v5", "--preset", "synthetic-small", "--data", str(tmp_path),
-                                "--run-dir", str(tmp_path / "none")]) == 2
-    assert "variant.py train v5 --preset synthetic-small" in capsys.readouterr().err
-    assert variant_script.main(["train", "v9", "--preset", "synthetic-small", "--data", str(tmp_path)]) == 2
-    assert "v6-published-code" in capsys.readouterr().err  # the valid names
-    assert variant_script.main(["train", "v5"]) == 2  # the default preset is the published one: it needs data
-    assert "preset mimic needs --data" in capsys.readouterr().err
-    assert variant_script.main(["evaluate-all", "--preset", "synthetic-small", "--data", str(tmp_path),
-                                "--runs", str(tmp_path / "none")]) == 2
-    assert "no variant has a checkpoint" in capsys.readouterr().err
-
-
-def test_variant_script_finds_the_best_checkpoint(variant_script, tmp_path):
-    run = tmp_path / "run"
-    assert variant_script.best_checkpoint(run) is None
-    (run / "logs").mkdir(parents=True)
-    (run / "logs" / "epoch=1.ckpt").write_bytes(b"")
-    assert variant_script.best_checkpoint(run) == run / "logs" / "epoch=1.ckpt"
-    (run / "best.ckpt").write_bytes(b"")
-    assert variant_script.best_checkpoint(run) == run / "best.ckpt"

@@ -85,3 +85,37 @@ def test_evaluate_on_synthetic_archive_with_trained_tiny_checkpoint(tmp_path):
     assert set(block["boxes"]["iou"]) == {str(t) for t in block["boxes"]["thresholds"]}
     assert block["pixels"]["n_cases"] >= 1  # synthetic lesions carry masks: TIoU/TIoR
     assert "Pixel-level localization" in (out / "report.md").read_text()
+
+
+def test_headline_scores_are_the_sweep_row_computed_by_hand(tmp_path):
+    """metrics.model_eval.headline_scores (what the variant sweep and the training benchmarks
+    score a checkpoint with) gives the numbers of the sweep's earlier own code: embed_images on
+    the records' boxes, exact top-k (self excluded), class-average mAP/mHR/mRR at skip=False,
+    the mean image AUROC and the mean region AUROC over the boxes present."""
+    import torch
+
+    from chextriev.checkpoint import LoadedModel
+    from chextriev.embedding import embed_images
+    from chextriev.io.images import load_image
+    from chextriev.model import TINY, build_model
+    from chextriev.retrieval import neighbors_from_embeddings, retrieval_metrics_at
+    from chextriev.training.quick import synthetic_records
+    from metrics.classification import per_class_auroc
+    from metrics.localization import region_auroc
+    from metrics.model_eval import headline_scores
+
+    records = synthetic_records(tmp_path, n=24, size=64)
+    torch.manual_seed(0)
+    loaded = LoadedModel.from_model(build_model("v6", **TINY))
+    row = headline_scores(loaded, records, (3, 5))
+
+    batch = embed_images(loaded, [load_image(r.source) for r in records], [r.boxes for r in records])
+    labels = np.stack([r.labels for r in records])
+    retrieval = retrieval_metrics_at(neighbors_from_embeddings(batch.embeddings, 5)[0], labels, (3, 5), skip=False)
+    for k in (3, 5):
+        for metric in ("mAP", "mHR", "mRR"):
+            assert row[f"{metric}@{k}"] == pytest.approx(retrieval[k]["class_average"][metric], abs=1e-6)
+    assert row["AUROC"] == pytest.approx(per_class_auroc(labels, batch.probabilities)["mean"], abs=1e-6)
+    expected = region_auroc(np.stack([r.region_labels for r in records]), batch.region_probabilities,
+                            np.stack([r.box_mask for r in records]))["mean"]
+    assert row["region_AUROC"] == pytest.approx(expected, abs=1e-6)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from chextriev.checkpoint import CheckpointError, load_checkpoint
+from chextriev.checkpoint import (
+    CheckpointError,
+    LoadedModel,
+    derive_checkpoint,
+    load_checkpoint,
+    save_model_checkpoint,
+)
 from chextriev.embedding import embed_features, embed_images
 from chextriev.io.images import load_image
 from chextriev.training.data import cache_features
@@ -40,6 +46,43 @@ def test_model_checkpoint_of_the_earlier_layout_says_retrain(tiny_checkpoint, tm
     torch.save(data, tmp_path / "old.ckpt")
     with pytest.raises(CheckpointError, match="model format 1.*retrain"):
         load_checkpoint(tmp_path / "old.ckpt")
+
+
+def test_model_checkpoint_saved_without_training_loads_as_the_model(tiny_records, tmp_path):
+    """save_model_checkpoint (untrained and random-weight models of the benchmarks and tests):
+    the file loads like a trained one and embeds exactly as the in-memory model does."""
+    from chextriev.anatomy.atlas import Atlas
+    from chextriev.model import TINY, build_model
+
+    torch.manual_seed(3)
+    model = build_model("v6", **TINY)
+    atlas = Atlas.fit(tiny_records)
+    path = save_model_checkpoint(tmp_path / "sub" / "random.ckpt", model, variant="v6", atlas=atlas,
+                                 feature_scale_rule="absolute 0.001")
+    assert [p.name for p in path.parent.iterdir()] == ["random.ckpt"]  # no temporary file left
+    loaded = load_checkpoint(path)
+    assert loaded.variant == "v6" and loaded.class_names == tuple(model.config.class_names)
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["feature_scale_rule"] == "absolute 0.001"
+    assert np.array_equal(loaded.box_provider.atlas.counts, atlas.counts)
+    images = [load_image(r.source) for r in tiny_records[:4]]
+    boxes = [r.boxes for r in tiny_records[:4]]
+    in_memory = embed_images(LoadedModel.from_model(model, atlas=atlas), images, boxes)
+    np.testing.assert_array_equal(embed_images(loaded, images, boxes).embeddings, in_memory.embeddings)
+
+
+def test_model_checkpoint_derived_with_another_config(tiny_checkpoint, tmp_path):
+    """derive_checkpoint (the sweep's ath-binary from the ath run): same weights and thresholds,
+    the changed config field and the new variant name; a change that is no config field is refused."""
+    derived = derive_checkpoint(tiny_checkpoint, tmp_path / "binary" / "best.ckpt", variant="v6-binary", binary=True)
+    source, loaded = load_checkpoint(tiny_checkpoint), load_checkpoint(derived)
+    assert loaded.binary and not source.binary and loaded.variant == "v6-binary"
+    assert loaded.config == source.config.__class__(**{**source.config.__dict__, "binary": True})
+    np.testing.assert_array_equal(loaded.thresholds, source.thresholds)
+    for (name, a), (_, b) in zip(source.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="not_a_field: not a field"):
+        derive_checkpoint(tiny_checkpoint, tmp_path / "other.ckpt", variant="x", not_a_field=1)
+    assert not (tmp_path / "other.ckpt").exists()
 
 
 def test_model_checkpoint_missing_file_is_typed(tmp_path):
