@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chextriev.files import fsync_handle
+
 log = logging.getLogger(__name__)
 
 PREVIEW_DIR = "previews"
@@ -62,11 +64,6 @@ def encode_preview(pixels: np.ndarray, side: int = PREVIEW_SIDE,
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
-
-
-def _fsync(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 class PreviewStore:
@@ -131,11 +128,11 @@ class PreviewStore:
             data.seek(start)
             data.write(b"".join(blobs))
             data.truncate()  # drop any uncommitted tail beyond these bytes
-            _fsync(data)
+            fsync_handle(data)
             entries.seek(have * ENTRY_BYTES)
             entries.write(np.asarray(rows, np.int64).reshape(-1, FIELDS).tobytes())
             entries.truncate()
-            _fsync(entries)
+            fsync_handle(entries)
 
     def commit(self, rows: int) -> None:
         """The database committed ``rows`` as the store length."""
