@@ -201,8 +201,9 @@ class ModelConfig:
 
     @property
     def is_encoder(self) -> bool:
-        """The backbone is a foundation encoder (patch tokens), not a torchvision CNN."""
-        return self.backbone in ENCODER_NAMES
+        """The model runs a foundation encoder (patch tokens), not a torchvision CNN (ATH, which has
+        its own network, never does)."""
+        return self.backbone in ENCODER_NAMES and self.uses_backbone
 
     @property
     def num_classes(self) -> int:

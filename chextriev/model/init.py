@@ -153,12 +153,11 @@ def write_encoder_checkpoint(model, out: str | Path, *, atlas, encoder_files: di
     }
     if encoder_files is not None:
         data[ENCODER_FILES_KEY] = dict(encoder_files)
+    from chextriev.files import atomic_path
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    torch.save(data, partial)
-    partial.replace(out)
-    return out
+    return atomic_path(out, lambda tmp: torch.save(data, tmp))
 
 
 def init_encoder_model(backbone: str, weights: str | Path | None, data: str | Path, out: str | Path, *,

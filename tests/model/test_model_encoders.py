@@ -378,3 +378,51 @@ def test_default_architectures_build_randomly_without_files():
         get_config("v6", backbone="biomedclip", image_size=224, feature_mode="crop")
     with pytest.raises(EncoderWeightsError, match="no default architecture"):
         resolve_encoder("dinov2")
+
+
+# ------------------------------------------------------------------------------ precision, compile
+def _encoder_checkpoint(files, name, archive_images, tmp_path) -> Path:
+    from chextriev.model.init import init_encoder_model
+
+    archive = tmp_path / "archive"
+    archive.mkdir(exist_ok=True)
+    for path in archive_images:
+        shutil.copy(path, archive / path.name)
+    out = tmp_path / f"{name}.ckpt"
+    init_encoder_model(name, files[name], archive, out, sample=4, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", ["rad-dino", "medsiglip", "biomedclip", "chexzero"])
+def test_bf16_encoder_embeddings_agree_with_fp32(files, radiographs, name, tmp_path):
+    from chextriev.checkpoint import load_checkpoint
+    from chextriev.embedding import embed_images
+
+    paths, images = radiographs
+    checkpoint = _encoder_checkpoint(files, name, paths, tmp_path)
+    reference = embed_images(load_checkpoint(checkpoint, precision="fp32"), images)
+    loaded = load_checkpoint(checkpoint, precision="bf16")
+    ours = embed_images(loaded, images)
+    cosines = np.sum(reference.embeddings * ours.embeddings, axis=1)
+    assert ours.embeddings.dtype == np.float32 and cosines.min() > 0.99, cosines
+    if loaded.text_encoder is not None:
+        fp32_text = load_checkpoint(checkpoint, precision="fp32").text_encoder.embed(TEXTS)
+        assert np.sum(fp32_text * loaded.text_encoder.embed(TEXTS), axis=1).min() > 0.99
+
+
+@pytest.mark.slow
+def test_a_compiled_encoder_gives_the_eager_embeddings(files, radiographs, tmp_path):
+    from chextriev.checkpoint import load_checkpoint
+    from chextriev.compiled import compiled_trunk
+    from chextriev.embedding import embed_images
+
+    paths, images = radiographs
+    checkpoint = _encoder_checkpoint(files, "rad-dino", paths, tmp_path)
+    eager = embed_images(load_checkpoint(checkpoint, precision="fp32"), images)
+    loaded = load_checkpoint(checkpoint, precision="fp32", compile=True, compile_batch=4)
+    trunk = compiled_trunk(loaded.model)
+    assert trunk is not None
+    compiled = embed_images(loaded, images)
+    assert trunk.failed is None
+    np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-4)
+    np.testing.assert_allclose(compiled.region_embeddings, eager.region_embeddings, atol=1e-4)

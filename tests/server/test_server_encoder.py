@@ -8,7 +8,6 @@ the library's own image-text similarity does (what the text-search endpoint will
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from PIL import Image
 from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "model"))
@@ -34,7 +34,9 @@ def day_one(nih_sample, tmp_path_factory):
     archive = root / "archive"
     archive.mkdir()
     for path in sorted((nih_sample / "images").glob("*.png"))[:10]:
-        shutil.copy(path, archive / path.name)
+        # 256 px copies: below every side an indexer may shrink to, so that the index holds the
+        # embedding of exactly the image the library reads below
+        Image.open(path).convert("L").resize((256, 256), Image.BICUBIC).save(archive / path.name)
     hub, reference = encoder_files.write_open_clip(root / "biomedclip")
     checkpoint = root / "model.ckpt"
     assert run_subcommand(model_cli, ["model", "init", "--backbone", "biomedclip", "--backbone-weights", str(hub),
@@ -111,7 +113,6 @@ def test_text_embeddings_rank_the_index_as_the_library_scores_image_and_text(day
     """The checkpoint alone gives a text encoder in the index embedding's space: the catalog's
     inner-product ranking of a text equals open_clip's own image-text cosine ranking."""
     import open_clip
-    from PIL import Image
 
     from chextriev.checkpoint import load_checkpoint
     from indexer.catalog import Catalog

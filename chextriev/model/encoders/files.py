@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from chextriev.errors import UnknownNameError
+from chextriev.files import sha256_file
 from chextriev.model.backbone import BackboneWeightsError
 from chextriev.model.encoders.table import ENCODERS, EncoderEntry, default_spec, encoder_spec
 
@@ -200,11 +201,7 @@ def files_id(paths: list[Path]) -> str:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in _DIGESTS:
-            one = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    one.update(chunk)
-            _DIGESTS[key] = one.hexdigest()
+            _DIGESTS[key] = sha256_file(path)
         digest.update(_DIGESTS[key].encode())
     return digest.hexdigest()[:16]
 
