@@ -39,7 +39,13 @@ from torch import nn
 
 from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.files import sha256_file
-from chextriev.model.config import BACKBONES, CNN_BACKBONES, ENCODER_NAMES, WEIGHTS_FORMATS, XRV_BACKBONES
+from chextriev.model.config import (
+    BACKBONES,
+    CNN_BACKBONES,
+    ENCODER_NAMES,
+    WEIGHTS_FORMATS,
+    XRV_BACKBONES,
+)
 
 log = logging.getLogger(__name__)
 _warned_random = False

@@ -18,8 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from chextriev.cli_options import (add_data_option, add_device_option, add_json_option, add_out_file, print_json,
-                                   resolve_device)
+from chextriev.cli_options import (
+    add_data_option,
+    add_device_option,
+    add_json_option,
+    add_out_file,
+    print_json,
+    resolve_device,
+)
 from chextriev.model.encoders.table import ENCODERS
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,14 @@ from chextriev.model.backbone import (
     weights_id,
 )
 from chextriev.model.build import build_model
-from chextriev.model.config import BACKBONE_FEATURE_DIMS, BACKBONES, CNN_BACKBONES, TINY, ModelConfig, get_config
+from chextriev.model.config import (
+    BACKBONE_FEATURE_DIMS,
+    BACKBONES,
+    CNN_BACKBONES,
+    TINY,
+    ModelConfig,
+    get_config,
+)
 from chextriev.model.weights import expected_shapes, read_state_dict
 
 

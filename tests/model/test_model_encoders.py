@@ -9,24 +9,21 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import sys
 from pathlib import Path
 
+import encoder_files
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import encoder_files  # noqa: E402
-
-from chextriev.anatomy.atlas import Atlas  # noqa: E402
-from chextriev.io.images import load_image  # noqa: E402
-from chextriev.model.build import build_from_config  # noqa: E402
-from chextriev.model.config import ModelConfig, get_config  # noqa: E402
-from chextriev.model.encoders.files import EncoderWeightsError, resolve_encoder  # noqa: E402
-from chextriev.model.encoders.table import input_side  # noqa: E402
-from chextriev.model.encoders.text import TextEncoder  # noqa: E402
+from chextriev.anatomy.atlas import Atlas
+from chextriev.io.images import load_image
+from chextriev.model.build import build_from_config
+from chextriev.model.config import ModelConfig, get_config
+from chextriev.model.encoders.files import EncoderWeightsError, resolve_encoder
+from chextriev.model.encoders.table import input_side
+from chextriev.model.encoders.text import TextEncoder
 
 TEXTS = ["left pleural effusion", "no acute finding", "enlarged heart with mild edema"]
 
@@ -207,7 +204,7 @@ def _hand_roi_align(grid: np.ndarray, box: np.ndarray, scale: float, bins: int =
 def test_regions_are_roi_align_over_the_patch_token_grid(files, radiographs):
     from transformers import Dinov2Model
 
-    paths, images = radiographs
+    _, images = radiographs
     image = images[0]
     height, width = image.shape
     boxes = np.full((18, 4), np.nan, np.float32)

@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import encoder_files
 import numpy as np
 import pytest
 import requests
 import torch
 from PIL import Image
 from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "model"))
-import encoder_files  # noqa: E402
 
 TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
 

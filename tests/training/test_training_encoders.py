@@ -6,19 +6,15 @@ encoder without the files, and Grad-CAM explains the trained head on the token g
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
+import encoder_files
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-import encoder_files  # noqa: E402
-
-from chextriev.model.build import build_from_config  # noqa: E402
-from chextriev.model.config import VARIANTS, get_config  # noqa: E402
-from chextriev.model.encoders.files import resolve_encoder  # noqa: E402
+from chextriev.model.build import build_from_config
+from chextriev.model.config import VARIANTS, get_config
+from chextriev.model.encoders.files import resolve_encoder
 
 SMALL = {"width": 32, "heads": 2, "head_dim": 16, "ff_width": 64, "gcn_hidden": 64, "code_dim": 16}
 

@@ -12,6 +12,13 @@ SigLIP or open_clip checkpoint) as CheXtriev backbones, loaded from the user's o
 This package's ``__init__`` imports only the table: the rest is imported where it is used.
 """
 
-from chextriev.model.encoders.table import ENCODER_NAMES, ENCODERS, FAMILIES, NAMED_ENCODERS, EncoderEntry, is_encoder
+from chextriev.model.encoders.table import (
+    ENCODER_NAMES,
+    ENCODERS,
+    FAMILIES,
+    NAMED_ENCODERS,
+    EncoderEntry,
+    is_encoder,
+)
 
 __all__ = ["ENCODERS", "ENCODER_NAMES", "FAMILIES", "NAMED_ENCODERS", "EncoderEntry", "is_encoder"]

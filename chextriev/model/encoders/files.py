@@ -598,7 +598,6 @@ def _from_pretrained(cls, folder: Path):
     """``cls.from_pretrained`` on a local folder, float32, refusing any missing or misshapen weight
     (transformers would initialise it randomly with a warning)."""
     import torch
-
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()

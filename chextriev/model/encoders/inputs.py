@@ -127,7 +127,7 @@ class InputSpec:
             return 0, 0
         h, w = resized
         if self.crop_rounding == "round":
-            return int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+            return round((h - self.crop) / 2.0), round((w - self.crop) / 2.0)  # Python rounds half to even, as torchvision
         if self.crop > h or self.crop > w:  # transformers pads first, (c - s) // 2 on the top/left
             top = -((self.crop - h) // 2) if self.crop > h else int((h - self.crop) / 2.0)
             left = -((self.crop - w) // 2) if self.crop > w else int((w - self.crop) / 2.0)

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("pleural effusion left right lung base opacity consolidation cardiomegaly heart enlarged "
-         "pneumothorax apex atelectasis lobe nodule mass no acute finding clear lungs small large "
-         "bilateral mild moderate severe edema interstitial markings the of and with in a is").split()
+WORDS = ["pleural", "effusion", "left", "right", "lung", "base", "opacity", "consolidation", "cardiomegaly", "heart", "enlarged", "pneumothorax", "apex", "atelectasis", "lobe", "nodule", "mass", "no", "acute", "finding", "clear", "lungs", "small", "large", "bilateral", "mild", "moderate", "severe", "edema", "interstitial", "markings", "the", "of", "and", "with", "in", "a", "is"]
 BERT_NAME = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 
 
