@@ -423,3 +423,29 @@ def test_a_compiled_encoder_gives_the_eager_embeddings(files, radiographs, tmp_p
     assert trunk.failed is None
     np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-4)
     np.testing.assert_allclose(compiled.region_embeddings, eager.region_embeddings, atol=1e-4)
+
+
+def test_text_points_at_tokens_and_regions_in_the_joint_space(files, radiographs, tmp_path):
+    """A text's token map is the cosine of open_clip's own projected patch tokens to open_clip's
+    own text embedding; region scores are the text's cosine to the stored region embeddings."""
+    import open_clip
+
+    from chextriev.checkpoint import load_checkpoint
+    from chextriev.embedding import embed_images
+    from chextriev.localization.text import region_scores, text_heatmap, token_similarities
+
+    paths, images = radiographs
+    loaded = load_checkpoint(_encoder_checkpoint(files, "chexzero", paths, tmp_path), precision="fp32")
+    library = open_clip.load_openai_model(str(files["chexzero"]), device="cpu", precision="fp32").eval()
+    library.visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = library.visual(_chexzero_pixels(paths[0], 128)[None])
+        text = library.encode_text(open_clip.tokenize(TEXTS[:1]), normalize=True)[0]
+        expected = (torch.nn.functional.normalize(tokens[0] @ library.visual.proj, dim=-1) @ text).reshape(4, 4)
+    np.testing.assert_allclose(token_similarities(loaded, images[0], TEXTS[0]), expected.numpy(), atol=1e-5)
+    heat = text_heatmap(loaded, images[0], TEXTS[0])
+    assert heat.shape == images[0].shape and heat.min() >= 0 and heat.max() > 0.95  # pixels between token centres
+    regions = embed_images(loaded, images[:1]).region_embeddings[0]
+    scores = region_scores(loaded, regions, TEXTS)
+    np.testing.assert_allclose(scores, loaded.text_encoder.embed(TEXTS) @ regions.T, atol=1e-6)
+    assert scores.shape == (3, 18) and np.abs(scores).max() <= 1.0 + 1e-5
