@@ -65,8 +65,9 @@ class LoadedModel:
     :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16);
     ``verify_bf16`` is True while an ``auto`` bf16 choice waits for its check on the first
     embedded batch (:meth:`settle_bf16`; weights stay float32 until then); ``compile`` whether
-    the frozen trunk runs compiled at inference (:mod:`chextriev.compiled`; with a pending
-    ``auto`` check it is compiled once the check has settled the precision).
+    the frozen trunk runs compiled at inference (:mod:`chextriev.compiled`: loaded from the
+    compiled cache or compiled at load; with a pending ``auto`` check the bf16 trunk is compiled
+    at load and runs once the check has kept bf16).
     """
 
     model: RetrievalModel
@@ -86,7 +87,8 @@ class LoadedModel:
     thresholds: np.ndarray | None = None  # (C,) chosen on validation (NaN = none); None: not saved
     threshold_rule: str | None = None
     compile: bool = False
-    compile_batch: int = 1  # the batch size the compiled trunk is warmed up for
+    compile_batch: int = 1  # the batch size the trunk is compiled for (1: exactly one image)
+    _pending_trunk: Any = field(default=None, repr=False)  # compiled bf16 trunk awaiting the `auto` check
     encoder_files: dict[str, bytes] | None = None  # a text tower's tokenizer files (ENCODER_FILES_KEY)
     _text_encoder: Any = field(default=None, repr=False, compare=False)
 
@@ -142,31 +144,46 @@ class LoadedModel:
 
         self.verify_bf16 = False
         self._text_encoder = None  # made again in the precision kept
+        pending, self._pending_trunk = self._pending_trunk, None
         if cosine >= BF16_MIN_COSINE:
             prepare_model(self.model, "bf16")
             log.info("precision auto: bf16 kept (smallest cosine to fp32 %.6f over %d images)", cosine, images)
-            self.start_compiled()
+            self._install_compiled(pending)
             return self.precision
         self.precision = "fp32"
-        self.start_compiled()
         detector = getattr(self.box_provider, "detector", None)
         if detector is not None and hasattr(detector, "precision"):
             detector.precision = "fp32"
         log.warning("precision auto: this model's bf16 embeddings differ from fp32 (smallest cosine %.6f < "
                     "%.3f over %d images): running in fp32 (--precision bf16 forces bf16)", cosine,
                     BF16_MIN_COSINE, images)
+        self.start_compiled()
         return self.precision
 
     def start_compiled(self) -> float | None:
-        """With ``compile`` and the precision settled: compile the trunk now (see
-        :func:`chextriev.compiled.warm_up`). Returns the seconds it took, or None."""
-        if not self.compile or self.verify_bf16:
+        """With ``compile``: load the compiled trunk from the compiled cache, or compile it (see
+        :mod:`chextriev.compiled`), for batches of ``compile_batch``. While ``auto`` waits for
+        its check on the first batch, the bf16 trunk is compiled now and installed if the check
+        keeps bf16 (the likely outcome; a fp32 fallback compiles again then). Returns the seconds
+        it took, or None when the trunk stays eager."""
+        if not self.compile:
             return None
-        from chextriev.compiled import enable_compiled_trunk, warm_up
+        from chextriev.compiled import compile_trunk, trunk_module
 
-        if not enable_compiled_trunk(self.model):
+        module = trunk_module(self.model)
+        if module is None:
             return None
-        return warm_up(self, self.compile_batch)
+        precision = "bf16" if self.verify_bf16 else self.precision
+        trunk = compile_trunk(module, precision=precision, batch=self.compile_batch, device=self.device)
+        if self.verify_bf16:
+            self._pending_trunk = trunk
+        else:
+            self._install_compiled(trunk)
+        return trunk.seconds if trunk is not None else None
+
+    def _install_compiled(self, trunk) -> None:
+        if trunk is not None:
+            self.model.feature_module().compiled_trunk = trunk
 
     @property
     def max_input_side(self) -> int | None:
@@ -239,8 +256,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         precision: ``"fp32"`` (default: the reference numerics), ``"bf16"``, or ``"auto"``
             (bf16 where the device computes it natively; the commands' default). See
             :mod:`chextriev.precision`.
-        compile: run the frozen trunk compiled (:mod:`chextriev.compiled`), warmed up here for
-            batches of ``compile_batch`` (after the first batch's check under ``auto``).
+        compile: run the frozen trunk compiled (:mod:`chextriev.compiled`), loaded from the
+            compiled cache or compiled here for batches of ``compile_batch`` (default off here;
+            the commands' ``--compile`` defaults to on).
     """
     path = Path(path)
     device = torch.device(device)

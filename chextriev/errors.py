@@ -55,3 +55,21 @@ class SourceAuthError(SourceError):
 class InstanceFetchError(ImageReadError):
     """One record's bytes could not be fetched (e.g. HTTP 404 or 500 for one DICOMweb
     instance); the others can still be read."""
+
+
+class StudyNotFoundError(SourceError):
+    """A DICOMweb service holds no instance of the study (or series, or instance) asked for."""
+
+    def __init__(self, message: str, *, study_uid: str):
+        super().__init__(message)
+        self.study_uid = study_uid
+
+
+class NoFrontalImageError(SourceError):
+    """A study holds no frontal radiograph (by the indexer's view rule); ``found`` lists what it
+    holds instead: ``[{"series_uid", "instance_uid", "modality", "view"}]``."""
+
+    def __init__(self, message: str, *, study_uid: str, found: list[dict]):
+        super().__init__(message)
+        self.study_uid = study_uid
+        self.found = list(found)

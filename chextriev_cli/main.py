@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "metrics.cli",  # evaluate
     "indexer.cli",  # index, index verify, index remove
     "server.cli",  # serve
+    "server.search_cli",  # search (by reference, from the PACS)
     "chextriev_cli.demo",  # demo
 )
 

@@ -96,7 +96,16 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "description": "stable, machine-readable"},
-                       "message": {"type": "string", "description": "what went wrong and what to do"}}}}},
+                       "message": {"type": "string", "description": "what went wrong and what to do"},
+                       "found": {"type": "array", "items": _ref("StudyInstance"),
+                                 "description": "no_frontal_image only: what the study holds"}}}}},
+    "StudyInstance": {"type": "object", "properties": {
+        "series_uid": _STR, "instance_uid": _STR, "modality": _NSTR, "view": _NSTR}},
+    "StoredReport": {"type": "object", "description": "the DICOM SR filed into the query's study (STOW-RS)",
+                     "required": ["study_instance_uid", "series_instance_uid", "sop_instance_uid"],
+                     "properties": {"study_instance_uid": _STR, "series_instance_uid": _STR,
+                                    "sop_instance_uid": _STR, "sop_class_uid": _STR,
+                                    "timing_ms": {"type": "object", "additionalProperties": _NNUM}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string",
                                                                                     "enum": ["ok"]}}},
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
@@ -113,8 +122,14 @@ SCHEMAS: dict[str, Any] = {
         "region": _STR, "index": {"type": "integer"},
         "probabilities": {"type": "object", "additionalProperties": _NNUM}}},
     "Query": {"type": "object", "required": ["source", "findings", "predicted_findings", "boxes"], "properties": {
-        "source": {"type": "string", "enum": ["upload", "archive"]},
-        "id": {"type": "integer", "description": "archive queries only"},
+        "source": {"type": "string", "enum": ["upload", "archive", "pacs"]},
+        "read_from": {"type": "string", "enum": ["index", "pacs"],
+                      "description": "by-reference queries: answered from the index (the image is indexed: "
+                                     "its stored vector) or fetched from the PACS and embedded"},
+        "study_instance_uid": {**_STR, "description": "by-reference queries: the query image's UIDs on the PACS"},
+        "series_instance_uid": _STR, "sop_instance_uid": _STR,
+        "id": {"type": "integer", "description": "archive queries, and by-reference queries answered "
+                                                 "from the index"},
         "image_id": {**_NSTR, "description": "archive queries only: the stored image id (a pseudonym "
                                              "when the index is pseudonymised)"},
         "study": _NSTR, "patient": _NSTR, "view": _NSTR,
@@ -175,6 +190,9 @@ SCHEMAS: dict[str, Any] = {
         "results": {"type": "array", "items": _ref("Result"), "maxItems": K_MAX},
         "finding_filter": _ref("FindingFilter"),
         "notes": {**_NAMES, "description": "what the server could not do as asked, in words"},
+        "result_url": {**_STR, "description": "by-reference: the web page's address of this search "
+                                              "(public_url, else the request's)"},
+        "report": _ref("StoredReport"),
         "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
                                      "search, response, total"}}},
@@ -225,7 +243,9 @@ SCHEMAS: dict[str, Any] = {
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
         "compiled": {"type": "boolean",
-                     "description": "the backbone trunk runs compiled by torch (--compile on, compilation succeeded)"},
+                     "description": "the backbone trunk runs compiled ahead of time (--compile on, "
+                                    "the default; false when off or when no compiled trunk could be "
+                                    "had, which the log explains)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 
@@ -255,6 +275,26 @@ def _search_body(with_image: bool, class_names: Sequence[str] | None) -> dict:
                            "sex": {"type": "string", "pattern": properties["sex"]["pattern"]}}
         content["application/json"] = {"schema": {**schema, "properties": json_properties}}
     return {"required": with_image, "content": content}
+
+
+_UID_FIELD = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
+
+
+def _reference_body(class_names: Sequence[str] | None) -> dict:
+    """The body of a search by reference: the study (series, instance), ``store``, and the
+    search fields of :func:`_search_body`."""
+    body = _search_body(False, class_names)
+    extra = {"study_uid": {**_UID_FIELD, "description": "StudyInstanceUID of the study on the PACS"},
+             "series_uid": {**_UID_FIELD, "description": "only this series of it"},
+             "instance_uid": {**_UID_FIELD, "description": "this instance (SOPInstanceUID)"}}
+    store_form = {"type": "string", "enum": [*TRUE_WORDS, *FALSE_WORDS], "default": "0",
+                  "description": "file the report (a DICOM SR) into the study on the PACS"}
+    for media, content in body["content"].items():
+        schema = content["schema"]
+        store = {"type": "boolean", "default": False} if media == "application/json" else store_form
+        content["schema"] = {**schema, "properties": {**extra, "store": store, **schema["properties"]},
+                             "required": ["study_uid"]}
+    return {**body, "required": True}
 
 
 def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -304,6 +344,25 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("as /search, query.source = archive", "SearchResponse"),
                               "400": _error("bad k or filter, or a JSON body that is not an object"),
                               "404": _error("not an indexed image"), **FORM_ERRORS, **COMMON_ERRORS}}},
+            "/search/by-reference": {"post": {
+                "summary": "similar cases for a study on the PACS: its frontal image found by QIDO-RS (the "
+                           "indexer's view rule), answered from the index when it holds it, else fetched "
+                           "with WADO-RS and embedded (never indexed); store=true files the report (DICOM "
+                           "SR, TID 1500) into that study with STOW-RS",
+                "requestBody": _reference_body(class_names),
+                "responses": {"200": _json("as /search, query.source = pacs; report when stored", "SearchResponse"),
+                              "400": _error("missing or malformed study_uid, series_uid, instance_uid, bad k "
+                                            "or filter"),
+                              "404": _error("the PACS holds no such study (series, instance): "
+                                            "unknown_study; or this server has no PACS configured "
+                                            "(pacs_url): no_pacs"),
+                              "422": _error("the study holds no frontal radiograph (error.found lists what "
+                                            "it holds), or its image cannot be read"),
+                              "502": _error("the PACS refused the server's credentials or failed (names the "
+                                            "PACS, never a credential)"),
+                              **FORM_ERRORS, **COMMON_ERRORS,
+                              "503": _error("the PACS is unreachable (Retry-After), or the model, index or "
+                                            "database is not loaded yet")}}},
             "/images/{image_id}": {"get": {
                 "summary": "metadata, findings, region probabilities and boxes of an indexed image",
                 "parameters": [IMAGE_ID],

@@ -156,7 +156,7 @@ class GlobalFeatures(nn.Module):
         if self.config.is_encoder:
             from chextriev.model.encoders.inputs import normalize as encoder_normalize
 
-            return encoder_normalize(images, self.input_spec)
+            return to_channels_last(encoder_normalize(images, self.input_spec))  # what a compiled trunk takes
         return to_channels_last(normalize(images, self.config.backbone_weights_format))
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,9 +167,8 @@ class GlobalFeatures(nn.Module):
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)`` (through the compiled trunk when
-        :func:`chextriev.compiled.enable_compiled_trunk` set one and no gradient is wanted); for
-        an encoder its patch-token grid ``(B, D, S/p, S/p)`` (what RoIAlign pools and Grad-CAM
-        explains)."""
+        `chextriev.compiled` installed one and no gradient is wanted); for an encoder its
+        patch-token grid ``(B, D, S/p, S/p)`` (what RoIAlign pools and Grad-CAM explains)."""
         if self.config.is_encoder:
             return self.encode(images)[1]
         trunk = getattr(self, "compiled_trunk", None) or self.trunk

@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "indexer"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "server"))  # server_helpers (search by reference)
 
 from dicomweb_helpers import PASSWORD, USER, OrthancServer, Proxy, orthanc_missing
 
