@@ -419,6 +419,8 @@ def test_a_compiled_encoder_gives_the_eager_embeddings(files, radiographs, tmp_p
     loaded = load_checkpoint(checkpoint, precision="fp32", compile=True, compile_batch=4)
     trunk = compiled_trunk(loaded.model)
     assert trunk is not None
+    inputs, _ = loaded.model.prepare_batch(images, [np.full((18, 4), np.nan, np.float32)] * len(images))
+    assert trunk.accepts(loaded.model.feature_module().trunk_input(inputs))  # the package runs, not the fallback
     compiled = embed_images(loaded, images)
     assert trunk.failed is None
     np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-4)
