@@ -223,6 +223,18 @@ def _folder_kind(folder: Path) -> str:
     return f"neither a transformers nor an open_clip folder; it holds {_listing(folder)}"
 
 
+def _folder_holding(entry: EncoderEntry, path: Path, marker: str) -> Path:
+    """The folder (or hub-cache snapshot) at ``path``, refused unless it holds ``marker`` (the
+    config file of the encoder's library), with what it looks like instead."""
+    folder = hub_snapshot(path)
+    if not folder.is_dir():
+        raise EncoderWeightsError(f"--backbone {entry.name} expects {expected_files(entry.name)}; {path} is a file")
+    if not (folder / marker).is_file():
+        raise EncoderWeightsError(f"{folder} is not what --backbone {entry.name} expects ({expected_files(entry.name)}): "
+                                  f"no {marker}; it is {_folder_kind(folder)}")
+    return folder
+
+
 def _entry(name: str) -> EncoderEntry:
     if name not in ENCODERS:
         raise UnknownNameError("encoder", name, ENCODERS)
@@ -269,12 +281,7 @@ def _transformers_weights(folder: Path) -> list[Path]:
 def _resolve_transformers(entry: EncoderEntry, path: Path, with_text: bool) -> EncoderFiles:
     from chextriev.model.encoders.inputs import from_transformers
 
-    folder = hub_snapshot(path)
-    if not folder.is_dir():
-        raise EncoderWeightsError(f"--backbone {entry.name} expects {expected_files(entry.name)}; {path} is a file")
-    if not (folder / "config.json").is_file():
-        raise EncoderWeightsError(f"{folder} is not what --backbone {entry.name} expects ({expected_files(entry.name)}): "
-                                  f"no config.json; it is {_folder_kind(folder)}")
+    folder = _folder_holding(entry, path, "config.json")
     config = _read_json(folder / "config.json")
     model_type = config.get("model_type")
     allowed = MODEL_TYPES[entry.family]
@@ -363,12 +370,7 @@ def bert_config_from_weights(state: dict[str, Any], prefix: str = "text.transfor
 def _resolve_open_clip(entry: EncoderEntry, path: Path, with_text: bool) -> EncoderFiles:
     from chextriev.model.encoders.inputs import from_open_clip
 
-    folder = hub_snapshot(path)
-    if not folder.is_dir():
-        raise EncoderWeightsError(f"--backbone {entry.name} expects {expected_files(entry.name)}; {path} is a file")
-    if not (folder / "open_clip_config.json").is_file():
-        raise EncoderWeightsError(f"{folder} is not what --backbone {entry.name} expects ({expected_files(entry.name)}): "
-                                  f"no open_clip_config.json; it is {_folder_kind(folder)}")
+    folder = _folder_holding(entry, path, "open_clip_config.json")
     full = _read_json(folder / "open_clip_config.json")
     model_cfg = full.get("model_cfg")
     if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "embed_dim" not in model_cfg:
