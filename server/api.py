@@ -36,7 +36,6 @@ from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
     as_boxes,
-    as_probabilities,
     boxes_list,
     finding_filter_basis,
     findings_list,
@@ -370,16 +369,7 @@ def search_by_id(image_id: int):
     svc.require_ready()
     filters = parse_filters(values, svc.class_names)
     row = _image_row(image_id)
-    region_embeddings = svc.region_embeddings([image_id])
-    probabilities = as_probabilities(row.get("probabilities"), svc.class_names)
-    query = QueryEmbedding(
-        embedding=svc.vector(image_id),
-        probabilities=np.zeros(len(svc.class_names), np.float32) if probabilities is None else probabilities,
-        region_embeddings=None if region_embeddings is None else region_embeddings[0],
-        region_probabilities=None,
-        boxes=as_boxes(row.get("boxes")),
-        box_source=str(row.get("box_source") or "stored"),
-    )
+    query = reference.stored_query(svc, image_id, row)
     patient = row.get("patient")
     query_info = {"source": "archive", "id": image_id, "image_id": row.get("image_id"),
                   "study": row.get("study"), "patient": patient, "view": row.get("view"),
@@ -579,7 +569,7 @@ def search_by_reference():
         record_ids(query_id=image_id)
     else:
         height, width = located.pixels.shape
-        preview = base64.b64encode(reference.preview_jpeg(located.pixels, PREVIEW_SIDE)).decode("ascii")
+        preview = base64.b64encode(encode_preview(located.pixels, PREVIEW_SIDE)).decode("ascii")
         query_info.update({"width": int(width), "height": int(height),
                            "preview_url": f"data:image/jpeg;base64,{preview}"})
     timings["response"] = (time.perf_counter() - previewed) * 1000

@@ -195,7 +195,8 @@ SCHEMAS: dict[str, Any] = {
         "report": _ref("StoredReport"),
         "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
-                                     "search, response, total"}}},
+                                     "search, response, total; by-reference also qido, lookup, fetch "
+                                     "(the PACS) and report (filing it)"}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row (never its source path)",
               "required": ["id", "boxes", "class_names", "thumbnail_url", "preview_url"], "properties": {
         "id": {"type": "integer"}, "image_id": _NSTR, "patient": _NSTR, "study": _NSTR, "view": _NSTR,
