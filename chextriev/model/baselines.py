@@ -81,6 +81,8 @@ class GlobalResNet(RetrievalModel):
         """``(B, 1, S, S)`` -> the frozen part: the backbone map ``(B, F, S/32, S/32)`` when the
         trainable part reads it (PCAM, attention), else the map pooled by ``config.pooling``
         ``(B, F)`` (boxes ignored)."""
+        if self.config.pooling == "avg" and not self.config.pools_feature_map:
+            return self.features(images)  # the averaged map (an encoder: its own global embedding)
         feature_map = self.features.feature_map(images)
         if self.config.pools_feature_map:
             return feature_map

@@ -257,6 +257,10 @@ def test_pooling_options_belong_to_the_global_classifier():
     with pytest.raises(ValueError, match="unknown pooling 'mean'; valid: avg, max, lse, pcam"):
         get_config("resnet50", pooling="mean")
     assert get_config("resnet50-projected", pooling="lse", attention="pyramid").pools_feature_map
+    from chextriev.model.config import ENCODER_NAMES
+
+    with pytest.raises(ConfigError, match="the encoder's own global embedding"):
+        get_config("resnet50", backbone=ENCODER_NAMES[0], pooling="pcam")
 
 
 def test_train_cli_pooling_flags(tmp_path, capsys):
