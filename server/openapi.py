@@ -141,8 +141,14 @@ SCHEMAS: dict[str, Any] = {
         "thumbnail_url": {"type": "string", "description": "archive queries only"},
         "image_url": {"type": "string", "description": "archive queries only"},
         "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
-        "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
-        "predicted_findings": {**_NAMES, "description": "findings at or above their class thresholds (see Finding.predicted), most likely first"},
+        "findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                     "description": "model probabilities, most likely first; null for a model without a finding "
+                                    "head (findings_note says why)"},
+        "predicted_findings": {**_NNAMES, "description": "findings at or above their class thresholds (see "
+                                                         "Finding.predicted), most likely first; null for a model "
+                                                         "without a finding head"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
+                                                 "model): why there are no predicted findings"},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -198,7 +204,10 @@ SCHEMAS: dict[str, Any] = {
                                                                          "the year, when pseudonymised"},
         "width": _NINT, "height": _NINT, "format": _NSTR, "box_source": _NSTR,
         "known_findings": _NNAMES,
-        "predicted_findings": {"type": "array", "items": _ref("Finding")},
+        "predicted_findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                               "description": "null for a model without a finding head (findings_note says why)"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head: why there are no "
+                                                 "predicted findings"},
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,
@@ -227,6 +236,10 @@ SCHEMAS: dict[str, Any] = {
                                   "a copy is inside, detector, boxes, model summary, build parameters)"}, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
         "checkpoint_id": _NSTR, "class_names": _NAMES,
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
+        "has_findings": {"type": "boolean", "description": "false for a label-free encoder model (chextriev model "
+                                                           "init): no finding head, no predicted findings, no "
+                                                           "finding heatmaps"},
+        "findings_note": {**_NSTR, "description": "why the model predicts no findings (null when it does)"},
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
@@ -374,6 +387,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                            "or the thumbnail without one: the server never reads the archive)",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
                 "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
@@ -384,6 +398,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                                    "style": {"type": "string", "enum": list(HEATMAP_STYLES)}}}}}},
                 "responses": {"200": {"description": "PNG", **PNG},
                               "400": _error("missing/unknown finding, bad style, missing or unreadable image"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "413": _error("as for /search"), **COMMON_ERRORS}}},
         },
     }

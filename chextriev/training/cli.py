@@ -54,9 +54,13 @@ def register(subparsers) -> None:
     add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
                       help="at most N epochs, early stopping may end sooner (default: the preset's)")
     parser.add_argument("--backbone", default=None,
-                        help=f"one of: {', '.join(BACKBONES)} (unset: the preset's)")
-    parser.add_argument("--backbone-weights", default=None,
-                        help="local state-dict file of the backbone (unset: random init, logged)")
+                        help=f"one of: {', '.join(BACKBONES)} (unset: the preset's); a foundation encoder "
+                             "(rad-dino, biomedclip, chexzero, medsiglip, ...) trains the variant on its frozen "
+                             "patch tokens at its own input side")
+    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
+                        help="the backbone's local weights: a CNN's state-dict file, or a foundation encoder's "
+                             "downloaded files in its library's format (`chextriev model encoders` lists them); "
+                             "unset: random init, logged")
     parser.add_argument("--backbone-weights-format", default=None,
                         help=f"one of: {', '.join(WEIGHTS_FORMATS)} (unset: torchvision, the .pth file "
                              "torchvision downloads; xrv: a torchxrayvision DenseNet121 state dict, one channel, "

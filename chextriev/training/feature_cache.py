@@ -62,7 +62,10 @@ def config_signature(config: ModelConfig) -> str:
     """The part of the key that depends on the model: backbone, weights, mode, sizes, and the
     centre crop when there is one (keys of models without one are unchanged)."""
     kind = "global" if config.kind == "global" else "regions"
-    weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
+    if config.is_encoder:  # the encoder's weights checksum, its architecture and input preparation
+        weights = "encoder-" + encoder_identity(config.encoder)
+    else:
+        weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
     center = [f"center-{config.center_crop:g}"] if config.center_crop < 1.0 else []
     if kind == "regions" and config.feature_mode == "crop":  # crops of the original: no image_size
         return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size), *center])
@@ -70,6 +73,17 @@ def config_signature(config: ModelConfig) -> str:
     if kind == "regions":
         parts += [config.feature_mode, str(config.roi_output)]
     return "|".join(parts + center)
+
+
+def encoder_identity(spec: dict) -> str:
+    """An encoder's weights checksum (or random seed) with a digest of its architecture and input
+    preparation: the frozen features' identity."""
+    import json
+
+    shape = json.dumps({"architecture": spec["architecture"], "input": {k: v for k, v in spec["input"].items()
+                                                                      if k != "source"}},
+                       sort_keys=True, default=str)
+    return f"{spec['weights_id']}-{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
 
 
 def _is_busy(error: sqlite3.Error) -> bool:

@@ -29,7 +29,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from chextriev.anatomy.atlas import Atlas
 from chextriev.errors import DataFormatError
 from chextriev.model.adjacency import as_tuple, cooccurrence_adjacency
-from chextriev.model.config import XRV_INPUT_SIZE, get_config
+from chextriev.model.config import ENCODER_NAMES, XRV_INPUT_SIZE, get_config
+from chextriev.model.encoders.table import input_side
 from chextriev.records import Record
 from chextriev.training.augment import get_augmentation
 from chextriev.training.data import RetrievalDataModule, feature_statistics, split_records
@@ -65,6 +66,22 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
             log.info("xrv backbone weights: %s %s -> %d", side, options.get(side, getattr(base, side)), XRV_INPUT_SIZE)
         options[side] = XRV_INPUT_SIZE
     options.update({k: v for k, v in overrides.items() if v is not None})
+    backbone = options.get("backbone", base.backbone)
+    if base.uses_backbone and backbone in ENCODER_NAMES:
+        # a foundation encoder: read its files (never a download), take its native input side and
+        # pool the regions from its patch tokens (roi), whatever the preset says
+        from chextriev.model.encoders.files import resolve_encoder
+
+        found = resolve_encoder(backbone, options.get("backbone_weights"), seed=int(options.get("backbone_seed", 0)),
+                                with_text=False)
+        options["encoder"] = found.spec
+        side = input_side(found.spec["input"])
+        if options.get("image_size", base.image_size) != side or options.get("feature_mode", base.feature_mode) != "roi":
+            log.info("encoder %s: image_size %s -> %d (its input), feature_mode %s -> roi (its patch tokens)",
+                     backbone, options.get("image_size", base.image_size), side,
+                     options.get("feature_mode", base.feature_mode))
+        options["image_size"] = side
+        options["feature_mode"] = "roi"
     options["class_names"] = tuple(class_names)
     options["adjacency"] = as_tuple(adjacency)
     return get_config(variant, **options)
