@@ -114,7 +114,10 @@ def world(orthanc_server, tmp_path_factory) -> World:
 
 
 def _config(world: World, url: str, **extra) -> dict:
+    # fp32: with precision auto the first embedding of a process decides bf16 (and is itself
+    # computed in fp32), so which call comes first would change the last digits compared here
     return {"CHECKPOINT": str(world.checkpoint), "INDEX_DIR": str(world.index_dir), "LOAD": "sync",
+            "PRECISION": "fp32",
             "CONFIG_FILE": None, "PACS_URL": url, "PACS_USER": USER,
             "PACS_PASSWORD_FILE": str(world.password_file), "PUBLIC_URL": PUBLIC, **extra}
 
@@ -414,7 +417,7 @@ def tls_server(world, orthanc_server, tmp_path_factory):
     command = [sys.executable, "-m", "server.cli", "--checkpoint", str(world.checkpoint), "--index-dir",
                str(world.index_dir), "--port", str(port), "--tls-certificate", str(cert), "--tls-key", str(key),
                "--pacs-url", orthanc_server.dicomweb, "--pacs-user", USER, "--pacs-password-file",
-               str(world.password_file), "--public-url", base]
+               str(world.password_file), "--public-url", base, "--precision", "fp32"]
     log_path = folder / "server.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
