@@ -289,6 +289,18 @@ def tables(results: dict[str, Any], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def note_added(results: dict[str, Any], rows: list[str], seed: int, argv: list[str] | None) -> None:
+    """Record in ``results["setup"]["added"]`` that this run scored ``rows`` for ``seed`` (one
+    entry per run and set of rows; the seeds accumulate)."""
+    command = "python -m benchmarks compare_localization " + " ".join(argv if argv is not None else sys.argv[1:])
+    added = results["setup"].setdefault("added", [])
+    if added and added[-1]["rows"] == rows and added[-1]["command"] == command:
+        added[-1]["seeds"].append(seed)
+        return
+    added.append({"rows": rows, "seeds": [seed], "date": date.today().isoformat(), "command": command,
+                  "machine": f"{machine_line()} (shared machine)"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -326,10 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 stored["rows"].update(added["rows"])
                 stored["auroc"].update(added["auroc"])
                 stored.setdefault("train_seconds", {}).update(seconds)
-                results["setup"].setdefault("added", []).append({
-                    "rows": [row[0] for row in missing], "date": date.today().isoformat(),
-                    "command": "python scripts/compare_localization.py " + " ".join(
-                        argv if argv is not None else sys.argv[1:])})
+                note_added(results, [row[0] for row in missing], seed, argv)
                 result_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
             if nih and any("TIoU" not in row.get("nih", {}) for row in stored["rows"].values()):
                 log.info("seed %d: scoring TIoU/TIoR on the NIH boxes (stored before they had them)", seed)
@@ -356,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     done = [s for s in seeds if str(s) in results["seeds"]]
     text = ["# Localization: CAM, Grad-CAM, Grad-CAM++, PCAM and HAM", "",
             (f"Command: `{results['setup']['command']}` ({results['setup']['date']}; "
-             f"{results['setup']['machine']}). Seeds {', '.join(map(str, done))}: mean ± sd over the seeds."), "",
-            tables(results, done)]
+             f"{results['setup']['machine']}). Seeds {', '.join(map(str, done))}: mean ± sd over the seeds."), ""]
+    for entry in results["setup"].get("added", []):
+        text += [(f"Rows added later ({', '.join(entry['rows'])}; seeds {', '.join(map(str, entry['seeds']))}; "
+                  f"the other rows as stored): `{entry['command']}` ({entry['date']}; {entry.get('machine', '')})."), ""]
+    text.append(tables(results, done))
     (args.out / "results.md").write_text("\n".join(text))
     print("\n".join(text))
     return 0

@@ -110,7 +110,8 @@ def test_tiny_run_reuse_nih_pixels_and_killed_training(script, tmp_path, caplog)
 
     assert figures(again["seeds"]["0"]["rows"]) == figures(rows)
     assert "resnet50-pcam" in again["seeds"]["0"]["auroc"]
-    assert again["setup"]["added"][0]["rows"] == [pcam]
+    assert again["setup"]["added"][0]["rows"] == [pcam] and again["setup"]["added"][0]["seeds"] == [0]
+    assert "Rows added later (PCAM (resnet50 classifier, pcam pooling); seeds 0" in (out / "results.md").read_text()
     assert any(r.getMessage() == f"seed 0: scoring the rows it lacks: {pcam}" for r in caplog.records)
     saved = again
     caplog.clear()
