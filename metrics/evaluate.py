@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from chextriev.vocab import is_abnormality
 from metrics.classification import classification_report
 from metrics.localization import region_auroc
-from chextriev.vocab import is_abnormality
 from metrics.retrieval import neighbors_from_embeddings, retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def abnormality_summary(classification: dict[str, Any], labels: np.ndarray) -> d
                            "n_abnormal": int((known == 1).sum()), "n_normal": int((known == 0).sum()),
                            "threshold": None, "threshold_rule": None, "f1": None, "sensitivity": None,
                            "specificity": None, "precision": None}
-    for block, rule in ((classification.get("saved_thresholds"), "the checkpoint's (max F1 on the training "
-                                                                  "run's validation split)"),
+    saved_rule = "the checkpoint's (max F1 on the training run's validation split)"
+    for block, rule in ((classification.get("saved_thresholds"), saved_rule),
                         (classification.get("f1"), "max F1 on this evaluation's validation split")):
         entry = (block or {}).get("per_class", {}).get(name) or {}
         if entry.get("threshold") is not None:

@@ -15,7 +15,13 @@ from PIL import Image
 
 from chextriev.errors import UnknownNameError
 from chextriev.records import Record
-from chextriev.splits import MIN_KNOWN_SHARE, SplitNotFoundError, apply_split, select_split, split_entry
+from chextriev.splits import (
+    MIN_KNOWN_SHARE,
+    SplitNotFoundError,
+    apply_split,
+    select_split,
+    split_entry,
+)
 
 NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
