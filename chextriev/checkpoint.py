@@ -10,6 +10,10 @@ A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
 and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
 included, so no weights file is needed at load time).
 
+The training run's split: ``data[SPLIT_KEY]`` (:mod:`chextriev.splits`), kept as
+:attr:`LoadedModel.data_split` (``None`` for a checkpoint written before it was saved); ``chextriev
+evaluate`` evaluates its test patients.
+
 Finding thresholds: ``data[THRESHOLDS_KEY]`` (``{"rule", "class_names", "values", "f1",
 "n_images", "epoch"}``, see :mod:`chextriev.training.thresholds`) holds the per-class
 thresholds chosen on validation (max F1). :attr:`LoadedModel.thresholds` is ``(C,)`` with NaN
@@ -37,6 +41,7 @@ from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
+from chextriev.splits import SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,7 @@ class LoadedModel:
     threshold_rule: str | None = None
     compile: bool = False
     compile_batch: int = 1  # the batch size the trunk is compiled for (1: exactly one image)
+    data_split: dict[str, Any] | None = None  # the training run's split (chextriev.splits); None: not saved
     _pending_trunk: Any = field(default=None, repr=False)  # compiled bf16 trunk awaiting the `auto` check
     encoder_files: dict[str, bytes] | None = None  # a text tower's tokenizer files (ENCODER_FILES_KEY)
     _text_encoder: Any = field(default=None, repr=False, compare=False)
@@ -297,6 +303,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         threshold_rule=rule,
         compile=bool(compile),
         compile_batch=max(1, int(compile_batch)),
+        data_split=data.get(SPLIT_KEY),
         encoder_files=data.get(ENCODER_FILES_KEY),
     )
     loaded.start_compiled()

@@ -35,6 +35,7 @@ from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
     boxes_list,
     finding_filter_basis,
@@ -244,6 +245,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     payload = {
         "query": {**query_info, "findings": None if note else findings, "predicted_findings": None if note else predicted,
                   **({"findings_note": note} if note else {}),
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,

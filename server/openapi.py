@@ -111,6 +111,14 @@ SCHEMAS: dict[str, Any] = {
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
         "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
         "predicted": {"type": "boolean", "description": "probability >= the checkpoint's threshold for the class (chosen on validation, max F1; 0.5 without one)"}}},
+    "Abnormality": {"type": "object", "nullable": True, "required": ["probability", "abnormal", "threshold", "label"],
+                    "description": "an abnormality model's (class list 'abnormal': any finding vs none) one output; "
+                                   "null for other models",
+                    "properties": {
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "abnormal": {"type": "boolean", "description": "probability >= threshold"},
+        "threshold": {"type": "number", "description": "the checkpoint's (chosen on validation, max F1; 0.5 without one)"},
+        "label": {"type": "string", "description": "what the viewer shows, e.g. 'abnormal: 0.83'"}}},
     "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
@@ -149,6 +157,7 @@ SCHEMAS: dict[str, Any] = {
                                                          "without a finding head"},
         "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
                                                  "model): why there are no predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -164,6 +173,7 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {**_NNAMES, "description": "the model's findings at its class thresholds (probabilities stored at "
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
+        "abnormality": _ref("Abnormality"),
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
@@ -208,6 +218,7 @@ SCHEMAS: dict[str, Any] = {
                                "description": "null for a model without a finding head (findings_note says why)"},
         "findings_note": {**_STR, "description": "only for a model without a finding head: why there are no "
                                                  "predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,

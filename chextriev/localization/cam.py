@@ -49,9 +49,13 @@ from chextriev.vocab import finding_index
 
 log = logging.getLogger(__name__)
 
+#: the gradient methods, for every model with a feature map
 METHODS = ("gradcam", "gradcampp", "cam")
+#: what :func:`heatmap` accepts: the above, and ``pcam``, the probability map of a classifier
+#: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
+HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
+__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
 
 
@@ -162,12 +166,17 @@ def heatmap(
         boxes: ``(18, 4)`` region boxes in the image's pixels, or ``None`` (the loaded model's
             box provider, else the default atlas). Ignored by global models.
         finding: a finding name of the model's class list, or its index.
-        method: ``"gradcam"``, ``"gradcampp"`` or ``"cam"``.
+        method: ``"gradcam"``, ``"gradcampp"``, ``"cam"``, or ``"pcam"`` (a global classifier
+            trained with ``--pooling pcam``: its own probability map, no gradient).
     Returns:
         ``(H, W)`` float32 in ``[0, 1]`` (all zeros when the finding has no positive evidence).
     """
-    if method not in METHODS:
-        raise UnknownNameError("CAM method", method, METHODS)
+    if method not in HEATMAP_METHODS:
+        raise UnknownNameError("CAM method", method, HEATMAP_METHODS)
+    if method == "pcam":
+        from chextriev.localization.pcam import pcam_heatmap
+
+        return pcam_heatmap(model_or_loaded, image, finding)
     from chextriev.model.preprocess import prepare_image
 
     array = np.asarray(image, dtype=np.float32)
