@@ -20,6 +20,7 @@ from chextriev.cli_options import VersionAction, apply_conventions
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chextriev.synth.cli",  # synth
     "chextriev.training.cli",  # train, train-detector
+    "chextriev.model.cli",  # model init, model encoders
     "chextriev.localization.cli",  # train-ham
     "metrics.cli",  # evaluate
     "indexer.cli",  # index, index verify, index remove

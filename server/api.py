@@ -35,6 +35,7 @@ from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
     boxes_list,
     finding_filter_basis,
@@ -226,6 +227,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     thresholds = svc.finding_thresholds  # per class, chosen on validation (0.5 without)
     findings = findings_list(query.probabilities, class_names, thresholds)
     predicted = [item["name"] for item in findings if item["predicted"]]
+    note = svc.model.findings_note  # a model without a finding head predicts none, and says why
     finding = filters.get("finding")
     results = []
     for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
@@ -241,7 +243,9 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
-        "query": {**query_info, "findings": findings, "predicted_findings": predicted,
+        "query": {**query_info, "findings": None if note else findings, "predicted_findings": None if note else predicted,
+                  **({"findings_note": note} if note else {}),
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,
@@ -394,6 +398,9 @@ def image(image_id: int):
     svc.require_ready()
     row = _image_row(image_id)
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"), svc.finding_thresholds)
+    if svc.model.findings_note:  # no finding head: no predicted findings (null), and why
+        detail["predicted_findings"] = None
+        detail["findings_note"] = svc.model.findings_note
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
     detail["preview_source"] = "preview" if svc.preview(image_id, check_only=True) else "thumbnail"
@@ -445,6 +452,12 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
     return boxes * scale
 
 
+def _require_findings(svc) -> None:
+    """A finding heatmap needs a finding head: a model without one answers 409 with the reason."""
+    if svc.model.findings_note:
+        raise ApiError(409, "no_finding_head", f"no finding heatmap: {svc.model.findings_note}")
+
+
 def _heatmap_style(value: str | None) -> str:
     style = "overlay" if value is None else value
     if style not in HEATMAP_STYLES:
@@ -464,6 +477,7 @@ def image_heatmap(image_id: int):
     svc = service()
     svc.require_ready()
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
@@ -484,6 +498,7 @@ def upload_heatmap():
     svc.require_ready()
     check_single(request.form)
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()

@@ -319,6 +319,8 @@ class SearchService:
                 "class_names": list(self.model.class_names),
                 "embedding_dim": int(self.model.embedding_dim),
                 "has_regions": bool(self.model.has_regions),
+                "has_findings": bool(self.model.has_findings),
+                "findings_note": self.model.findings_note,
                 "precision": self.model.precision,
                 "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
