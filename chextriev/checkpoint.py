@@ -38,21 +38,17 @@ from chextriev.errors import ChextrievError
 from chextriev.files import atomic_path, sha256_file
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.build import build_from_config
-from chextriev.model.config import MODEL_FORMAT, ModelConfig
+from chextriev.model.config import ENCODER_FILES_KEY, MODEL_FORMAT, STATE_PREFIX, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
 from chextriev.splits import SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "model."
 #: Top-level checkpoint key of the finding thresholds chosen on validation.
 THRESHOLDS_KEY = "finding_thresholds"
 #: Probability from which a finding counts as predicted when no threshold was chosen for it.
 DEFAULT_THRESHOLD = 0.5
-#: Top-level checkpoint key of the files a text tower needs at load time (its tokenizer's, name
-#: -> bytes), copied from the user's encoder folder by ``chextriev model init``.
-ENCODER_FILES_KEY = "encoder_files"
 
 
 class CheckpointError(ChextrievError):

@@ -11,6 +11,7 @@ dataset's own normal flag, see :data:`ABNORMAL`). Findings that mean the same th
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections import deque
 
@@ -244,3 +245,12 @@ def finding_index(classes: tuple[str, ...] | list[str], name: str) -> int:
         return list(classes).index(name)
     except ValueError:
         raise UnknownNameError("finding", name, classes) from None
+
+
+def class_index(class_names: tuple[str, ...], finding: str | int) -> int:
+    """Index of ``finding`` (name or index) in ``class_names``; unknown ones list the valid names."""
+    if isinstance(finding, numbers.Integral) and not isinstance(finding, bool):
+        if 0 <= int(finding) < len(class_names):
+            return int(finding)
+        raise UnknownNameError("finding index", str(finding), [f"{i} ({n})" for i, n in enumerate(class_names)])
+    return finding_index(tuple(class_names), str(finding))

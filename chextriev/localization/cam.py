@@ -45,7 +45,7 @@ from chextriev.localization.adapters import CamPipeline, CamUnsupportedError, ca
 from chextriev.localization.overlay import overlay_png
 from chextriev.localization.regions import heatmap_mask, heatmap_to_boxes
 from chextriev.precision import autocast, weights_precision
-from chextriev.vocab import finding_index
+from chextriev.vocab import class_index
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ HEATMAP_METHODS = (*METHODS, "pcam")
 
 __all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
-
-
-def class_index(class_names: tuple[str, ...], finding: str | int) -> int:
-    """Index of ``finding`` (name or index) in ``class_names``; unknown ones list the valid names."""
-    if isinstance(finding, (int, np.integer)) and not isinstance(finding, bool):
-        if 0 <= int(finding) < len(class_names):
-            return int(finding)
-        raise UnknownNameError("finding index", str(finding), [f"{i} ({n})" for i, n in enumerate(class_names)])
-    return finding_index(tuple(class_names), str(finding))
 
 
 def feature_cam(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from chextriev.localization.adapters import CamUnsupportedError
 from chextriev.precision import autocast, weights_precision
+from chextriev.vocab import class_index
 
 
 def pcam_heatmap(model_or_loaded, image: np.ndarray, finding: str | int = 0) -> np.ndarray:
@@ -25,7 +26,6 @@ def pcam_heatmap(model_or_loaded, image: np.ndarray, finding: str | int = 0) -> 
     ``model_or_loaded``: a :class:`chextriev.checkpoint.LoadedModel` or a global classifier
     whose ``config.pooling`` is ``"pcam"`` (else :class:`CamUnsupportedError` says so).
     """
-    from chextriev.localization.cam import class_index
     from chextriev.model.preprocess import prepare_image
 
     loaded = model_or_loaded if hasattr(model_or_loaded, "box_provider") and hasattr(model_or_loaded, "model") else None

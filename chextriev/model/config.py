@@ -69,6 +69,11 @@ ANAXNET_EMBEDDINGS = ("layernorm", "l2")
 #: Format of the model's weights (state-dict layout). 2: one shared LayerNorm + Linear head,
 #: attention of ``heads x head_dim`` with biased q/kv and one edge map, published ATH/AnaXNet.
 MODEL_FORMAT = 2
+#: The checkpoint layout (``chextriev.checkpoint`` reads it, ``chextriev model init`` and
+#: training write it): the model's weights are the ``state_dict`` entries under this prefix ...
+STATE_PREFIX = "model."
+#: ... and a text tower's tokenizer files (name -> bytes) travel under this top-level key.
+ENCODER_FILES_KEY = "encoder_files"
 
 #: Fields that configs of this format may still carry after their option was retired, with the
 #: values that mean today's behaviour (``None``: any value). ``ath-batchall`` (the earlier
