@@ -18,7 +18,7 @@ import time
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from indexer.preview_store import encode_preview
+from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
@@ -41,7 +41,6 @@ from server.services import (
     NotReadyError,
     QueryEmbedding,
     SearchService,
-    shrink,
 )
 from server.validation import (
     check_single,
@@ -67,9 +66,9 @@ def _poll():
 
 #: Longest side of the query preview returned with an upload search (the viewer draws on it;
 #: the size of the archive's previews, so that query and result compare at the same detail).
-#: Encoded as the archive's previews are (grey JPEG, ``indexer.preview_store.encode_preview``):
-#: a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes (BENCHMARKS.md).
-PREVIEW_SIDE = 1024
+#: Encoded as the archive's previews are (grey JPEG, ``chextriev.io.pixels.encode_preview`` at
+#: ``PREVIEW_SIDE``): a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes
+#: (BENCHMARKS.md).
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
 #: Catalog ids are positive 64-bit integers (SQL BIGINT, Faiss int64).

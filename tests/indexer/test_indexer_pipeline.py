@@ -72,10 +72,11 @@ def test_self_search_and_metadata(indexed):
         catalog.images([10_000])
 
 
-def pixels_of(path):  # the pixels as the indexer decodes them
+def pixels_of(path):  # the pixels the indexer hands the model (THE image contract)
     from chextriev.io.images import load_image
+    from chextriev.io.pixels import model_pixels
 
-    return load_image(path)
+    return model_pixels(load_image(path), FakeEmbedder.max_input_side).pixels
 
 
 def test_search_filters_and_exclusions(indexed):
