@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         compare_query_previews(args.source, args.side, args.limit)
         return 0
 
+    from chextriev.io.pixels import PREVIEW_QUALITY
     from indexer.decode import OK, decode
     from indexer.discovery import open_archive
-    from chextriev.io.pixels import PREVIEW_QUALITY
 
     sizes, jpeg_ms, webp_sizes, webp_ms, sides = [], [], [], [], []
     for n, record in enumerate(open_archive(args.source).iter_records()):
@@ -87,8 +87,8 @@ def png_bytes(pixels: np.ndarray, max_side: int) -> bytes:
 
 def compare_query_previews(source: str, side: int, limit: int) -> None:
     from chextriev.io.images import load_image
-    from indexer.discovery import open_archive
     from chextriev.io.pixels import PREVIEW_QUALITY, encode_preview
+    from indexer.discovery import open_archive
 
     figures: dict[str, tuple[list[float], list[int]]] = {"PNG": ([], []), f"JPEG q{PREVIEW_QUALITY}": ([], [])}
     encoders = {"PNG": lambda p: png_bytes(p, side), f"JPEG q{PREVIEW_QUALITY}": lambda p: encode_preview(p, side)}

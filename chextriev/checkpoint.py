@@ -20,7 +20,6 @@ for a class without one, or ``None`` for a checkpoint written before thresholds 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from chextriev.anatomy.atlas import Atlas
 from chextriev.anatomy.provider import BoxProvider
 from chextriev.errors import ChextrievError
+from chextriev.files import atomic_path, sha256_file
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
@@ -151,14 +151,6 @@ class LoadedModel:
                    device=device, variant=variant, binary=bool(config.binary), precision=precision)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (tensors on CPU). Raises :class:`CheckpointError`."""
     path = Path(path)
@@ -230,7 +222,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         config=config,
         class_names=class_names,
         image_size=int(hparams.get("image_size", config.image_size)),
-        checkpoint_id=file_sha256(path)[:16],
+        checkpoint_id=sha256_file(path)[:16],
         embedding_dim=model.embedding_dim,
         has_regions=config.has_regions,
         box_provider=BoxProvider(atlas, detector),
@@ -268,20 +260,9 @@ def checkpoint_thresholds(data: dict[str, Any], class_names: tuple[str, ...],
 
 
 def _save_atomically(data: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` into a temporary file beside ``path``, then rename it over ``path``."""
-    import os
-    import tempfile
-
+    """``torch.save`` into a temporary file beside ``path``, fsynced, renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_path(path, lambda tmp: torch.save(data, tmp))
 
 
 def save_model_checkpoint(path: str | Path, model: RetrievalModel, *, variant: str,

@@ -30,15 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chextriev.errors import ChextrievError
+from chextriev.files import atomic_copy, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +49,6 @@ MODEL_FIELDS = ("kind", "backbone", "graph", "image_size", "binary")
 
 class BundleError(ChextrievError):
     """An index bundle that names a file which is not there (or not the one recorded)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file, read in chunks (:func:`indexer.vector_index.sha256_file`, the one
-    used for every index file; imported here so that this module loads without Faiss)."""
-    from indexer.vector_index import sha256_file
-
-    return sha256_file(Path(path))
 
 
 def checkpoint_copy_name(checkpoint_id: str) -> str:
@@ -74,14 +64,7 @@ def copy_checkpoint(index_dir: str | Path, path: str | Path, checkpoint_id: str)
     if target.is_file() and target.stat().st_size == path.stat().st_size:
         return rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp-{secrets.token_hex(4)}")
-    try:
-        shutil.copyfile(path, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_copy(path, target)
     log.info("checkpoint copied into the index bundle: %s", target)
     return rel
 
@@ -112,7 +95,7 @@ class BuildRecord:
         checkpoint = None
         if path is not None and Path(path).is_file():
             path = Path(path).resolve()
-            checkpoint = {"id": embedder.checkpoint_id, "sha256": file_sha256(path),
+            checkpoint = {"id": embedder.checkpoint_id, "sha256": sha256_file(path),
                           "path": str(path), "copy": None}
             if checkpoint["sha256"][:16] != embedder.checkpoint_id:
                 raise BundleError(f"checkpoint {path} changed while indexing (its sha256 is no "
@@ -125,7 +108,7 @@ class BuildRecord:
         detector = None
         if detector_path is not None and Path(detector_path).is_file():
             found = Path(detector_path).resolve()
-            detector = {"sha256": file_sha256(found), "path": str(found)}
+            detector = {"sha256": sha256_file(found), "path": str(found)}
         model: dict[str, Any] = {"checkpoint_id": getattr(embedder, "checkpoint_id", None),
                                  "embedding_dim": int(embedder.embedding_dim),
                                  "class_names": list(getattr(embedder, "class_names", ()))}
@@ -225,7 +208,7 @@ class Bundle:
         info = self.detector
         if path is None or info is None:
             return path is None and info is None
-        return file_sha256(path) == info["sha256"]
+        return sha256_file(path) == info["sha256"]
 
     def summary(self) -> dict:
         """What ``/readyz`` shows of the bundle (no file paths: they never leave the server)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,11 @@ import numpy as np
 from sqlalchemy import BigInteger, Text, and_, case, cast, func, literal, or_, select
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from indexer.bundle import Bundle
 from indexer.db import (
     STATUS_INDEXED,
+    CatalogSchemaError,
+    CatalogUnavailableError,
     Image,
     Patient,
     Study,
@@ -58,10 +62,14 @@ from indexer.db import (
 )
 from indexer.sync import StoreExact, open_store
 from indexer.thumbnails import as_png, mimetype
-from indexer.vector_index import IndexStateError, Manifest, VectorIndex
+from indexer.vector_index import MANIFEST, IndexStateError, Manifest, VectorIndex
 from indexer.vector_store import StoreError
 
 log = logging.getLogger(__name__)
+
+#: The errors of the door: what a caller of :class:`Catalog` catches.
+__all__ = ["Catalog", "CatalogSchemaError", "CatalogUnavailableError", "Hit", "IndexStateError",
+           "UnknownImageError"]
 
 FILTER_KEYS = ("view", "sex", "age_min", "age_max", "finding")
 _CHUNK = 20_000
@@ -174,6 +182,7 @@ class Catalog:
         self.index_dir = Path(index_dir)
         self.device = device
         self._reload_lock = threading.Lock()
+        self._seen = build_signature(self.index_dir)  # before reading: a race only reloads again
         self._snap = self._load()
 
     @classmethod
@@ -295,6 +304,11 @@ class Catalog:
                      snap.generation)
         return snap
 
+    def changed(self) -> bool:
+        """Whether a build other than the one loaded is committed now (one ``stat`` of the
+        manifest, which every save renames into place): call :meth:`reload` when True."""
+        return build_signature(self.index_dir) != self._seen
+
     def reload(self) -> bool:
         """Open the newest committed build when it is not the one in use; True when swapped.
 
@@ -303,15 +317,17 @@ class Catalog:
         half-loaded state. On failure the old snapshot stays in use and the error is raised
         (retry later). One reload at a time per catalog."""
         with self._reload_lock:
+            seen = build_signature(self.index_dir)
             manifest = Manifest.read(self.index_dir)
             current = self._snap.index.manifest
             if current is not None and manifest.build_id == current.build_id:
+                self._seen = seen
                 return False
             try:
                 snap = self._load(self._snap)
             except (IndexStateError, StoreError):
                 snap = self._load(self._snap)  # the build moved on while we read it: once more
-            self._snap = snap
+            self._snap, self._seen = snap, seen
             return True
 
     def refresh(self) -> bool:
@@ -334,6 +350,12 @@ class Catalog:
     @property
     def manifest(self) -> Manifest | None:
         return self._snap.index.manifest
+
+    @property
+    def bundle(self) -> Bundle | None:
+        """What the loaded build records about how it was made (:mod:`indexer.bundle`)."""
+        manifest = self._snap.index.manifest
+        return None if manifest is None else Bundle.from_manifest(self.index_dir, manifest)
 
     @property
     def checkpoint_id(self) -> str | None:
@@ -437,14 +459,19 @@ class Catalog:
                 pks += session.scalars(select(Patient.id).where(Patient.key.in_(keys))).all()
         return np.unique(np.asarray(pks, np.int64))
 
-    def search_settings(self) -> dict[str, Any]:
-        """The build's search defaults: ``index_type``, ``nprobe`` (``None`` for flat indexes),
-        ``nlist`` (IVF lists, ``None`` for flat), ``rerank`` (``None`` unless IVF-PQ)."""
+    def search_settings(self, nprobe: int | None = None, rerank: int | None = None
+                        ) -> dict[str, Any]:
+        """What a search with these per-search settings uses (the build's where ``None``):
+        ``index_type``, ``nprobe`` (capped at ``nlist``; ``None`` for flat indexes), ``nlist``
+        (IVF lists, ``None`` for flat), ``rerank`` (``None`` unless IVF-PQ)."""
         index = self._snap.index
         ivf = index.trained is not None
         nlist = index.nlist if ivf else None
-        return {"index_type": index.index_type, "nprobe": min(index.nprobe, nlist) if ivf else None,
-                "nlist": nlist, "rerank": index.rerank if index.index_type == "ivf-pq" else None}
+        used = {"index_type": index.index_type,
+                "nprobe": min(int(nprobe or index.nprobe), nlist) if ivf else None,
+                "nlist": nlist,
+                "rerank": int(rerank or index.rerank) if index.index_type == "ivf-pq" else None}
+        return used
 
     # ------------------------------------------------------------------ rows
     def lookup(self, image_id: str) -> int | None:
@@ -457,6 +484,13 @@ class Catalog:
                 pk = session.execute(select(Image.id).where(
                     Image.source_path == image_id, Image.status == STATUS_INDEXED)).scalar()
         return pk
+
+    def lookup_instance(self, sop_instance_uid: str) -> int | None:
+        """The database id of an indexed image by its DICOM SOP Instance UID (as stored)."""
+        with self.sessions() as session:
+            return session.execute(select(Image.id).where(
+                Image.sop_instance_uid == str(sop_instance_uid),
+                Image.status == STATUS_INDEXED)).scalar()
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         """Metadata of ``ids`` in the given order; raises UnknownImageError for unknown ids.
@@ -490,6 +524,16 @@ class Catalog:
         if data is None or data[0] is None:
             raise UnknownImageError([image_id])
         return bytes(data[0]), mimetype(data[0])
+
+    def preview_bytes(self, image_id: int) -> tuple[bytes, str] | None:
+        """The stored preview (grey JPEG, about ``--preview-side`` px) of one image and its MIME
+        type, or None when the index stores none for it (built before previews, or with
+        ``--preview-side 0``, or damaged: then the caller shows the thumbnail)."""
+        from indexer.preview_store import preview_of
+
+        with self.sessions() as session:
+            data = preview_of(session, self.index_dir, image_id)
+        return None if data is None else (data, "image/jpeg")
 
     def thumbnail(self, image_id: int) -> bytes:
         """The thumbnail of one image as PNG."""
@@ -542,6 +586,16 @@ class Catalog:
         if fresh is None:
             raise UnknownImageError([])
         return fresh
+
+
+def build_signature(index_dir: Path) -> tuple | None:
+    """What identifies the committed build on disk without reading it: the manifest's inode,
+    modification time and size (a save renames a new file into place); None without one."""
+    try:
+        info = os.stat(Path(index_dir) / MANIFEST)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _rows_of(known: np.ndarray, ids: np.ndarray) -> np.ndarray:

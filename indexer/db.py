@@ -72,6 +72,17 @@ class CatalogSchemaError(ChextrievError):
     """A catalog whose schema revision is not the one this code uses (or no catalog at all)."""
 
 
+class CatalogUnavailableError(ChextrievError):
+    """The catalog database cannot be reached now (down, restarting, failing over).
+
+    The message names the database (password masked); ``retry_after`` is how many seconds to
+    wait before trying again (the server's ``Retry-After``, answered with 503)."""
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = int(retry_after)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from chextriev.errors import ChextrievError, SourceUnavailableError
+from chextriev.files import atomic_open, is_tmp_name
 from chextriev.io.pixels import PREVIEW_SIDE
 from indexer.decode import OK, UNAVAILABLE, Decoded, IngestPolicy, decode_task, given_boxes
 
@@ -116,11 +116,8 @@ def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: Embedde
             arrays["region_probabilities"] = np.asarray(batch.region_probabilities, np.float32)
         if batch.region_embeddings is not None:
             arrays["region_embeddings"] = np.asarray(batch.region_embeddings, np.float32)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:  # a file object: np.savez adds no suffix
+        np.savez(handle, **arrays)
     return path
 
 
@@ -162,7 +159,7 @@ def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
 
 def shard_files(shard_dir: str | Path) -> list[Path]:
     """The complete shards of ``shard_dir`` in merge order (rank, then batch)."""
-    return sorted(p for p in Path(shard_dir).glob("shard-*.npz") if ".tmp" not in p.name)
+    return sorted(Path(shard_dir).glob("shard-*.npz"))
 
 
 class _ShardEmbedder:
@@ -268,8 +265,7 @@ def write_worklist(tasks: Iterator[tuple], shard_dir: Path) -> int:
     shard_dir.mkdir(parents=True, exist_ok=True)
     data, offsets = shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS
     n, position = 0, 0
-    with open(data.with_suffix(".tmp"), "wb") as out, \
-            open(offsets.with_suffix(".tmp"), "wb") as index:
+    with atomic_open(data) as out, atomic_open(offsets) as index:
         for task in tasks:
             blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
             index.write(np.int64(position).tobytes())
@@ -277,11 +273,6 @@ def write_worklist(tasks: Iterator[tuple], shard_dir: Path) -> int:
             position += len(blob)
             n += 1
         index.write(np.int64(position).tobytes())
-        for handle in (out, index):
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(data.with_suffix(".tmp"), data)
-    os.replace(offsets.with_suffix(".tmp"), offsets)
     return n
 
 
@@ -306,9 +297,11 @@ def read_worklist(shard_dir: Path, block: range) -> Iterator[tuple]:
 
 
 def clear_shards(shard_dir: Path) -> int:
-    """Remove the shards and the work list of ``shard_dir``; returns how many shards."""
-    shards = list(shard_dir.glob("shard-*.npz")) if shard_dir.is_dir() else []
-    for path in shards + [shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS]:
+    """Remove the shards and the work list of ``shard_dir`` (and the temporary files of a killed
+    writer); returns how many complete shards."""
+    shards = shard_files(shard_dir) if shard_dir.is_dir() else []
+    leftovers = [p for p in shard_dir.glob("*") if is_tmp_name(p)] if shard_dir.is_dir() else []
+    for path in shards + leftovers + [shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS]:
         path.unlink(missing_ok=True)
     return len(shards)
 

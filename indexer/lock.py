@@ -31,6 +31,7 @@ from typing import Self
 from sqlalchemy import text
 
 from chextriev.errors import ChextrievError
+from chextriev.files import fsync_handle
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ class _FileLock:
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps(holder.__dict__))
-        handle.flush()
-        os.fsync(handle.fileno())
+        fsync_handle(handle)
         self.handle = handle
 
     def read(self) -> dict | None:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chextriev.files import fsync_handle
+
 log = logging.getLogger(__name__)
 
 PREVIEW_DIR = "previews"
@@ -40,11 +42,6 @@ DATA = "data.bin"
 #: int64 fields of an entry: image primary key, offset in data.bin, length, CRC-32.
 FIELDS = 4
 ENTRY_BYTES = 8 * FIELDS
-
-
-def _fsync(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 class PreviewStore:
@@ -109,11 +106,11 @@ class PreviewStore:
             data.seek(start)
             data.write(b"".join(blobs))
             data.truncate()  # drop any uncommitted tail beyond these bytes
-            _fsync(data)
+            fsync_handle(data)
             entries.seek(have * ENTRY_BYTES)
             entries.write(np.asarray(rows, np.int64).reshape(-1, FIELDS).tobytes())
             entries.truncate()
-            _fsync(entries)
+            fsync_handle(entries)
 
     def commit(self, rows: int) -> None:
         """The database committed ``rows`` as the store length."""

@@ -27,6 +27,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from chextriev.errors import ChextrievError
+from chextriev.files import sha256_file
 from indexer.bundle import BUNDLE_KEY
 from indexer.db import (
     STATUS_INDEXED,
@@ -45,7 +46,6 @@ from indexer.vector_index import (
     new_segment_name,
     normalise,
     resolve_index_type,
-    sha256_file,
 )
 from indexer.vector_store import StoreError, VectorStore
 

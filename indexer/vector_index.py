@@ -43,11 +43,9 @@ always the saved masters. Otherwise one log line says why and the CPU is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import secrets
 import shutil
 import time
@@ -60,6 +58,7 @@ import faiss
 import numpy as np
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.files import atomic_open, atomic_path, atomic_write, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -142,54 +141,14 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _commit_file(tmp: Path, path: Path) -> None:
-    """fsync ``tmp`` and rename it to ``path`` (atomic)."""
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-
-
 def write_faiss(index, path: Path) -> None:
     """``faiss.write_index`` straight to a file (temporary name, fsync, rename)."""
-    tmp = _tmp_name(path)
-    faiss.write_index(index, str(tmp))
-    _commit_file(tmp, path)
+    atomic_path(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def write_npy(array: np.ndarray, path: Path) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as handle:
+    with atomic_open(path) as handle:
         np.save(handle, array)
-    _commit_file(tmp, path)
 
 
 # ---------------------------------------------------------------------- exact vectors
@@ -299,12 +258,7 @@ class Manifest:
         return manifest
 
     def write(self, index_dir: Path) -> None:
-        path = Path(index_dir) / MANIFEST
-        tmp = _tmp_name(path)
-        with open(tmp, "w") as handle:
-            handle.write(self.to_json())
-        _commit_file(tmp, path)
-        _fsync_dir(Path(index_dir))
+        atomic_write(Path(index_dir) / MANIFEST, self.to_json(), dir_sync=True)
 
 
 # ---------------------------------------------------------------------- segments
@@ -791,7 +745,7 @@ class VectorIndex:
                 names = {s.name for s in group}
                 self.segments = [s for s in self.segments if s.name not in names] + [merged]
                 log.info("merged %d index segments into one of %d vectors", len(group), merged.n)
-        _fsync_dir(index_dir / SEGMENTS)
+        fsync_dir(index_dir / SEGMENTS)
         extra = dict(previous.extra) if previous is not None else {}
         extra.update({k: v for k, v in state.items() if k not in Manifest.__dataclass_fields__})
         manifest = Manifest(

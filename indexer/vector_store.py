@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from chextriev.errors import ChextrievError
+from chextriev.files import atomic_write, fsync_handle
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ NUM_REGIONS = 18
 
 class StoreError(ChextrievError):
     """A vector store that is missing, shorter than the database says, or of another shape."""
-
-
-def _fsync(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 def quantise_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +103,7 @@ class VectorStore:
             root.mkdir(parents=True, exist_ok=True)
             meta = {"format": FORMAT, "dim": int(dim), "regions": NUM_REGIONS,
                     "region_dim": None if region_dim is None else int(region_dim)}
-            tmp = meta_path.with_name(META + ".tmp")
-            with open(tmp, "w") as handle:
-                json.dump(meta, handle)
-                _fsync(handle)
-            os.replace(tmp, meta_path)
+            atomic_write(meta_path, json.dumps(meta))
         else:
             try:
                 meta = json.loads(meta_path.read_text())
@@ -130,11 +121,7 @@ class VectorStore:
     def _set_region_dim(self, region_dim: int) -> None:
         self.region_dim = region_dim
         meta = {"format": FORMAT, "dim": self.dim, "regions": NUM_REGIONS, "region_dim": region_dim}
-        tmp = self.root / (META + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(meta, handle)
-            _fsync(handle)
-        os.replace(tmp, self.root / META)
+        atomic_write(self.root / META, json.dumps(meta))
 
     # ------------------------------------------------------------------ files
     def _files(self) -> dict[str, tuple[Path, int]]:
@@ -198,7 +185,7 @@ class VectorStore:
                 handle.seek(self.committed * row_bytes)
                 handle.write(blocks[name])
                 handle.truncate()  # drop any uncommitted tail beyond these rows
-                _fsync(handle)
+                fsync_handle(handle)
         return np.arange(self.committed, self.committed + len(keys), dtype=np.int64)
 
     def commit(self, rows: int) -> None:

@@ -88,7 +88,7 @@ def check_bundle(values: dict[str, Any]) -> None:
     """Fail before any worker starts when the index folder cannot name what was not given:
     no index in it, or a checkpoint (detector) the bundle records that is not there."""
     from indexer.bundle import BundleError, read_bundle
-    from indexer.vector_index import IndexStateError
+    from indexer.catalog import IndexStateError
 
     try:
         bundle = read_bundle(values["INDEX_DIR"])

@@ -6,10 +6,13 @@ app), and it reloads itself if it finds itself in a different process from the o
 it (a pre-fork server that built the app before forking), so no model, Faiss index or
 database connection is ever shared across a fork.
 
+The index is read through :class:`indexer.catalog.Catalog` only (the one door: this module
+never opens a database session, the manifest or a store itself).
+
 Bundle and live updates: the checkpoint and detector default to what the index folder's bundle
 records (:mod:`indexer.bundle`; settings override them), and a checkpoint whose id is not the
-index's is refused. Each request calls :meth:`SearchService.poll`, which compares the
-``manifest.json`` it loaded with the one on disk (one ``stat``): a new committed build is loaded
+index's is refused. Each request calls :meth:`SearchService.poll`, which asks the catalog
+whether a newer build is committed (:meth:`~indexer.catalog.Catalog.changed`, one ``stat``): it is loaded
 in a background thread (:meth:`indexer.catalog.Catalog.reload`, an atomic swap) while requests
 keep being answered from the old one, so there is no error window; a build of another
 checkpoint loads the new model too (when the checkpoint comes from the bundle). A failed load
@@ -68,18 +71,6 @@ class CheckpointMismatchError(NotReadyError):
     """The checkpoint loaded is not the one the index was built with."""
 
 
-def manifest_signature(index_dir: Path | None) -> tuple | None:
-    """What identifies the committed build on disk without reading it: ``manifest.json``'s
-    inode, modification time and size (a save renames a new file into place)."""
-    if index_dir is None:
-        return None
-    try:
-        info = os.stat(Path(index_dir) / "manifest.json")
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns, info.st_size
-
-
 @dataclass(frozen=True)
 class QueryEmbedding:
     """What the model says about one query image.
@@ -117,10 +108,9 @@ class SearchService:
         self.state = "idle"
         self.error: str | None = None
         self.load_seconds: float | None = None
-        self.bundle = None  # indexer.bundle.Bundle of the loaded build
         self.reload_error: str | None = None
         self.reloads = 0
-        self._seen: tuple | None = None  # manifest_signature of the loaded build
+        self._index_device = "cpu"  # where the catalog searches its Faiss index
         self._failures = 0
         self._next_attempt = 0.0  # time.monotonic() of the next retry after a failure
         self._pid: int | None = None
@@ -136,10 +126,10 @@ class SearchService:
         return [] if self.index_dir else ["INDEX_DIR"]
 
     def _open(self):
-        """``(model, catalog, bundle)`` for the build committed now: the checkpoint and detector
-        from the settings, else from the bundle; a checkpoint that is not the index's refused."""
+        """``(model, catalog)`` for the build committed now: the checkpoint and detector from
+        the settings, else from the bundle; a checkpoint that is not the index's refused."""
         from chextriev.checkpoint import load_checkpoint
-        from indexer.bundle import Bundle, read_bundle
+        from indexer.bundle import read_bundle
         from indexer.catalog import Catalog
 
         bundle = read_bundle(self.index_dir)
@@ -158,16 +148,16 @@ class SearchService:
         self.device = resolve_device(self.device)  # "auto" -> cuda or cpu
         model = load_checkpoint(checkpoint, device=self.device, detector_path=detector,
                                 precision=self.precision, compile=self.compile == "on")
-        index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        self._index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
         thresholds = dict(zip(model.class_names, map(float, model.finding_thresholds())))
-        catalog = Catalog.open(self.db_url, self.index_dir, device=index_device,
+        catalog = Catalog.open(self.db_url, self.index_dir, device=self._index_device,
                                finding_thresholds=thresholds)
         try:
             self._check_checkpoint(model, catalog, checkpoint)
         except BaseException:
             catalog.close()
             raise
-        return model, catalog, Bundle.from_manifest(self.index_dir, catalog.manifest)
+        return model, catalog
 
     def _check_checkpoint(self, model, catalog, path) -> None:
         """The one checkpoint check: the model's id against the index's (the bundle records
@@ -190,20 +180,19 @@ class SearchService:
                 return
             self.state, self.error = "loading", None
             started = time.perf_counter()
-            seen = manifest_signature(self.index_dir)
             try:
                 missing = self.missing_settings()
                 if missing:
                     raise NotReadyError(f"not configured: set {', '.join(missing)} "
                                         "(chextriev serve --index-dir, or CHEXTRIEV_* variables)")
-                model, catalog, bundle = self._open()
-                self.model, self.catalog, self.bundle = model, catalog, bundle
+                self.model, self.catalog = self._open()
                 self._pid = os.getpid()
-                self._seen, self._failures, self.reload_error = seen, 0, None
+                self._failures, self.reload_error = 0, None
                 self.load_seconds = time.perf_counter() - started
                 self.state = "ready"
                 log.info("ready in %.1f s: %d indexed images, checkpoint %s, index build %s",
-                         self.load_seconds, catalog.size, model.checkpoint_id, catalog.build_id)
+                         self.load_seconds, self.catalog.size, self.model.checkpoint_id,
+                         self.catalog.build_id)
             except Exception as error:  # noqa: BLE001 - any failure is reported through /readyz
                 self._failed()
                 self.state, self.error = "failed", f"{type(error).__name__}: {error}"
@@ -230,7 +219,7 @@ class SearchService:
             if time.monotonic() >= self._next_attempt:
                 self._in_background(self._retry, "chextriev-retry")
             return
-        if self.state != "ready" or manifest_signature(self.index_dir) == self._seen:
+        if self.state != "ready" or not self.catalog.changed():
             return
         if time.monotonic() >= self._next_attempt:
             self._in_background(self.refresh, "chextriev-reload")
@@ -255,23 +244,20 @@ class SearchService:
         """Swap in the build committed now if it is not the one loaded; True when swapped.
         Failures keep the loaded build serving (retried after the backoff), except a build of
         a checkpoint this server must not serve, which makes the service ``failed``."""
-        from indexer.bundle import Bundle
-        from indexer.vector_index import Manifest
+        from indexer.bundle import read_bundle
 
-        seen = manifest_signature(self.index_dir)
         started = time.perf_counter()
         try:
-            built = Manifest.read(self.index_dir).checkpoint_id
+            built = read_bundle(self.index_dir).checkpoint_id
             if built != self.model.checkpoint_id:
                 log.info("the index was rebuilt with checkpoint %s: loading it", built)
-                model, catalog, bundle = self._open()
+                model, catalog = self._open()
                 old = self.catalog
-                self.model, self.catalog, self.bundle = model, catalog, bundle
+                self.model, self.catalog = model, catalog
                 old.close()
                 swapped = True
             else:
                 swapped = self.catalog.reload()
-                self.bundle = Bundle.from_manifest(self.index_dir, self.catalog.manifest)
         except CheckpointMismatchError as error:
             self._failed()
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"
@@ -283,7 +269,7 @@ class SearchService:
             log.warning("reloading the index failed (serving build %s; next attempt in %d s): %s",
                         self.catalog.build_id, self.retry_after(), self.reload_error)
             return False
-        self._seen, self._failures, self.reload_error = seen, 0, None
+        self._failures, self.reload_error = 0, None
         if swapped:
             self.reloads += 1
             log.info("index build %s loaded in %.2f s: %d indexed images", self.catalog.build_id,
@@ -298,6 +284,11 @@ class SearchService:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def bundle(self):
+        """The :class:`indexer.bundle.Bundle` of the loaded build (None before loading)."""
+        return None if self.catalog is None else self.catalog.bundle
 
     def require_ready(self) -> None:
         """Raise :class:`NotReadyError` unless loaded in this process (reloads after a fork)."""
@@ -436,18 +427,12 @@ class SearchService:
         (capped at ``nlist``; ``None`` for flat indexes), ``nlist``, ``rerank`` (``None``
         unless IVF-PQ); the build's defaults where not given."""
         self.require_ready()
-        used = dict(self.catalog.search_settings())
-        if nprobe is not None and used["nprobe"] is not None:
-            used["nprobe"] = min(int(nprobe), used["nlist"])
-        if rerank is not None and used["rerank"] is not None:
-            used["rerank"] = int(rerank)
-        return used
+        return self.catalog.search_settings(nprobe=nprobe, rerank=rerank)
 
     @property
     def index_on_gpu(self) -> bool:
         """True when the catalog searches a GPU copy of its Faiss index (or may move it there)."""
-        index = getattr(self.catalog, "index", None)
-        return str(getattr(index, "device", "cpu")).startswith(("cuda", "auto", "gpu"))
+        return str(self._index_device).startswith(("cuda", "auto", "gpu"))
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         self.require_ready()
@@ -468,17 +453,20 @@ class SearchService:
         self.require_ready()
         return self.catalog.thumbnail(image_id)
 
+    def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
+        """The stored thumbnail as stored and its MIME type."""
+        self.require_ready()
+        return self.catalog.thumbnail_bytes(image_id)
+
     def preview(self, image_id: int, *, check_only: bool = False) -> bytes | bool | None:
         """The stored preview (JPEG, about 1024 px) of an archived image, or None when the index
         stores none for it (built before previews, or with ``--preview-side 0``): callers fall
-        back to the thumbnail. ``check_only``: whether it has one (the bytes are not read)."""
-        from indexer.preview_store import has_preview, preview_of
-
+        back to the thumbnail. ``check_only``: whether it has one."""
         self.require_ready()
-        with self.catalog.sessions() as session:
-            if check_only:
-                return has_preview(session, self.catalog.index_dir, image_id)
-            return preview_of(session, self.catalog.index_dir, image_id)
+        found = self.catalog.preview_bytes(image_id)
+        if check_only:
+            return found is not None
+        return None if found is None else found[0]
 
     def archived_pixels(self, image_id: int) -> tuple[np.ndarray, str]:
         """What Grad-CAM and region overlays of an archived image are computed on (the server

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from chextriev.anatomy.detector_nets import DetectorConfig, build_detector_network
 from chextriev.errors import ChextrievError, DataFormatError
+from chextriev.files import atomic_path
 from chextriev.precision import autocast, resolve_precision
 from chextriev.vocab import NUM_REGIONS
 
@@ -127,10 +128,7 @@ class AnatomyDetector:
             "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
             "extra": {**self.extra, **extra},
         }
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
+        return atomic_path(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu",

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.files import atomic_path, sha256_file
 from chextriev.localization.adapters import CamPipeline
 from chextriev.model.backbone import (
     build_trunk,
@@ -425,11 +426,9 @@ def save_ham(model: HAMNet, path: str | Path, training: dict[str, Any] | None = 
     """Write a checkpoint (config + weights + training notes) atomically; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": model.config.to_dict(),
-                "state_dict": model.state_dict(), "training": dict(training or {})}, tmp)
-    tmp.replace(path)
-    return path
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": model.config.to_dict(),
+               "state_dict": model.state_dict(), "training": dict(training or {})}
+    return atomic_path(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_ham(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedHAM:
@@ -438,8 +437,6 @@ def load_ham(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedH
     Raises:
         HAMCheckpointError: missing file, not a HAM checkpoint, or weights that do not fit.
     """
-    import hashlib
-
     path = Path(path)
     if not path.is_file():
         raise HAMCheckpointError(f"HAM checkpoint {path} does not exist (train one with `chextriev train-ham`)")
@@ -461,7 +458,7 @@ def load_ham(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedH
         raise HAMCheckpointError(f"{path}: weights do not fit its config: {exc}") from None
     device = torch.device(device)
     model.to(device).eval()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(path)[:16]
     return LoadedHAM(model, config, digest, device, dict(data.get("training") or {}))
 
 

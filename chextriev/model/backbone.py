@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +38,7 @@ import torchvision
 from torch import nn
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.files import sha256_file
 from chextriev.model.config import BACKBONES, WEIGHTS_FORMATS, XRV_BACKBONES
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,7 @@ def weights_id(weights: str | None, seed: int, weights_format: str = "torchvisio
     prefix = "" if weights_format == "torchvision" else f"{weights_format}-"
     if not weights:
         return f"{prefix}random-seed{seed}"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return prefix + digest.hexdigest()[:16]
+    return prefix + sha256_file(weights)[:16]
 
 
 def normalize(images: torch.Tensor, weights_format: str = "torchvision") -> torch.Tensor:

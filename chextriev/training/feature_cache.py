@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chextriev.files import atomic_open, sha256_file
 from chextriev.model.backbone import weights_id
 from chextriev.model.config import ModelConfig
 
@@ -52,14 +53,9 @@ def default_cache_dir() -> Path:
 
 def content_hash(source: str | Path | bytes) -> str:
     """sha256 of the image file's bytes (or of the bytes themselves)."""
-    digest = hashlib.sha256()
     if isinstance(source, (bytes, bytearray, memoryview)):
-        digest.update(source)
-    else:
-        with open(source, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.sha256(source).hexdigest()
+    return sha256_file(source)
 
 
 def config_signature(config: ModelConfig) -> str:
@@ -220,10 +216,8 @@ class FeatureCache:
     def put(self, key: str, array: np.ndarray) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_open(path) as handle:
             np.save(handle, np.asarray(array, dtype=np.float32))
-        os.replace(tmp, path)
 
     def ensure(self, keys: Sequence[str], compute: Callable[[list[int]], torch.Tensor | np.ndarray]) -> None:
         """Make sure every key is cached; ``compute(indices)`` returns features of the missing ones."""

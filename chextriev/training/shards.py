@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,8 +47,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from chextriev.checkpoint import file_sha256
 from chextriev.errors import DataFormatError
+from chextriev.files import atomic_write, commit_file, sha256_file
 from chextriev.io.pixels import shrink
 from chextriev.records import Record
 
@@ -117,20 +116,6 @@ def _sample_meta(record: Record, stored: tuple[int, int], original: tuple[int, i
             "source": str(record.source) if isinstance(record.source, (str, Path)) else "<bytes>"}
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    try:  # the rename itself durable
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> int:
     """Add one member; returns the byte offset of its data in the tar file."""
     info = tarfile.TarInfo(name)
@@ -179,8 +164,8 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
         tar.close()
         handle.close()
         name = SHARD_PATTERN.format(len(shards))
-        _fsync_replace(tmp, out / name)
-        shards.append({"name": name, "bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name),
+        commit_file(tmp, out / name, dir_sync=True)
+        shards.append({"name": name, "bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name),
                        "samples": in_shard})
         tar = handle = tmp = None
         in_shard = 0
@@ -229,9 +214,7 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
     index = {"format": FORMAT, "version": VERSION, "max_side": int(max_side), "shard_size": int(shard_size),
              "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shards": shards,
              "skipped": skipped, "samples": samples}
-    tmp_index = out / f".{INDEX}.partial"
-    tmp_index.write_text(json.dumps(index))
-    _fsync_replace(tmp_index, out / INDEX)
+    atomic_write(out / INDEX, json.dumps(index), dir_sync=True)
     log.info("wrote %d images in %d shards to %s (%d skipped)", len(samples), len(shards), out, len(skipped))
     return out / INDEX
 
@@ -257,7 +240,7 @@ def read_index(directory: str | Path, verify: bool = False) -> dict[str, Any]:
         if not file.is_file():
             raise DataFormatError(f"shard {file} listed in {INDEX} is missing: rerun `chextriev shards write`")
         size = file.stat().st_size
-        if size != shard["bytes"] or (verify and file_sha256(file) != shard["sha256"]):
+        if size != shard["bytes"] or (verify and sha256_file(file) != shard["sha256"]):
             raise DataFormatError(f"shard {file} is {size} bytes, its index says {shard['bytes']}"
                                   f"{' (or its sha256 differs)' if verify else ''}: truncated or replaced; "
                                   "rerun `chextriev shards write`")

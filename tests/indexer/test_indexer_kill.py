@@ -28,18 +28,18 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path[:0] = [{repo!r}, {here!r}]
     from pathlib import Path
-    import indexer.vector_index as vi
+    import chextriev.files as files
     from indexer.pipeline import run_index
     from indexer_fakes import FakeEmbedder
     if {slow_save!r}:
         # Stall inside every incremental save, after the new segment's temporary file is written
         # and before it is committed (the parent kills us there).
-        commit = vi._commit_file
-        def stalled(tmp, path):
-            if (Path({index_dir!r}) / "manifest.json").exists() and path.suffix == ".faiss":
+        commit = files.commit_file
+        def stalled(tmp, path, **options):
+            if (Path({index_dir!r}) / "manifest.json").exists() and Path(path).suffix == ".faiss":
                 time.sleep(60)
-            commit(tmp, path)
-        vi._commit_file = stalled
+            commit(tmp, path, **options)
+        files.commit_file = stalled
     run_index({root!r}, embedder=FakeEmbedder(delay={delay!r}), index_dir={index_dir!r},
               db_url={db_url!r}, batch_size=2, checkpoint_every=1, progress=False)
 """)

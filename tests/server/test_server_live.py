@@ -34,10 +34,10 @@ def other_checkpoint(tiny_index, tmp_path_factory) -> Path:
 
 
 def test_the_index_records_its_bundle(tiny_index):
-    from chextriev.checkpoint import file_sha256
+    from chextriev.files import sha256_file
 
     bundle = json.loads((tiny_index.index_dir / "manifest.json").read_text())["bundle"]
-    sha = file_sha256(tiny_index.checkpoint)
+    sha = sha256_file(tiny_index.checkpoint)
     assert bundle["checkpoint"] == {"id": sha[:16], "sha256": sha, "copy": None,
                                     "path": str(Path(tiny_index.checkpoint).resolve())}
     assert bundle["detector"] is None and bundle["boxes"]["otherwise"] == "atlas"
