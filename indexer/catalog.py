@@ -46,6 +46,7 @@ import numpy as np
 from sqlalchemy import BigInteger, Text, and_, case, cast, func, literal, or_, select
 
 from chextriev.errors import ChextrievError, UnknownNameError
+from chextriev.io.pixels import image_mimetype
 from indexer.bundle import Bundle
 from indexer.db import (
     STATUS_INDEXED,
@@ -61,7 +62,6 @@ from indexer.db import (
     make_sessionmaker,
 )
 from indexer.sync import StoreExact, open_store
-from indexer.thumbnails import as_png, mimetype
 from indexer.vector_index import MANIFEST, IndexStateError, Manifest, VectorIndex
 from indexer.vector_store import StoreError
 
@@ -518,12 +518,13 @@ class Catalog:
         return [_image_dict(*by_id[i]) for i in ids]
 
     def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
-        """The stored thumbnail as it is stored (JPEG; PNG in older catalogs) and its MIME type."""
+        """The stored thumbnail as it is stored (the decoding worker's JPEG,
+        :func:`chextriev.io.pixels.encode_thumbnail`; PNG in older catalogs) and its MIME type."""
         with self.sessions() as session:
             data = session.execute(select(Image.thumbnail).where(Image.id == int(image_id))).first()
         if data is None or data[0] is None:
             raise UnknownImageError([image_id])
-        return bytes(data[0]), mimetype(data[0])
+        return bytes(data[0]), image_mimetype(data[0])
 
     def preview_bytes(self, image_id: int) -> tuple[bytes, str] | None:
         """The stored preview (grey JPEG, about ``--preview-side`` px) of one image and its MIME
@@ -534,10 +535,6 @@ class Catalog:
         with self.sessions() as session:
             data = preview_of(session, self.index_dir, image_id)
         return None if data is None else (data, "image/jpeg")
-
-    def thumbnail(self, image_id: int) -> bytes:
-        """The thumbnail of one image as PNG."""
-        return as_png(self.thumbnail_bytes(image_id)[0])
 
     def _slots(self, ids: Sequence[int]) -> dict[int, int | None]:
         with self.sessions() as session:

@@ -356,12 +356,14 @@ def image(image_id: int):
 
 @bp.get("/images/<int:image_id>/thumbnail")
 def thumbnail(image_id: int):
-    """The stored thumbnail (PNG) of an archived image."""
+    """The stored thumbnail of an archived image, served as stored (a 128 px grey JPEG made once at
+    indexing; PNG from a catalog written before) with its MIME type."""
     svc = service()
     svc.require_ready()
     _image_row(image_id)
     record_ids(query_id=image_id)
-    response = Response(svc.thumbnail(image_id), mimetype="image/png")
+    data, mimetype = svc.thumbnail_bytes(image_id)
+    response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -369,8 +371,8 @@ def thumbnail(image_id: int):
 @bp.get("/images/<int:image_id>/preview")
 def preview(image_id: int):
     """The stored preview (8-bit grey JPEG, about 1024 px on the long side) of an archived image:
-    what the viewer shows a case at. An image indexed without one gets its thumbnail (PNG), with
-    the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
+    what the viewer shows a case at. An image indexed without one gets its thumbnail as stored,
+    with the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
     cached, with an ETag."""
     svc = service()
     svc.require_ready()
@@ -378,7 +380,8 @@ def preview(image_id: int):
     record_ids(query_id=image_id)
     data = svc.preview(image_id)
     if data is None:
-        response = Response(svc.thumbnail(image_id), mimetype="image/png")
+        data, mimetype = svc.thumbnail_bytes(image_id)
+        response = Response(data, mimetype=mimetype)
         response.headers[PREVIEW_HEADER] = _no_preview(image_id)
     else:
         response = Response(data, mimetype="image/jpeg")

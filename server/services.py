@@ -449,10 +449,6 @@ class SearchService:
             return None
         return rows
 
-    def thumbnail(self, image_id: int) -> bytes:
-        self.require_ready()
-        return self.catalog.thumbnail(image_id)
-
     def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
         """The stored thumbnail as stored and its MIME type."""
         self.require_ready()
@@ -474,7 +470,7 @@ class SearchService:
         thumbnail when it has no preview; and which of the two (``"preview"`` / ``"thumbnail"``)."""
         data = self.preview(image_id)
         if data is None:
-            return decode_png(self.thumbnail(image_id)), "thumbnail"
+            return decode_png(self.thumbnail_bytes(image_id)[0]), "thumbnail"
         return decode_png(data), "preview"
 
     def vector(self, image_id: int) -> np.ndarray:
