@@ -25,7 +25,7 @@ from chextriev.training.shards import (
     load_shard_records,
     read_index,
     read_shard_image,
-    shrink,
+    shrink_with_boxes,
     write_shards,
 )
 
@@ -50,7 +50,7 @@ def test_round_trip_keeps_records_labels_and_scaled_boxes(tiny_records, shard_di
         np.testing.assert_array_equal(stored.region_labels, original.region_labels)
         np.testing.assert_allclose(stored.boxes, original.boxes * 48 / 64, rtol=1e-6)
         assert stored.image_size == (48, 48) and stored.meta["original_size"] == (64, 64)
-        expected, _ = shrink(load_image(original.source), None, 48)
+        expected, _ = shrink_with_boxes(load_image(original.source), None, 48)
         np.testing.assert_allclose(read_shard_image(stored), expected, atol=1 / 65535 + 1e-6)
     assert len({r.key for r in records}) == len(records)
 
