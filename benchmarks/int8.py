@@ -5,7 +5,9 @@
 The trunk (ResNet50 at 512 px, 85-90 % of an upload's model time) is run by every backend that
 is installed (the others are reported as absent):
 
-* ``torch fp32`` (the reference) and ``torch bf16`` (autocast: what ``--precision bf16`` runs);
+* ``torch fp32`` (the reference) and ``torch bf16`` (autocast: what ``--precision bf16`` runs
+  eagerly); ``torch bf16 compiled`` / ``torch fp32 compiled``: the trunk compiled ahead of time
+  as ``--compile on`` (the default) runs it (``chextriev.compiled``; from the compiled cache);
 * ``torch int8``: torch's own static post-training quantisation (FX graph mode, ``x86``
   backend, per-channel weights, calibrated on ``--calibrate`` archive images);
 * ``onnxruntime fp32`` / ``onnxruntime int8`` (``quantize_static``, QDQ, per-channel, the same
@@ -15,8 +17,9 @@ is installed (the others are reported as absent):
 
 For each: median milliseconds per image at batch 1 (backends interleaved image by image), and
 the accuracy of the whole embedding against fp32 (each backend's feature map goes through the
-same fp32 RoIAlign, graph and heads of the default architecture with its fitted feature
-standardisation, :func:`benchmarks.harness.default_checkpoint`): smallest and mean cosine over
+same fp32 RoIAlign, graph and heads of the default architecture, its feature standardisation
+fitted on 64 archive images unless ``--fit-images`` says otherwise (0: unfitted, as a trunk with
+real weights behaves; :func:`benchmarks.harness.default_checkpoint`): smallest and mean cosine over
 ``--images`` images (none of them a calibration image) and their top-10 overlap. The issue's bar
 for adopting a backend: cosine >= 0.999 and top-10 overlap >= 0.95. None of OpenVINO, ONNX
 Runtime or nncf is a dependency of the project: install them to run their rows.
@@ -79,6 +82,25 @@ def torch_runners(trunk: torch.nn.Module, calibration: list[np.ndarray]) -> dict
             return quantized(torch.from_numpy(x)).float().numpy()
 
     runners["torch int8"] = int8
+    return runners
+
+
+def compiled_runners(module) -> dict[str, Runner]:
+    """The trunk as ``--compile on`` runs it, per precision (skipped, said, when none can be had)."""
+    from chextriev.compiled import compile_trunk
+
+    runners: dict[str, Runner] = {}
+    for precision in ("fp32", "bf16"):
+        trunk = compile_trunk(module, precision=precision, batch=1, device="cpu")
+        if trunk is None:
+            print(f"torch {precision} compiled: no compiled trunk (see the log)")
+            continue
+
+        def run(x, trunk=trunk, precision=precision):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return trunk(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).float().numpy()
+
+        runners[f"torch {precision} compiled"] = run
     return runners
 
 
@@ -156,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", type=int, default=16, help="calibration images")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint (default: the default architecture, random weights, fitted standardisation)")
+    parser.add_argument("--fit-images", type=int, default=64,
+                        help="images the default checkpoint's standardisation is fitted on (0: unfitted)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="backend rows to run (default all)")
     args = parser.parse_args(argv)
@@ -167,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     archive = synth_archive(args.archive, args.patients)
     images, boxes, _ = archive_images(archive, args.calibrate + args.images)
-    checkpoint = args.checkpoint or default_checkpoint(archive.parent / f"{archive.name}-v6-default.ckpt",
-                                                       images[:64], boxes[:64])
+    fit = args.fit_images
+    name = f"{archive.name}-v6-default.ckpt" if fit == 64 else f"{archive.name}-v6-fit{fit}.ckpt"
+    checkpoint = args.checkpoint or default_checkpoint(archive.parent / name, images[:fit], boxes[:fit])
     loaded = load_checkpoint(checkpoint, precision="fp32")
     model = loaded.model
     trunk = model.regions.trunk
@@ -188,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return not wanted or any(name.startswith(prefix) for name in wanted)
 
     runners = torch_runners(trunk, calibration)
+    if asked("torch"):
+        runners.update(compiled_runners(model.regions))
     if asked("onnxruntime"):
         runners.update(onnx_runners(trunk, calibration, work, args.threads))
     if asked("openvino"):

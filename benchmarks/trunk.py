@@ -8,7 +8,8 @@ Builds the default architecture's trunk (ResNet50 at 512 px unless ``--backbone`
 
 * chunks: the batch in one trunk call (what the project does), or one image per call (an
   alternative measured and not adopted: BENCHMARKS.md "Compiled trunk");
-* trunk: eager, or compiled by TorchInductor (``chextriev.compiled``);
+* trunk: eager, or compiled ahead of time by AOTInductor (``chextriev.compiled``, what
+  ``--compile on`` runs: loaded from the compiled cache when there, else compiled into it);
 
 in each ``--precision``. The combinations run interleaved, repetition by repetition, so that a
 noisy shared machine slows them alike; it prints the median milliseconds per image of each and
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.harness import machine_line
-    from chextriev.compiled import CompiledTrunk
+    from chextriev.compiled import compile_trunk
     from chextriev.model.build import build_from_config
     from chextriev.model.config import get_config
     from chextriev.precision import autocast, prepare_model
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for precision in args.precision:
         model = prepare_model(copy.deepcopy(base), precision)
         module = model.feature_module()
-        compiled = None if args.no_compile else CompiledTrunk(module.trunk)
+        compiled = None if args.no_compile else compile_trunk(module, precision=precision, batch=args.batch,
+                                                               device="cpu")
         variants = [(chunks, trunk) for chunks in ("whole", "one by one")
                     for trunk in (("eager", "compiled") if compiled else ("eager",))]
 
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             b = outputs[variant].flatten(1)
             cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=1).min())
             print(f"| {precision} | {variant[0]} | {variant[1]} | {ms:.0f} | {base_ms / ms:.2f}x | {cosine:.6f} |")
-    if compiled is not None and compiled.failed:
-        print(f"\ncompilation failed ({compiled.failed}): the compiled rows ran eagerly")
+        if not args.no_compile and (compiled is None or compiled.failed):
+            print(f"\n{precision}: no compiled trunk (see the log): the compiled rows ran eagerly")
     return 0
 
 

@@ -10,6 +10,10 @@ A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
 and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
 included, so no weights file is needed at load time).
 
+The training run's split: ``data[SPLIT_KEY]`` (:mod:`chextriev.splits`), kept as
+:attr:`LoadedModel.data_split` (``None`` for a checkpoint written before it was saved); ``chextriev
+evaluate`` evaluates its test patients.
+
 Finding thresholds: ``data[THRESHOLDS_KEY]`` (``{"rule", "class_names", "values", "f1",
 "n_images", "epoch"}``, see :mod:`chextriev.training.thresholds`) holds the per-class
 thresholds chosen on validation (max F1). :attr:`LoadedModel.thresholds` is ``(C,)`` with NaN
@@ -21,7 +25,7 @@ for a class without one, or ``None`` for a checkpoint written before thresholds 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
+from chextriev.splits import SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,9 @@ STATE_PREFIX = "model."
 THRESHOLDS_KEY = "finding_thresholds"
 #: Probability from which a finding counts as predicted when no threshold was chosen for it.
 DEFAULT_THRESHOLD = 0.5
+#: Top-level checkpoint key of the files a text tower needs at load time (its tokenizer's, name
+#: -> bytes), copied from the user's encoder folder by ``chextriev model init``.
+ENCODER_FILES_KEY = "encoder_files"
 
 
 class CheckpointError(ChextrievError):
@@ -62,8 +70,9 @@ class LoadedModel:
     :mod:`chextriev.precision`; a bf16 model's Conv/Linear weights are stored in bf16);
     ``verify_bf16`` is True while an ``auto`` bf16 choice waits for its check on the first
     embedded batch (:meth:`settle_bf16`; weights stay float32 until then); ``compile`` whether
-    the frozen trunk runs compiled at inference (:mod:`chextriev.compiled`; with a pending
-    ``auto`` check it is compiled once the check has settled the precision).
+    the frozen trunk runs compiled at inference (:mod:`chextriev.compiled`: loaded from the
+    compiled cache or compiled at load; with a pending ``auto`` check the bf16 trunk is compiled
+    at load and runs once the check has kept bf16).
     """
 
     model: RetrievalModel
@@ -83,7 +92,48 @@ class LoadedModel:
     thresholds: np.ndarray | None = None  # (C,) chosen on validation (NaN = none); None: not saved
     threshold_rule: str | None = None
     compile: bool = False
-    compile_batch: int = 1  # the batch size the compiled trunk is warmed up for
+    compile_batch: int = 1  # the batch size the trunk is compiled for (1: exactly one image)
+    data_split: dict[str, Any] | None = None  # the training run's split (chextriev.splits); None: not saved
+    _pending_trunk: Any = field(default=None, repr=False)  # compiled bf16 trunk awaiting the `auto` check
+    encoder_files: dict[str, bytes] | None = None  # a text tower's tokenizer files (ENCODER_FILES_KEY)
+    _text_encoder: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_findings(self) -> bool:
+        """False for a model without a finding head (a label-free ``encoder`` model from
+        ``chextriev model init``): its probabilities are ``(N, 0)``, it predicts no findings."""
+        return bool(self.class_names) and self.config.kind != "encoder"
+
+    @property
+    def findings_note(self) -> str | None:
+        """Why there are no predicted findings (None when the model predicts them)."""
+        if self.has_findings:
+            return None
+        return (f"this model predicts no findings: it is the {self.config.backbone} encoder's own embedding, made "
+                "without labels (chextriev model init), so it has no finding head; results are ranked by image "
+                f"similarity only. Train a variant on the encoder's tokens (chextriev train --variant v6 --backbone "
+                f"{self.config.backbone} ...) on labelled images for predicted findings")
+
+    @property
+    def text_encoder(self):
+        """``None``, or an object whose ``embed(texts) -> (n, D)`` float32 L2-normalised vectors
+        lie in the space of this model's index embedding (a CLIP-family encoder model whose
+        embedding is the encoder's joint image-text embedding): their inner product with the
+        stored embeddings is the encoder's image-text similarity."""
+        tower = getattr(self.model, "text_tower", None)
+        if tower is None:
+            return None
+        if self._text_encoder is None:
+            from chextriev.model.encoders.text import TextEncoder
+
+            self._text_encoder = TextEncoder(tower, self.encoder_files or {}, device=self.device,
+                                             precision=self.precision)
+        return self._text_encoder
+
+    @property
+    def regions_in_text_space(self) -> bool:
+        """The region embeddings lie in the text encoder's space too (regions by text)."""
+        return self.text_encoder is not None
 
     def finding_thresholds(self) -> np.ndarray:
         """``(C,)`` thresholds for predicted findings: the checkpoint's, else (per class, or all
@@ -99,31 +149,47 @@ class LoadedModel:
         from chextriev.precision import BF16_MIN_COSINE
 
         self.verify_bf16 = False
+        self._text_encoder = None  # made again in the precision kept
+        pending, self._pending_trunk = self._pending_trunk, None
         if cosine >= BF16_MIN_COSINE:
             prepare_model(self.model, "bf16")
             log.info("precision auto: bf16 kept (smallest cosine to fp32 %.6f over %d images)", cosine, images)
-            self.start_compiled()
+            self._install_compiled(pending)
             return self.precision
         self.precision = "fp32"
-        self.start_compiled()
         detector = getattr(self.box_provider, "detector", None)
         if detector is not None and hasattr(detector, "precision"):
             detector.precision = "fp32"
         log.warning("precision auto: this model's bf16 embeddings differ from fp32 (smallest cosine %.6f < "
                     "%.3f over %d images): running in fp32 (--precision bf16 forces bf16)", cosine,
                     BF16_MIN_COSINE, images)
+        self.start_compiled()
         return self.precision
 
     def start_compiled(self) -> float | None:
-        """With ``compile`` and the precision settled: compile the trunk now (see
-        :func:`chextriev.compiled.warm_up`). Returns the seconds it took, or None."""
-        if not self.compile or self.verify_bf16:
+        """With ``compile``: load the compiled trunk from the compiled cache, or compile it (see
+        :mod:`chextriev.compiled`), for batches of ``compile_batch``. While ``auto`` waits for
+        its check on the first batch, the bf16 trunk is compiled now and installed if the check
+        keeps bf16 (the likely outcome; a fp32 fallback compiles again then). Returns the seconds
+        it took, or None when the trunk stays eager."""
+        if not self.compile:
             return None
-        from chextriev.compiled import enable_compiled_trunk, warm_up
+        from chextriev.compiled import compile_trunk, trunk_module
 
-        if not enable_compiled_trunk(self.model):
+        module = trunk_module(self.model)
+        if module is None:
             return None
-        return warm_up(self, self.compile_batch)
+        precision = "bf16" if self.verify_bf16 else self.precision
+        trunk = compile_trunk(module, precision=precision, batch=self.compile_batch, device=self.device)
+        if self.verify_bf16:
+            self._pending_trunk = trunk
+        else:
+            self._install_compiled(trunk)
+        return trunk.seconds if trunk is not None else None
+
+    def _install_compiled(self, trunk) -> None:
+        if trunk is not None:
+            self.model.feature_module().compiled_trunk = trunk
 
     @property
     def max_input_side(self) -> int | None:
@@ -135,7 +201,7 @@ class LoadedModel:
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
                    device: str | torch.device = "cpu", variant: str = "",
-                   precision: str = "fp32") -> LoadedModel:
+                   precision: str = "fp32", encoder_files: dict[str, bytes] | None = None) -> LoadedModel:
         """Wrap an in-memory model (e.g. an untrained baseline, a test model) without a file.
 
         ``checkpoint_id`` is ``"in-memory"``; the atlas defaults to the anatomical template.
@@ -148,7 +214,8 @@ class LoadedModel:
         return cls(model=model, config=config, class_names=tuple(config.class_names),
                    image_size=config.image_size, checkpoint_id="in-memory", embedding_dim=model.embedding_dim,
                    has_regions=config.has_regions, box_provider=BoxProvider(atlas or Atlas.default(), detector),
-                   device=device, variant=variant, binary=bool(config.binary), precision=precision)
+                   device=device, variant=variant, binary=bool(config.binary), precision=precision,
+                   encoder_files=encoder_files)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -196,8 +263,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         precision: ``"fp32"`` (default: the reference numerics), ``"bf16"``, or ``"auto"``
             (bf16 where the device computes it natively; the commands' default). See
             :mod:`chextriev.precision`.
-        compile: run the frozen trunk compiled (:mod:`chextriev.compiled`), warmed up here for
-            batches of ``compile_batch`` (after the first batch's check under ``auto``).
+        compile: run the frozen trunk compiled (:mod:`chextriev.compiled`), loaded from the
+            compiled cache or compiled here for batches of ``compile_batch`` (default off here;
+            the commands' ``--compile`` defaults to on).
     """
     path = Path(path)
     device = torch.device(device)
@@ -216,7 +284,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
 
         detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
     class_names = tuple(hparams.get("class_names", config.class_names))
-    thresholds, rule = checkpoint_thresholds(data, class_names, path)
+    thresholds, rule = checkpoint_thresholds(data, class_names, path) if class_names else (None, None)
     loaded = LoadedModel(
         model=model,
         config=config,
@@ -236,6 +304,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         threshold_rule=rule,
         compile=bool(compile),
         compile_batch=max(1, int(compile_batch)),
+        data_split=data.get(SPLIT_KEY),
+        encoder_files=data.get(ENCODER_FILES_KEY),
     )
     loaded.start_compiled()
     return loaded

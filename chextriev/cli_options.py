@@ -107,14 +107,16 @@ def add_precision_option(parser: argparse.ArgumentParser) -> argparse.Action:
 
 def add_compile_option(parser: argparse.ArgumentParser) -> argparse.Action:
     """``--compile {off,on}`` of the commands that run the model at inference: the frozen trunk
-    compiled by torch (:mod:`chextriev.compiled`, which imports torch only when it compiles;
-    ``$CHEXTRIEV_COMPILE`` sets the default)."""
-    from chextriev.compiled import ENV_VAR, default_compile
+    compiled ahead of time and cached on disk (:mod:`chextriev.compiled`, which imports torch
+    only when it compiles; default on, ``$CHEXTRIEV_COMPILE`` sets the default)."""
+    from chextriev.compiled import CACHE_ENV_VAR, ENV_VAR, default_compile
 
     return parser.add_argument(
         "--compile", default=default_compile(), type=compile_mode, metavar="{off,on}",
-        help=f"run the frozen backbone compiled by torch (TorchInductor): faster on a CPU after a "
-             f"one-off compilation of 10-30 s at start (default off; ${ENV_VAR} sets it)")
+        help=f"run the frozen backbone compiled by torch (AOTInductor): faster on a CPU; compiled once "
+             f"(about 1-2 min) into the compiled cache (${CACHE_ENV_VAR}, else ~/.cache/chextriev/compiled) "
+             f"and loaded from there by later runs; eager where no C++ compiler is found "
+             f"(${ENV_VAR} sets it for every command)")
 
 
 def compile_mode(text: str) -> str:

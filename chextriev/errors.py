@@ -20,6 +20,11 @@ class UnknownNameError(ChextrievError, ValueError):
         super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(map(str, self.valid))}")
 
 
+class ConfigError(ChextrievError, ValueError):
+    """Model options that do not go together (e.g. a pooling for a model that does not pool);
+    the message says which option applies to what."""
+
+
 class ImageReadError(ChextrievError):
     """An image (PNG, JPEG, DICOM) that cannot be read; says which one and why."""
 
@@ -55,3 +60,21 @@ class SourceAuthError(SourceError):
 class InstanceFetchError(ImageReadError):
     """One record's bytes could not be fetched (e.g. HTTP 404 or 500 for one DICOMweb
     instance); the others can still be read."""
+
+
+class StudyNotFoundError(SourceError):
+    """A DICOMweb service holds no instance of the study (or series, or instance) asked for."""
+
+    def __init__(self, message: str, *, study_uid: str):
+        super().__init__(message)
+        self.study_uid = study_uid
+
+
+class NoFrontalImageError(SourceError):
+    """A study holds no frontal radiograph (by the indexer's view rule); ``found`` lists what it
+    holds instead: ``[{"series_uid", "instance_uid", "modality", "view"}]``."""
+
+    def __init__(self, message: str, *, study_uid: str, found: list[dict]):
+        super().__init__(message)
+        self.study_uid = study_uid
+        self.found = list(found)

@@ -83,6 +83,11 @@ def _proc_cpuinfo_flags() -> frozenset[str] | None:
         return None
 
 
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's flags from ``/proc/cpuinfo``, or None where that file cannot be read."""
+    return _proc_cpuinfo_flags()
+
+
 def cpu_bf16_features(flags: frozenset[str] | None = None) -> tuple[str, ...]:
     """The native bf16 features of this CPU, a subset of :data:`BF16_CPU_FLAGS` (empty = none).
 

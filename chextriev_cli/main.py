@@ -20,10 +20,12 @@ from chextriev.cli_options import VersionAction, apply_conventions
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chextriev.synth.cli",  # synth
     "chextriev.training.cli",  # train, train-detector
+    "chextriev.model.cli",  # model init, model encoders
     "chextriev.localization.cli",  # train-ham
     "metrics.cli",  # evaluate
     "indexer.cli",  # index, index verify, index remove
     "server.cli",  # serve
+    "server.search_cli",  # search (by reference, from the PACS)
     "chextriev_cli.demo",  # demo
 )
 

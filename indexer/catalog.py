@@ -485,12 +485,24 @@ class Catalog:
                     Image.source_path == image_id, Image.status == STATUS_INDEXED)).scalar()
         return pk
 
-    def lookup_instance(self, sop_instance_uid: str) -> int | None:
-        """The database id of an indexed image by its DICOM SOP Instance UID (as stored)."""
+    def lookup_instance(self, sop_instance_uid: str, *,
+                        pseudonym_key: bytes | None = None) -> int | None:
+        """The database id of an indexed image by its DICOM SOP Instance UID, or ``None``.
+
+        The UID as stored; in a pseudonymised catalog (``chextriev index --pseudonymise``) the
+        stored UID is its keyed pseudonym (:func:`chextriev.io.deid.uid_pseudonym`), found
+        when ``pseudonym_key`` (the indexer's key) is given. One indexed (unique) lookup each."""
+        from chextriev.io.deid import uid_pseudonym
+
+        uid = str(sop_instance_uid).strip()
+        candidates = [uid] + ([uid_pseudonym(pseudonym_key, uid)] if pseudonym_key else [])
         with self.sessions() as session:
-            return session.execute(select(Image.id).where(
-                Image.sop_instance_uid == str(sop_instance_uid),
-                Image.status == STATUS_INDEXED)).scalar()
+            for candidate in candidates:
+                found = session.execute(select(Image.id).where(
+                    Image.sop_instance_uid == candidate, Image.status == STATUS_INDEXED)).scalar()
+                if found is not None:
+                    return int(found)
+        return None
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         """Metadata of ``ids`` in the given order; raises UnknownImageError for unknown ids.

@@ -106,8 +106,9 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
     }
     if outputs is not None:
         values["checkpoint_id"] = checkpoint_id
+        # a model without a finding head (no class names) stores no predictions at all
         values["probabilities"] = {c: round(float(p), 6) for c, p in
-                                   zip(class_names, np.asarray(outputs["probabilities"]))}
+                                   zip(class_names, np.asarray(outputs["probabilities"]))} if class_names else None
         if outputs.get("region_probabilities") is not None:
             values["region_probabilities"] = np.round(
                 np.asarray(outputs["region_probabilities"], dtype=np.float64), 6).tolist()

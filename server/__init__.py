@@ -48,10 +48,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         detector=settings["DETECTOR"], device=settings["DEVICE"], torch_threads=settings["TORCH_THREADS"],
         precision=settings["PRECISION"], compile=settings["COMPILE"])
     app.extensions["chextriev"] = service
+    from server.config import pacs_connection
+
+    app.extensions["chextriev_pacs"] = pacs_connection(settings)  # None without pacs_url
     register_error_handlers(app)  # JSON for every error; responses never hold NaN
     init_audit(app)  # one JSON line per API request
     app.register_blueprint(api_bp)
     app.register_blueprint(web_bp)
+    if settings["TRUSTED_PROXIES"]:  # forwarded headers from that proxy only (server.proxy)
+        from server.proxy import TrustedProxies
+
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings["TRUSTED_PROXIES"])
     if settings["LOAD"] == "sync":
         service.load()
     elif settings["LOAD"] == "background" and service.state == "idle":

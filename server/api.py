@@ -18,15 +18,25 @@ import time
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from chextriev.errors import (
+    ImageReadError,
+    InstanceFetchError,
+    NoFrontalImageError,
+    SourceAuthError,
+    SourceError,
+    SourceUnavailableError,
+    StudyNotFoundError,
+)
 from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
+from server import reference
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
-    as_probabilities,
     boxes_list,
     finding_filter_basis,
     findings_list,
@@ -50,6 +60,7 @@ from server.validation import (
     parse_finding,
     parse_k,
     parse_search_settings,
+    parse_uid,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +95,43 @@ def service() -> SearchService:
 def _not_ready(error: NotReadyError):
     return error_response(503, "not_ready", f"the server is not ready: {error}",
                           {"Retry-After": str(getattr(error, "retry_after", 5))})
+
+
+#: Seconds a client is told to wait before asking again while the PACS is unreachable.
+PACS_RETRY_AFTER_S = 30
+
+
+@bp.errorhandler(StudyNotFoundError)
+def _unknown_study(error: StudyNotFoundError):
+    return error_response(404, "unknown_study", str(error))
+
+
+@bp.errorhandler(NoFrontalImageError)
+def _no_frontal(error: NoFrontalImageError):
+    response = jsonify({"error": {"code": "no_frontal_image", "message": str(error),
+                                  "found": error.found}})
+    response.status_code = 422
+    return response
+
+
+@bp.errorhandler(SourceUnavailableError)
+def _pacs_unavailable(error: SourceUnavailableError):
+    return error_response(503, "pacs_unavailable", str(error), {"Retry-After": str(PACS_RETRY_AFTER_S)})
+
+
+@bp.errorhandler(SourceAuthError)
+def _pacs_refused(error: SourceAuthError):
+    return error_response(502, "pacs_refused", str(error))
+
+
+@bp.errorhandler(SourceError)
+def _pacs_error(error: SourceError):
+    return error_response(502, "pacs_error", str(error))
+
+
+@bp.errorhandler(InstanceFetchError)
+def _pacs_fetch(error: InstanceFetchError):  # an ImageReadError, but the PACS's failure, not the client's
+    return error_response(502, "pacs_error", f"the PACS could not deliver the query image: {error.reason}")
 
 
 def _uploaded_image():
@@ -146,6 +194,19 @@ def _upload_patient_keys(meta: dict) -> list[str]:
     return [patient_id, pseudonym(key, patient_id)] if key else [patient_id]
 
 
+def _form_values(types: dict[str, type] | None = None):
+    """The request's fields: a JSON object (typed, :func:`_json_fields`; ``types`` default
+    :data:`JSON_FIELD_TYPES`), a form, or the query string; each field at most once."""
+    values = request.form if request.form else request.args
+    check_single(values)
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded") \
+            and request.content_length and not request.form and not request.files:
+        raise ApiError(400, "bad_body", f"the {request.mimetype} body holds no field: malformed")
+    if request.is_json:
+        values = _json_fields(request.get_json(silent=True), types or JSON_FIELD_TYPES)
+    return values
+
+
 def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude_ids: list[int],
                      exclude_patients: list[str], filters: dict, started: float,
                      timings: dict, settings: dict | None = None) -> tuple[dict, list[dict]]:
@@ -165,6 +226,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     thresholds = svc.finding_thresholds  # per class, chosen on validation (0.5 without)
     findings = findings_list(query.probabilities, class_names, thresholds)
     predicted = [item["name"] for item in findings if item["predicted"]]
+    note = svc.model.findings_note  # a model without a finding head predicts none, and says why
     finding = filters.get("finding")
     results = []
     for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
@@ -180,7 +242,9 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
-        "query": {**query_info, "findings": findings, "predicted_findings": predicted,
+        "query": {**query_info, "findings": None if note else findings, "predicted_findings": None if note else predicted,
+                  **({"findings_note": note} if note else {}),
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,
@@ -202,17 +266,18 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
 #: The fields a JSON body may carry, and the JSON type each must have (others are ignored).
 JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_patient": bool,
                     "view": str, "sex": str, "finding": str, "nprobe": int, "rerank": int}
+#: ... and those of a search by reference.
+REFERENCE_FIELD_TYPES = {**JSON_FIELD_TYPES, "study_uid": str, "series_uid": str,
+                         "instance_uid": str, "store": bool}
 
 
-def _json_fields(body) -> dict[str, str]:
+def _json_fields(body, types: dict[str, type] = JSON_FIELD_TYPES) -> dict[str, str]:
     """A JSON body's fields as form values: an object whose fields have their JSON types
     (:data:`JSON_FIELD_TYPES`: ``k`` a number, ``exclude_same_patient`` a boolean, ...)."""
     if not isinstance(body, dict):
-        raise ApiError(400, "bad_body", "the JSON body must be an object of fields (k, "
-                                        "exclude_same_patient, view, sex, age_min, age_max, finding, "
-                                        "nprobe, rerank)")
+        raise ApiError(400, "bad_body", f"the JSON body must be an object of fields ({', '.join(types)})")
     fields = {}
-    for key, kind in JSON_FIELD_TYPES.items():
+    for key, kind in types.items():
         if key not in body:
             continue
         value = body[key]
@@ -297,13 +362,7 @@ def search_upload():
 def search_by_id(image_id: int):
     """Search with an archived image: its stored vector, no re-embedding; itself excluded."""
     started = time.perf_counter()
-    values = request.form if request.form else request.args
-    check_single(values)
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded") \
-            and request.content_length and not request.form and not request.files:
-        raise ApiError(400, "bad_body", f"the {request.mimetype} body holds no field: malformed")
-    if request.is_json:
-        values = _json_fields(request.get_json(silent=True))
+    values = _form_values()
     k = parse_k(values.get("k"))
     exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
     settings = parse_search_settings(values)
@@ -311,16 +370,7 @@ def search_by_id(image_id: int):
     svc.require_ready()
     filters = parse_filters(values, svc.class_names)
     row = _image_row(image_id)
-    region_embeddings = svc.region_embeddings([image_id])
-    probabilities = as_probabilities(row.get("probabilities"), svc.class_names)
-    query = QueryEmbedding(
-        embedding=svc.vector(image_id),
-        probabilities=np.zeros(len(svc.class_names), np.float32) if probabilities is None else probabilities,
-        region_embeddings=None if region_embeddings is None else region_embeddings[0],
-        region_probabilities=None,
-        boxes=as_boxes(row.get("boxes")),
-        box_source=str(row.get("box_source") or "stored"),
-    )
+    query = reference.stored_query(svc, image_id, row)
     patient = row.get("patient")
     query_info = {"source": "archive", "id": image_id, "image_id": row.get("image_id"),
                   "study": row.get("study"), "patient": patient, "view": row.get("view"),
@@ -347,6 +397,9 @@ def image(image_id: int):
     svc.require_ready()
     row = _image_row(image_id)
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"), svc.finding_thresholds)
+    if svc.model.findings_note:  # no finding head: no predicted findings (null), and why
+        detail["predicted_findings"] = None
+        detail["findings_note"] = svc.model.findings_note
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
     detail["preview_source"] = "preview" if svc.preview(image_id, check_only=True) else "thumbnail"
@@ -401,6 +454,12 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
     return boxes * scale
 
 
+def _require_findings(svc) -> None:
+    """A finding heatmap needs a finding head: a model without one answers 409 with the reason."""
+    if svc.model.findings_note:
+        raise ApiError(409, "no_finding_head", f"no finding heatmap: {svc.model.findings_note}")
+
+
 def _heatmap_style(value: str | None) -> str:
     style = "overlay" if value is None else value
     if style not in HEATMAP_STYLES:
@@ -420,6 +479,7 @@ def image_heatmap(image_id: int):
     svc = service()
     svc.require_ready()
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
@@ -440,8 +500,108 @@ def upload_heatmap():
     svc.require_ready()
     check_single(request.form)
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()
     pixels = shrink(upload.pixels, HEATMAP_SIDE)
     return Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")
+
+
+def _pacs():
+    """The configured PACS connection; 404 ``no_pacs`` without one (the route has nothing to
+    search: a client's situation, not a server failure)."""
+    connection = current_app.extensions.get("chextriev_pacs")
+    if connection is None:
+        raise ApiError(404, "no_pacs", "this server has no PACS configured: set pacs_url (and its "
+                                       "credentials) in the server's configuration to search by reference")
+    return connection
+
+
+def _public_base() -> str:
+    """This server's address as viewers reach it: ``public_url``, else the request's own."""
+    return current_app.config.get("PUBLIC_URL") or request.url_root.rstrip("/")
+
+
+@bp.post("/search/by-reference")
+def search_by_reference():
+    """Search with a study on the PACS (QIDO-RS, the view rule, WADO-RS; from the index when it
+    holds the image), and on request (``store``) file the report into that study (STOW-RS).
+    See :mod:`server.reference`."""
+    started = time.perf_counter()
+    values = _form_values(REFERENCE_FIELD_TYPES)
+    k = parse_k(values.get("k"))
+    exclude_same_patient = parse_bool("exclude_same_patient", values.get("exclude_same_patient"))
+    store = parse_bool("store", values.get("store"))
+    settings = parse_search_settings(values)
+    uids = {name: parse_uid(name, values.get(name)) for name in ("study_uid", "series_uid", "instance_uid")}
+    if uids["study_uid"] is None:
+        raise ApiError(400, "bad_parameter", "study_uid is required: the StudyInstanceUID of the study to search with")
+    svc = service()
+    svc.require_ready()
+    filters = parse_filters(values, svc.class_names)
+    connection = _pacs()
+    key = current_app.config.get("PSEUDONYM_KEY")
+    try:
+        located = reference.locate(svc, connection, uids["study_uid"], series_uid=uids["series_uid"],
+                                   instance_uid=uids["instance_uid"],
+                                   max_pixels=current_app.config["MAX_PIXELS"], pseudonym_key=key)
+    except InstanceFetchError:
+        raise
+    except ImageReadError as error:
+        raise ApiError(422, "unreadable_image", f"the PACS's image {error.source} cannot be read: "
+                                                f"{error.reason}") from None
+    timings = dict(located.timings)
+    embedded = time.perf_counter()
+    query = reference.query_embedding(svc, located, timings)
+    if located.indexed_id is None:
+        timings["embed"] = (time.perf_counter() - embedded) * 1000
+    image = located.image
+    query_info = {"source": "pacs", "read_from": located.source, "format": "dicom",
+                  "study_instance_uid": image.study_uid, "series_instance_uid": image.series_uid,
+                  "sop_instance_uid": image.instance_uid, "view": image.view,
+                  "known_findings": None}
+    previewed = time.perf_counter()
+    if located.indexed_id is not None:
+        row = located.row or {}
+        image_id = located.indexed_id
+        query_info.update({"id": image_id, "known_findings": known_findings(row),
+                           "width": row.get("width"), "height": row.get("height"),
+                           "thumbnail_url": url_for("api.thumbnail", image_id=image_id),
+                           "preview_url": _preview_url(image_id),
+                           "image_url": url_for("api.image", image_id=image_id)})
+        record_ids(query_id=image_id)
+    else:
+        height, width = located.pixels.shape
+        preview = base64.b64encode(encode_preview(located.pixels, PREVIEW_SIDE)).decode("ascii")
+        query_info.update({"width": int(width), "height": int(height),
+                           "preview_url": f"data:image/jpeg;base64,{preview}"})
+    timings["response"] = (time.perf_counter() - previewed) * 1000
+    exclude_patients = reference.patient_keys(located, key) if exclude_same_patient else []
+    payload, rows = _search_response(
+        query, jsonable(query_info), k=k,
+        exclude_ids=[located.indexed_id] if located.indexed_id is not None else [],
+        exclude_patients=exclude_patients, filters=filters, started=started, timings=timings,
+        settings=settings)
+    notes = []
+    if exclude_same_patient and not exclude_patients:
+        notes.append("the PACS names no patient for this study: nothing excluded")
+    if located.indexed_id is None and any(row.get("pseudonymised") for row in rows) and not key:
+        notes.append("the index is pseudonymised and this server has no pseudonymisation key, so an "
+                     "indexed copy of this image cannot be recognised: it may be among its own results")
+    result_url = reference.result_link(_public_base(), image)
+    payload["result_url"] = result_url
+    if store:
+        parameters = tuple(f"{name}={value}" for name, value in filters.items()) + (
+            ("exclude_same_patient=1",) if exclude_patients else ())
+        report = reference.similar_case_report(svc, located, query, rows, k=k, result_url=result_url,
+                                               parameters=parameters)
+        filed = time.perf_counter()
+        payload["report"] = reference.file_report(connection, located, report)
+        payload["timing_ms"]["report"] = round((time.perf_counter() - filed) * 1000, 1)
+    if notes:
+        payload["notes"] = notes
+    payload["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 1)
+    log.info("search by reference (%s): k=%d, %d results in %.0f ms%s", located.source, k,
+             len(payload["results"]), payload["timing_ms"]["total"], ", report filed" if store else "")
+    return _json(payload)

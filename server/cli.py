@@ -3,7 +3,9 @@
 Settings come from, lowest first: defaults < configuration file (--config FILE or
 CHEXTRIEV_CONFIG, TOML) < environment (CHEXTRIEV_*) < these flags. `--print-config` shows
 the result and where each value came from. A non-loopback host needs a bearer token
-(token_file, or CHEXTRIEV_AUTH_TOKEN): the server refuses to start otherwise.
+(token_file, or CHEXTRIEV_AUTH_TOKEN) and HTTPS: --tls-certificate with --tls-key (served by
+gunicorn), or --tls-proxy naming the reverse proxy in front that terminates TLS; the server
+refuses to start otherwise.
 
 `--workers N` runs N processes, each loading model, index and catalog after the fork. The
 master replaces a worker that dies or hangs (silent, or a request running longer than
@@ -121,9 +123,12 @@ def serve(args: argparse.Namespace) -> int:
     values = resolve_for_serving(args)
     check_port_free(values["HOST"], values["PORT"])
     use_log_format()
-    log.info("serving on http://%s:%d/ (%d worker(s) x %d threads, timeout %d s%s)", values["HOST"],
-             values["PORT"], values["WORKERS"], values["THREADS"], values["TIMEOUT"],
-             ", bearer token required" if values["AUTH_TOKEN"] else "")
+    scheme = "https" if values["TLS_CERTIFICATE"] else "http"
+    behind = f", TLS terminated by the proxy at {', '.join(values['TRUSTED_PROXIES'])}" \
+        if values["TRUSTED_PROXIES"] and scheme == "http" else ""
+    log.info("serving on %s://%s:%d/ (%d worker(s) x %d threads, timeout %d s%s%s)", scheme,
+             values["HOST"], values["PORT"], values["WORKERS"], values["THREADS"], values["TIMEOUT"],
+             ", bearer token required" if values["AUTH_TOKEN"] else "", behind)
     run_server(lambda: resolve_for_serving(args), settings=values)
     return 0
 

@@ -23,12 +23,20 @@ Whatever its source (also ``AUTH_TOKEN`` given to ``create_app``) it must be at 
 indexer used (for ``exclude_same_patient`` on uploads) comes the same way: ``pseudonym_key_file``
 or ``CHEXTRIEV_PSEUDONYM_KEY``, into ``PSEUDONYM_KEY``.
 
-The bind rule (:func:`check_bind_safety`: a non-loopback address needs a token) holds for every
-entry point: ``chextriev serve`` and its gunicorn workers, ``create_app`` (the ``host`` setting)
+The bind rule (:func:`check_bind_safety`: a non-loopback address needs a token, and HTTPS:
+``tls_certificate`` and ``tls_key`` served by gunicorn, or ``tls_proxy`` naming the reverse proxy
+in front that terminates TLS) holds for every entry point: ``chextriev serve`` and its gunicorn workers, ``create_app`` (the ``host`` setting)
 and ``flask --app server run --host ...`` (the ``--host`` of the running ``flask run`` is read
 from its command line context while it loads the app, so a public bind without a token refuses
-to start); and per request, a server without a token answers clients on other machines 403
-(:mod:`server.auth`), whatever WSGI server runs it.
+to start; there its own ``--cert`` is the TLS); and per request, a server without a token answers
+clients on other machines 403 (:mod:`server.auth`), whatever WSGI server runs it. With
+``tls_proxy`` the app trusts ``X-Forwarded-For``, ``-Proto`` and ``-Host`` from those peers only
+(:class:`server.proxy.TrustedProxies`); from anyone else they are dropped.
+
+The PACS (search by reference, reports filed back; :mod:`server.reference`) is configured once,
+with the indexer's settings: ``pacs_url``, a bearer token (``pacs_token_file`` or
+``CHEXTRIEV_DICOMWEB_TOKEN``) or basic auth (``pacs_user`` with ``pacs_password_file`` or
+``CHEXTRIEV_DICOMWEB_PASSWORD``), ``pacs_ca_bundle``; :func:`pacs_connection` builds it.
 Keys that are not settings (only through ``create_app(config)`` or the environment):
 
 * ``AUTH_TOKEN``: the bearer token required on every ``/api`` route when set.
@@ -39,6 +47,7 @@ Keys that are not settings (only through ``create_app(config)`` or the environme
   ``"sync"`` (load before ``create_app`` returns; each ``chextriev serve`` worker does this) or
   ``"manual"`` (the caller calls ``app.extensions["chextriev"].load()``, used by tests).
 * ``SECRET_KEY``: from ``CHEXTRIEV_SECRET_KEY`` or random per process (no fixed default).
+* ``TRUSTED_PROXIES`` (derived from ``tls_proxy``): the proxy's IP networks, a tuple.
 """
 
 from __future__ import annotations
@@ -128,9 +137,11 @@ SETTINGS: tuple[Setting, ...] = (
             "model, detector and Grad-CAM numerics: auto (bf16 where the CPU has AMX or AVX-512 "
             "bf16 or the GPU computes bf16, else fp32), fp32 or bf16",
             choices=PRECISIONS),
-    Setting("compile", "COMPILE", "str", "off",
-            "run the frozen backbone compiled by torch (TorchInductor): faster uploads after a "
-            "one-off compilation of 10-30 s per worker at start (also 1/0, true/false, yes/no)",
+    Setting("compile", "COMPILE", "str", "on",
+            "run the frozen backbone compiled by torch (AOTInductor): faster uploads; compiled once "
+            "into the compiled cache (CHEXTRIEV_COMPILE_CACHE, else ~/.cache/chextriev/compiled) and "
+            "loaded from it by every later start and worker; eager where no C++ compiler is found "
+            "(also 1/0, true/false, yes/no)",
             choices=COMPILE_MODES, flag_type=compile_mode),
     Setting("torch_threads", "TORCH_THREADS", "int", None,
             "intra-op threads per worker (1 is best on a busy CPU)", low=1, default_doc="torch's choice"),
@@ -161,6 +172,32 @@ SETTINGS: tuple[Setting, ...] = (
             "PACS viewer link template for each result, e.g. "
             "'https://pacs.example/viewer?StudyInstanceUIDs={study_uid}' (placeholders {study_uid}, "
             "{series_uid}, {instance_uid}; checked at start-up)", default_doc="none"),
+    Setting("tls_certificate", "TLS_CERTIFICATE", "path", None,
+            "PEM certificate (chain) to serve HTTPS with, by gunicorn itself; with tls_key",
+            default_doc="none: plain HTTP, loopback only unless tls_proxy is set"),
+    Setting("tls_key", "TLS_KEY", "path", None, "PEM private key of tls_certificate",
+            default_doc="none"),
+    Setting("tls_proxy", "TLS_PROXY", "str", None,
+            "address(es) of the reverse proxy in front that terminates TLS (comma-separated IPs "
+            "or networks): a plain-HTTP bind beyond loopback is then allowed, and forwarded "
+            "headers (X-Forwarded-For/-Proto/-Host) are trusted from these peers only",
+            default_doc="none: forwarded headers are ignored"),
+    Setting("pacs_url", "PACS_URL", "str", None,
+            "DICOMweb service root of the PACS (https://pacs.example/dicom-web) for search by "
+            "reference and the reports filed back", default_doc="none: no search by reference"),
+    Setting("pacs_token_file", "PACS_TOKEN_FILE", "path", None,
+            "file holding the PACS bearer token", default_doc="none, or CHEXTRIEV_DICOMWEB_TOKEN"),
+    Setting("pacs_user", "PACS_USER", "str", None, "PACS basic-auth user (with "
+            "pacs_password_file or CHEXTRIEV_DICOMWEB_PASSWORD)", default_doc="none"),
+    Setting("pacs_password_file", "PACS_PASSWORD_FILE", "path", None,
+            "file holding the PACS basic-auth password",
+            default_doc="none, or CHEXTRIEV_DICOMWEB_PASSWORD"),
+    Setting("pacs_ca_bundle", "PACS_CA_BUNDLE", "path", None,
+            "CA certificates to verify the PACS's TLS certificate with",
+            default_doc="the system's"),
+    Setting("public_url", "PUBLIC_URL", "str", None,
+            "this server's address as the viewers reach it (https://chextriev.example/): the "
+            "result link filed in the PACS reports", default_doc="the request's own address"),
 )
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 BY_KEY: dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
@@ -357,17 +394,25 @@ def resolve_config(config: Mapping[str, Any] | None = None,
     merged.setdefault("SECRET_KEY", environ.get(ENV_PREFIX + "SECRET_KEY") or secrets.token_hex(32))
     merged.setdefault("MAX_FORM_PARTS", MAX_FORM_PARTS)
     merged.setdefault("MAX_FORM_MEMORY_SIZE", MAX_FORM_MEMORY_SIZE)
-    check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"])
-    flask_host = flask_run_host()
-    if flask_host is not None:  # `flask --app server run --host H`: H is where it binds
-        merged["HOST"] = flask_host
-        check_bind_safety(flask_host, merged["AUTH_TOKEN"])
+    merged["TRUSTED_PROXIES"] = parse_proxies(merged["TLS_PROXY"])  # derived: IP networks
+    check_tls(merged)
+    pacs_connection(merged, environ)  # refused now rather than at the first request
+    if merged["PUBLIC_URL"]:
+        merged["PUBLIC_URL"] = check_public_url(str(merged["PUBLIC_URL"]))
+    check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"],
+                      tls=bool(merged["TLS_CERTIFICATE"]), proxy=merged["TRUSTED_PROXIES"])
+    flask_run = flask_run_params()
+    if flask_run is not None:  # `flask --app server run --host H [--cert C]`: where it binds
+        merged["HOST"] = str(flask_run["host"])
+        check_bind_safety(merged["HOST"], merged["AUTH_TOKEN"],
+                          tls=flask_run.get("cert") is not None, proxy=merged["TRUSTED_PROXIES"])
     return merged
 
 
-def flask_run_host() -> str | None:
-    """The ``--host`` of the ``flask run`` command loading this app, or ``None`` when the app
-    is not being loaded by ``flask run`` (its click context is current while it loads)."""
+def flask_run_params() -> dict[str, Any] | None:
+    """The parameters (``host``, ``cert``, ...) of the ``flask run`` command loading this app,
+    or ``None`` when the app is not being loaded by ``flask run`` (its click context is current
+    while it loads)."""
     try:
         import click
     except ImportError:  # pragma: no cover - Flask depends on click
@@ -375,9 +420,63 @@ def flask_run_host() -> str | None:
     context = click.get_current_context(silent=True)
     while context is not None:
         if context.info_name == "run" and "host" in context.params:
-            return str(context.params["host"])
+            return dict(context.params)
         context = context.parent
     return None
+
+
+def parse_proxies(value: Any) -> tuple[str, ...]:
+    """``tls_proxy`` as a tuple of IP networks (``10.0.0.5`` is ``10.0.0.5/32``); empty for none.
+
+    Raises :class:`ConfigError` for anything that is not an IP address or network (a host name
+    is refused: forwarded headers are trusted by the peer's address).
+    """
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    networks = []
+    for item in (str(v).strip() for v in items):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip("[]"), strict=False)))
+        except ValueError:
+            raise ConfigError(f"tls_proxy: {item!r} is not an IP address or network (the "
+                              "proxy in front is trusted by its address)") from None
+    return tuple(networks)
+
+
+def check_tls(values: dict[str, Any]) -> None:
+    """Both or neither of ``tls_certificate`` and ``tls_key``; when given, they must load
+    together (Python's ``ssl``: the key matches the certificate), checked before any worker
+    starts."""
+    cert, key = values.get("TLS_CERTIFICATE"), values.get("TLS_KEY")
+    if bool(cert) != bool(key):
+        raise ConfigError("tls_certificate and tls_key go together: give both (--tls-certificate "
+                          "FILE --tls-key FILE) or neither")
+    if not cert:
+        return
+    import ssl
+
+    for name, path in (("tls_certificate", cert), ("tls_key", key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{name} {path} does not exist")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(f"tls_certificate {cert} and tls_key {key} do not load together "
+                          f"({getattr(error, 'reason', None) or error}): PEM files of one "
+                          "certificate and its private key (unencrypted) are needed") from None
+
+
+def check_public_url(url: str) -> str:
+    """``public_url`` without a trailing slash; refused unless http(s) with a host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"public_url must be an http(s):// address without a query, got {url!r}")
+    return url.strip().rstrip("/")
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -423,13 +522,50 @@ def is_loopback(host: str) -> bool:
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def check_bind_safety(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind address without a bearer token."""
-    if not is_loopback(host) and not token:
+def check_bind_safety(host: str, token: str | None, *, tls: bool = False,
+                      proxy: tuple[str, ...] | None = None) -> None:
+    """Refuse a non-loopback bind address without a bearer token, or over plain HTTP: it needs
+    ``tls`` (a certificate this server serves) or ``proxy`` (the reverse proxy in front that
+    terminates TLS), so that the token and the images never cross the network in clear."""
+    if is_loopback(host):
+        return
+    if not token:
         raise ConfigError(
             f"refusing to serve on {host} without a bearer token: set token_file (--token-file FILE, "
             "CHEXTRIEV_TOKEN_FILE or the configuration file) or CHEXTRIEV_AUTH_TOKEN, or bind 127.0.0.1"
         )
+    if not tls and not proxy:
+        raise ConfigError(
+            f"refusing to serve plain HTTP on {host}: the bearer token and the images would cross "
+            "the network unencrypted. Serve HTTPS (tls_certificate and tls_key: --tls-certificate "
+            "FILE --tls-key FILE), or, when a reverse proxy in front terminates TLS, name it "
+            "(tls_proxy = \"ADDRESS\": --tls-proxy ADDRESS), or bind 127.0.0.1"
+        )
+
+
+def pacs_connection(values: Mapping[str, Any], environ: Mapping[str, str] | None = None):
+    """The PACS's :class:`~chextriev.io.dicomweb.DicomwebConnection` from resolved settings
+    (``pacs_*``; the token or password from their files, else ``CHEXTRIEV_DICOMWEB_TOKEN`` /
+    ``CHEXTRIEV_DICOMWEB_PASSWORD`` as for ``chextriev index``), or ``None`` without
+    ``pacs_url``. Raises :class:`ConfigError` naming the setting (never a secret)."""
+    url = values.get("PACS_URL")
+    if not url:
+        for key in ("PACS_TOKEN_FILE", "PACS_USER", "PACS_PASSWORD_FILE", "PACS_CA_BUNDLE"):
+            if values.get(key):
+                raise ConfigError(f"{BY_KEY[key].name} is set but pacs_url is not")
+        return None
+    from chextriev.io.dicomweb import DicomwebConnection, credentials_from
+
+    try:
+        credentials = credentials_from(
+            token_file=values.get("PACS_TOKEN_FILE"), user=values.get("PACS_USER"),
+            password_file=values.get("PACS_PASSWORD_FILE"),
+            environ=dict(os.environ if environ is None else environ))
+        connection = DicomwebConnection(str(url), credentials=credentials,
+                                        ca_bundle=values.get("PACS_CA_BUNDLE"))
+    except ChextrievError as error:
+        raise ConfigError(f"the PACS settings (pacs_*): {error}") from None
+    return connection
 
 
 #: A callable that resolves the settings anew (``chextriev serve`` calls it again on SIGHUP).

@@ -99,12 +99,29 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "description": "stable, machine-readable"},
-                       "message": {"type": "string", "description": "what went wrong and what to do"}}}}},
+                       "message": {"type": "string", "description": "what went wrong and what to do"},
+                       "found": {"type": "array", "items": _ref("StudyInstance"),
+                                 "description": "no_frontal_image only: what the study holds"}}}}},
+    "StudyInstance": {"type": "object", "properties": {
+        "series_uid": _STR, "instance_uid": _STR, "modality": _NSTR, "view": _NSTR}},
+    "StoredReport": {"type": "object", "description": "the DICOM SR filed into the query's study (STOW-RS)",
+                     "required": ["study_instance_uid", "series_instance_uid", "sop_instance_uid"],
+                     "properties": {"study_instance_uid": _STR, "series_instance_uid": _STR,
+                                    "sop_instance_uid": _STR, "sop_class_uid": _STR,
+                                    "timing_ms": {"type": "object", "additionalProperties": _NNUM}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string",
                                                                                     "enum": ["ok"]}}},
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
         "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
         "predicted": {"type": "boolean", "description": "probability >= the checkpoint's threshold for the class (chosen on validation, max F1; 0.5 without one)"}}},
+    "Abnormality": {"type": "object", "nullable": True, "required": ["probability", "abnormal", "threshold", "label"],
+                    "description": "an abnormality model's (class list 'abnormal': any finding vs none) one output; "
+                                   "null for other models",
+                    "properties": {
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "abnormal": {"type": "boolean", "description": "probability >= threshold"},
+        "threshold": {"type": "number", "description": "the checkpoint's (chosen on validation, max F1; 0.5 without one)"},
+        "label": {"type": "string", "description": "what the viewer shows, e.g. 'abnormal: 0.83'"}}},
     "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
@@ -116,8 +133,14 @@ SCHEMAS: dict[str, Any] = {
         "region": _STR, "index": {"type": "integer"},
         "probabilities": {"type": "object", "additionalProperties": _NNUM}}},
     "Query": {"type": "object", "required": ["source", "findings", "predicted_findings", "boxes"], "properties": {
-        "source": {"type": "string", "enum": ["upload", "archive"]},
-        "id": {"type": "integer", "description": "archive queries only"},
+        "source": {"type": "string", "enum": ["upload", "archive", "pacs"]},
+        "read_from": {"type": "string", "enum": ["index", "pacs"],
+                      "description": "by-reference queries: answered from the index (the image is indexed: "
+                                     "its stored vector) or fetched from the PACS and embedded"},
+        "study_instance_uid": {**_STR, "description": "by-reference queries: the query image's UIDs on the PACS"},
+        "series_instance_uid": _STR, "sop_instance_uid": _STR,
+        "id": {"type": "integer", "description": "archive queries, and by-reference queries answered "
+                                                 "from the index"},
         "image_id": {**_NSTR, "description": "archive queries only: the stored image id (a pseudonym "
                                              "when the index is pseudonymised)"},
         "study": _NSTR, "patient": _NSTR, "view": _NSTR,
@@ -129,8 +152,15 @@ SCHEMAS: dict[str, Any] = {
         "thumbnail_url": {"type": "string", "description": "archive queries only"},
         "image_url": {"type": "string", "description": "archive queries only"},
         "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
-        "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
-        "predicted_findings": {**_NAMES, "description": "findings at or above their class thresholds (see Finding.predicted), most likely first"},
+        "findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                     "description": "model probabilities, most likely first; null for a model without a finding "
+                                    "head (findings_note says why)"},
+        "predicted_findings": {**_NNAMES, "description": "findings at or above their class thresholds (see "
+                                                         "Finding.predicted), most likely first; null for a model "
+                                                         "without a finding head"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
+                                                 "model): why there are no predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -146,6 +176,7 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {**_NNAMES, "description": "the model's findings at its class thresholds (probabilities stored at "
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
+        "abnormality": _ref("Abnormality"),
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
@@ -172,9 +203,13 @@ SCHEMAS: dict[str, Any] = {
         "results": {"type": "array", "items": _ref("Result"), "maxItems": K_MAX},
         "finding_filter": _ref("FindingFilter"),
         "notes": {**_NAMES, "description": "what the server could not do as asked, in words"},
+        "result_url": {**_STR, "description": "by-reference: the web page's address of this search "
+                                              "(public_url, else the request's)"},
+        "report": _ref("StoredReport"),
         "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
-                                     "search, response, total"}}},
+                                     "search, response, total; by-reference also qido, lookup, fetch "
+                                     "(the PACS) and report (filing it)"}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row (never its source path)",
               "required": ["id", "boxes", "class_names", "thumbnail_url", "preview_url"], "properties": {
         "id": {"type": "integer"}, "image_id": _NSTR, "patient": _NSTR, "study": _NSTR, "view": _NSTR,
@@ -182,7 +217,11 @@ SCHEMAS: dict[str, Any] = {
                                                                          "the year, when pseudonymised"},
         "width": _NINT, "height": _NINT, "format": _NSTR, "box_source": _NSTR,
         "known_findings": _NNAMES,
-        "predicted_findings": {"type": "array", "items": _ref("Finding")},
+        "predicted_findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                               "description": "null for a model without a finding head (findings_note says why)"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head: why there are no "
+                                                 "predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,
@@ -211,11 +250,17 @@ SCHEMAS: dict[str, Any] = {
                                   "a copy is inside, detector, boxes, model summary, build parameters)"}, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
         "checkpoint_id": _NSTR, "class_names": _NAMES,
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
+        "has_findings": {"type": "boolean", "description": "false for a label-free encoder model (chextriev model "
+                                                           "init): no finding head, no predicted findings, no "
+                                                           "finding heatmaps"},
+        "findings_note": {**_NSTR, "description": "why the model predicts no findings (null when it does)"},
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
         "compiled": {"type": "boolean",
-                     "description": "the backbone trunk runs compiled by torch (--compile on, compilation succeeded)"},
+                     "description": "the backbone trunk runs compiled ahead of time (--compile on, "
+                                    "the default; false when off or when no compiled trunk could be "
+                                    "had, which the log explains)"},
         "worker_pid": {"type": "integer", "description": "the serving process (one per --workers)"}}},
 }
 
@@ -245,6 +290,26 @@ def _search_body(with_image: bool, class_names: Sequence[str] | None) -> dict:
                            "sex": {"type": "string", "pattern": properties["sex"]["pattern"]}}
         content["application/json"] = {"schema": {**schema, "properties": json_properties}}
     return {"required": with_image, "content": content}
+
+
+_UID_FIELD = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
+
+
+def _reference_body(class_names: Sequence[str] | None) -> dict:
+    """The body of a search by reference: the study (series, instance), ``store``, and the
+    search fields of :func:`_search_body`."""
+    body = _search_body(False, class_names)
+    extra = {"study_uid": {**_UID_FIELD, "description": "StudyInstanceUID of the study on the PACS"},
+             "series_uid": {**_UID_FIELD, "description": "only this series of it"},
+             "instance_uid": {**_UID_FIELD, "description": "this instance (SOPInstanceUID)"}}
+    store_form = {"type": "string", "enum": [*TRUE_WORDS, *FALSE_WORDS], "default": "0",
+                  "description": "file the report (a DICOM SR) into the study on the PACS"}
+    for media, content in body["content"].items():
+        schema = content["schema"]
+        store = {"type": "boolean", "default": False} if media == "application/json" else store_form
+        content["schema"] = {**schema, "properties": {**extra, "store": store, **schema["properties"]},
+                             "required": ["study_uid"]}
+    return {**body, "required": True}
 
 
 def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -294,6 +359,25 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("as /search, query.source = archive", "SearchResponse"),
                               "400": _error("bad k or filter, or a JSON body that is not an object"),
                               "404": _error("not an indexed image"), **FORM_ERRORS, **COMMON_ERRORS}}},
+            "/search/by-reference": {"post": {
+                "summary": "similar cases for a study on the PACS: its frontal image found by QIDO-RS (the "
+                           "indexer's view rule), answered from the index when it holds it, else fetched "
+                           "with WADO-RS and embedded (never indexed); store=true files the report (DICOM "
+                           "SR, TID 1500) into that study with STOW-RS",
+                "requestBody": _reference_body(class_names),
+                "responses": {"200": _json("as /search, query.source = pacs; report when stored", "SearchResponse"),
+                              "400": _error("missing or malformed study_uid, series_uid, instance_uid, bad k "
+                                            "or filter"),
+                              "404": _error("the PACS holds no such study (series, instance): "
+                                            "unknown_study; or this server has no PACS configured "
+                                            "(pacs_url): no_pacs"),
+                              "422": _error("the study holds no frontal radiograph (error.found lists what "
+                                            "it holds), or its image cannot be read"),
+                              "502": _error("the PACS refused the server's credentials or failed (names the "
+                                            "PACS, never a credential)"),
+                              **FORM_ERRORS, **COMMON_ERRORS,
+                              "503": _error("the PACS is unreachable (Retry-After), or the model, index or "
+                                            "database is not loaded yet")}}},
             "/images/{image_id}": {"get": {
                 "summary": "metadata, findings, region probabilities and boxes of an indexed image",
                 "parameters": [IMAGE_ID],
@@ -317,6 +401,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                            "or the thumbnail without one: the server never reads the archive)",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
                 "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
@@ -327,6 +412,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                                    "style": {"type": "string", "enum": list(HEATMAP_STYLES)}}}}}},
                 "responses": {"200": {"description": "PNG", **PNG},
                               "400": _error("missing/unknown finding, bad style, missing or unreadable image"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "413": _error("as for /search"), **COMMON_ERRORS}}},
         },
     }

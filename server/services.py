@@ -319,6 +319,8 @@ class SearchService:
                 "class_names": list(self.model.class_names),
                 "embedding_dim": int(self.model.embedding_dim),
                 "has_regions": bool(self.model.has_regions),
+                "has_findings": bool(self.model.has_findings),
+                "findings_note": self.model.findings_note,
                 "precision": self.model.precision,
                 "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
@@ -330,10 +332,14 @@ class SearchService:
 
     @property
     def compiled(self) -> bool:
-        """Whether the model's trunk runs compiled now (``--compile on`` and no failure)."""
+        """Whether the model's trunk runs compiled (``--compile on``, the default, and no
+        failure; under ``auto`` the bf16 trunk compiled at load counts: it runs from the query
+        after the first, which checks bf16 eagerly, if that check keeps bf16)."""
         from chextriev.compiled import compiled_trunk
 
-        trunk = compiled_trunk(self.model.model) if self.model is not None else None
+        if self.model is None:
+            return False
+        trunk = compiled_trunk(self.model.model) or getattr(self.model, "_pending_trunk", None)
         return trunk is not None and trunk.failed is None
 
     # ---- model ---------------------------------------------------------------------------
@@ -433,6 +439,12 @@ class SearchService:
     def index_on_gpu(self) -> bool:
         """True when the catalog searches a GPU copy of its Faiss index (or may move it there)."""
         return str(self._index_device).startswith(("cuda", "auto", "gpu"))
+
+    def lookup_instance(self, sop_instance_uid: str, *, pseudonym_key: bytes | None = None) -> int | None:
+        """The catalog id of the indexed image with this SOPInstanceUID (its pseudonym in a
+        pseudonymised index, given the key), or ``None``: :meth:`Catalog.lookup_instance`."""
+        self.require_ready()
+        return self.catalog.lookup_instance(sop_instance_uid, pseudonym_key=pseudonym_key)
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         self.require_ready()

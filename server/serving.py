@@ -250,7 +250,14 @@ def gunicorn_options(settings: dict[str, Any]) -> dict[str, Any]:
         "accesslog": None,
         "preload_app": False,  # every worker loads model, index and catalog after the fork
         "control_socket_disable": True,  # one per user by default: two servers would fight over it
+        # forwarded headers (the scheme) only from the configured TLS-terminating proxy, none
+        # otherwise (gunicorn's default trusts loopback peers); server.proxy does the same in
+        # the app for X-Forwarded-For/-Host
+        "forwarded_allow_ips": ",".join(settings.get("TRUSTED_PROXIES") or ()),
     }
+    if settings.get("TLS_CERTIFICATE"):  # HTTPS by gunicorn itself; plain HTTP is refused
+        options["certfile"] = settings["TLS_CERTIFICATE"]
+        options["keyfile"] = settings["TLS_KEY"]
     if os.path.isdir(HEARTBEAT_DIR) and os.access(HEARTBEAT_DIR, os.W_OK):
         options["worker_tmp_dir"] = HEARTBEAT_DIR
     return options

@@ -30,7 +30,7 @@ FALSE_WORDS = ("0", "false", "no", "off", "")
 
 #: The form / query fields of the API (each at most once).
 FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style",
-          "nprobe", "rerank")
+          "nprobe", "rerank", "study_uid", "series_uid", "instance_uid", "store")
 
 
 def check_single(values) -> None:
@@ -115,6 +115,18 @@ def parse_filters(form: Mapping[str, str], class_names: Sequence[str]) -> dict[s
     if finding:
         filters["finding"] = parse_finding(finding, class_names)
     return filters
+
+
+def parse_uid(name: str, value: str | None) -> str | None:
+    """A DICOM UID field (``study_uid``, ``series_uid``, ``instance_uid``): digits in
+    dot-separated components, at most 64 characters; ``None`` when absent or empty."""
+    from chextriev.errors import DataFormatError
+    from chextriev.io.dicomweb import check_uid
+
+    try:
+        return check_uid(value, name)
+    except DataFormatError as error:
+        raise ApiError(400, "bad_parameter", str(error)) from None
 
 
 def parse_finding(name: str | None, class_names: Sequence[str]) -> str:

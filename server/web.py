@@ -1,7 +1,10 @@
 """The web page blueprint (``/``) and unauthenticated probe aliases (``/healthz``, ``/readyz``).
 
 The page is plain HTML, CSS and JavaScript (``templates/index.html``, ``static/``), no build
-step; it calls the JSON API. The aliases answer only ``ok`` / ``ready`` without details, so a
+step; it calls the JSON API. Opened as ``/?study=<StudyInstanceUID>`` (plus ``&series=``,
+``&instance=``) it runs that study's search by reference once the server is ready: the link a
+PACS viewer opens (server/README.md). With a PACS configured it has a study field and a button
+that files the report into the study. The aliases answer only ``ok`` / ``ready`` without details, so a
 load balancer can probe a token-protected server.
 """
 
@@ -18,7 +21,8 @@ bp = Blueprint("web", __name__)
 def index():
     api_base = url_for("api.healthz").rsplit("/", 1)[0]
     return render_template("index.html", api_base=api_base,
-                           needs_token=bool(current_app.config.get("AUTH_TOKEN")))
+                           needs_token=bool(current_app.config.get("AUTH_TOKEN")),
+                           has_pacs=current_app.extensions.get("chextriev_pacs") is not None)
 
 
 @bp.get("/healthz")

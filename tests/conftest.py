@@ -1,6 +1,14 @@
 """Shared fixtures. Tests that need the real NIH sample find it through CHEXTRIEV_NIH_SAMPLE
 (default ../shared/data/nih-sample beside the checkout) and skip with that reason when it is
-absent; CI sets CHEXTRIEV_REQUIRE_SHARED=1 so that they fail there instead of skipping."""
+absent; CI sets CHEXTRIEV_REQUIRE_SHARED=1 so that they fail there instead of skipping.
+
+The suite runs the model eagerly: ``--compile`` defaults to on for users (chextriev.compiled),
+and compiling each test model's trunk would cost 15-60 s per model on a small CPU. So
+``CHEXTRIEV_COMPILE`` is set to ``off`` here (for the commands, servers and subprocesses the
+tests start) unless the environment already sets it (``CHEXTRIEV_COMPILE=on pytest ...`` runs
+the whole suite compiled). The tests about compiling (tests/model/test_compiled.py) set what
+they test themselves. Whatever a test compiles goes to a compiled cache of the session
+(``CHEXTRIEV_COMPILE_CACHE`` under the basetemp), never to the user's ~/.cache."""
 
 from __future__ import annotations
 
@@ -16,6 +24,19 @@ from model_fixtures import tiny_batch, tiny_checkpoint, tiny_records  # noqa: F4
 from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("CHEXTRIEV_COMPILE", "off")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_cache_of_the_session(tmp_path_factory):
+    """``CHEXTRIEV_COMPILE_CACHE`` for the session (unless the environment sets one)."""
+    if "CHEXTRIEV_COMPILE_CACHE" not in os.environ:
+        os.environ["CHEXTRIEV_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("compiled-cache"))
+        yield
+        os.environ.pop("CHEXTRIEV_COMPILE_CACHE", None)
+    else:
+        yield
 
 
 def nih_sample_dir() -> Path:

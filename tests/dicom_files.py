@@ -65,3 +65,23 @@ def write_dicom(path: Path, ds: Dataset, *, preamble: bool = True) -> Path:
     unless ``preamble=False``)."""
     ds.save_as(path, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
     return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines of dicom3tools' ``dciodvfy`` for a DICOM file (it exits 0 either way),
+    or fails the test with the reason when dciodvfy is not installed (CI installs it; skipped
+    elsewhere unless CHEXTRIEV_REQUIRE_DCIODVFY=1)."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        reason = "dciodvfy is not installed (apt-get install dicom3tools)"
+        if os.environ.get("CHEXTRIEV_REQUIRE_DCIODVFY") == "1":
+            pytest.fail(f"CHEXTRIEV_REQUIRE_DCIODVFY=1 but {reason}")
+        pytest.skip(reason)
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]

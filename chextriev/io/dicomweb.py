@@ -25,10 +25,26 @@
   401/403 -> :class:`~chextriev.errors.SourceAuthError` (both name the root URL only); any
   other HTTP error for one instance (404, 500, ...) ->
   :class:`~chextriev.errors.InstanceFetchError` for that instance.
+
+One study by reference (the server's and ``chextriev search``'s query image, :mod:`server.reference`):
+
+    connection = DicomwebConnection("https://pacs.example/dicom-web", credentials=...)
+    image = find_frontal(connection, study_uid)        # QIDO-RS within the study, the view rule
+    data = connection.fetch_instance(image.study_uid, image.series_uid, image.instance_uid)
+    header = connection.instance_metadata(...)         # WADO-RS metadata: the header, no pixels
+    connection.store([report], study_uid)              # STOW-RS into the study
+
+* **Choosing the image** (:func:`choose_frontal`): the study's instances of the indexed
+  modalities (``CR``, ``DX``) that the indexer's view rule keeps
+  (:func:`chextriev.io.fields.view_decision`: PA/AP, an unknown view assumed frontal); of
+  these, PA before AP before an unknown view, then by series and instance number. No instance
+  at all -> :class:`~chextriev.errors.StudyNotFoundError`; none frontal ->
+  :class:`~chextriev.errors.NoFrontalImageError` listing what the study holds.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -43,11 +59,14 @@ from urllib.parse import urlsplit, urlunsplit
 from chextriev.errors import (
     DataFormatError,
     InstanceFetchError,
+    NoFrontalImageError,
     SourceAuthError,
     SourceError,
     SourceUnavailableError,
+    StudyNotFoundError,
 )
 from chextriev.io.dicom import merge_tags
+from chextriev.io.fields import uid_problem, view_decision
 from chextriev.io.sources import RecordSource
 from chextriev.records import Record
 
@@ -64,6 +83,10 @@ QIDO_FIELDS = (
     "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "ViewPosition", "Rows",
     "Columns", "BodyPartExamined",
 )  # fmt: skip
+#: QIDO-RS attributes asked when choosing a study's query image (the order among its frontal views)
+STUDY_FIELDS = (*QIDO_FIELDS, "SeriesNumber", "InstanceNumber")
+#: The most instances of one study looked at (a chest study holds a handful).
+MAX_STUDY_INSTANCES = 1000
 _DATE_RANGE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
 
 
@@ -332,17 +355,25 @@ class DicomwebConnection:
 
     def fetch(self, record: Record) -> bytes:
         """WADO-RS retrieve of ``record``'s instance, in its stored transfer syntax."""
-        import pydicom
-
         uids = record.meta.get("dicomweb") or {}
         study, series, instance = uids.get("study"), uids.get("series"), uids.get("instance")
         if not (study and series and instance):
             raise InstanceFetchError(record.key, "record lacks its study/series/instance UIDs")
+        return self.fetch_instance(study, series, instance, key=record.key)
+
+    def fetch_instance(self, study: str, series: str, instance: str, *,
+                       key: str | None = None) -> bytes:
+        """WADO-RS retrieve of one instance as Part 10 bytes, in its stored transfer syntax.
+        Failures of this instance raise :class:`InstanceFetchError` naming ``key`` (default:
+        the instance URL)."""
+        import pydicom
+
+        key = key or KEY_SCHEME + self.instance_url(study, series, instance)
         ds = self._call(
             "WADO-RS retrieve",
             lambda: self.client().retrieve_instance(
                 study, series, instance, media_types=(("application/dicom", "*"),)),
-            key=record.key)
+            key=key)
         buffer = io.BytesIO()
         try:
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
@@ -350,6 +381,167 @@ class DicomwebConnection:
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, ds)
         return buffer.getvalue()
+
+    def instance_metadata(self, study: str, series: str, instance: str):
+        """WADO-RS metadata of one instance as a pydicom ``Dataset``: the header without its
+        bulk data (no pixels travel)."""
+        from pydicom import Dataset
+
+        found = self._call(
+            "WADO-RS metadata",
+            lambda: self.client().retrieve_instance_metadata(study, series, instance),
+            key=KEY_SCHEME + self.instance_url(study, series, instance))
+        if isinstance(found, list):  # some services answer a list of one
+            found = found[0] if found else {}
+        return Dataset.from_json(found, bulk_data_uri_handler=lambda *args: b"")
+
+    def study_instances(self, study_uid: str, *, series_uid: str | None = None,
+                        instance_uid: str | None = None) -> list[dict[str, Any]]:
+        """The instances of one study (optionally of one series, or one instance) as QIDO-RS
+        tags (:data:`STUDY_FIELDS`), every modality, paged; at most
+        :data:`MAX_STUDY_INSTANCES`."""
+        from pydicom import Dataset
+
+        filters = {"SOPInstanceUID": instance_uid} if instance_uid else None
+        found: list[dict[str, Any]] = []
+        def page_at(offset: int) -> list[dict]:
+            return self.client().search_for_instances(
+                study_instance_uid=study_uid, series_instance_uid=series_uid,
+                fields=list(STUDY_FIELDS), search_filters=filters, limit=DEFAULT_PAGE_SIZE,
+                offset=offset)
+
+        while len(found) < MAX_STUDY_INSTANCES:
+            page = self._call("QIDO-RS study search", functools.partial(page_at, len(found)))
+            for result in page:
+                ds = Dataset.from_json(result)
+                found.append({key: _plain(ds.get(key)) for key in STUDY_FIELDS
+                              if ds.get(key) not in (None, "")})
+            if len(page) < DEFAULT_PAGE_SIZE:
+                break
+        uid = instance_uid or series_uid
+        field = "SOPInstanceUID" if instance_uid else "SeriesInstanceUID"
+        # a service that ignores a filter must not hand us another instance
+        return [tags for tags in found if tags.get("StudyInstanceUID", study_uid) == study_uid
+                and (uid is None or tags.get(field) == uid)]
+
+    def store(self, datasets: Sequence[Any], study_uid: str) -> list[str]:
+        """STOW-RS of ``datasets`` into the study ``study_uid``; the SOPInstanceUIDs stored.
+
+        Raises:
+            SourceError: the service refused any of them (its failure reason named), or any
+                error of :meth:`_call` (unreachable, credentials refused).
+        """
+        response = self._call(
+            "STOW-RS store",
+            lambda: self.client().store_instances(list(datasets), study_instance_uid=study_uid))
+        failed = list(getattr(response, "FailedSOPSequence", None) or []) if response else []
+        if failed:
+            reasons = sorted({str(item.get("FailureReason", "?")) for item in failed})
+            raise SourceError(f"the DICOMweb service {self.root} refused to store {len(failed)} "
+                              f"instance(s) (STOW-RS failure reason {', '.join(reasons)})")
+        stored = list(getattr(response, "ReferencedSOPSequence", None) or []) if response else []
+        uids = [str(item.ReferencedSOPInstanceUID) for item in stored
+                if "ReferencedSOPInstanceUID" in item]
+        return uids or [str(ds.SOPInstanceUID) for ds in datasets]
+
+
+@dataclass(frozen=True)
+class StudyImage:
+    """One instance of a study as QIDO-RS described it: its three UIDs and its tags."""
+
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+    tags: dict[str, Any]
+
+    @property
+    def view(self) -> str | None:
+        return view_decision(self.tags.get("ViewPosition"))[0]
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        return self.tags.get("SOPClassUID")
+
+    def describe(self) -> dict[str, Any]:
+        return {"series_uid": self.series_uid, "instance_uid": self.instance_uid,
+                "modality": self.tags.get("Modality"), "view": self.view}
+
+
+def check_uid(value: str | None, what: str) -> str | None:
+    """``value`` stripped when it is a DICOM UID, ``None`` when empty.
+
+    Raises:
+        DataFormatError: anything else (saying why).
+    """
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    problem = uid_problem(text)
+    if problem:
+        raise DataFormatError(f"{what} {text[:80]!r} is not a DICOM UID: {problem}")
+    return text
+
+
+def _rank(image: StudyImage) -> tuple:
+    """PA before AP before an unknown view; then series and instance number, then UIDs."""
+    order = {"PA": 0, "AP": 1}.get(image.view or "", 2)
+
+    def number(key: str) -> float:
+        try:
+            return float(image.tags.get(key))
+        except (TypeError, ValueError):
+            return float("inf")
+
+    return (order, number("SeriesNumber"), number("InstanceNumber"), image.series_uid,
+            image.instance_uid)
+
+
+def choose_frontal(study_uid: str, instances: Sequence[dict[str, Any]], *,
+                   modalities: Sequence[str] = DEFAULT_MODALITIES,
+                   what: str | None = None) -> StudyImage:
+    """The query image of a study among its QIDO-RS ``instances`` (module docstring).
+
+    Raises:
+        StudyNotFoundError: no instance at all (``what`` names what was asked for).
+        NoFrontalImageError: none of the indexed modalities with a frontal view.
+    """
+    images = [StudyImage(str(tags.get("StudyInstanceUID") or study_uid),
+                         str(tags.get("SeriesInstanceUID") or ""),
+                         str(tags.get("SOPInstanceUID") or ""), dict(tags))
+              for tags in instances]
+    images = [image for image in images if image.series_uid and image.instance_uid]
+    if not images:
+        raise StudyNotFoundError(f"the PACS holds no {what or f'study {study_uid}'}",
+                                 study_uid=study_uid)
+    wanted = {m.upper() for m in modalities}
+    candidates = [image for image in images
+                  if (not wanted or str(image.tags.get("Modality") or "").upper() in wanted)
+                  and view_decision(image.tags.get("ViewPosition"))[1] is None]
+    if not candidates:
+        found = sorted((image.describe() for image in images),
+                       key=lambda d: (str(d["modality"]), str(d["view"]), d["instance_uid"]))
+        kinds = sorted({f"{d['modality'] or '?'} {d['view'] or '(no view)'}" for d in found})
+        raise NoFrontalImageError(
+            f"study {study_uid} holds no frontal radiograph ({'/'.join(sorted(wanted))} with "
+            f"view PA or AP, or no view): it holds {len(found)} instance(s): {', '.join(kinds)}",
+            study_uid=study_uid, found=found)
+    return min(candidates, key=_rank)
+
+
+def find_frontal(connection: DicomwebConnection, study_uid: str, *,
+                 series_uid: str | None = None, instance_uid: str | None = None,
+                 modalities: Sequence[str] = DEFAULT_MODALITIES) -> StudyImage:
+    """QIDO-RS within the study (series, instance) and :func:`choose_frontal`."""
+    study_uid = check_uid(study_uid, "study_uid")
+    if study_uid is None:
+        raise DataFormatError("a StudyInstanceUID is required")
+    series_uid = check_uid(series_uid, "series_uid")
+    instance_uid = check_uid(instance_uid, "instance_uid")
+    instances = connection.study_instances(study_uid, series_uid=series_uid,
+                                           instance_uid=instance_uid)
+    what = (f"instance {instance_uid} in study {study_uid}" if instance_uid
+            else f"series {series_uid} in study {study_uid}" if series_uid else None)
+    return choose_frontal(study_uid, instances, modalities=modalities, what=what)
 
 
 class DicomwebSource(RecordSource):

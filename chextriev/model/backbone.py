@@ -39,7 +39,13 @@ from torch import nn
 
 from chextriev.errors import ChextrievError, UnknownNameError
 from chextriev.files import sha256_file
-from chextriev.model.config import BACKBONES, WEIGHTS_FORMATS, XRV_BACKBONES
+from chextriev.model.config import (
+    BACKBONES,
+    CNN_BACKBONES,
+    ENCODER_NAMES,
+    WEIGHTS_FORMATS,
+    XRV_BACKBONES,
+)
 
 log = logging.getLogger(__name__)
 _warned_random = False
@@ -104,11 +110,18 @@ ARCHITECTURES: dict[str, Architecture] = {
     **{f"efficientnet_b{i}": Architecture(getattr(torchvision.models, f"efficientnet_b{i}"), _efficientnet_trunk,
                                           ("classifier.",), "features.0.0.weight") for i in range(5)},
 }
-assert tuple(ARCHITECTURES) == BACKBONES, "chextriev.model.config.BACKBONES lists the architectures"
+assert tuple(ARCHITECTURES) == CNN_BACKBONES, "chextriev.model.config.CNN_BACKBONES lists the architectures"
 
 
 def check_backbone(name: str, weights_format: str = "torchvision") -> None:
-    """Raise :class:`UnknownNameError` for an unknown backbone, format, or a pair that does not exist."""
+    """Raise :class:`UnknownNameError` for an unknown backbone, format, or a pair that does not exist
+    (a foundation encoder reads its files in its own library's format: only ``torchvision``, the
+    default, is accepted with one)."""
+    if name in ENCODER_NAMES:
+        if weights_format not in (None, "torchvision"):
+            raise UnknownNameError(f"weights format for encoder {name} (its files are read in its own library's "
+                                   "format)", weights_format, ["torchvision (the default)"])
+        return
     if name not in ARCHITECTURES:
         raise UnknownNameError("backbone", name, BACKBONES)
     if weights_format not in WEIGHTS_FORMATS:

@@ -17,8 +17,10 @@
 
 A model's input depends on its config alone: :func:`input_boxes` and :func:`prepare_input`
 (what ``RetrievalModel.prepare_input`` and the training datasets call) give the resized image
-and scaled boxes, or in ``crop`` mode the crops of the original and the boxes unchanged; both
-take the centre crop first when ``config.center_crop < 1``. The
+and scaled boxes, or in ``crop`` mode the crops of the original and the boxes unchanged, or for
+a foundation encoder its own input preparation (:mod:`chextriev.model.encoders.inputs`: 8-bit
+levels, its resize, crop or letterbox; boxes mapped through the same transform); all take the
+centre crop first when ``config.center_crop < 1``. The
 ImageNet normalisation and the grey-to-3-channel replication happen inside the model
 (``chextriev.model.backbone``).
 """
@@ -138,7 +140,16 @@ def input_boxes(config: ModelConfig, boxes: np.ndarray, shape: tuple[int, int],
         shape = (h, w)
     if config.crops_original:
         return np.asarray(boxes, dtype=np.float32)
+    if config.is_encoder:  # the encoder's own resize / crop / letterbox
+        return encoder_input(config).map_boxes(boxes, shape)
     return scale_boxes(boxes, shape, config.image_size)
+
+
+def encoder_input(config: ModelConfig):
+    """The :class:`~chextriev.model.encoders.inputs.InputSpec` of an encoder config."""
+    from chextriev.model.encoders.inputs import InputSpec
+
+    return InputSpec.from_dict(config.encoder["input"])
 
 
 def prepare_input(config: ModelConfig, image: np.ndarray, boxes: np.ndarray,
@@ -153,4 +164,6 @@ def prepare_input(config: ModelConfig, image: np.ndarray, boxes: np.ndarray,
     model_boxes = torch.from_numpy(input_boxes(config, boxes, tuple(image.shape[-2:]), apply_center_crop=False))
     if config.crops_original:
         return crop_regions(image, boxes, config.crop_size), model_boxes
+    if config.is_encoder:
+        return encoder_input(config).prepare(image), model_boxes
     return prepare_image(image, config.image_size), model_boxes

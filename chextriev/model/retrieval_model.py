@@ -63,9 +63,11 @@ class RetrievalModel(nn.Module):
         (:func:`~chextriev.model.preprocess.prepare_image`), so that a caller may do that resize
         itself with the same filter (:func:`chextriev.io.pixels.model_pixels`) and hand the
         model the same input; ``None`` when the model needs the original: ``crop`` mode (the
-        region crops are cut from the full resolution) or a centre crop (its window is cut from
-        the original before the resize)."""
-        if self.config.crops_original or self.config.center_crop < 1.0:
+        region crops are cut from the full resolution), a centre crop (its window is cut from
+        the original before the resize), and a foundation encoder, whose own resize must read the
+        original as its model card's pipeline does (a shrink before it would resample twice,
+        which moved a tiny BiomedCLIP's image-text cosines by up to 4e-3 on 512 px NIH images)."""
+        if self.config.crops_original or self.config.is_encoder or self.config.center_crop < 1.0:
             return None
         return int(self.config.image_size)
 

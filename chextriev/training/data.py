@@ -359,7 +359,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
 
 def feature_statistics(dataset: FeatureDataset, max_items: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``(F,)`` of cached features over present regions.
+    """Per-channel mean and std ``(F,)`` of cached features over present regions (over every
+    location for a global feature map).
 
     Uses at most ``max_items`` images (a seeded random subset) so that large archives stay cheap.
     """
@@ -368,6 +369,9 @@ def feature_statistics(dataset: FeatureDataset, max_items: int = 2000, seed: int
     for i in order:
         item = dataset[int(i)]
         features = item["features"]
-        rows.append(features[item["mask"]] if features.ndim == 2 else features[None])
+        if features.ndim == 3:  # a global feature map (F, h, w): every location is a row
+            rows.append(features.flatten(1).T)
+        else:
+            rows.append(features[item["mask"]] if features.ndim == 2 else features[None])
     stacked = torch.cat(rows).double()
     return stacked.mean(dim=0).float(), stacked.std(dim=0).float()

@@ -7,7 +7,7 @@ const { Viewport, ViewerGroup } = window.ChextrievViewport;
 const $ = (id) => document.getElementById(id);
 const state = {
   token: sessionStorage.getItem("chextriev-token") || "", ready: false, file: null, payload: null,
-  selected: -1, selection: 0, details: new Map(), blobCache: new Map(),
+  selected: -1, selection: 0, details: new Map(), blobCache: new Map(), reference: null, opened: null,
   heatFinding: "", lastHeatFinding: "", regionMode: "best", shownRegions: new Set(),
 };
 
@@ -90,6 +90,9 @@ async function refreshStatus() {
       pill.title = `index build ${status.index_build_id}, checkpoint ${status.checkpoint_id}`;
       const select = $("finding");
       select.replaceChildren(new Option("any", ""), ...(status.class_names || []).map((n) => new Option(n, n)));
+      const opened = state.opened;
+      state.opened = null;
+      if (opened) searchReference(opened); // the study named by the page's address, once
       return;
     }
     pill.className = status.state === "failed" ? "status status-bad" : "status status-wait";
@@ -143,8 +146,31 @@ function searchUpload(file) {
 
 function searchArchive(id) {
   state.file = null;
+  state.reference = null;
   return runSearch(() => apiJSON(`/search/by-id/${encodeURIComponent(id)}`, { method: "POST", body: searchForm() }),
     `Searching with image ${id}…`);
+}
+
+// A study on the PACS (`/?study=UID[&series=UID][&instance=UID]`, or the study field): the server
+// finds its frontal image (QIDO-RS), reads it from the index or fetches it (WADO-RS), searches.
+// With `store` it also files the report into that study on the PACS (STOW-RS).
+function searchReference(reference, { store = false } = {}) {
+  state.file = null;
+  state.reference = reference;
+  const form = searchForm();
+  for (const [name, value] of Object.entries(reference)) if (value) form.set(name, value);
+  if (store) form.set("store", "1");
+  return runSearch(() => apiJSON("/search/by-reference", { method: "POST", body: form }),
+    store ? "Searching and filing the report into the PACS…" : `Searching with study ${reference.study_uid}…`);
+}
+
+// The query the page was opened with: ?study= (plus series, instance) from a PACS viewer's link.
+function referenceFromURL() {
+  const params = new URLSearchParams(window.location.search);
+  const study = (params.get("study") || "").trim();
+  if (!study) return null;
+  return { study_uid: study, series_uid: (params.get("series") || "").trim(),
+    instance_uid: (params.get("instance") || "").trim() };
 }
 
 // ---------------------------------------------------------------- rendering a response
@@ -157,9 +183,15 @@ async function render(payload) {
   queryView.setImage(image, { width: query.width, height: query.height });
   queryView.setBoxes(query.boxes);
   $("query-empty").hidden = true;
+  const size = query.width ? ` · ${query.width}×${query.height}` : "";
   $("query-meta").textContent = query.source === "upload"
     ? `upload · ${query.format.toUpperCase()} · ${query.width}×${query.height}`
-    : `archive #${query.id}${query.view ? " · " + query.view : ""}${query.width ? ` · ${query.width}×${query.height}` : ""}`;
+    : query.source === "pacs"
+      ? `PACS study ${query.study_instance_uid}${query.view ? " · " + query.view : ""}${size}`
+        + (query.read_from === "index" ? ` · indexed as #${query.id}` : " · fetched")
+      : `archive #${query.id}${query.view ? " · " + query.view : ""}${size}`;
+  $("query-meta").title = query.source === "pacs" ? `instance ${query.sop_instance_uid}` : "";
+  renderReportBox(payload);
   group.reset();
   renderQueryFindings(query);
   renderHeatToggles(query);
@@ -176,6 +208,21 @@ async function render(payload) {
   refreshHeat();
 }
 
+// The PACS box: for a study query, a button that files the report (DICOM SR) into the study, and
+// what was filed.
+function renderReportBox(payload) {
+  const box = $("report-box");
+  if (!box) return;
+  const pacs = payload.query.source === "pacs";
+  box.hidden = !pacs;
+  if (!pacs) return;
+  const report = payload.report;
+  $("report-status").textContent = report
+    ? `Report filed into the study on the PACS (SR ${report.sop_instance_uid}).`
+    : "The findings and the similar-case evidence can be filed into this study on the PACS as a DICOM SR.";
+  $("report-store").disabled = Boolean(report);
+}
+
 function chip(text, kind) {
   const span = document.createElement("span");
   span.className = `chip ${kind}`;
@@ -190,17 +237,37 @@ function findingChips(container, names, { shared = [], unknown = "unknown", none
     ? chip(`✓ ${name}`, "known shared") : chip(name, "known"))));
 }
 
+function noFindingsNote(note) {
+  // a model without a finding head (a label-free encoder model) predicts nothing, and says why
+  const li = document.createElement("li");
+  li.className = "muted small findings-note";
+  li.textContent = `No predicted findings: ${note}`;
+  return li;
+}
+
 function renderQueryFindings(query) {
   const list = $("query-predicted");
+  if (query.findings == null) {
+    list.replaceChildren(noFindingsNote(query.findings_note || "the model has no finding head"));
+    $("query-known-box").hidden = query.source !== "archive";
+    if (query.source === "archive") findingChips($("query-known"), query.known_findings, { none: "no finding" });
+    return;
+  }
   list.replaceChildren(...query.findings.map((finding) => {
     const li = document.createElement("li");
     const pct = Math.round(finding.probability * 100);
     li.innerHTML = `<div class="bar ${finding.predicted ? "pos" : ""}"><div class="fill" style="width:${pct}%"></div><span class="name"></span></div><span class="pct">${pct}%</span>`;
     li.querySelector(".name").textContent = finding.name;
+    if (query.abnormality) {  // an abnormality model: its one output, as "abnormal: p"
+      li.querySelector(".name").textContent = query.abnormality.label;
+      li.querySelector(".pct").textContent = "";
+      li.title = `threshold ${query.abnormality.threshold} (chosen on validation)`;
+    }
     return li;
   }));
-  $("query-known-box").hidden = query.source !== "archive";
-  if (query.source === "archive") findingChips($("query-known"), query.known_findings, { none: "no finding" });
+  const archived = query.source === "archive" || (query.source === "pacs" && query.read_from === "index");
+  $("query-known-box").hidden = !archived;
+  if (archived) findingChips($("query-known"), query.known_findings, { none: "no finding" });
 }
 
 function renderResults(payload) {
@@ -235,7 +302,12 @@ function renderResults(payload) {
     li.querySelector(".sim").title = "cosine similarity of the embeddings";
     findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
     const predicted = li.querySelector(".r-pred");
-    if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
+    const headless = payload.query.findings_note;
+    if (result.abnormality) predicted.replaceChildren(chip(result.abnormality.label, result.abnormality.abnormal ? "predicted" : "empty"));
+    else if (result.predicted_findings == null && headless) {
+      predicted.replaceChildren(chip("no finding head", "empty"));
+      predicted.title = headless;
+    } else if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
     else if (!result.predicted_findings.length) predicted.replaceChildren(chip("none", "empty"));
     else predicted.replaceChildren(...result.predicted_findings.map((name) => chip(name, "predicted")));
     if (result.finding_filter) {
@@ -324,7 +396,10 @@ function renderCaseFindings(result, detail) {
   findingChips($("case-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
   const predicted = $("case-predicted");
   const above = (detail.predicted_findings || []).filter((f) => f.predicted);
-  if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
+  predicted.title = detail.findings_note || "";
+  if (detail.abnormality) predicted.replaceChildren(chip(detail.abnormality.label, detail.abnormality.abnormal ? "predicted" : "empty"));
+  else if (detail.findings_note) predicted.replaceChildren(chip("no finding head", "empty"));
+  else if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
   else if (!above.length) predicted.replaceChildren(chip("none at 50 % or more", "empty"));
   else predicted.replaceChildren(...above.map((f) => chip(`${f.name} ${Math.round(f.probability * 100)}%`, "predicted")));
   const rows = [["study", detail.study], ["patient", detail.patient], ["view", detail.view], ["sex", detail.sex],
@@ -395,6 +470,16 @@ function drawRegions() {
 // ---------------------------------------------------------------- overlays: Grad-CAM
 function renderHeatToggles(query) {
   const box = $("heat-findings");
+  if (query.findings == null) {
+    const note = document.createElement("p");
+    note.className = "muted small";
+    note.textContent = "No finding heatmaps: this model has no finding head.";
+    note.title = query.findings_note || "";
+    box.replaceChildren(note);
+    state.heatFinding = "";
+    syncHeatToggles();
+    return;
+  }
   box.replaceChildren(...query.findings.map((finding) => {
     const button = document.createElement("button");
     button.type = "button";
@@ -428,7 +513,7 @@ function setHeat(finding) {
 
 function toggleHeat() {
   const query = state.payload && state.payload.query;
-  if (!query) return;
+  if (!query || !query.findings || !query.findings.length) return;
   setHeat(state.heatFinding ? "" : state.lastHeatFinding || query.predicted_findings[0] || query.findings[0].name);
 }
 
@@ -440,6 +525,16 @@ function heatLayer(kind, finding) {
     form.set("image", state.file); form.set("finding", finding); form.set("style", style);
     const key = `heat:upload:${state.file.name}:${state.file.size}:${state.file.lastModified}:${finding}`;
     return blobURL("/heatmap", { method: "POST", body: form }, key).then(loadImage);
+  }
+  if (kind === "query" && query.source === "pacs" && query.id == null) {
+    // fetched from the PACS, not indexed: Grad-CAM on the preview the response carries
+    const key = `heat:pacs:${query.sop_instance_uid}:${finding}`;
+    return fetch(query.preview_url).then((r) => r.blob()).then((blob) => {
+      const form = new FormData();
+      form.set("image", new File([blob], "query.jpg", { type: "image/jpeg" }));
+      form.set("finding", finding); form.set("style", style);
+      return blobURL("/heatmap", { method: "POST", body: form }, key);
+    }).then(loadImage);
   }
   const id = kind === "query" ? query.id : state.payload.results[state.selected].id;
   return blobURL(`/images/${id}/heatmap?finding=${encodeURIComponent(finding)}&style=${style}`).then(loadImage);
@@ -524,6 +619,14 @@ function init() {
     const id = $("archive-id").value.trim();
     if (id) searchArchive(id);
   });
+  if ($("by-study")) {
+    $("by-study").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const study = $("study-uid").value.trim();
+      if (study) searchReference({ study_uid: study });
+    });
+    $("report-store").addEventListener("click", () => { if (state.reference) searchReference(state.reference, { store: true }); });
+  }
   $("tool-wl").addEventListener("click", () => { group.tool = "wl"; syncToolbar(); });
   $("tool-pan").addEventListener("click", () => { group.tool = "pan"; syncToolbar(); });
   for (const button of document.querySelectorAll(".preset")) button.addEventListener("click", () => group.preset(button.dataset.preset));
@@ -556,6 +659,8 @@ function init() {
     refreshStatus();
   });
   if (document.body.dataset.needsToken === "true" && !state.token) $("token-box").hidden = false;
+  state.opened = referenceFromURL();
+  if (state.opened && $("study-uid")) $("study-uid").value = state.opened.study_uid;
   syncToolbar();
   refreshStatus();
 }

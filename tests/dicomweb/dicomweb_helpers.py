@@ -119,8 +119,9 @@ class OrthancServer:
 
 class Proxy:
     """A loopback HTTP proxy to one upstream (Orthanc): counts requests by kind (``qido``,
-    ``wado``), answers ``fail[substring] = status`` for matching paths, and with ``token`` set
-    demands ``Authorization: Bearer <token>`` (then forwards with ``upstream_auth``)."""
+    ``wado``, ``metadata``, ``stow``), answers ``fail[substring] = status`` for matching paths,
+    and with ``token`` set demands ``Authorization: Bearer <token>`` (then forwards with
+    ``upstream_auth``)."""
 
     def __init__(self, upstream_port: int, *, upstream_auth: tuple[str, str] | None = None):
         self.upstream_port = upstream_port
@@ -138,15 +139,22 @@ class Proxy:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_GET(self):
+            def do_POST(self):
+                self.do_GET(method="POST")
+
+            def do_GET(self, method="GET"):
                 path = self.path
-                kind = "wado" if "/instances/" in path.split("?")[0] else (
-                    "qido" if path.split("?")[0].endswith("/instances") else "other")
+                bare = path.split("?")[0]
+                kind = "stow" if method == "POST" else "metadata" if bare.endswith("/metadata") \
+                    else "wado" if "/instances/" in bare else (
+                        "qido" if bare.endswith("/instances") else "other")
+                payload = self._body()
                 with proxy._lock:
                     proxy.counts[kind] += 1
                     proxy.paths.append(path)
                 headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "authorization", "connection")}
+                           if k.lower() not in ("host", "authorization", "connection",
+                                                "transfer-encoding", "content-length")}
                 if proxy.token is not None:
                     if self.headers.get("Authorization") != f"Bearer {proxy.token}":
                         return self._reply(401, b'{"error": "bad token"}')
@@ -163,7 +171,7 @@ class Proxy:
                 try:
                     connection = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
                                                             timeout=60)
-                    connection.request("GET", path, headers=headers)
+                    connection.request(method, path, body=payload, headers=headers)
                     upstream = connection.getresponse()
                     body = upstream.read()
                 except OSError:
@@ -176,6 +184,21 @@ class Proxy:
                 self.end_headers()
                 self.wfile.write(body)
                 connection.close()
+
+            def _body(self) -> bytes | None:
+                """The request body (a chunked one de-chunked: dicomweb-client streams STOW)."""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
 
             def _reply(self, status: int, body: bytes):
                 self.send_response(status)

@@ -19,6 +19,7 @@ from chextriev.io.deid import Deidentifier
 from chextriev.io.fields import uid_problem
 from chextriev.records import Record
 from indexer import cli
+from indexer.catalog import Catalog
 from indexer.db import Image, Patient, Source, Study, default_db_url, make_engine, make_sessionmaker
 from indexer.decode import BURNED_IN_REASON, FieldError, IngestPolicy, catalog_meta
 
@@ -156,6 +157,17 @@ def test_pseudonymise_stores_nothing_raw(tmp_path, index_command, monkeypatch, c
     dates = [dt.datetime.strptime(d, "%Y%m%d").date() for d in (one.study_date, two.study_date)]
     assert (dates[1] - dates[0]).days == (dt.date(2024, 3, 1) - dt.date(2024, 1, 2)).days
     assert dates[0] - dt.timedelta(days=shift) == dt.date(2024, 1, 2)
+    # a server with the key recognises the image by its real SOPInstanceUID (search by
+    # reference); without it, or with another key, the pseudonymised row is not found
+    catalog = Catalog.open(None, index_dir)
+    try:
+        raw_sop = str(pydicom.dcmread(first).SOPInstanceUID)
+        assert catalog.lookup_instance(raw_sop, pseudonym_key=KEY.encode()) == one.id
+        assert catalog.lookup_instance(raw_sop) is None
+        assert catalog.lookup_instance(raw_sop, pseudonym_key=b"another-key") is None
+        assert catalog.lookup_instance(one.sop_instance_uid) == one.id  # the stored value as it is
+    finally:
+        catalog.close()
     burned = [image for image in images if image.status == "skipped"]
     assert len(burned) == 1 and burned[0].reason == BURNED_IN_REASON and burned[0].thumbnail is None
     assert all(image.status == "indexed" for image in images if image is not burned[0])

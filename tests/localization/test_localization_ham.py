@@ -298,7 +298,7 @@ def test_metrics_cli_knows_the_localization_methods(tmp_path):
     from metrics.localization_eval import LOCALIZATION_METHODS, evaluate_localization
 
     assert CLI_METHODS == LOCALIZATION_METHODS
-    with pytest.raises(UnknownNameError, match="cam, gradcam, gradcampp, ham"):
+    with pytest.raises(UnknownNameError, match="cam, gradcam, gradcampp, pcam, ham"):
         evaluate_localization(None, [], lambda r: [], method="hirescam")
 
 

@@ -113,24 +113,31 @@ def free_port() -> int:
 
 
 def start_server(tiny_index: TinyIndex, port: int, log_dir: Path, *extra: str, wait: bool = True,
-                 token: str | None = None) -> tuple[str, subprocess.Popen]:
+                 token: str | None = None, tls: tuple[Path, Path] | None = None,
+                 env: dict | None = None) -> tuple[str, subprocess.Popen]:
     """Start ``python -m server.cli`` (the code of ``chextriev serve``) on 127.0.0.1:``port``
     serving the tiny index, logging to ``log_dir/server-<port>.log``; with ``wait``, return once
-    it answers ready (fails with the log's tail if it exits first or is not ready in 120 s)."""
+    it answers ready (fails with the log's tail if it exits first or is not ready in 120 s).
+    ``tls``: ``(certificate, key)`` to serve HTTPS with (the base URL is then ``https://``)."""
     command = [sys.executable, "-m", "server.cli", "--checkpoint", str(tiny_index.checkpoint),
                "--db", tiny_index.db_url, "--index-dir", str(tiny_index.index_dir), "--port", str(port), *extra]
+    if tls is not None:
+        command += ["--tls-certificate", str(tls[0]), "--tls-key", str(tls[1])]
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log_file:  # the child keeps its own handle
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=env)
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     if wait:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify = str(tls[0]) if tls else True
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{base}/api/v1/readyz", headers=headers, timeout=2).status_code == 200:
+                if requests.get(f"{base}/api/v1/readyz", headers=headers, timeout=2,
+                                verify=verify).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -147,8 +154,10 @@ def serve_process(tiny_index, tmp_path):
     temp dir; stops every process it started at the end."""
     processes: list[subprocess.Popen] = []
 
-    def start(port: int, *extra: str, wait: bool = True, token: str | None = None):
-        base, process = start_server(tiny_index, port, tmp_path, *extra, wait=wait, token=token)
+    def start(port: int, *extra: str, wait: bool = True, token: str | None = None,
+              tls: tuple[Path, Path] | None = None, env: dict | None = None):
+        base, process = start_server(tiny_index, port, tmp_path, *extra, wait=wait, token=token,
+                                     tls=tls, env=env)
         processes.append(process)
         return base, process
 

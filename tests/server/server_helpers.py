@@ -48,3 +48,4 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"not within {seconds:.0f} s: {what}")
+

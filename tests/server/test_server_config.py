@@ -104,7 +104,7 @@ def test_token_from_file_or_environment_higher_layer_wins(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     config = tmp_path / "c.toml"
-    config.write_text(f'token_file = "{token_file}"\nhost = "0.0.0.0"\n')
+    config.write_text(f'token_file = "{token_file}"\nhost = "0.0.0.0"\ntls_proxy = "10.0.0.5"\n')
     assert resolve_config({"CONFIG_FILE": config}, environ={})["AUTH_TOKEN"] == TOKEN
     # the environment's token is above the file's token_file
     env_token = "environment-token-abcdefghijkl"

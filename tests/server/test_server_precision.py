@@ -41,8 +41,9 @@ def test_by_id_search_reports_search_and_response(app):
     assert {"search", "response", "total"} <= set(timing)
 
 
-def test_compile_setting_is_checked_and_defaults_to_off():
-    assert resolve_config({}, environ={})["COMPILE"] == "off"
+def test_compile_setting_is_checked_and_defaults_to_on():
+    assert resolve_config({}, environ={})["COMPILE"] == "on"
+    assert resolve_config({}, environ={"CHEXTRIEV_COMPILE": "0"})["COMPILE"] == "off"
     assert resolve_config({}, environ={"CHEXTRIEV_COMPILE": "1"})["COMPILE"] == "on"
     from chextriev.errors import UnknownNameError
 

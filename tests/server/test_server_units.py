@@ -34,7 +34,10 @@ def test_loopback_detection(host, loopback):
 def test_non_loopback_bind_needs_a_token():
     with pytest.raises(ConfigError, match="token"):
         check_bind_safety("0.0.0.0", None)
-    check_bind_safety("0.0.0.0", "a-long-random-token-value")
+    with pytest.raises(ConfigError, match="plain HTTP on 0.0.0.0"):  # a token alone is not enough
+        check_bind_safety("0.0.0.0", "a-long-random-token-value")
+    check_bind_safety("0.0.0.0", "a-long-random-token-value", tls=True)
+    check_bind_safety("0.0.0.0", "a-long-random-token-value", proxy=("10.0.0.5/32",))
     with pytest.raises(ConfigError):
         create_app({"HOST": "0.0.0.0", "LOAD": "manual"})
 
