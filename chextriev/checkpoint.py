@@ -189,8 +189,9 @@ class LoadedModel:
 
     @property
     def max_input_side(self) -> int | None:
-        """Largest image side worth handing to :func:`~chextriev.embedding.embed_images`:
-        ``None`` = the full-resolution original (``crop`` mode crops it), else the model input."""
+        """What :func:`chextriev.io.pixels.model_pixels` prepares images for: ``S``, the side of
+        the model's square resize (a pre-shrink to ``S x S`` with the same filter hands the model
+        the same input), or ``None``: the model needs the original (``crop`` mode, a centre crop)."""
         return self.model.max_input_side
 
     @classmethod

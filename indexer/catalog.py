@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from chextriev.errors import ChextrievError
+from chextriev.io.pixels import image_mimetype
 from indexer import columns as cols
 from indexer import db_read
 from indexer.bundle import Bundle
@@ -51,7 +52,6 @@ from indexer.engine import make_engine, make_sessionmaker
 from indexer.exact import StoreExact, unit_rows
 from indexer.manifest import IndexStateError, Manifest, signature
 from indexer.preview_store import PreviewStore
-from indexer.thumbnails import as_png, mimetype
 from indexer.vector_index import VectorIndex
 from indexer.vector_store import StoreError, VectorStore, open_store
 
@@ -332,16 +332,13 @@ class Catalog:
         return [by_id[i] for i in ids]
 
     def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
-        """The stored thumbnail as it is stored (JPEG; PNG in older catalogs) and its MIME type."""
+        """The stored thumbnail as it is stored (the decoding worker's JPEG,
+        :func:`chextriev.io.pixels.encode_thumbnail`; PNG in older catalogs) and its MIME type."""
         with self.sessions() as session:
             data = db_read.thumbnail(session, image_id)
         if data is None:
             raise UnknownImageError([image_id])
-        return data, mimetype(data)
-
-    def thumbnail(self, image_id: int) -> bytes:
-        """The thumbnail of one image as PNG."""
-        return as_png(self.thumbnail_bytes(image_id)[0])
+        return data, image_mimetype(data)
 
     def preview_bytes(self, image_id: int) -> tuple[bytes, str] | None:
         """The stored preview (grey JPEG, about ``--preview-side`` px) of one image and its MIME

@@ -43,7 +43,7 @@ from chextriev.errors import ChextrievError
 # (tests/test_cli_startup.py checks that the two agree).
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
 
-PREVIEW_SIDE = 1024  # indexer.preview_store.PREVIEW_SIDE (not imported: lazy CLI)
+PREVIEW_SIDE = 1024  # chextriev.io.pixels.PREVIEW_SIDE (not imported: lazy CLI; a test keeps them equal)
 DATE_MODES = ("shift", "year")  # chextriev.io.deid.DATE_MODES (not imported: lazy CLI)
 
 TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)

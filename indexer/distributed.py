@@ -35,9 +35,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from chextriev.errors import ChextrievError, SourceUnavailableError
+from chextriev.io.pixels import PREVIEW_SIDE
 from indexer import db_write
 from indexer.decode import OK, UNAVAILABLE, Decoded, IngestPolicy, decode_task, given_boxes
-from indexer.preview_store import PREVIEW_SIDE
 from indexer.shards import (
     EmbedderInfo,
     clear_shards,
@@ -167,7 +167,7 @@ def decoded_batches(tasks, batch_size: int, workers: int, connections=()
         yield items
 
 
-def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_side: int,
+def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_input_side: int | None,
                  policy: IngestPolicy | None, preview_side: int, connections=()):
     """A LightningDataModule whose ``setup`` waits for rank 0's work list (a barrier) and whose
     loader yields the decoded batches of this rank's block."""
@@ -179,7 +179,7 @@ def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_side: in
             self.block = block
 
         def __iter__(self):
-            tasks = ((record, max_side, known_hash, policy, preview_side)
+            tasks = ((record, max_input_side, known_hash, policy, preview_side)
                      for record, known_hash in read_worklist(shard_dir, self.block))
             return decoded_batches(tasks, batch_size, workers, connections)
 
@@ -265,8 +265,8 @@ def rank_device(trainer) -> str:
 
 
 def _predict(trainer, embedder, shard_dir: Path, *, batch_size: int, workers: int,
-             max_side: int, policy, preview_side: int, connections=()) -> None:
-    data = _data_module(shard_dir, batch_size=batch_size, workers=workers, max_side=max_side,
+             max_input_side: int | None, policy, preview_side: int, connections=()) -> None:
+    data = _data_module(shard_dir, batch_size=batch_size, workers=workers, max_input_side=max_input_side,
                         policy=policy, preview_side=preview_side, connections=connections)
     trainer.callbacks.append(make_shard_writer(shard_dir, info_of(embedder)))
     trainer.predict(make_predict_module(embedder), datamodule=data, return_predictions=False)
@@ -275,8 +275,8 @@ def _predict(trainer, embedder, shard_dir: Path, *, batch_size: int, workers: in
 def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir: str | Path, *,
                     devices="auto", num_nodes: int = 1, accelerator: str = "auto",
                     batch_size: int = 32, workers: int = 4, embedder_factory=None,
-                    max_side: int = 1024, policy: IngestPolicy | None = None,
-                    preview_side: int = PREVIEW_SIDE, progress: bool = True) -> None:
+                    policy: IngestPolicy | None = None, preview_side: int = PREVIEW_SIDE,
+                    progress: bool = True) -> None:
     """Embed every record of ``source`` under ``Trainer.predict`` (one process per device);
     each rank writes its shards into ``shard_dir`` (merge them with :func:`merge_shards`). No
     ledger: every record is embedded (``chextriev index --devices`` embeds only what the
@@ -298,8 +298,9 @@ def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir
     if trainer.global_rank == 0:
         clear_shards(shard_dir)
         write_worklist(((record, None) for record in archive.iter_records()), shard_dir)
-    _predict(trainer, embedder_factory(rank_device(trainer)), shard_dir, batch_size=batch_size,
-             workers=workers, max_side=max_side, policy=policy, preview_side=preview_side,
+    embedder = embedder_factory(rank_device(trainer))
+    _predict(trainer, embedder, shard_dir, batch_size=batch_size, workers=workers,
+             max_input_side=embedder.max_input_side, policy=policy, preview_side=preview_side,
              connections=archive.connections())
 
 
@@ -341,8 +342,7 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
     archive = open_archive(source, manifest=manifest, exclude=(index_dir, shard_dir),
                            **(source_options or {}))
     embedder = embedder_factory(rank_device(trainer))
-    max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-    options = {"batch_size": batch_size, "workers": workers, "max_side": max_side,
+    options = {"batch_size": batch_size, "workers": workers, "max_input_side": embedder.max_input_side,
                "policy": policy, "preview_side": preview_side,
                "connections": archive.connections()}
     if trainer.global_rank != 0:

@@ -47,12 +47,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
+from chextriev.io.pixels import PREVIEW_SIDE
 from indexer import db_write
 from indexer.bundle import BuildRecord
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
-from indexer.preview_store import PREVIEW_SIDE
 from indexer.sync import IndexSyncer
 from indexer.vector_store import open_store
 from indexer.writer import CatalogWriter, WritableCatalog
@@ -174,8 +174,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
             ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
             store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
         had_ledger = bool(ledger)
-        max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-        tasks = ((record, max_side, known_hash, policy, preview_side)
+        tasks = ((record, embedder.max_input_side, known_hash, policy, preview_side)
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.

@@ -24,7 +24,6 @@ the thumbnail.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import zlib
@@ -43,27 +42,6 @@ DATA = "data.bin"
 #: int64 fields of an entry: image primary key, offset in data.bin, length, CRC-32.
 FIELDS = 4
 ENTRY_BYTES = 8 * FIELDS
-#: The default longest side of a preview (``--preview-side``; 0 = no previews).
-PREVIEW_SIDE = 1024
-PREVIEW_QUALITY = 85
-JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def encode_preview(pixels: np.ndarray, side: int = PREVIEW_SIDE,
-                   quality: int = PREVIEW_QUALITY) -> bytes | None:
-    """``(H, W)`` float32 pixels in [0, 1] -> an 8-bit grey JPEG whose longer side is at most
-    ``side`` (never enlarged); None when ``side`` is 0."""
-    from PIL import Image as PILImage
-
-    from indexer.decode import shrink
-
-    if not side:
-        return None
-    small = shrink(np.asarray(pixels, dtype=np.float32), int(side))
-    image = PILImage.fromarray(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()
 
 
 class PreviewStore:

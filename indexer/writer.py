@@ -45,7 +45,6 @@ from indexer.db import (
 )
 from indexer.decode import FAILED, OK, SKIPPED, Decoded, given_boxes
 from indexer.preview_store import PreviewStore
-from indexer.thumbnails import compact
 from indexer.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
         "patient_id": patient_pk, "study_id": study_pk, "view": meta.get("view"),
         "study_date": meta.get("study_date"), "sex": meta.get("sex"), "age": meta.get("age"),
         "known_findings": meta.get("known_findings"), "status": status,
-        "reason": d.reason, "thumbnail": compact(d.thumbnail),
+        "reason": d.reason, "thumbnail": d.thumbnail,
         "height": d.original_hw[0] if d.original_hw else None,
         "width": d.original_hw[1] if d.original_hw else None,
         "probabilities": None, "region_probabilities": None, "boxes": None, "box_source": None,

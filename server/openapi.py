@@ -50,6 +50,9 @@ def _json(description: str, schema: str) -> dict:
 
 
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+#: A stored image served as stored: JPEG (what indexing makes), PNG (thumbnails of older catalogs).
+STORED_IMAGE = {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                            "image/png": {"schema": {"type": "string", "format": "binary"}}}}
 IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "example": 1,
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
             "description": "integer id of an indexed image (the `id` field of results); any other "
@@ -381,16 +384,16 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("the image", "Image"), "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/thumbnail": {"get": {
-                "summary": "stored thumbnail", "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "PNG", **PNG}, "404": _error("not an indexed image"),
+                "summary": "stored thumbnail, served as stored (grey JPEG, 128 px on the long side; PNG in "
+                           "catalogs written before)", "parameters": [IMAGE_ID],
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
+                              "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/preview": {"get": {
-                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail (PNG) for an "
+                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail as stored for an "
                            "image indexed without one, the X-Chextriev-Preview header says which",
                 "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "JPEG (or PNG)", "content": {
-                                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                                  "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
                               "304": {"description": "not modified (If-None-Match)"},
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {

@@ -37,7 +37,12 @@ from chextriev.model.tensors import box_mask
 from chextriev.records import Record
 from chextriev.training.augment import AugmentConfig, Augmenter, base_side
 from chextriev.training.feature_cache import FeatureCache, config_signature
-from chextriev.training.shards import ShardStream, is_shard_record, read_shard_image, shrink
+from chextriev.training.shards import (
+    ShardStream,
+    is_shard_record,
+    read_shard_image,
+    shrink_with_boxes,
+)
 from chextriev.vocab import NUM_REGIONS
 
 log = logging.getLogger(__name__)
@@ -169,7 +174,7 @@ class ImageDataset(Dataset):
         image = read_record_image(record) if image is None else image
         boxes = record_boxes(record, self.atlas, image.shape)
         if not self.config.crops_original:
-            image, boxes = shrink(image, boxes, base_side(self.config.image_size, self.augmenter.config))
+            image, boxes = shrink_with_boxes(image, boxes, base_side(self.config.image_size, self.augmenter.config))
         if self.kept is not None:
             self.kept[index] = (image, boxes)
         return image, boxes

@@ -254,7 +254,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         devices=trainer_devices_, strategy=trainer_strategy,
         precision=precision, accumulate_grad_batches=settings.accumulate, callbacks=callbacks, logger=loggers,
         enable_progress_bar=progress, log_every_n_steps=5, deterministic=False, num_sanity_val_steps=0,
-        enable_model_summary=progress,
+        enable_model_summary=progress and log.isEnabledFor(logging.DEBUG),  # the table: with -v only
     )
     log.info("training %s (%s preset) on %d train / %d validate / %d test records -> %s", variant, preset,
              len(splits["train"]), len(splits["validate"]), len(splits["test"]), out)
@@ -264,6 +264,9 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")  # ShardStream
+        # Lightning's own use of a deprecated torch API (pytorch_lightning/utilities/_pytree.py): not
+        # the user's to act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         trainer.fit(module, datamodule=data)
     best = out / "best.ckpt"
     last = out / "last.ckpt"

@@ -37,6 +37,7 @@ class FakeEmbedder:
     embedding_dim = DIM
     class_names = IMAGENOME_FINDINGS
     image_size = 64
+    max_input_side = 64  # a roi model: the decoding workers hand it 64 x 64 model pixels
 
     def __init__(self, delay: float = 0.0):
         rng = np.random.default_rng(0)
@@ -147,11 +148,9 @@ _THUMB: bytes | None = None
 def _thumb() -> bytes:
     global _THUMB
     if _THUMB is None:
-        import io
+        from chextriev.io.pixels import encode_thumbnail
 
-        buffer = io.BytesIO()
-        PILImage.fromarray((noise_image(1, 64) * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
-        _THUMB = buffer.getvalue()
+        _THUMB = encode_thumbnail(noise_image(1, 64))  # what a decoding worker makes
     return _THUMB
 
 

@@ -168,10 +168,6 @@ def test_nprobe_and_rerank_are_per_search(tmp_path):
 
 def test_the_bundle_is_recorded_and_carried_over(tmp_path, fake_embedder):
     """``run_index`` records the bundle at every save; repair and remove carry it over."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from indexer_fakes import make_archive
 
     from indexer.pipeline import run_index

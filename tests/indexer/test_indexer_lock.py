@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 from indexer_fakes import FakeEmbedder, open_sessions, write_png
 
 from indexer.catalog import Catalog
@@ -26,7 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    sys.path[:0] = [{repo!r}, {here!r}]
     from indexer.pipeline import run_index
     from indexer_fakes import FakeEmbedder
 
@@ -46,7 +46,7 @@ HOLDER = textwrap.dedent("""
 def _holder(tmp_path, root, index_dir, db_url):
     script = HOLDER.format(repo=str(REPO), here=str(Path(__file__).parent), root=str(root),
                            index_dir=str(index_dir), db_url=db_url, gate=str(tmp_path / "gate"))
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=child_env(),
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -124,7 +124,7 @@ def test_upgrade_0001_to_head_keeps_rows(tmp_path, catalog_url, legacy):
     np.testing.assert_allclose(got, regions.astype(np.float32), atol=0.02)
     hits = catalog.search(vectors, k=1)
     assert [h[0].image_id for h in hits] == catalog.index.ids.tolist()
-    assert catalog.thumbnail(int(catalog.index.ids[0])) == _png(0)  # old PNGs pass through
+    assert catalog.thumbnail_bytes(int(catalog.index.ids[0])) == (_png(0), "image/png")  # old PNGs as stored
     sessions = sa.orm.sessionmaker(make_engine(url, create=False))
     assert verify(sessions, index_dir) == []
     assert repair(sessions, index_dir).n_vectors == 12

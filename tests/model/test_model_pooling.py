@@ -307,3 +307,19 @@ def test_a_pooled_classifier_trains_saves_and_explains(overrides, tiny_records, 
     up = torch.nn.functional.interpolate(maps[:, 2:3], size=images[0].shape, mode="bilinear", align_corners=False)[0, 0]
     expected = ((up - up.min()) / (up.max() - up.min())).numpy()
     np.testing.assert_allclose(heatmap(loaded, images[0], None, 2, method="pcam"), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["densenet121", "efficientnet_b0"])
+def test_the_pooling_family_on_other_backbones(backbone, tiny_batch):
+    """X_RAY's classifiers run on DenseNet and EfficientNet trunks too: each pooling and an
+    attention map on their feature maps (1024 and 1280 channels)."""
+    from chextriev.model.config import BACKBONE_FEATURE_DIMS
+
+    images = tiny_batch[0][:2]
+    for overrides in ({"pooling": "max"}, {"pooling": "lse"}, {"pooling": "pcam", "attention": "pyramid"}):
+        model = build_model("resnet50", **{**TINY, "backbone": backbone}, **overrides).eval()
+        with torch.no_grad():
+            out = model(images, None)
+            heat_input = model.features.feature_map(images)
+        assert out.embedding.shape == (2, BACKBONE_FEATURE_DIMS[backbone]) and out.graph_logits.shape == (2, 9)
+        assert model.classify_feature_map(heat_input).shape == (2, 9)
