@@ -233,3 +233,13 @@ def crash_on_abort_name(task: tuple):
     if Path(str(task[0].key)).stem == "abort-me":
         os.kill(os.getpid(), signal.SIGKILL)
     return decode_task(task)
+
+
+def slow_crash_on_abort_name(task: tuple):
+    """:func:`crash_on_abort_name`, the crash one second into the task (the others finish
+    first)."""
+    import time
+
+    if Path(str(task[0].key)).stem == "abort-me":
+        time.sleep(1.0)
+    return crash_on_abort_name(task)
