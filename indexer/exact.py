@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chextriev.retrieval import normalize_rows
+from chextriev.retrieval import exact_knn, normalize_rows
 from indexer.vector_store import StoreError, VectorStore
 
 #: Rows read from the store at a time.
@@ -87,3 +87,46 @@ class ArrayExact:
     def drop(self, ids) -> ArrayExact:
         keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
         return ArrayExact(self.ids[keep], self.matrix[keep])
+
+
+# ---------------------------------------------------------------------- exact search helpers
+def empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` of ``n`` searches that found nothing: -inf and -1, ``(n, k)``."""
+    return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+def pad_result(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` cut or padded to ``k`` columns (-inf / -1 where fewer were found)."""
+    out_s, out_i = empty_result(len(scores), k)
+    kk = min(k, scores.shape[1])
+    out_s[:, :kk] = scores[:, :kk]
+    out_i[:, :kk] = ids[:, :kk]
+    out_s[out_i < 0] = -np.inf
+    return out_s, out_i
+
+
+def rerank_exact(vectors, queries: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score the candidates ``(n, c)`` of each query with the exact vectors (``vectors(ids)
+    -> (m, D)``, NaN rows for unknown ids), best first."""
+    flat = cand.reshape(-1)
+    exact = vectors(np.where(flat >= 0, flat, 0)).reshape(*cand.shape, queries.shape[1])
+    valid = (cand >= 0) & np.isfinite(exact).all(axis=2)
+    exact = np.where(valid[..., None], exact, 0.0)
+    scores = np.einsum("nd,nkd->nk", queries, exact)
+    scores[~valid] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores = np.take_along_axis(scores, order, axis=1)
+    ids = np.where(np.isfinite(scores), np.take_along_axis(cand, order, axis=1), -1)
+    return scores.astype(np.float32), ids
+
+
+def brute_force(vectors, queries: np.ndarray, k: int, allowed: np.ndarray):
+    """Exact search over the ``allowed`` ids (the retrieval core's exact k-NN) with the exact
+    ``vectors(ids)``."""
+    found = vectors(allowed)
+    ok = np.isfinite(found).all(axis=1)
+    allowed, found = allowed[ok], found[ok]
+    if not len(allowed):
+        return empty_result(len(queries), k)
+    rows, scores = exact_knn(queries, found, k, normalize=False)
+    return pad_result(scores, np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1), k)

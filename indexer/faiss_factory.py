@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -28,6 +29,8 @@ from chextriev.errors import UnknownNameError
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
+#: Searches of at most this many queries run on one OpenMP thread (:func:`search_threads`).
+ONE_THREAD_QUERIES = 16
 AUTO_FLAT_MAX = 50_000
 AUTO_IVF_FLAT_MAX = 2_000_000
 
@@ -92,8 +95,31 @@ def gpu_available(device: str) -> bool:
 
 
 def to_gpu(index):
-    """A copy of a CPU index on every GPU Faiss sees (raises when that fails)."""
-    return faiss.index_cpu_to_all_gpus(index)
+    """A copy of a CPU index on every GPU Faiss sees (raises when that fails). IVF-PQ lookup
+    tables in float16: the 64-byte codes of 1024-d vectors need 64 KB of shared memory per block
+    in float32, more than Faiss allows itself; the candidates are re-ranked exactly anyway."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.useFloat16LookupTables = True
+    return faiss.index_cpu_to_all_gpus(index, co=options)
+
+
+@contextmanager
+def search_threads(n_queries: int):
+    """Run a search of ``n_queries`` on one OpenMP thread when it is small: a single query scans
+    its lists on one core anyway, and a team of threads waits at its barrier for a thread that a
+    busy machine has descheduled (a one-query search of 190 vectors took 16 ms with two threads on
+    the loaded 2-core machine, 0.5 ms with one: BENCHMARKS.md). OpenMP's thread count is the
+    calling thread's setting, so concurrent searches and a writer's training in other threads
+    are not affected; it is restored afterwards."""
+    if n_queries > ONE_THREAD_QUERIES or faiss.omp_get_max_threads() == 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def train(index, vectors: np.ndarray, device: str):

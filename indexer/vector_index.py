@@ -23,10 +23,9 @@ import numpy as np
 
 from chextriev.errors import UnknownNameError
 from chextriev.files import fsync_dir
-from chextriev.retrieval import exact_knn
 from indexer import faiss_factory
-from indexer.exact import ArrayExact, unit_rows
-from indexer.faiss_factory import INDEX_TYPES, factory_string, gpu_available, resolve_index_type
+from indexer.exact import ArrayExact, brute_force, empty_result, pad_result, rerank_exact, unit_rows
+from indexer.faiss_factory import INDEX_TYPES, factory_string, resolve_index_type
 from indexer.manifest import SEGMENTS, IndexStateError, Manifest, new_name, sweep
 from indexer.segments import (
     MERGE_FACTOR,
@@ -65,7 +64,7 @@ class VectorIndex:
         self.segments: list[Segment] = []
         self.manifest: Manifest | None = None
         self._ids_cache: np.ndarray | None = None
-        self._gpu_failed = False
+        self._gpu: bool | None = None  # searching on GPU copies (decided at the first search)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -219,54 +218,69 @@ class VectorIndex:
             raise ValueError(f"queries have dimension {queries.shape[1]}, the index {self.dim}")
         n = len(queries)
         if k <= 0 or self.ntotal == 0:
-            return _empty_result(n, max(k, 0))
+            return empty_result(n, max(k, 0))
         selector = None
         if allowed_ids is not None:  # ids not in the index find no vector: never returned
             allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
             if len(allowed) <= self.BRUTE_FORCE_MAX or len(allowed) <= k:
-                return self._brute_force(queries, k, allowed)
+                return brute_force(self.vectors, queries, k, allowed)
             selector = faiss.IDSelectorBatch(allowed)
         nprobe = int(nprobe or self.nprobe)
+        if self.trained is not None:
+            nprobe = max(1, min(nprobe, faiss.extract_index_ivf(self.trained).nlist))
         fetch = k * int(rerank or self.rerank) if self.index_type == "ivf-pq" else k
         fetch = max(1, min(fetch, self.ntotal))
-        assign = None
-        if self.trained is not None:
-            ivf = faiss.extract_index_ivf(self.trained)
-            nprobe = max(1, min(nprobe, ivf.nlist))
-            coarse_scores, coarse_ids = ivf.quantizer.search(queries, nprobe)
-            assign = (np.ascontiguousarray(coarse_scores, np.float32),
-                      np.ascontiguousarray(coarse_ids, np.int64))
-        found = [self._search_segment(segment, queries, min(fetch, segment.n), nprobe,
-                                      selector, assign) for segment in self.segments]
-        scores = np.concatenate([f[0] for f in found], axis=1)
-        ids = np.concatenate([f[1] for f in found], axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
-        scores = np.take_along_axis(scores, order, axis=1)
-        ids = np.take_along_axis(ids, order, axis=1)
-        if self.index_type == "ivf-pq":
-            scores, ids = self._rerank(queries, ids)
-        return _pad(scores[:, :k], ids[:, :k], k)
+        with faiss_factory.search_threads(n):
+            coarse = _Coarse(self.trained, queries, nprobe)
+            found = [self._search_segment(segment, queries, min(fetch, segment.n), nprobe, selector,
+                                          coarse) for segment in self.segments]
+            scores = np.concatenate([f[0] for f in found], axis=1)
+            ids = np.concatenate([f[1] for f in found], axis=1)
+            scores = np.where(ids >= 0, scores, -np.inf)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
+            scores = np.take_along_axis(scores, order, axis=1)
+            ids = np.take_along_axis(ids, order, axis=1)
+            if self.index_type == "ivf-pq":
+                scores, ids = rerank_exact(self.vectors, queries, ids)
+        return pad_result(scores[:, :k], ids[:, :k], k)
 
-    def _search_segment(self, segment: Segment, queries, k: int, nprobe: int, selector, assign):
+    def gpu_copy(self, segment: Segment):
+        """The GPU copy of ``segment`` (made by its first search) when this index searches on
+        the GPU (:func:`faiss_factory.gpu_available` for its device), else None. A copy that
+        cannot be made is logged once and the CPU is used from then on."""
+        if self._gpu is None:
+            self._gpu = faiss_factory.gpu_available(self.device)
+        if not self._gpu:
+            return None
+        if segment.gpu is None:
+            try:
+                segment.gpu = faiss_factory.to_gpu(segment.index)
+            except Exception as error:  # noqa: BLE001 - any GPU failure falls back
+                log.info("cannot copy the index to the GPU (%s): searching on the CPU", error)
+                self._gpu = False
+                return None
+        return segment.gpu
+
+    def _search_segment(self, segment: Segment, queries, k: int, nprobe: int, selector, coarse):
+        """One segment's top ``k``: unfiltered searches on its GPU copy when there is one (an IVF
+        copy assigns the queries to ``nprobe`` lists itself, ``SearchParametersIVF``), the others
+        on the CPU index (IVF: the lists the queries were assigned to once, ``coarse``)."""
         n = len(queries)
         if k <= 0:
-            return _empty_result(n, 1)
-        index = segment.index
-        if selector is None and gpu_available(self.device) and not self._gpu_failed:
+            return empty_result(n, 1)
+        gpu = self.gpu_copy(segment) if selector is None else None
+        if gpu is not None:
             try:
-                if segment.gpu is None:
-                    segment.gpu = faiss_factory.to_gpu(index)
-                if assign is not None:
-                    faiss.GpuParameterSpace().set_index_parameter(segment.gpu, "nprobe", nprobe)
-                return segment.gpu.search(queries, k)
+                params = faiss.SearchParametersIVF(nprobe=nprobe) if coarse.ivf else None
+                return gpu.search(queries, k, params=params)
             except Exception as error:  # noqa: BLE001 - any GPU failure falls back
                 log.info("cannot search on the GPU (%s): searching on the CPU", error)
-                self._gpu_failed = True
-        if assign is None:
+                self._gpu = False
+        index = segment.index
+        if not coarse.ivf:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
             return index.search(queries, k, params=params)
-        coarse_scores, coarse_ids = assign
+        coarse_scores, coarse_ids = coarse.assign()
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if selector is not None:
             params.sel = selector
@@ -277,29 +291,6 @@ class VectorIndex:
             faiss.swig_ptr(coarse_scores), faiss.swig_ptr(scores), faiss.swig_ptr(ids), False,
             params)
         return scores, ids
-
-    def _rerank(self, queries: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Re-score the candidates ``(n, c)`` of each query with the exact vectors."""
-        flat = cand.reshape(-1)
-        exact = self.vectors(np.where(flat >= 0, flat, 0)).reshape(*cand.shape, self.dim)
-        valid = (cand >= 0) & np.isfinite(exact).all(axis=2)
-        exact = np.where(valid[..., None], exact, 0.0)
-        scores = np.einsum("nd,nkd->nk", queries, exact)
-        scores[~valid] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")
-        scores = np.take_along_axis(scores, order, axis=1)
-        ids = np.where(np.isfinite(scores), np.take_along_axis(cand, order, axis=1), -1)
-        return scores.astype(np.float32), ids
-
-    def _brute_force(self, queries: np.ndarray, k: int, allowed: np.ndarray):
-        """Exact search over the ``allowed`` ids (the retrieval core's exact k-NN)."""
-        vectors = self.vectors(allowed)
-        ok = np.isfinite(vectors).all(axis=1)
-        allowed, vectors = allowed[ok], vectors[ok]
-        if not len(allowed):
-            return _empty_result(len(queries), k)
-        rows, scores = exact_knn(queries, vectors, k, normalize=False)
-        return _pad(scores, np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1), k)
 
     # ------------------------------------------------------------------ persistence
     def save(self, index_dir: str | Path, *, checkpoint_id: str | None, merge: bool = True,
@@ -383,16 +374,19 @@ class VectorIndex:
         return sum((index_dir / f).stat().st_size for f in files if (index_dir / f).exists())
 
 
-def _empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+class _Coarse:
+    """The IVF lists of the queries (``nprobe`` per query, the shared quantizer's), computed once
+    per search and only when a segment is searched on the CPU (a GPU copy assigns itself)."""
 
+    def __init__(self, trained, queries: np.ndarray, nprobe: int):
+        self.ivf = trained is not None
+        self._trained, self._queries, self._nprobe = trained, queries, nprobe
+        self._assign = None
 
-def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(scores)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    out_i = np.full((n, k), -1, np.int64)
-    kk = min(k, scores.shape[1])
-    out_s[:, :kk] = scores[:, :kk]
-    out_i[:, :kk] = ids[:, :kk]
-    out_s[out_i < 0] = -np.inf
-    return out_s, out_i
+    def assign(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._assign is None:
+            quantizer = faiss.extract_index_ivf(self._trained).quantizer
+            scores, ids = quantizer.search(self._queries, self._nprobe)
+            self._assign = (np.ascontiguousarray(scores, np.float32),
+                            np.ascontiguousarray(ids, np.int64))
+        return self._assign
