@@ -45,7 +45,7 @@ import numpy as np
 from chextriev.errors import ChextrievError
 from chextriev.io.pixels import image_mimetype
 from indexer import columns as cols
-from indexer import db_read
+from indexer import db_read, warm
 from indexer.bundle import Bundle
 from indexer.db import CatalogSchemaError, CatalogUnavailableError, default_db_url
 from indexer.engine import make_engine, make_sessionmaker
@@ -102,8 +102,8 @@ class Catalog:
     """SQL metadata + column files + vector store + Faiss index of one archive (read only)."""
 
     def __init__(self, engine, *, db_url: str, index_dir: Path, device: str = "cpu",
-                 finding_thresholds: Mapping[str, float] | None = None):
-        self.engine = engine
+                 finding_thresholds: Mapping[str, float] | None = None, warm: bool = False):
+        self.engine, self._warm = engine, warm
         self.finding_thresholds = dict(finding_thresholds or {})
         self.sessions = make_sessionmaker(engine)
         self.db_url = db_url
@@ -115,18 +115,19 @@ class Catalog:
 
     @classmethod
     def open(cls, db_url: str | None, index_dir: str | Path, *, device: str = "cpu",
-             finding_thresholds: Mapping[str, float] | None = None) -> Catalog:
+             finding_thresholds: Mapping[str, float] | None = None, warm: bool = False) -> Catalog:
         """Open the database at ``db_url`` (default ``sqlite:///<index_dir>/catalog.sqlite``)
         and the index saved in ``index_dir``; ``finding_thresholds`` (class name -> threshold)
-        decide which predicted findings the ``finding`` filter counts (0.5 for the others).
-        Raises ChextrievError when either is missing, or when the catalog's schema revision is
-        not this code's (:class:`CatalogSchemaError`, naming ``chextriev db upgrade``)."""
+        decide which predicted findings the ``finding`` filter counts (0.5 for the others);
+        ``warm``: each build's files read ahead in the background (a server). Raises
+        ChextrievError when either is missing, or when the catalog's schema revision is not
+        this code's (:class:`CatalogSchemaError`, naming ``chextriev db upgrade``)."""
         index_dir = Path(index_dir)
         db_url = db_url or default_db_url(index_dir)
         engine = make_engine(db_url, create=False)
         try:
             return cls(engine, db_url=db_url, index_dir=index_dir, device=device,
-                       finding_thresholds=finding_thresholds)
+                       finding_thresholds=finding_thresholds, warm=warm)
         except BaseException:
             engine.dispose()
             raise
@@ -155,6 +156,8 @@ class Catalog:
                 size = int(np.isin(index.ids, columns.ids).sum())
         if store is not None:
             index.exact = StoreExact(store, columns.ids, columns.slots)
+        if self._warm:  # the build's mapped files, ahead of the first searches (indexer/warm.py)
+            warm.start_build(self.index_dir, manifest, store)
         if manifest.catalog_generation != generation:
             log.info("index build %s reflects catalog generation %d, the catalog is at %d "
                      "(indexing in progress, or run `chextriev index verify`)",
@@ -371,9 +374,11 @@ class Catalog:
     def region_embeddings(self, ids: Sequence[int]) -> np.ndarray | None:
         """Per-region embeddings ``(n, 18, R)`` float32, or None when the model has none."""
         ids = [int(i) for i in ids]
-        with self.sessions() as session:
-            slots = db_read.vector_slots(session, ids)
-        missing = [i for i in ids if i not in slots]
+        slots = dict(zip(ids, self._snap.columns.slots_of(np.asarray(ids, np.int64)).tolist()))
+        if min(slots.values(), default=0) < 0:  # not in the loaded build's columns: ask the catalog
+            with self.sessions() as session:
+                slots.update(db_read.vector_slots(session, [i for i in ids if slots[i] < 0]))
+        missing = [i for i in ids if slots[i] is not None and slots[i] < 0]
         if missing:
             raise UnknownImageError(missing)
         store = self._snap.store

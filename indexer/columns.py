@@ -135,6 +135,15 @@ class Columns:
         pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
         return pos[self.ids[pos] == ids]
 
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Vector-store slots of ``ids`` ``(n,)`` (-1 for an id not in this set)."""
+        out = np.full(len(ids), -1, np.int64)
+        if len(self.ids) and len(ids):
+            pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
+            found = self.ids[pos] == ids
+            out[found] = self.slots[pos[found]]
+        return out
+
     def meta(self, name: str) -> dict:
         """The manifest entry of this column set as set ``name``."""
         return {"set": name, "rows": len(self), "class_names": list(self.class_names),

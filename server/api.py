@@ -11,7 +11,6 @@ name or a patient identifier; the audit log (:mod:`server.audit`) gets the ids a
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 
@@ -27,12 +26,13 @@ from chextriev.errors import (
     SourceUnavailableError,
     StudyNotFoundError,
 )
-from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
+from chextriev.io.pixels import shrink
 from server import reference
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
+from server.preview import QueryPreview
 from server.results import (
     FINDING_FILTER_RULE,
     abnormality,
@@ -43,7 +43,7 @@ from server.results import (
     image_detail,
     jsonable,
     known_findings,
-    region_matches,
+    region_matches_many,
     result_tile,
 )
 from server.services import (
@@ -75,11 +75,6 @@ def _poll():
     current_app.extensions["chextriev"].poll()
 
 
-#: Longest side of the query preview returned with an upload search (the viewer draws on it;
-#: the size of the archive's previews, so that query and result compare at the same detail).
-#: Encoded as the archive's previews are (grey JPEG, ``chextriev.io.pixels.encode_preview`` at
-#: ``PREVIEW_SIDE``): a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes
-#: (BENCHMARKS.md).
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
 #: Catalog ids are positive 64-bit integers (SQL BIGINT, Faiss int64).
@@ -154,6 +149,16 @@ NO_PREVIEW_NOTE = ("thumbnail: the index stores no preview of this image (built 
 _told_no_preview: set[int] = set()
 
 
+def _id_url(endpoint: str):
+    """``image_id -> URL`` of an image route (``api.thumbnail``, ``api.preview``, ``api.image``):
+    ``url_for`` once per response, then the id put in its place (the tiles of a result list)."""
+    prefix, _, suffix = url_for(endpoint, image_id=_URL_MARK).rpartition(str(_URL_MARK))
+    return lambda image_id: f"{prefix}{int(image_id)}{suffix}"
+
+
+_URL_MARK = 987654321987
+
+
 def _no_preview(image_id: int) -> str:
     """Log once per process that archived images are served at thumbnail size; the header."""
     if not _told_no_preview:
@@ -216,29 +221,27 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     class_names = svc.class_names
     settings = settings or {}
     searched = time.perf_counter()
-    hits = svc.search(query.embedding, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
-                      filters=filters, **settings)
+    hits = svc.search_hits(query.embedding, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
+                           filters=filters, **settings)
     timings["search"] = (time.perf_counter() - searched) * 1000
     responding = time.perf_counter()
+    hits, rows = svc.rows_of_hits(hits, k)  # the catalog rows, read once (their status in them)
     ids = [int(hit.image_id) for hit in hits]
-    rows = svc.images(ids) if ids else []
     stored_regions = svc.region_embeddings(ids) if query.region_embeddings is not None and ids else None
     thresholds = svc.finding_thresholds  # per class, chosen on validation (0.5 without)
     findings = findings_list(query.probabilities, class_names, thresholds)
     predicted = [item["name"] for item in findings if item["predicted"]]
     note = svc.model.findings_note  # a model without a finding head predicts none, and says why
     finding = filters.get("finding")
-    results = []
-    for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
-        matched = region_matches(query.region_embeddings,
-                                 None if stored_regions is None else stored_regions[rank - 1],
-                                 query.boxes, as_boxes(row.get("boxes")))
-        results.append(result_tile(
-            rank, hit, row, matched_regions=matched, query_findings=set(predicted), class_names=class_names,
-            thumbnail_url=url_for("api.thumbnail", image_id=int(hit.image_id)),
-            preview_url=_preview_url(int(hit.image_id)),
-            image_url=url_for("api.image", image_id=int(hit.image_id)), finding_filter=finding,
-            viewer_template=current_app.config.get("VIEWER_URL"), threshold=thresholds))
+    matches = region_matches_many(query.region_embeddings, stored_regions, query.boxes,
+                                  [as_boxes(row.get("boxes")) for row in rows])
+    thumbnail_url, preview_url, image_url = (_id_url(name) for name in ("api.thumbnail", "api.preview", "api.image"))
+    viewer_template = current_app.config.get("VIEWER_URL")
+    results = [result_tile(rank, hit, row, matched_regions=matched, query_findings=set(predicted),
+                           class_names=class_names, thumbnail_url=thumbnail_url(hit.image_id),
+                           preview_url=preview_url(hit.image_id), image_url=image_url(hit.image_id),
+                           finding_filter=finding, viewer_template=viewer_template, threshold=thresholds)
+               for rank, (hit, row, matched) in enumerate(zip(hits, rows, matches), start=1)]
     timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
@@ -327,6 +330,7 @@ def search_upload():
     filters = parse_filters(request.form, svc.class_names)
     upload = _uploaded_image()
     timings = {"decode": (time.perf_counter() - started) * 1000}
+    preview = QueryPreview(upload.pixels)  # encoded while the model runs
     embedded = time.perf_counter()
     query = svc.embed(upload.pixels, timings=timings)  # adds boxes, model (and wait)
     timings["embed"] = (time.perf_counter() - embedded) * 1000
@@ -338,10 +342,9 @@ def search_upload():
         if not exclude_patients:
             patient_note = "the upload names no patient (only DICOM uploads carry PatientID): nothing excluded"
     height, width = upload.pixels.shape
-    preview = base64.b64encode(encode_preview(upload.pixels, PREVIEW_SIDE)).decode("ascii")
     query_info = {"source": "upload", "format": upload.format, "width": int(width), "height": int(height),
-                  "known_findings": None, "preview_url": f"data:image/jpeg;base64,{preview}"}
-    timings["response"] = (time.perf_counter() - previewed) * 1000  # the query preview JPEG
+                  "known_findings": None, "preview_url": preview.url()}
+    timings["response"] = (time.perf_counter() - previewed) * 1000  # waiting for the query preview
     payload, rows = _search_response(query, query_info, k=k, exclude_ids=[],
                                      exclude_patients=exclude_patients, filters=filters,
                                      started=started, timings=timings, settings=settings)
@@ -552,6 +555,7 @@ def search_by_reference():
         raise ApiError(422, "unreadable_image", f"the PACS's image {error.source} cannot be read: "
                                                 f"{error.reason}") from None
     timings = dict(located.timings)
+    preview = QueryPreview(located.pixels) if located.indexed_id is None else None  # while the model runs
     embedded = time.perf_counter()
     query = reference.query_embedding(svc, located, timings)
     if located.indexed_id is None:
@@ -573,9 +577,7 @@ def search_by_reference():
         record_ids(query_id=image_id)
     else:
         height, width = located.pixels.shape
-        preview = base64.b64encode(encode_preview(located.pixels, PREVIEW_SIDE)).decode("ascii")
-        query_info.update({"width": int(width), "height": int(height),
-                           "preview_url": f"data:image/jpeg;base64,{preview}"})
+        query_info.update({"width": int(width), "height": int(height), "preview_url": preview.url()})
     timings["response"] = (time.perf_counter() - previewed) * 1000
     exclude_patients = reference.patient_keys(located, key) if exclude_same_patient else []
     payload, rows = _search_response(

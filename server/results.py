@@ -100,16 +100,29 @@ def region_matches(query: np.ndarray | None, result: np.ndarray | None,
     """
     if query is None or result is None:
         return []
+    return region_matches_many(query, np.asarray(result)[None], query_boxes, [result_boxes], top)[0]
+
+
+def region_matches_many(query: np.ndarray | None, results: np.ndarray | None,
+                        query_boxes: np.ndarray | None, result_boxes: Sequence[np.ndarray | None],
+                        top: int = TOP_REGIONS) -> list[list[dict]]:
+    """:func:`region_matches` of the query against every result ``results (n, 18, R)`` at once
+    (``result_boxes``: one ``(18, 4)`` or ``None`` per result); ``[]`` each for global models."""
+    if query is None or results is None:
+        return [[] for _ in result_boxes]
     query = np.asarray(query, dtype=np.float32)
-    result = np.asarray(result, dtype=np.float32)
-    present = np.isfinite(query).all(axis=1) & np.isfinite(result).all(axis=1)
-    present &= (np.abs(query).sum(axis=1) > 0) & (np.abs(result).sum(axis=1) > 0)
-    for boxes in (query_boxes, result_boxes):
+    results = np.asarray(results, dtype=np.float32)
+    present = np.isfinite(query).all(axis=1)[None] & np.isfinite(results).all(axis=2)
+    present &= (np.abs(query).sum(axis=1) > 0)[None] & (np.abs(results).sum(axis=2) > 0)
+    if query_boxes is not None:
+        present &= ~np.isnan(np.asarray(query_boxes, dtype=np.float32)).any(axis=1)[None]
+    for i, boxes in enumerate(result_boxes):
         if boxes is not None:
-            present &= ~np.isnan(np.asarray(boxes, dtype=np.float32)).any(axis=1)
-    similarity = np.where(present, (np.nan_to_num(query) * np.nan_to_num(result)).sum(axis=1), -np.inf)
-    order = [int(i) for i in np.argsort(-similarity, kind="stable")[:top] if present[i]]
-    return [{"region": REGIONS[i], "index": i, "similarity": round(float(similarity[i]), 4)} for i in order]
+            present[i] &= ~np.isnan(np.asarray(boxes, dtype=np.float32)).any(axis=1)
+    similarity = np.where(present, (np.nan_to_num(query)[None] * np.nan_to_num(results)).sum(axis=2), -np.inf)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :top]
+    return [[{"region": REGIONS[j], "index": int(j), "similarity": round(float(similarity[i, j]), 4)}
+             for j in order[i] if present[i, j]] for i in range(len(results))]
 
 
 def as_boxes(value: Any) -> np.ndarray | None:

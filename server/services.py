@@ -151,7 +151,7 @@ class SearchService:
         self._index_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
         thresholds = dict(zip(model.class_names, map(float, model.finding_thresholds())))
         catalog = Catalog.open(self.db_url, self.index_dir, device=self._index_device,
-                               finding_thresholds=thresholds)
+                               finding_thresholds=thresholds, warm=True)  # read ahead in the background
         try:
             self._check_checkpoint(model, catalog, checkpoint)
         except BaseException:
@@ -414,6 +414,17 @@ class SearchService:
         an image indexed in the catalog now (the loaded build may predate a removal: such hits
         are dropped, one primary-key query). ``nprobe``/``rerank``: per-request search
         settings (default: the build's)."""
+        hits = self.search_hits(vector, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
+                                filters=filters, nprobe=nprobe, rerank=rerank)
+        status = self.catalog.status([hit.image_id for hit in hits])
+        return [hit for hit in hits if status.get(hit.image_id) == "indexed"][:k]
+
+    def search_hits(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] | None = None,
+                    exclude_patients: Sequence[str] | None = None, filters: dict | None = None,
+                    nprobe: int | None = None, rerank: int | None = None) -> list:
+        """The index search of :meth:`search` alone: ``k`` + :data:`STALE_MARGIN` hits of the
+        loaded build, best first, hits removed since it was loaded included (:meth:`rows_of_hits`
+        drops them with the rows it reads)."""
         self.require_ready()
         catalog = self.catalog
         query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, -1))
@@ -422,11 +433,39 @@ class SearchService:
         fetch = k + STALE_MARGIN
         if self.index_on_gpu:
             with self.index_lock:
-                hits = catalog.search(query, fetch, **options)[0]
-        else:  # Faiss CPU indexes are safe to search from several threads at once
-            hits = catalog.search(query, fetch, **options)[0]
-        status = catalog.status([hit.image_id for hit in hits])
-        return [hit for hit in hits if status.get(hit.image_id) == "indexed"][:k]
+                return catalog.search(query, fetch, **options)[0]
+        # Faiss CPU indexes are safe to search from several threads at once
+        return catalog.search(query, fetch, **options)[0]
+
+    def rows_of_hits(self, hits: list, k: int) -> tuple[list, list[dict]]:
+        """The first ``k`` of ``hits`` that are indexed now and their catalog rows, read once:
+        ``(hits, rows)``. One query reads the rows of the first ``k`` hits (their status is in
+        them); only when some were removed since the loaded build are the next hits' rows read.
+        (:meth:`search` + :meth:`images` cost a status query and a rows query.)"""
+        kept: list = []
+        rows: list[dict] = []
+        start = 0
+        while len(kept) < k and start < len(hits):
+            part = hits[start:start + k - len(kept)]
+            start += len(part)
+            found = self._rows_by_id([int(hit.image_id) for hit in part])
+            for hit in part:
+                row = found.get(int(hit.image_id))
+                if row is not None and row.get("status", "indexed") == "indexed":
+                    kept.append(hit)
+                    rows.append(row)
+        return kept, rows
+
+    def _rows_by_id(self, ids: list[int]) -> dict[int, dict]:
+        """``{id: row}`` of the ids the catalog knows (a row deleted since the loaded build is
+        absent: its id is left out and the rest read again)."""
+        from indexer.catalog import UnknownImageError
+
+        try:
+            return {int(row["id"]): row for row in self.catalog.images(ids)}
+        except UnknownImageError as error:
+            known = [i for i in ids if i not in set(error.ids)]
+            return {int(row["id"]): row for row in self.catalog.images(known)} if known else {}
 
     def search_settings(self, nprobe: int | None = None, rerank: int | None = None) -> dict:
         """What a search with these per-request settings uses: ``index_type``, ``nprobe``
