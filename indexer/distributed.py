@@ -38,6 +38,7 @@ from chextriev.errors import ChextrievError, SourceUnavailableError
 from chextriev.io.pixels import PREVIEW_SIDE
 from indexer import db_write
 from indexer.decode import OK, UNAVAILABLE, Decoded, IngestPolicy, decode_task, given_boxes
+from indexer.faiss_factory import DEFAULT_NPROBE
 from indexer.shards import (
     EmbedderInfo,
     clear_shards,
@@ -81,7 +82,7 @@ def _already_merged(session, items: Sequence[Decoded]) -> set[str]:
 
 
 def merge_into(catalog, shards: Sequence[Path], summary, *, index_dir: Path,
-               index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
+               index_type: str = "auto", device: str = "cpu", nprobe: int = DEFAULT_NPROBE,
                batch_size: int = 256, expected_total: int = 0, count_discovered: bool = True,
                bundle=None):
     """Write ``shards`` (in order) into an open :class:`~indexer.writer.WritableCatalog` and
@@ -309,7 +310,7 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
                           accelerator: str = "auto", shard_dir: str | Path | None = None,
                           workers: int = 0, batch_size: int = 16, index_type: str = "auto",
                           device: str = "cpu", policy: IngestPolicy | None = None,
-                          manifest: str | Path | None = None, nprobe: int = 32,
+                          manifest: str | Path | None = None, nprobe: int = DEFAULT_NPROBE,
                           progress: bool = True, source_options: dict | None = None,
                           wait: float | None = None, preview_side: int = PREVIEW_SIDE,
                           copy_checkpoint: bool = False):

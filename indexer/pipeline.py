@@ -53,6 +53,7 @@ from indexer.bundle import BuildRecord
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
+from indexer.faiss_factory import DEFAULT_NPROBE
 from indexer.sync import IndexSyncer
 from indexer.vector_store import open_store
 from indexer.writer import CatalogWriter, WritableCatalog
@@ -138,7 +139,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
               workers: int = 0, batch_size: int = 16, index_type: str = "auto",
               device: str = "cpu", policy: IngestPolicy | None = None,
               manifest: str | Path | None = None, checkpoint_every: int = 50,
-              nprobe: int = 32, progress: bool = True, source_options: dict | None = None,
+              nprobe: int = DEFAULT_NPROBE, progress: bool = True, source_options: dict | None = None,
               wait: float | None = None, preview_side: int = PREVIEW_SIDE,
               copy_checkpoint: bool = False
               ) -> IndexSummary:

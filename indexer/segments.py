@@ -26,8 +26,11 @@ import numpy as np
 from chextriev.files import atomic_open, atomic_path, sha256_file
 from indexer.manifest import SEGMENTS, IndexStateError, new_name
 
-#: Segments of one size tier merged together once this many exist.
-MERGE_FACTOR = 10
+#: Segments of one size tier merged together once this many exist. 4: a search scans a list in
+#: every segment, and fewer, larger segments read faster (1M IVF-flat: 13 segments 25 % slower than
+#: one); at most three per tier, 5 on average from 200k to 2M vectors (10: 9, up to 18), for each
+#: vector written about log4 instead of log10 of (n / checkpoint) times (3.7 instead of 2.6 at 2M).
+MERGE_FACTOR = 4
 #: Segments below this many vectors are tier 0; tier t holds sizes [B F^(t-1), B F^t).
 TIER_BASE = 1_024
 

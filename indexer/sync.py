@@ -30,7 +30,7 @@ from indexer import db_read, db_write
 from indexer.bundle import BUNDLE_KEY
 from indexer.db import catalog_state
 from indexer.exact import CHUNK, StoreExact, read_vectors, unit_rows
-from indexer.faiss_factory import default_nlist, resolve_index_type
+from indexer.faiss_factory import DEFAULT_NPROBE, default_nlist, resolve_index_type
 from indexer.manifest import COLUMNS, IndexStateError, Manifest
 from indexer.vector_index import VectorIndex
 from indexer.vector_store import VectorStore, open_store
@@ -45,7 +45,7 @@ class IndexSyncer:
     """Keeps one open index in step with the catalog across the checkpoints of a run."""
 
     def __init__(self, sessions, index_dir: str | Path, *, checkpoint_id: str | None, dim: int,
-                 index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
+                 index_type: str = "auto", device: str = "cpu", nprobe: int = DEFAULT_NPROBE,
                  expected_total: int = 0, store: VectorStore | None = None, bundle=None):
         self.sessions = sessions
         #: ``bundle``: an :class:`indexer.bundle.BuildRecord` (or None: the previous manifest's
@@ -238,7 +238,7 @@ def _rewrite(index_dir: Path, previous: cols.Columns | None, ids: np.ndarray, co
 
 # ---------------------------------------------------------------------- one-shot forms
 def sync_index(sessions, index_dir: str | Path, *, checkpoint_id: str | None, dim: int,
-               index_type: str = "auto", device: str = "cpu", nprobe: int = 32,
+               index_type: str = "auto", device: str = "cpu", nprobe: int = DEFAULT_NPROBE,
                rebuild: bool = False, expected_total: int = 0) -> Manifest:
     """One-shot :meth:`IndexSyncer.sync`."""
     return IndexSyncer(sessions, index_dir, checkpoint_id=checkpoint_id, dim=dim,

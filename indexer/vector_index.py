@@ -25,7 +25,7 @@ from chextriev.errors import UnknownNameError
 from chextriev.files import fsync_dir
 from indexer import faiss_factory
 from indexer.exact import ArrayExact, brute_force, empty_result, pad_result, rerank_exact, unit_rows
-from indexer.faiss_factory import INDEX_TYPES, factory_string, resolve_index_type
+from indexer.faiss_factory import DEFAULT_NPROBE, INDEX_TYPES, factory_string, resolve_index_type
 from indexer.manifest import SEGMENTS, IndexStateError, Manifest, new_name, sweep
 from indexer.segments import (
     MERGE_FACTOR,
@@ -47,7 +47,7 @@ class VectorIndex:
     #: Restricted searches over at most this many allowed ids are exact brute force.
     BRUTE_FORCE_MAX = 50_000
 
-    def __init__(self, index_type: str, factory: str, dim: int, *, nprobe: int = 32,
+    def __init__(self, index_type: str, factory: str, dim: int, *, nprobe: int = DEFAULT_NPROBE,
                  rerank: int = 8, device: str = "cpu", trained=None,
                  trained_info: dict | None = None, exact=None,
                  merge_factor: int = MERGE_FACTOR):
@@ -69,7 +69,7 @@ class VectorIndex:
     # ------------------------------------------------------------------ building
     @classmethod
     def create(cls, index_type: str, dim: int, *, train_vectors: np.ndarray | None = None,
-               expected: int = 0, device: str = "cpu", nprobe: int = 32, rerank: int = 8,
+               expected: int = 0, device: str = "cpu", nprobe: int = DEFAULT_NPROBE, rerank: int = 8,
                factory: str | None = None, exact=None) -> VectorIndex:
         """An empty index of a concrete ``index_type``. IVF types are trained on
         ``train_vectors`` (a sample) with nlist sized for ``expected`` vectors."""
@@ -89,7 +89,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, ids, vectors, *, index_type: str = "auto", device: str = "cpu",
-              nprobe: int = 32, rerank: int = 8, factory: str | None = None,
+              nprobe: int = DEFAULT_NPROBE, rerank: int = 8, factory: str | None = None,
               expected: int | None = None) -> VectorIndex:
         """An in-memory index of ``ids`` ``(n,)`` int64 and ``vectors`` ``(n, D)`` (normalised
         here), one segment, exact vectors kept in memory."""

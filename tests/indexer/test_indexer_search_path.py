@@ -143,3 +143,14 @@ def test_small_searches_run_on_one_openmp_thread_of_the_calling_thread_only():
     assert seen["inside"] == 1 and seen["other"] >= 2 and faiss.omp_get_max_threads() == before
     with faiss_factory.search_threads(faiss_factory.ONE_THREAD_QUERIES + 1):
         assert faiss.omp_get_max_threads() == before  # batches keep every thread
+
+
+def test_the_index_command_defaults_to_the_build_nprobe():
+    import argparse
+
+    from indexer import cli
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    cli.register(commands)
+    assert commands.choices["index"]._option_string_actions["--nprobe"].default == faiss_factory.DEFAULT_NPROBE

@@ -119,7 +119,8 @@ def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path):
     np.testing.assert_array_equal(loaded.faiss_ids(), ids[:2400])
     _, found = loaded.search(base[2300:2310], 1, nprobe=64)
     assert (found[:, 0] == ids[2300:2310]).all()
-    assert tier_of(100) == 0 and tier_of(2000) == 1 and tier_of(20_000) == 2
+    assert tier_of(100) == 0 and tier_of(2000) == 1 and tier_of(20_000) == 3  # tiers of x4 (MERGE_FACTOR)
+    assert tier_of(20_000, factor=10) == 2
 
 
 def test_add_remove_and_vectors(data):
