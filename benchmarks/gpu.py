@@ -3,44 +3,58 @@
     python -m benchmarks gpu --device cuda --out bench-gpu.md        # one H100/H200, < 8 min
     python -m benchmarks gpu --device cpu --reduced --out dry.md     # the CPU dry run
 
-Stages, each timed on its own and each a row of the table (``--skip`` leaves stages out):
+Stages, each timed on its own and each one or more rows of the table (``--skip`` leaves stages
+out; a stage that fails is a row with its error, and the run goes on; the table and the JSON
+figures beside it are written after every stage, so a run stopped by its time bound keeps what
+it measured):
 
 1. ``synth``: a synthetic archive at 512 px (``--images``, at least 5,000 on the GPU), drawn in
    parallel processes;
 2. ``embed``: ``embed_images`` of the default architecture (V6, ResNet50 roi at 512 px, width
    1024; random weights, fitted feature standardisation) in ``--precision`` (bf16 on the GPU),
-   at batch 64 and 128, images decoded from the archive files by DataLoader worker processes
-   (images/s, decode included);
-3. ``index``: ``indexer.pipeline.run_index`` end to end over the whole archive (discovery,
-   decoding workers, embedding, SQLite, Faiss build, save) with that checkpoint;
-4. ``faiss``: Faiss at ``--vectors`` x 1024 (clustered unit vectors like ``benchmarks/search.py``):
-   exact flat and IVF-flat (nlist 4096 at 1M; nprobe 32), on the GPU when Faiss has one: p50 of
-   single queries, batched queries/s, recall@10 against exact;
-5. ``upload``: upload search against the index of stage 3 served in this process (waitress on
-   127.0.0.1), one client: p50 and the median ``timing_ms`` of every stage.
+   at batch 64 and 128: with the images decoded from the archive files by DataLoader worker
+   processes (decode included), and on images decoded beforehand (decode excluded);
+3. ``index``: ``chextriev index`` end to end over the whole archive (the command, in a child
+   process: discovery, decoding workers, embedding, SQLite, Faiss, previews), its ``--json``
+   figures;
+4. ``upload``: upload search against that index served by ``chextriev serve``'s server
+   (gunicorn, in a child process on 127.0.0.1), one client: p50 and the median ``timing_ms`` of
+   every stage;
+5. ``search``: ``--vectors`` x 1024 (clustered unit vectors like ``benchmarks/search.py``):
+   exact search with torch on the device (the reference; fp32 and bf16 matrix products), the
+   project's index (``VectorIndex.build``, the type ``auto`` picks) on the CPU, and, where Faiss
+   sees a GPU (a Faiss GPU build installed), the same index searched through its GPU copies (the
+   project's route, ``VectorIndex(device="cuda")``): p50 of single queries, batched queries/s,
+   recall@10 against exact.
 
 ``--reduced`` shrinks every size (for the CPU dry run; the figures then only show that each
-stage runs). Targets on one H100/H200 (issue 15): indexing >= 1,500 images/s, upload p50 <= 15
-ms, single-query search p50 <= 1 ms at 1M.
+stage runs); ``--tiny`` uses the tests' tiny model (ResNet18 at 64 px) instead of the default
+architecture (the dry run's test). Targets on one H100/H200 (issue 15): indexing >= 1,500
+images/s, upload p50 <= 15 ms, single-query search p50 <= 1 ms at 1M.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import json
 import logging
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.harness import (
+    REPO_ROOT,
     Table,
     archive_images,
     clustered_chunk,
@@ -70,6 +84,13 @@ def machine(device: str) -> str:
     return line
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 # ------------------------------------------------------------------------------ 2. embedding
 class _Files:
     """A map-style dataset of archive files -> (image (H, W) float32, boxes (18, 4))."""
@@ -93,7 +114,6 @@ def _collate(items):
 
 def bench_embed(loaded, records, batch: int, workers: int, max_images: int) -> float:
     """images/s of decode (``workers`` processes) + ``embed_images`` at ``batch``."""
-    import torch
     from torch.utils.data import DataLoader
 
     from chextriev.embedding import embed_images
@@ -102,70 +122,193 @@ def bench_embed(loaded, records, batch: int, workers: int, max_images: int) -> f
     loader = DataLoader(_Files(chosen), batch_size=batch, num_workers=workers, collate_fn=_collate,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     embed_images(loaded, [np.zeros((512, 512), np.float32)] * min(batch, 8))  # warm-up (cudnn, autocast)
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(str(loaded.device))
     started = time.perf_counter()
     done = 0
     for images, boxes in loader:
         done += len(embed_images(loaded, images, boxes, batch_size=batch))
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(str(loaded.device))
     return done / (time.perf_counter() - started)
 
 
-# ------------------------------------------------------------------------------ 4. faiss
-def bench_faiss(n: int, dim: int, n_queries: int, device: str, nlist: int, nprobe: int) -> list[tuple]:
-    import faiss
+def bench_embed_decoded(loaded, images: list, boxes: list, batch: int, total: int) -> float:
+    """images/s of ``embed_images`` alone at ``batch`` on images decoded beforehand (cycled up to
+    ``total``)."""
+    from chextriev.embedding import embed_images
 
+    embed_images(loaded, images[:batch], boxes[:batch], batch_size=batch)  # warm-up at this batch
+    _sync(str(loaded.device))
+    started = time.perf_counter()
+    done = 0
+    while done < total:
+        pick = [(done + j) % len(images) for j in range(min(batch, total - done))]
+        done += len(embed_images(loaded, [images[j] for j in pick], [boxes[j] for j in pick], batch_size=batch))
+    _sync(str(loaded.device))
+    return done / (time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------ 3. index
+def bench_index(archive: Path, checkpoint: Path, index_dir: Path, args, workers: int, batch: int) -> dict:
+    """``chextriev index`` end to end in a child process; its ``--json`` figures + wall time."""
+    command = [sys.executable, "-m", "chextriev_cli.main", "index", "--data", str(archive), "--checkpoint",
+               str(checkpoint), "--index-dir", str(index_dir), "--device", args.device, "--workers", str(workers),
+               "--batch-size", str(batch), "--precision", args.precision, "--compile", args.compile,
+               "--no-progress", "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                          timeout=args.index_timeout)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"chextriev index exited {done.returncode}: {done.stderr[-1500:]}")
+    figures = json.loads(done.stdout)
+    figures["wall_s"] = wall
+    return figures
+
+
+# ------------------------------------------------------------------------------ 4. upload
+@contextlib.contextmanager
+def served(index_dir: Path, checkpoint: Path, args):
+    """``chextriev serve`` of ``index_dir`` in a child process on 127.0.0.1 (a fresh process: this
+    one has run torch's thread pools, which a forked child can deadlock on); its base URL."""
+    import socket
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "chextriev_cli.main", "serve", "--index-dir", str(index_dir), "--checkpoint",
+               str(checkpoint), "--port", str(port), "--device", args.device, "--precision", args.precision,
+               "--compile", args.compile]
+    log_path = index_dir.parent / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + args.index_timeout
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chextriev serve did not become ready: {log_path.read_text()[-1500:]}")
+            try:
+                if requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ------------------------------------------------------------------------------ 5. search
+def _vectors(n: int, dim: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((max(64, n // 500), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    chunk = 100_000
-    vectors = np.concatenate([clustered_chunk(s, min(chunk, n - s), dim, centres, 0) for s in range(0, n, chunk)])
-    queries = make_queries(vectors, n_queries, 1)
-    gpu = device.startswith("cuda") and faiss.get_num_gpus() > 0
-    resources = faiss.StandardGpuResources() if gpu else None
-    if not gpu:  # OpenMP threads spinning on a busy CPU make single queries 50x slower (BENCHMARKS.md)
-        faiss.omp_set_num_threads(1)
+    return np.concatenate([clustered_chunk(s, min(100_000, n - s), dim, centres, 0)
+                           for s in range(0, n, 100_000)])
 
-    def on_device(index):
-        return faiss.index_cpu_to_gpu(resources, 0, index) if gpu else index
 
-    rows = []
-    started = time.perf_counter()
-    flat = on_device(faiss.IndexFlatIP(dim))
-    flat.add(vectors)
-    build_flat = time.perf_counter() - started
-    _, truth = flat.search(queries, 10)
-    started = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf_cpu = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf = on_device(ivf_cpu)
-    sample = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
-    ivf.train(sample)
-    ivf.add(vectors)
-    if gpu:
-        faiss.GpuParameterSpace().set_index_parameter(ivf, "nprobe", nprobe)
-    else:
-        ivf.nprobe = nprobe
-    build_ivf = time.perf_counter() - started
-    where = "GPU" if gpu else "CPU"
-    for name, index, build in ((f"flat (exact), {where}", flat, build_flat),
-                               (f"IVF{nlist},Flat nprobe {nprobe}, {where}", ivf, build_ivf)):
-        index.search(queries[:8], 10)  # warm-up
-        single = []
-        for q in queries[: min(200, n_queries)]:
-            t = time.perf_counter()
-            index.search(q[None], 10)
-            single.append((time.perf_counter() - t) * 1000)
+def _time_queries(search, queries: np.ndarray, singles: int) -> tuple[float, float, np.ndarray]:
+    """(single-query p50 ms, batched queries/s, found ids (q, 10)) of ``search(q (n, D)) -> ids``."""
+    search(queries[:8])  # warm-up
+    single = []
+    for q in queries[:singles]:
         t = time.perf_counter()
-        _, found = index.search(queries, 10)
-        batched = len(queries) / (time.perf_counter() - t)
-        rows.append((name, statistics.median(single), batched, recall_at(found, truth), build))
-    return rows
+        search(q[None])
+        single.append((time.perf_counter() - t) * 1000)
+    t = time.perf_counter()
+    found = search(queries)
+    return statistics.median(single), len(queries) / (time.perf_counter() - t), found
+
+
+def bench_search(n: int, dim: int, n_queries: int, device: str, table: Table, singles: int) -> None:
+    """Exact search with torch on ``device`` (fp32: the reference, and bf16), the project's index
+    on the CPU, and through its GPU copies where Faiss sees a GPU: one row each."""
+    import torch
+
+    vectors = _vectors(n, dim)
+    queries = make_queries(vectors, n_queries, 1)
+    started = time.perf_counter()
+    gallery = torch.from_numpy(vectors).to(device)
+    load_s = time.perf_counter() - started
+    truth = None
+    for dtype in (torch.float32, torch.bfloat16):
+        matrix = gallery.to(dtype)
+
+        def exact(q, matrix=matrix, dtype=dtype):
+            with torch.inference_mode():
+                scores = torch.from_numpy(np.ascontiguousarray(q)).to(device, dtype) @ matrix.T
+                return scores.float().topk(10, dim=1).indices.cpu().numpy()
+
+        p50, batched, found = _time_queries(exact, queries, singles)
+        if truth is None:
+            truth = found
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        table.row("search", f"{n:,} x {dim}, exact with torch ({name} matrix product + top-k) on {device}",
+                  f"single-query p50 {p50:.3f} ms; batched {batched:,.0f} q/s; recall@10 {recall_at(found, truth):.3f}; "
+                  f"copy to the device {load_s:.1f} s", "p50 <= 1 ms at 1M")
+        del matrix
+    del gallery
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    import faiss
+
+    from indexer.vector_index import VectorIndex
+
+    ids = np.arange(n, dtype=np.int64)
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    for where in ("cpu", "cuda") if device.startswith("cuda") else ("cpu",):
+        if where == "cuda" and gpus == 0:
+            table.row("search", f"{n:,} x {dim}, the project's index on the GPU (Faiss GPU copies)",
+                      f"not measured: faiss {faiss.__version__} sees no GPU (the carried faiss-cpu; "
+                      "a Faiss GPU build installed by the user is searched through this route)")
+            continue
+        started = time.perf_counter()
+        index = VectorIndex.build(ids, vectors, index_type="auto", device=where)
+        build_s = time.perf_counter() - started
+
+        def project(q, index=index):
+            return index.search(q, 10)[1]
+
+        p50, batched, found = _time_queries(project, queries, singles)
+        on = "GPU copies" if where == "cuda" else f"CPU, {os.cpu_count()} cores"
+        table.row("search", f"{n:,} x {dim}, the project's index ({index.factory}, nprobe {index.nprobe}"
+                  f"{f', re-rank {index.rerank} x k' if index.index_type == 'ivf-pq' else ''}) on the {on}",
+                  f"single-query p50 {p50:.3f} ms; batched {batched:,.0f} q/s; recall@10 {recall_at(found, truth):.3f}; "
+                  f"build {build_s:.0f} s", "p50 <= 1 ms at 1M")
+        del index
 
 
 # ------------------------------------------------------------------------------ main
+class Run:
+    """The table, the JSON figures beside it, written after every stage; a stage that raises is
+    a row with its error."""
+
+    def __init__(self, table: Table, out: Path):
+        self.table, self.out, self.figures = table, out, {}
+
+    def stage(self, name: str, fn) -> object:
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as error:  # noqa: BLE001 - reported, the next stage runs
+            log.debug("stage %s failed:\n%s", name, traceback.format_exc())
+            self.table.row(name, "FAILED", f"{type(error).__name__}: {str(error).strip()[-600:]}")
+            result = None
+        self.figures[f"{name}_s"] = round(time.perf_counter() - started, 1)
+        self.write()
+        return result
+
+    def write(self) -> None:
+        self.out.write_text(self.table.text())
+        self.out.with_suffix(".json").write_text(json.dumps(self.figures, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -173,14 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="off", choices=("off", "on"),
                         help="the trunk compiled by TorchInductor (chextriev.compiled) in embed, index and upload")
     parser.add_argument("--reduced", action="store_true", help="small sizes (the CPU dry run)")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of the default architecture")
     parser.add_argument("--images", type=int, default=None, help="archive size (default 5,120; reduced 12)")
-    parser.add_argument("--vectors", type=int, default=None, help="Faiss size (default 1,000,000; reduced 20,000)")
+    parser.add_argument("--image-side", type=int, default=512, help="side of the synthetic images")
+    parser.add_argument("--vectors", type=int, default=None, help="search size (default 1,000,000; reduced 20,000)")
     parser.add_argument("--work", type=Path, default=None,
                         help="working folder, kept (default: a new temporary one, removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary working folder")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count, at most 16)")
     parser.add_argument("--upload-seconds", type=float, default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("embed", "index", "faiss", "upload"))
+    parser.add_argument("--index-timeout", type=float, default=240, help="seconds chextriev index may take")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("embed", "index", "search", "upload"))
     parser.add_argument("--out", type=Path, default=Path("bench-gpu.md"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -194,76 +340,102 @@ def main(argv: list[str] | None = None) -> int:
     n_vectors = args.vectors or (20_000 if reduced else 1_000_000)
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
     upload_seconds = args.upload_seconds or (10.0 if reduced else 30.0)
+    batches = (4, 8) if reduced else (64, 128)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU (use benchmarks/gpu.sh --cpu for the dry run)")
     keep_work = args.work is not None or args.keep
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     if not keep_work:  # archive, checkpoint and index: several GB in the full run
         atexit.register(shutil.rmtree, work, True)
-    table = Table(f"GPU benchmark ({'reduced CPU dry run' if reduced else 'full'}), {time.strftime('%Y-%m-%d')}: "
-                  f"{machine(args.device)}; {platform.python_version()}")
+    model = "tiny model (ResNet18 at 64 px)" if args.tiny else "default V6 at 512 px"
+    run = Run(Table(f"GPU benchmark ({'reduced CPU dry run' if reduced else 'full'}), {time.strftime('%Y-%m-%d')}: "
+                    f"{machine(args.device)}; Python {platform.python_version()}; {model}, random weights"),
+              args.out)
     wall = time.perf_counter()
 
-    # 1. archive (~1.9 images per patient)
+    # 1. archive (~1.9 images per patient) and the checkpoint
     t = time.perf_counter()
-    archive = synth_archive(work / "archive", patients=max(1, round(n_images / 1.9)), size=512, workers=workers)
+    archive = synth_archive(work / "archive", patients=max(1, round(n_images / 1.9)), size=args.image_side,
+                            workers=workers)
     records = read_archive(archive)
-    table.row("synth", f"{len(records)} images at 512 px, {workers} processes", f"{time.perf_counter() - t:.0f} s")
-    images, boxes, _ = archive_images(archive, 64)
-    checkpoint = default_checkpoint(work / "v6-default.ckpt", images, boxes)
+    run.table.row("synth", f"{len(records)} images at {args.image_side} px, {workers} processes",
+                  f"{time.perf_counter() - t:.0f} s")
+    images, boxes, _ = archive_images(archive, 16 if args.tiny else 64)
+    overrides = {}
+    if args.tiny:
+        from chextriev.model.config import TINY
+
+        overrides = dict(TINY)
+    checkpoint = default_checkpoint(work / ("tiny.ckpt" if args.tiny else "v6-default.ckpt"), images, boxes,
+                                    **overrides)
     loaded = load_checkpoint(checkpoint, device=args.device, precision=args.precision,
-                             compile=args.compile == "on", compile_batch=8 if reduced else 64)
+                             compile=args.compile == "on", compile_batch=batches[0])
     precision = loaded.precision
+    run.write()
 
-    # 2. embedding
+    # 2. embedding, decode included and excluded
     if "embed" not in args.skip:
-        for batch in ((4, 8) if reduced else (64, 128)):
-            rate = bench_embed(loaded, records, batch, workers, max_images=min(len(records), 8 if reduced else 4_096))
-            table.row("embed", f"default V6 at 512 px, {precision}, batch {batch}, decode in {workers} workers",
-                      f"{rate:.0f} images/s" if rate >= 10 else f"{rate:.2f} images/s")
+        max_images = min(len(records), 8 if reduced else 4_096)
 
-    # 3. indexing end to end
+        def embed():
+            decoded, decoded_boxes, _ = archive_images(archive, min(len(records), 8 if reduced else 1_024))
+            for batch in batches:
+                rate = bench_embed(loaded, records, batch, workers, max_images)
+                run.table.row("embed", f"{model}, {precision}, batch {batch}, decode in {workers} worker processes "
+                              "(included)", f"{rate:.0f} images/s" if rate >= 10 else f"{rate:.2f} images/s")
+                run.figures[f"embed_b{batch}_with_decode"] = rate
+                rate = bench_embed_decoded(loaded, decoded, decoded_boxes, batch, max_images)
+                run.table.row("embed", f"{model}, {precision}, batch {batch}, images decoded beforehand (decode "
+                              "excluded)", f"{rate:.0f} images/s" if rate >= 10 else f"{rate:.2f} images/s")
+                run.figures[f"embed_b{batch}_decoded"] = rate
+                run.write()
+
+        run.stage("embed", embed)
+    loaded = None  # the GPU memory back before indexing
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    # 3. chextriev index end to end
     index_dir = work / "index"
+    batch = batches[-1]
     if "index" not in args.skip or "upload" not in args.skip:
-        from indexer.embedder import ModelEmbedder
-        from indexer.pipeline import run_index
+        def index():
+            figures = bench_index(archive, checkpoint, index_dir, args, workers, batch)
+            indexed = int(figures.get("indexed", 0))
+            rate = indexed / max(figures["wall_s"], 1e-9)
+            run.figures["index"] = figures
+            run.table.row("index", f"`chextriev index`, {indexed} images, batch {batch}, {workers} decoding workers, "
+                          f"{args.precision}, compile {args.compile}",
+                          f"{rate:.1f} images/s end to end ({figures['wall_s']:.1f} s, the command's start included)",
+                          ">= 1,500 images/s")
 
-        batch = 8 if reduced else 128
-        embedder = ModelEmbedder(checkpoint, device=args.device, batch_size=batch, precision=args.precision,
-                                 compile=args.compile)
-        summary = run_index(archive, embedder=embedder, index_dir=index_dir, workers=workers, batch_size=batch,
-                            device=embedder.device, progress=False)
-        rate = summary.indexed / summary.seconds
-        table.row("index", f"`run_index`, {summary.indexed} images, batch {batch}, {workers} decoding workers, "
-                  f"{embedder.loaded.precision}", f"{rate:.1f} images/s ({summary.seconds:.1f} s)",
-                  ">= 1,500 images/s")
-        del embedder
+        run.stage("index", index)
 
-    # 4. faiss
-    if "faiss" not in args.skip:
-        nlist = 4096 if n_vectors >= 500_000 else max(16, int(np.sqrt(n_vectors)))
-        for name, p50, batched, recall, build in bench_faiss(n_vectors, 1024, 2_000 if reduced else 10_000,
-                                                             args.device, nlist, nprobe=32):
-            table.row("faiss", f"{n_vectors:,} x 1024, {name}",
-                      f"single-query p50 {p50:.3f} ms; batched {batched:,.0f} q/s; recall@10 {recall:.3f}; "
-                      f"build {build:.1f} s", "p50 <= 1 ms at 1M" if "IVF" in name else "")
+    # 4. upload search
+    if "upload" not in args.skip and (index_dir / "manifest.json").is_file():
+        def upload():
+            from benchmarks.load_test import compare_precisions
 
-    # 5. upload search
-    if "upload" not in args.skip:
-        from benchmarks.load_test import compare_precisions, serve_in_process
+            with served(index_dir, checkpoint, args) as base:
+                query_files = sorted((archive / "files").rglob("*.png"))[:20]
+                result = compare_precisions({precision: base}, [p.read_bytes() for p in query_files],
+                                            upload_seconds, 10, {})
+            row = result[precision]
+            run.figures["upload"] = row
+            stages = ", ".join(f"{k} {v}" for k, v in row["stages"].items())
+            run.table.row("upload", f"`chextriev serve` (1 worker), 1 client x {upload_seconds:.0f} s, "
+                          f"{row['requests']} requests, {row['errors']} errors",
+                          f"p50 {row['p50_ms']} ms, p90 {row['p90_ms']} ms; stage medians ms: {stages}", "p50 <= 15 ms")
 
-        base = serve_in_process(checkpoint, None, index_dir, 0, 4, torch_threads=None, precision=args.precision,
-                                compile=args.compile)
-        logging.getLogger("server").setLevel(logging.WARNING)
-        query_files = sorted((archive / "files").rglob("*.png"))[:20]
-        result = compare_precisions({precision: base}, [p.read_bytes() for p in query_files], upload_seconds, 10, {})
-        row = result[precision]
-        stages = ", ".join(f"{k} {v}" for k, v in row["stages"].items())
-        table.row("upload", f"1 client x {upload_seconds:.0f} s, {row['requests']} requests, {row['errors']} errors",
-                  f"p50 {row['p50_ms']} ms, p90 {row['p90_ms']} ms; stage medians ms: {stages}", "p50 <= 15 ms")
+        run.stage("upload", upload)
 
-    table.row("all", "wall time of the benchmark", f"{time.perf_counter() - wall:.0f} s", "<= 8 min")
-    args.out.write_text(table.text())
+    # 5. vector search
+    if "search" not in args.skip:
+        run.stage("search", lambda: bench_search(n_vectors, 1024, 2_000 if reduced else 10_000, args.device,
+                                                 run.table, singles=50 if reduced else 200))
+
+    run.table.row("all", "wall time of the benchmark", f"{time.perf_counter() - wall:.0f} s", "<= 8 min")
+    run.write()
     print(f"\nwrote {args.out}" + (f" (work folder {work})" if keep_work else ""))
     return 0
 
