@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from chextriev.files import atomic_open, atomic_path, sha256_file
+from chextriev.files import atomic_open, sha256_file
 from indexer.manifest import SEGMENTS, IndexStateError, new_name
 
 #: Segments of one size tier merged together once this many exist.
@@ -104,10 +104,38 @@ class Segment:
                 f"{self.index.ntotal}, ids file {len(self.ids)}")
 
 
+class _Sink:
+    """Faiss's writes into a Python file, keeping the first error (a full disk) to raise once
+    Faiss is done: ``faiss.write_index(index, path)`` reports a failed close of its buffered
+    file on stderr only, leaving a short file that a reader could load (and crash on)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def __call__(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self.handle.write(data)
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+
+def write_index_file(index, path: Path) -> None:
+    """``index`` into ``path`` (temporary name, fsync, rename), every write error raised."""
+    with atomic_open(path) as handle:
+        sink = _Sink(handle)
+        writer = faiss.PyCallbackIOWriter(sink)
+        faiss.write_index(index, writer)
+        del writer
+        if sink.error is not None:
+            raise sink.error
+
+
 def write_segment(index_dir: Path, segment: Segment) -> None:
     """Write a new segment's files (temporary names, fsync, rename) and record their sha256."""
     segment.root = index_dir
-    atomic_path(segment.path(), lambda tmp: faiss.write_index(segment._index, str(tmp)))
+    write_index_file(segment._index, segment.path())
     with atomic_open(segment.path(".ids.npy")) as handle:
         np.save(handle, np.asarray(segment.ids, np.int64))
     segment.sha256 = sha256_file(segment.path())
@@ -120,7 +148,7 @@ def write_trained(index_dir: Path, trained, info: dict) -> dict:
     info = dict(info)
     info["name"] = "trained-" + new_name()
     path = index_dir / SEGMENTS / f"{info['name']}.faiss"
-    atomic_path(path, lambda tmp: faiss.write_index(trained, str(tmp)))
+    write_index_file(trained, path)
     info["sha256"] = sha256_file(path)
     return info
 
@@ -151,7 +179,11 @@ def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR) -> list[list
 def merge(group: list[Segment], empty: Callable[[], object], *, ivf: bool) -> Segment:
     """One in-memory segment holding every vector of ``group`` (``empty()``: a new empty index
     of the layout; IVF lists are concatenated)."""
-    merged = empty() if ivf else faiss.downcast_index(empty())
+    owner = empty()  # the owning wrapper: a downcast of a temporary would dangle (segfault)
+    merged = owner if ivf else faiss.downcast_index(owner)
+    if merged is not owner:  # the downcast wrapper owns the index from here
+        owner.this.disown()
+        merged.this.own(True)
     for segment in group:
         source = segment.in_memory()
         merged.merge_from(source if ivf else faiss.downcast_index(source), 0)
