@@ -178,16 +178,20 @@ def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR) -> list[list
 
 def merge(group: list[Segment], empty: Callable[[], object], *, ivf: bool) -> Segment:
     """One in-memory segment holding every vector of ``group`` (``empty()``: a new empty index
-    of the layout; IVF lists are concatenated)."""
-    owner = empty()  # the owning wrapper: a downcast of a temporary would dangle (segfault)
-    merged = owner if ivf else faiss.downcast_index(owner)
-    if merged is not owner:  # the downcast wrapper owns the index from here
-        owner.this.disown()
-        merged.this.own(True)
-    for segment in group:
-        source = segment.in_memory()
-        merged.merge_from(source if ivf else faiss.downcast_index(source), 0)
-        del source
+    of the layout). IVF lists are concatenated (``merge_from``); flat segments' vectors are
+    added to the new index (a flat read back from disk is an ``IndexFlatIP`` while a new one is
+    an ``IndexFlat`` of the same metric, which ``merge_from`` refuses to merge)."""
+    merged = empty()
+    if ivf:
+        for segment in group:
+            source = segment.in_memory()
+            merged.merge_from(source, 0)
+            del source
+    else:
+        for segment in group:
+            ids, vectors = payload(segment)
+            merged.add_with_ids(np.ascontiguousarray(vectors, np.float32),
+                                np.ascontiguousarray(ids, np.int64))
     ids = np.sort(np.concatenate([np.asarray(s.ids) for s in group]))
     if merged.ntotal != len(ids):
         raise IndexStateError(f"merging {len(group)} segments gave {merged.ntotal} vectors, "

@@ -115,6 +115,8 @@ def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path, in
     assert sorted(s["n"] for s in manifest.segments) == [100, 100, 100, 2000]
     for name, mtime in written.items():  # the first segment was never rewritten
         assert (tmp_path / "segments" / name).stat().st_mtime_ns == mtime
+    index = VectorIndex.load(tmp_path)  # segments read back from disk merge with a new one
+    index.merge_factor = 4
     index.add(ids[2300:2400], base[2300:2400])  # the fourth of tier 0: merged into one
     manifest = index.save(tmp_path, checkpoint_id=None)
     gc.collect()  # a merged index that a dropped wrapper owned would be freed here
