@@ -10,6 +10,10 @@ A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
 and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
 included, so no weights file is needed at load time).
 
+The training run's split: ``data[SPLIT_KEY]`` (:mod:`chextriev.splits`), kept as
+:attr:`LoadedModel.data_split` (``None`` for a checkpoint written before it was saved); ``chextriev
+evaluate`` evaluates its test patients.
+
 Finding thresholds: ``data[THRESHOLDS_KEY]`` (``{"rule", "class_names", "values", "f1",
 "n_images", "epoch"}``, see :mod:`chextriev.training.thresholds`) holds the per-class
 thresholds chosen on validation (max F1). :attr:`LoadedModel.thresholds` is ``(C,)`` with NaN
@@ -34,20 +38,17 @@ from chextriev.errors import ChextrievError
 from chextriev.files import atomic_path, sha256_file
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.build import build_from_config
-from chextriev.model.config import MODEL_FORMAT, ModelConfig
+from chextriev.model.config import ENCODER_FILES_KEY, MODEL_FORMAT, STATE_PREFIX, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
+from chextriev.splits import SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "model."
 #: Top-level checkpoint key of the finding thresholds chosen on validation.
 THRESHOLDS_KEY = "finding_thresholds"
 #: Probability from which a finding counts as predicted when no threshold was chosen for it.
 DEFAULT_THRESHOLD = 0.5
-#: Top-level checkpoint key of the files a text tower needs at load time (its tokenizer's, name
-#: -> bytes), copied from the user's encoder folder by ``chextriev model init``.
-ENCODER_FILES_KEY = "encoder_files"
 
 
 class CheckpointError(ChextrievError):
@@ -88,6 +89,7 @@ class LoadedModel:
     threshold_rule: str | None = None
     compile: bool = False
     compile_batch: int = 1  # the batch size the trunk is compiled for (1: exactly one image)
+    data_split: dict[str, Any] | None = None  # the training run's split (chextriev.splits); None: not saved
     _pending_trunk: Any = field(default=None, repr=False)  # compiled bf16 trunk awaiting the `auto` check
     encoder_files: dict[str, bytes] | None = None  # a text tower's tokenizer files (ENCODER_FILES_KEY)
     _text_encoder: Any = field(default=None, repr=False, compare=False)
@@ -187,8 +189,9 @@ class LoadedModel:
 
     @property
     def max_input_side(self) -> int | None:
-        """Largest image side worth handing to :func:`~chextriev.embedding.embed_images`:
-        ``None`` = the full-resolution original (``crop`` mode crops it), else the model input."""
+        """What :func:`chextriev.io.pixels.model_pixels` prepares images for: ``S``, the side of
+        the model's square resize (a pre-shrink to ``S x S`` with the same filter hands the model
+        the same input), or ``None``: the model needs the original (``crop`` mode, a centre crop)."""
         return self.model.max_input_side
 
     @classmethod
@@ -297,6 +300,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         threshold_rule=rule,
         compile=bool(compile),
         compile_batch=max(1, int(compile_batch)),
+        data_split=data.get(SPLIT_KEY),
         encoder_files=data.get(ENCODER_FILES_KEY),
     )
     loaded.start_compiled()

@@ -27,7 +27,7 @@ from chextriev.errors import (
     SourceUnavailableError,
     StudyNotFoundError,
 )
-from indexer.preview_store import encode_preview
+from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
 from server import reference
 from server.audit import record_ids
 from server.auth import require_token
@@ -35,6 +35,7 @@ from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
     boxes_list,
     finding_filter_basis,
@@ -50,7 +51,6 @@ from server.services import (
     NotReadyError,
     QueryEmbedding,
     SearchService,
-    shrink,
 )
 from server.validation import (
     check_single,
@@ -77,9 +77,9 @@ def _poll():
 
 #: Longest side of the query preview returned with an upload search (the viewer draws on it;
 #: the size of the archive's previews, so that query and result compare at the same detail).
-#: Encoded as the archive's previews are (grey JPEG, ``indexer.preview_store.encode_preview``):
-#: a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes (BENCHMARKS.md).
-PREVIEW_SIDE = 1024
+#: Encoded as the archive's previews are (grey JPEG, ``chextriev.io.pixels.encode_preview`` at
+#: ``PREVIEW_SIDE``): a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes
+#: (BENCHMARKS.md).
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
 #: Catalog ids are positive 64-bit integers (SQL BIGINT, Faiss int64).
@@ -244,6 +244,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     payload = {
         "query": {**query_info, "findings": None if note else findings, "predicted_findings": None if note else predicted,
                   **({"findings_note": note} if note else {}),
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,
@@ -408,12 +409,14 @@ def image(image_id: int):
 
 @bp.get("/images/<int:image_id>/thumbnail")
 def thumbnail(image_id: int):
-    """The stored thumbnail (PNG) of an archived image."""
+    """The stored thumbnail of an archived image, served as stored (a 128 px grey JPEG made once at
+    indexing; PNG from a catalog written before) with its MIME type."""
     svc = service()
     svc.require_ready()
     _image_row(image_id)
     record_ids(query_id=image_id)
-    response = Response(svc.thumbnail(image_id), mimetype="image/png")
+    data, mimetype = svc.thumbnail_bytes(image_id)
+    response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -421,8 +424,8 @@ def thumbnail(image_id: int):
 @bp.get("/images/<int:image_id>/preview")
 def preview(image_id: int):
     """The stored preview (8-bit grey JPEG, about 1024 px on the long side) of an archived image:
-    what the viewer shows a case at. An image indexed without one gets its thumbnail (PNG), with
-    the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
+    what the viewer shows a case at. An image indexed without one gets its thumbnail as stored,
+    with the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
     cached, with an ETag."""
     svc = service()
     svc.require_ready()
@@ -430,7 +433,8 @@ def preview(image_id: int):
     record_ids(query_id=image_id)
     data = svc.preview(image_id)
     if data is None:
-        response = Response(svc.thumbnail(image_id), mimetype="image/png")
+        data, mimetype = svc.thumbnail_bytes(image_id)
+        response = Response(data, mimetype=mimetype)
         response.headers[PREVIEW_HEADER] = _no_preview(image_id)
     else:
         response = Response(data, mimetype="image/jpeg")

@@ -50,6 +50,9 @@ def _json(description: str, schema: str) -> dict:
 
 
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+#: A stored image served as stored: JPEG (what indexing makes), PNG (thumbnails of older catalogs).
+STORED_IMAGE = {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                            "image/png": {"schema": {"type": "string", "format": "binary"}}}}
 IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "example": 1,
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
             "description": "integer id of an indexed image (the `id` field of results); any other "
@@ -111,6 +114,14 @@ SCHEMAS: dict[str, Any] = {
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
         "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
         "predicted": {"type": "boolean", "description": "probability >= the checkpoint's threshold for the class (chosen on validation, max F1; 0.5 without one)"}}},
+    "Abnormality": {"type": "object", "nullable": True, "required": ["probability", "abnormal", "threshold", "label"],
+                    "description": "an abnormality model's (class list 'abnormal': any finding vs none) one output; "
+                                   "null for other models",
+                    "properties": {
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "abnormal": {"type": "boolean", "description": "probability >= threshold"},
+        "threshold": {"type": "number", "description": "the checkpoint's (chosen on validation, max F1; 0.5 without one)"},
+        "label": {"type": "string", "description": "what the viewer shows, e.g. 'abnormal: 0.83'"}}},
     "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
@@ -149,6 +160,7 @@ SCHEMAS: dict[str, Any] = {
                                                          "without a finding head"},
         "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
                                                  "model): why there are no predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -164,6 +176,7 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {**_NNAMES, "description": "the model's findings at its class thresholds (probabilities stored at "
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
+        "abnormality": _ref("Abnormality"),
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
@@ -208,6 +221,7 @@ SCHEMAS: dict[str, Any] = {
                                "description": "null for a model without a finding head (findings_note says why)"},
         "findings_note": {**_STR, "description": "only for a model without a finding head: why there are no "
                                                  "predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,
@@ -370,16 +384,16 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("the image", "Image"), "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/thumbnail": {"get": {
-                "summary": "stored thumbnail", "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "PNG", **PNG}, "404": _error("not an indexed image"),
+                "summary": "stored thumbnail, served as stored (grey JPEG, 128 px on the long side; PNG in "
+                           "catalogs written before)", "parameters": [IMAGE_ID],
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
+                              "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/preview": {"get": {
-                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail (PNG) for an "
+                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail as stored for an "
                            "image indexed without one, the X-Chextriev-Preview header says which",
                 "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "JPEG (or PNG)", "content": {
-                                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                                  "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
                               "304": {"description": "not modified (If-None-Match)"},
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {

@@ -205,8 +205,10 @@ def similar_case_report(service, located: Located, query, rows: list[dict], *, k
                                       class_names, thresholds) or []
         for name in set(held):
             counts[name] = counts.get(name, 0) + 1
-    has_head = bool(class_names) and query.probabilities is not None \
-        and len(query.probabilities) == len(class_names)
+    has_head = getattr(service.model, "has_findings", True) and bool(class_names) \
+        and query.probabilities is not None and len(query.probabilities) == len(class_names)
+    note = getattr(service.model, "findings_note", None)  # a model without a finding head says why
+    notes = (*notes, note) if note else notes
     scale = _box_scale(located)
     findings = []
     for index, name in enumerate(class_names):

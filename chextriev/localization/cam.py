@@ -45,23 +45,18 @@ from chextriev.localization.adapters import CamPipeline, CamUnsupportedError, ca
 from chextriev.localization.overlay import overlay_png
 from chextriev.localization.regions import heatmap_mask, heatmap_to_boxes
 from chextriev.precision import autocast, weights_precision
-from chextriev.vocab import finding_index
+from chextriev.vocab import class_index
 
 log = logging.getLogger(__name__)
 
+#: the gradient methods, for every model with a feature map
 METHODS = ("gradcam", "gradcampp", "cam")
+#: what :func:`heatmap` accepts: the above, and ``pcam``, the probability map of a classifier
+#: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
+HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
+__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
-
-
-def class_index(class_names: tuple[str, ...], finding: str | int) -> int:
-    """Index of ``finding`` (name or index) in ``class_names``; unknown ones list the valid names."""
-    if isinstance(finding, (int, np.integer)) and not isinstance(finding, bool):
-        if 0 <= int(finding) < len(class_names):
-            return int(finding)
-        raise UnknownNameError("finding index", str(finding), [f"{i} ({n})" for i, n in enumerate(class_names)])
-    return finding_index(tuple(class_names), str(finding))
 
 
 def feature_cam(
@@ -162,12 +157,17 @@ def heatmap(
         boxes: ``(18, 4)`` region boxes in the image's pixels, or ``None`` (the loaded model's
             box provider, else the default atlas). Ignored by global models.
         finding: a finding name of the model's class list, or its index.
-        method: ``"gradcam"``, ``"gradcampp"`` or ``"cam"``.
+        method: ``"gradcam"``, ``"gradcampp"``, ``"cam"``, or ``"pcam"`` (a global classifier
+            trained with ``--pooling pcam``: its own probability map, no gradient).
     Returns:
         ``(H, W)`` float32 in ``[0, 1]`` (all zeros when the finding has no positive evidence).
     """
-    if method not in METHODS:
-        raise UnknownNameError("CAM method", method, METHODS)
+    if method not in HEATMAP_METHODS:
+        raise UnknownNameError("CAM method", method, HEATMAP_METHODS)
+    if method == "pcam":
+        from chextriev.localization.pcam import pcam_heatmap
+
+        return pcam_heatmap(model_or_loaded, image, finding)
     from chextriev.model.preprocess import prepare_image
 
     array = np.asarray(image, dtype=np.float32)

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chextriev.errors import UnknownNameError
+from chextriev.errors import ConfigError, UnknownNameError
 from chextriev.model.encoders.table import ENCODER_NAMES, default_spec, input_side
 from chextriev.vocab import IMAGENOME_FINDINGS
 
@@ -57,11 +57,23 @@ XRV_INPUT_SIZE = 224
 FEATURE_MODES = ("roi", "crop")
 GLOBAL_EMBEDDINGS = ("backbone", "projection")
 GRAPH_CONVS = ("raw", "gcnconv")
+#: Global pooling of the global classifier's feature map (X_RAY's family; chextriev.model.pooling):
+#: average, max, log-sum-exp, probabilistic CAM (Ye et al. 2020).
+POOLINGS = ("avg", "max", "lse", "pcam")
+#: Attention map over the global classifier's feature map before pooling (X_RAY's three, from the
+#: jfhealthcare CheXpert code): squeeze-and-excitation channel attention, DANet position
+#: attention, feature pyramid attention.
+ATTENTIONS = ("none", "channel", "spatial", "pyramid")
 ANAXNET_EMBEDDINGS = ("layernorm", "l2")
 
 #: Format of the model's weights (state-dict layout). 2: one shared LayerNorm + Linear head,
 #: attention of ``heads x head_dim`` with biased q/kv and one edge map, published ATH/AnaXNet.
 MODEL_FORMAT = 2
+#: The checkpoint layout (``chextriev.checkpoint`` reads it, ``chextriev model init`` and
+#: training write it): the model's weights are the ``state_dict`` entries under this prefix ...
+STATE_PREFIX = "model."
+#: ... and a text tower's tokenizer files (name -> bytes) travel under this top-level key.
+ENCODER_FILES_KEY = "encoder_files"
 
 #: Fields that configs of this format may still carry after their option was retired, with the
 #: values that mean today's behaviour (``None``: any value). ``ath-batchall`` (the earlier
@@ -122,6 +134,9 @@ class ModelConfig:
     adjacency: tuple[tuple[int, ...], ...] | None = None
     # global baseline
     global_embedding: str = "backbone"  # backbone (frozen pooled, published) | projection
+    pooling: str = "avg"  # avg | max | lse | pcam (global classifier; chextriev.model.pooling)
+    attention: str = "none"  # none | channel | spatial | pyramid (global classifier, before pooling)
+    lse_gamma: float = 10.0  # sharpness of the lse pooling (X_RAY's default): avg as it -> 0, max as it -> inf
     # ATH baseline
     code_dim: int = 32
     binary: bool = False  # embeddings are sign(code): cosine ranking == Hamming ranking
@@ -145,6 +160,8 @@ class ModelConfig:
             ("global embedding", self.global_embedding, GLOBAL_EMBEDDINGS),
             ("graph convolution", self.graph_conv, GRAPH_CONVS),
             ("AnaXNet embedding", self.anaxnet_embedding, ANAXNET_EMBEDDINGS),
+            ("pooling", self.pooling, POOLINGS),
+            ("attention map", self.attention, ATTENTIONS),
             ("embedding source", self.embedding_source, EMBEDDING_SOURCES),
         ):
             if value not in valid:
@@ -161,6 +178,20 @@ class ModelConfig:
             if side != XRV_INPUT_SIZE:
                 raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "
                                  f"{name}={XRV_INPUT_SIZE} (got {side})")
+        if self.kind != "global" and (self.pooling, self.attention) != ("avg", "none"):
+            raise ConfigError(f"pooling and attention maps belong to the global classifier (resnet50, "
+                             f"resnet50-projected); a {self.kind} model pools its own way (got pooling="
+                             f"{self.pooling!r}, attention={self.attention!r})")
+        if self.pooling == "pcam" and self.global_embedding == "projection":
+            raise ConfigError("pooling 'pcam' classifies each class's pooled feature with that class's own "
+                             "classifier row, so a projection would never be trained: use it with "
+                             "global_embedding='backbone' (variant resnet50)")
+        if self.is_encoder and (self.pooling, self.attention) != ("avg", "none"):
+            raise ConfigError(f"the global classifier on the foundation encoder {self.backbone!r} classifies the "
+                             "encoder's own global embedding (CLS or pooled); pooling and attention maps apply to "
+                             "the CNN backbones")
+        if not self.lse_gamma > 0:
+            raise ValueError(f"lse_gamma must be > 0, got {self.lse_gamma}")
         self._check_encoder()
         if not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"center_crop must be in (0, 1], got {self.center_crop}")
@@ -244,6 +275,13 @@ class ModelConfig:
     def cacheable(self) -> bool:
         """Frozen torchvision backbone: its features can be cached on disk."""
         return self.uses_backbone and not self.train_backbone
+
+    @property
+    def pools_feature_map(self) -> bool:
+        """The global classifier's trainable part reads the whole feature map (``(B, F, h, w)``
+        features: PCAM pooling or an attention map); else its features are the map pooled by the
+        fixed ``pooling`` (``(B, F)``)."""
+        return self.kind == "global" and (self.pooling == "pcam" or self.attention != "none")
 
     @property
     def crops_original(self) -> bool:

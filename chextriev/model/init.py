@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from chextriev.errors import DataFormatError, ImageReadError, UnknownNameError
-from chextriev.model.config import EMBEDDING_SOURCES, MODEL_FORMAT, ModelConfig
+from chextriev.model.config import (
+    EMBEDDING_SOURCES,
+    ENCODER_FILES_KEY,
+    MODEL_FORMAT,
+    STATE_PREFIX,
+    ModelConfig,
+)
 from chextriev.model.encoders.table import ENCODERS, input_side
 
 log = logging.getLogger(__name__)
@@ -140,8 +146,6 @@ def write_encoder_checkpoint(model, out: str | Path, *, atlas, encoder_files: di
                              info: dict[str, Any] | None = None) -> Path:
     """Save an ``encoder`` model as a checkpoint :func:`chextriev.checkpoint.load_checkpoint`
     reads (the ``hyper_parameters`` / ``state_dict`` layout of ``chextriev train``)."""
-    from chextriev.checkpoint import ENCODER_FILES_KEY, STATE_PREFIX
-
     config = model.config
     data = {
         "hyper_parameters": {

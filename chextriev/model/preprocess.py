@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from chextriev.model.config import ModelConfig
+from chextriev.model.tensors import MIN_BOX_SIDE, clip_boxes  # noqa: F401 - MIN_BOX_SIDE re-exported
 
 
 def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -84,23 +85,6 @@ def crop_regions(image: np.ndarray | torch.Tensor, boxes: np.ndarray | torch.Ten
         crop = F.pad(crop[None, None], (left, x1 - x0 - left - crop.shape[1], top, y1 - y0 - top - crop.shape[0]))
         out[r] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     return out.clamp_(0.0, 1.0)
-
-
-#: Boxes narrower or lower than this many pixels after a crop or an augmentation are dropped.
-MIN_BOX_SIDE = 2.0
-
-
-def clip_boxes(boxes: np.ndarray, shape: tuple[int, int], min_side: float = MIN_BOX_SIDE) -> np.ndarray:
-    """``(N, 4)`` x1 y1 x2 y2 clipped to an ``(H, W)`` image; rows left narrower or lower than
-    ``min_side`` (or NaN) become NaN rows (the region is then missing, masked downstream)."""
-    height, width = shape[:2]
-    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
-    with np.errstate(invalid="ignore"):
-        bad = ~((out[:, 2] - out[:, 0] >= min_side) & (out[:, 3] - out[:, 1] >= min_side))
-    out[bad] = np.nan
-    return out
 
 
 def center_window(shape: tuple[int, int], fraction: float) -> tuple[int, int, int, int]:

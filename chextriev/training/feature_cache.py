@@ -6,7 +6,11 @@ or the crop size (crop: the crops come from the original, so the image size play
 and the model-input boxes (rounded to 1/100 px; original pixels in crop mode). So every variant trained on the same archive with
 the same frozen backbone reuses one set of features, and a change of any of these recomputes.
 
-Layout: ``CACHE_DIR/<key[:2]>/<key>.npy`` (float32, ``(18, F)`` region or ``(F,)`` global).
+The global classifier's key adds its fixed pooling (not for ``avg``) or ``map`` when it caches
+the whole feature map (PCAM, attention).
+
+Layout: ``CACHE_DIR/<key[:2]>/<key>.npy`` (float32, ``(18, F)`` region, ``(F,)`` global, or
+``(F, h, w)`` global feature map).
 
 The image content hash needs the file's bytes, so computing the keys of an archive would re-read
 all of it at every training start. :meth:`FeatureCache.content_hashes` therefore memoises it in
@@ -72,6 +76,10 @@ def config_signature(config: ModelConfig) -> str:
     parts = [kind, config.backbone, weights, str(config.image_size)]
     if kind == "regions":
         parts += [config.feature_mode, str(config.roi_output)]
+    elif config.pools_feature_map:  # the whole map (PCAM, attention); the average's key is unchanged
+        parts += ["map"]
+    elif config.pooling != "avg":
+        parts += [f"pool-{config.pooling}" + (f"-{config.lse_gamma:g}" if config.pooling == "lse" else "")]
     return "|".join(parts + center)
 
 

@@ -258,6 +258,11 @@ function renderQueryFindings(query) {
     const pct = Math.round(finding.probability * 100);
     li.innerHTML = `<div class="bar ${finding.predicted ? "pos" : ""}"><div class="fill" style="width:${pct}%"></div><span class="name"></span></div><span class="pct">${pct}%</span>`;
     li.querySelector(".name").textContent = finding.name;
+    if (query.abnormality) {  // an abnormality model: its one output, as "abnormal: p"
+      li.querySelector(".name").textContent = query.abnormality.label;
+      li.querySelector(".pct").textContent = "";
+      li.title = `threshold ${query.abnormality.threshold} (chosen on validation)`;
+    }
     return li;
   }));
   const archived = query.source === "archive" || (query.source === "pacs" && query.read_from === "index");
@@ -298,7 +303,8 @@ function renderResults(payload) {
     findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
     const predicted = li.querySelector(".r-pred");
     const headless = payload.query.findings_note;
-    if (result.predicted_findings == null && headless) {
+    if (result.abnormality) predicted.replaceChildren(chip(result.abnormality.label, result.abnormality.abnormal ? "predicted" : "empty"));
+    else if (result.predicted_findings == null && headless) {
       predicted.replaceChildren(chip("no finding head", "empty"));
       predicted.title = headless;
     } else if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
@@ -391,7 +397,8 @@ function renderCaseFindings(result, detail) {
   const predicted = $("case-predicted");
   const above = (detail.predicted_findings || []).filter((f) => f.predicted);
   predicted.title = detail.findings_note || "";
-  if (detail.findings_note) predicted.replaceChildren(chip("no finding head", "empty"));
+  if (detail.abnormality) predicted.replaceChildren(chip(detail.abnormality.label, detail.abnormality.abnormal ? "predicted" : "empty"));
+  else if (detail.findings_note) predicted.replaceChildren(chip("no finding head", "empty"));
   else if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
   else if (!above.length) predicted.replaceChildren(chip("none at 50 % or more", "empty"));
   else predicted.replaceChildren(...above.map((f) => chip(`${f.name} ${Math.round(f.probability * 100)}%`, "predicted")));

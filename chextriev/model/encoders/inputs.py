@@ -157,7 +157,7 @@ class InputSpec:
     def map_boxes(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """``(N, 4)`` x1 y1 x2 y2 original pixels -> model-input pixels, clipped to the input;
         boxes left with less than 2 px (or NaN) become NaN rows (missing regions)."""
-        from chextriev.model.preprocess import clip_boxes
+        from chextriev.model.tensors import clip_boxes
 
         sx, sy, ox, oy = self.box_transform(shape)
         scaled = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
