@@ -3,7 +3,8 @@ alone (a tiny random BiomedCLIP-layout model in open_clip's own format), ``chext
 indexes a folder of real NIH radiographs with it, and ``chextriev serve`` answers image search
 over HTTP; the model has no finding head, so the server says so instead of predicting findings.
 The text tower travels in the checkpoint: its text embeddings rank the indexed images exactly as
-the library's own image-text similarity does (what the text-search endpoint will be built on)."""
+the library's own image-text similarity does (what `POST /api/v1/search/text` is built on:
+test_server_text.py). The index and checkpoint (`day_one`) are conftest's, shared with it."""
 
 from __future__ import annotations
 
@@ -11,40 +12,20 @@ import json
 import subprocess
 import sys
 
-import encoder_files
 import numpy as np
 import pytest
 import requests
 import torch
 from PIL import Image
-from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
+from server_helpers import (  # day_one: conftest
+    REPO_ROOT,
+    run_subcommand,
+    stop_server,
+    unused_port,
+    wait_for,
+)
 
 TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
-
-
-@pytest.fixture(scope="module")
-def day_one(nih_sample, tmp_path_factory):
-    from chextriev.model import cli as model_cli
-    from indexer import cli as index_cli
-
-    root = tmp_path_factory.mktemp("day-one")
-    archive = root / "archive"
-    archive.mkdir()
-    for path in sorted((nih_sample / "images").glob("*.png"))[:10]:
-        # 256 px copies: below every side an indexer may shrink to, so that the index holds the
-        # embedding of exactly the image the library reads below
-        Image.open(path).convert("L").resize((256, 256), Image.BICUBIC).save(archive / path.name)
-    hub, reference = encoder_files.write_open_clip(root / "biomedclip")
-    checkpoint = root / "model.ckpt"
-    assert run_subcommand(model_cli, ["model", "init", "--backbone", "biomedclip", "--backbone-weights", str(hub),
-                                      "--data", str(archive), "--out-file", str(checkpoint), "--sample", "6",
-                                      "--no-progress", "--device", "cpu"]) == 0
-    index_dir = root / "index"
-    assert run_subcommand(index_cli, ["index", "--data", str(archive), "--checkpoint", str(checkpoint),
-                                      "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
-                                      "--precision", "fp32", "--no-progress"]) == 0
-    return {"archive": archive, "checkpoint": checkpoint, "index_dir": index_dir, "reference": reference,
-            "db": f"sqlite:///{index_dir / 'catalog.sqlite'}", "root": root}
 
 
 @pytest.fixture(scope="module")
