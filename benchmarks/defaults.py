@@ -84,7 +84,7 @@ def prepare(work: Path, patients: int, index_images: int, queries: int, fit_imag
         rows = list(csv.reader(handle))
     if len(rows) - 1 < index_images + queries:
         raise SystemExit(f"the archive has {len(rows) - 1} images: raise --patients")
-    subset = work / f"subset-{index_images}.csv"
+    subset = archive / f"subset-{index_images}.csv"  # beside manifest.csv: its relative paths resolve
     with open(subset, "w", newline="") as handle:
         csv.writer(handle).writerows(rows[: 1 + index_images])
     images, boxes, records = archive_images(archive, index_images + queries)
@@ -98,8 +98,9 @@ def prepare(work: Path, patients: int, index_images: int, queries: int, fit_imag
                                         "--compile", "off", "--precision", "fp32", "--json"),
                              cwd=REPO_ROOT, capture_output=True, text=True, check=False,
                              env=_env(work / "compiled-unused"))
-        if run.returncode != 0:
-            raise SystemExit(f"indexing the subset failed:\n{run.stderr[-3000:]}")
+        if run.returncode != 0 or json.loads(run.stdout)["index_size"] != index_images:
+            shutil.rmtree(index_dir, ignore_errors=True)
+            raise SystemExit(f"indexing the subset failed:\n{run.stdout[-1000:]}\n{run.stderr[-3000:]}")
     return {"archive": archive, "subset": subset, "checkpoint": checkpoint, "queries": query_files,
             "index_dir": index_dir}
 

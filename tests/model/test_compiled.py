@@ -254,3 +254,29 @@ print(json.dumps({{"installed": compiled_trunk(loaded.model) is not None, "stats
     assert run.stderr.count("compiling the backbone trunk failed") == 1 and "running it eagerly" in run.stderr
     assert outcome["difference"] <= 1e-6, outcome
     assert not [p for p in (tmp_path / "compiled").iterdir() if p.suffix == ".pt2"]
+
+
+@pytest.mark.slow
+def test_processes_starting_together_compile_once(tiny_checkpoint, tmp_path):
+    """Two processes (server workers starting at once) asking for the same package: one compiles,
+    the other waits on the lock and loads what the first wrote."""
+    code = f"""
+import json
+from chextriev.checkpoint import load_checkpoint
+from chextriev.compiled import STATS, compiled_trunk
+loaded = load_checkpoint({str(tiny_checkpoint)!r}, precision="fp32", compile=True, compile_batch=1)
+print(json.dumps({{"stats": dict(STATS), "how": compiled_trunk(loaded.model).how}}))
+"""
+    env = {**os.environ, "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled")}
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{i}")})
+               for i in range(2)]
+    outcomes = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+        outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o["how"] for o in outcomes) == ["cached", "compiled"], outcomes
+    assert sum(o["stats"].get("compiled", 0) for o in outcomes) == 1
+    assert all(o["stats"]["loaded"] == 1 for o in outcomes)
+    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
