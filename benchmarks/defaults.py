@@ -18,8 +18,9 @@ hits them alike; compare the ratios):
   loaded, as the command reports it) and the process's wall time. The compiled cache is filled
   before the timed runs (its cold start is the ``startup`` part's).
 * ``startup``: ``chextriev serve`` from the process start to ``/readyz`` 200, with ``--compile off``,
-  with the defaults and an empty compiled cache (cold: it compiles), and with the defaults and
-  the cache that run filled (warm), alternated ``--repeats`` times.
+  with the defaults and an empty compiled cache (cold: it compiles; TorchInductor's own cache
+  folder empty too), and with the defaults and the cache that run filled (warm), alternated
+  ``--repeats`` times.
 * ``warm-start``: what the compiled cache could be, on the trunk alone, each in a fresh process
   (cold: empty caches; warm: the caches a cold run filled): the ahead-of-time package of
   ``chextriev.compiled`` (what the commands use), ``torch.compile`` with TorchInductor's own
@@ -209,7 +210,7 @@ def part_startup(fixtures: dict, args) -> None:
         process = subprocess.Popen(_chextriev("serve", "--index-dir", str(fixtures["index_dir"]), "--checkpoint",
                                               str(fixtures["checkpoint"]), "--port", str(port), *flags),
                                    cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env=_env(cache))
+                                   env=_env(cache, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor")))
         try:
             while time.perf_counter() - started < 900:
                 if process.poll() is not None:
