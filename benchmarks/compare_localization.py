@@ -1,4 +1,4 @@
-"""CAM, Grad-CAM, Grad-CAM++ and HAM side by side: box accuracy and TIoU/TIoR on the synthetic
+"""CAM, Grad-CAM, Grad-CAM++, PCAM and HAM side by side: box accuracy and TIoU/TIoR on the synthetic
 lesions and on the 12 real NIH boxes.
 
     python -m benchmarks compare_localization --data runs/synth --out results/localization \\
@@ -10,6 +10,8 @@ For each seed, on the same synthetic archive and the same frozen random ResNet18
 * ``resnet50`` (the global classifier baseline of ``chextriev train``; under this preset its
   trunk is the ResNet18): CAM, Grad-CAM, Grad-CAM++ of its classifier (the standard
   weakly-supervised setting);
+* ``resnet50-pcam`` (the same classifier trained with ``--pooling pcam``, Ye et al. 2020): its
+  own probability map of each class (``--cam-method pcam``);
 * ``v6`` (the project's retrieval model, whose Grad-CAM the server shows): the same three;
 * ``ham`` (labels only, ``chextriev train-ham --box-fraction 0``): HAM's heatmap (class map
   gated by its abnormality attention), the class map alone (what the published test code
@@ -25,8 +27,9 @@ masks, as HAM's published evaluation scores box annotations). Checkpoints go und
 and are reused on a rerun (a model counts as trained once its ``train_seconds.txt`` is
 written, so a checkpoint left by a killed run is trained again); ``results.json`` holds every
 seed's figures and is written after each seed (a rerun skips the seeds it holds, and adds the
-NIH TIoU / TIoR to seeds stored without them); ``results.md`` has the tables (mean and sd over
-the seeds).
+NIH TIoU / TIoR to seeds stored without them, and scores the rows a stored seed lacks, training
+only the models those rows need: how the PCAM row joined the seeds scored before it);
+``results.md`` has the tables (mean and sd over the seeds).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("Grad-CAM++ (resnet50 classifier)", "resnet50", "gradcampp", None),
     ("HAM (labels only)", "ham", "ham", "attention"),
     ("HAM + boxes", "ham+boxes", "ham", "attention"),
+    ("PCAM (resnet50 classifier, pcam pooling)", "resnet50-pcam", "pcam", None),
     ("CAM (v6)", "v6", "cam", None),
     ("Grad-CAM (v6)", "v6", "gradcam", None),
     ("Grad-CAM++ (v6)", "v6", "gradcampp", None),
@@ -63,7 +67,11 @@ ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("HAM class map only (labels only)", "ham", "ham", "class"),
     ("HAM class map only (+ boxes)", "ham+boxes", "ham", "class"),
 )
-MAIN_ROWS = 5  # the four methods side by side (HAM with and without boxes)
+MAIN_ROWS = 6  # the five methods side by side (HAM with and without boxes)
+#: the classifiers trained with ``chextriev train`` (variant, config overrides); the others are HAM networks
+CLASSIFIERS: dict[str, tuple[str, dict]] = {"resnet50": ("resnet50", {}), "resnet50-pcam": ("resnet50", {"pooling": "pcam"}),
+                                            "v6": ("v6", {})}
+MODELS = (*CLASSIFIERS, "ham", "ham+boxes")
 SHOWN_T = (0.1, 0.3, 0.5)
 
 
@@ -86,11 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_models(records, work: Path, seed: int, box_fraction: float, store: dict, progress: bool,
-                 archive: Path, preset: str = "synthetic-small",
-                 epochs: int | None = None) -> tuple[dict[str, Path], dict[str, float | None]]:
-    """Train (or reuse) the four models of one seed; returns their checkpoints and training
-    seconds. A model counts as trained once its ``train_seconds.txt`` is written (after the
-    training returns), so a checkpoint left by a killed run is trained again, not reused."""
+                 archive: Path, preset: str = "synthetic-small", epochs: int | None = None,
+                 keys: tuple[str, ...] = MODELS) -> tuple[dict[str, Path], dict[str, float | None]]:
+    """Train (or reuse) the models ``keys`` (default all five) of one seed; returns their
+    checkpoints and training seconds. A model counts as trained once its ``train_seconds.txt``
+    is written (after the training returns), so a checkpoint left by a killed run is trained
+    again, not reused."""
     from chextriev.localization.cli import synthetic_box_truth
     from chextriev.localization.ham_training import train_ham
     from chextriev.training.fit import train_records
@@ -111,13 +120,17 @@ def train_models(records, work: Path, seed: int, box_fraction: float, store: dic
         paths[name] = run / checkpoint
         seconds[name] = float(stamp.read_text())
 
-    for variant in ("resnet50", "v6"):
-        run = work / f"seed{seed}" / variant
-        timed(variant, run, "best.ckpt", partial(
+    for key, (variant, overrides) in CLASSIFIERS.items():
+        if key not in keys:
+            continue
+        run = work / f"seed{seed}" / key
+        timed(key, run, "best.ckpt", partial(
             train_records, records, run, variant=variant, preset=preset, seed=seed, max_epochs=epochs,
-            cache_dir=work / "feature-cache", progress=progress))
+            cache_dir=work / "feature-cache", progress=progress, model_overrides=overrides))
     truth = synthetic_box_truth(archive)
     for name, fraction in (("ham", 0.0), ("ham+boxes", box_fraction)):
+        if name not in keys:
+            continue
         run = work / f"seed{seed}" / name.replace("+", "-")
         timed(name, run, "best.pt", partial(
             train_ham, records, run, preset=preset, seed=seed, epochs=epochs, box_truth=truth,
@@ -168,13 +181,15 @@ def explained(models: dict[str, Any], key: str, method: str) -> Any:
     return model
 
 
-def evaluate_seed(paths: dict[str, Path], test, nih, archive: Path, max_images: int | None) -> dict[str, Any]:
+def evaluate_seed(paths: dict[str, Path], test, nih, archive: Path, max_images: int | None,
+                  rows=ROWS) -> dict[str, Any]:
+    """Score ``rows`` (default all) with the models ``paths``; AUROC of every model."""
     from metrics.localization_eval import evaluate_localization, synthetic_truth
 
     models = load_models(paths)
     truth = synthetic_truth(archive)
     out: dict[str, Any] = {"auroc": {k: classification_auroc(m, test) for k, m in models.items()}, "rows": {}}
-    for name, key, method, combine in ROWS:
+    for name, key, method, combine in rows:
         model = explained(models, key, method)
         started = time.monotonic()
         row = {"synthetic": summary(evaluate_localization(model, test, truth, method=method, max_images=max_images,
@@ -274,6 +289,18 @@ def tables(results: dict[str, Any], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def note_added(results: dict[str, Any], rows: list[str], seed: int, argv: list[str] | None) -> None:
+    """Record in ``results["setup"]["added"]`` that this run scored ``rows`` for ``seed`` (one
+    entry per run and set of rows; the seeds accumulate)."""
+    command = "python -m benchmarks compare_localization " + " ".join(argv if argv is not None else sys.argv[1:])
+    added = results["setup"].setdefault("added", [])
+    if added and added[-1]["rows"] == rows and added[-1]["command"] == command:
+        added[-1]["seeds"].append(seed)
+        return
+    added.append({"rows": rows, "seeds": [seed], "date": date.today().isoformat(), "command": command,
+                  "machine": f"{machine_line()} (shared machine)"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,6 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         if str(seed) in results["seeds"]:
             log.info("seed %d: reusing its rows in %s", seed, result_path)
             stored = results["seeds"][str(seed)]
+            missing = [row for row in ROWS if row[0] not in stored["rows"]]
+            if missing:  # rows added since the seed was scored (e.g. PCAM): train what they need, score them
+                keys = tuple(dict.fromkeys(key for _, key, _, _ in missing))
+                log.info("seed %d: scoring the rows it lacks: %s", seed, ", ".join(row[0] for row in missing))
+                paths, seconds = train_models(records, args.work, seed, args.box_fraction, store,
+                                              not args.no_progress, args.data, args.preset, args.epochs, keys=keys)
+                added = evaluate_seed(paths, test, nih, args.data, args.max_images, rows=missing)
+                stored["rows"].update(added["rows"])
+                stored["auroc"].update(added["auroc"])
+                stored.setdefault("train_seconds", {}).update(seconds)
+                note_added(results, [row[0] for row in missing], seed, argv)
+                result_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
             if nih and any("TIoU" not in row.get("nih", {}) for row in stored["rows"].values()):
                 log.info("seed %d: scoring TIoU/TIoR on the NIH boxes (stored before they had them)", seed)
                 paths, _ = train_models(records, args.work, seed, args.box_fraction, store, not args.no_progress,
@@ -324,10 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         result_path.write_text(json.dumps(results, indent=1, default=float) + "\n")  # a crash keeps finished seeds
     done = [s for s in seeds if str(s) in results["seeds"]]
-    text = ["# Localization: CAM, Grad-CAM, Grad-CAM++ and HAM", "",
+    text = ["# Localization: CAM, Grad-CAM, Grad-CAM++, PCAM and HAM", "",
             (f"Command: `{results['setup']['command']}` ({results['setup']['date']}; "
-             f"{results['setup']['machine']}). Seeds {', '.join(map(str, done))}: mean ± sd over the seeds."), "",
-            tables(results, done)]
+             f"{results['setup']['machine']}). Seeds {', '.join(map(str, done))}: mean ± sd over the seeds."), ""]
+    for entry in results["setup"].get("added", []):
+        text += [(f"Rows added later ({', '.join(entry['rows'])}; seeds {', '.join(map(str, entry['seeds']))}; "
+                  f"the other rows as stored): `{entry['command']}` ({entry['date']}; {entry.get('machine', '')})."), ""]
+    text.append(tables(results, done))
     (args.out / "results.md").write_text("\n".join(text))
     print("\n".join(text))
     return 0

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from chextriev.checkpoint import load_checkpoint
-    from chextriev.synth.archive import read_archive
+    from chextriev.io.synthetic import read_archive
 
     reduced = args.reduced
     n_images = args.images or (12 if reduced else 5_120)

@@ -134,7 +134,7 @@ def synth_archive(out: Path, patients: int, size: int = 512, seed: int = 0, work
 def archive_images(archive: Path, max_images: int | None = None) -> tuple[list[np.ndarray], list, list]:
     """Decoded images, their true boxes and their records (manifest order), at most ``max_images``."""
     from chextriev.io.images import load_image
-    from chextriev.synth.archive import read_archive
+    from chextriev.io.synthetic import read_archive
 
     records = read_archive(archive)[: max_images or None]
     return [load_image(r.source) for r in records], [r.boxes for r in records], records

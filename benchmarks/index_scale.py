@@ -12,7 +12,7 @@ manifest; then ``Catalog.open`` and ``Catalog.search``.
     nice -n 10 .venv/bin/python -m benchmarks index_scale --sizes 1000000 --out /work/bench
     .venv/bin/python -m benchmarks index_scale --sizes 100000 --db postgresql://u@127.0.0.1:5432/postgres
     .venv/bin/python -m benchmarks index_scale --sizes 100000 --keep --dim 64 --region-dim 8
-    .venv/bin/python -m benchmarks index_scale --sizes 100000 --open-only --reopen 3 --grow 1000
+    .venv/bin/python -m benchmarks index_scale --sizes 100000 --open-only --workers 2 --grow 1000
 
 ``--db`` names a PostgreSQL server (any database on it): the script creates one database per
 size there. Without it the catalog is SQLite inside the index folder.
@@ -21,9 +21,13 @@ Run with ``PYTHONPATH`` pointing at an older checkout's ``indexer/`` (e.g. ``git
 <commit> indexer | tar -x -C /tmp/before``) to measure that code: the script detects the
 0.1 writer (vectors in SQL rows, whole-index rewrites) and drives it the same way.
 
-``--open-only`` times ``Catalog.open`` and ``Catalog.reload`` (after ``--grow`` new images, a
-new build) on the folders a ``--keep`` run left; with ``PYTHONPATH`` at an older checkout (and
-``BENCH_CODE=before`` to label it) it times that code's catalog on the same folder.
+``--open-only`` opens the folders a ``--keep`` run left from ``--workers`` spawned processes in
+turn, as a server's workers do (each holds it while the next opens): the open time and the
+resident memory of each (``rss``; ``private``: the pages no other process shares, what one more
+worker costs; ``shared``: mapped files and libraries), after the open and after a few searches;
+then ``Catalog.reload`` after ``--grow`` new images (a new build). With ``PYTHONPATH`` at an
+older checkout (``BENCH_CODE=before`` to label it; ``--grow 0``) it measures that code's catalog
+on the same folder.
 
 Bytes written: ``/proc/self/io`` of this process (``wchar``: bytes passed to write calls;
 ``write_bytes``: bytes it sent towards the disk); a PostgreSQL server's own writes are not in
@@ -165,7 +169,8 @@ def run_size(n: int, args, model: StandIn) -> dict:
     except ImportError:
         after = False
     if after:
-        from indexer.sync import IndexSyncer, open_store
+        from indexer.sync import IndexSyncer
+        from indexer.vector_store import open_store
 
         catalog = WritableCatalog(index_dir, db_url).__enter__()
         sessions = catalog.sessions
@@ -178,7 +183,7 @@ def run_size(n: int, args, model: StandIn) -> dict:
         def checkpoint():
             return syncer.sync()
     else:  # the 0.1 code: vectors in SQL rows, sync_index rewrites the whole index
-        from indexer.db import default_db_url, make_engine, make_sessionmaker
+        from indexer.db import default_db_url, make_engine, make_sessionmaker  # the 0.1 module
         from indexer.pipeline import _Writer
         from indexer.sync import sync_index
 
@@ -254,6 +259,7 @@ def run_size(n: int, args, model: StandIn) -> dict:
 
 
 def search_latency(index_dir: Path, db_url: str | None, model: StandIn, n: int, args) -> dict:
+    from chextriev.retrieval import exact_knn
     from indexer.catalog import Catalog
 
     started = time.perf_counter()
@@ -277,11 +283,11 @@ def search_latency(index_dir: Path, db_url: str | None, model: StandIn, n: int, 
     exact_ids = catalog.index.ids
     best = np.full((truth_n, 10), -np.inf, np.float32)
     best_ids = np.full((truth_n, 10), -1, np.int64)
-    for s in range(0, len(exact_ids), 100_000):
-        ids = exact_ids[s:s + 100_000]
-        scores = queries[:truth_n] @ catalog.vectors(ids).T
+    for s in range(0, len(exact_ids), 100_000):  # the exact top 10 of each block, then merged
+        ids = np.asarray(exact_ids[s:s + 100_000])
+        rows, scores = exact_knn(queries[:truth_n], catalog.vectors(ids), 10, normalize=False)
         all_s = np.concatenate([best, scores], axis=1)
-        all_i = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        all_i = np.concatenate([best_ids, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)], axis=1)
         top = np.argsort(-all_s, axis=1)[:, :10]
         best, best_ids = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found[:truth_n], best_ids)])
@@ -290,49 +296,109 @@ def search_latency(index_dir: Path, db_url: str | None, model: StandIn, n: int, 
             "recall_at_10": round(float(recall), 3), "index_type": catalog.index.index_type}
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now (MB): ``rss``, and of it ``private`` (pages no other
+    process shares: what each more worker costs) and ``shared`` (mapped files, libraries)."""
+    fields = {}
+    with open("/proc/self/smaps_rollup") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[key] = int(value.split()[0]) / 1024
+    private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return {"rss": round(fields.get("Rss", 0), 1), "private": round(private, 1),
+            "shared": round(fields.get("Rss", 0) - private, 1)}
+
+
+def _worker(index_dir: str, db: str | None, dim: int, queries: int, connection) -> None:
+    """One server worker's view: import, open the catalog (timed), memory before and after,
+    then ``queries`` searches (plain, filtered, excluding a patient) and memory again; reports
+    through ``connection`` and holds the catalog open until told to exit."""
+    from indexer.catalog import Catalog  # the code under test (PYTHONPATH decides which)
+
+    before = memory_mb()
+    started = time.perf_counter()
+    catalog = Catalog.open(db, index_dir)
+    open_s = time.perf_counter() - started
+    opened = memory_mb()
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((queries, dim)).astype(np.float32)
+    patient = None
+    started = time.perf_counter()
+    for i, vector in enumerate(vectors):
+        options = ({}, {"filters": {"view": "PA", "sex": "F"}},
+                   {"exclude_patients": [patient] if patient else None})[i % 3]
+        hits = catalog.search(vector[None], 10, **options)[0]
+        if hits and patient is None:
+            patient = catalog.images([hits[0].image_id])[0]["patient"]
+    search_ms = (time.perf_counter() - started) * 1000 / max(queries, 1)
+    connection.send({"open_s": round(open_s, 3), "size": catalog.size,
+                     "memory_before_open_mb": before, "memory_after_open_mb": opened,
+                     "memory_after_searches_mb": memory_mb(),
+                     "search_mean_ms": round(search_ms, 2)})
+    connection.recv()  # hold the catalog (and its pages) until the parent is done
+    catalog.close()
+
+
+def open_workers(index_dir: Path, args) -> list[dict]:
+    """``--workers`` processes (spawned, as a server's workers are) opening the same index one
+    after the other, each holding it while the next opens: what the first and every further
+    worker pay."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results, held = [], []
+    for _ in range(args.workers):
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(str(index_dir), args.db, args.dim,
+                                                       args.queries, child))
+        process.start()
+        results.append(parent.recv())
+        held.append((process, parent))
+    for process, parent in held:
+        parent.send("exit")
+        process.join()
+    return results
+
+
 def open_and_reload(n: int, args, model: StandIn) -> dict:
-    """``Catalog.open`` of the kept folder ``<out>/n<n>`` (``--reopen`` times), then one more
-    open, ``--grow`` new images written and synced by the real writer and syncer (a new build),
-    and ``Catalog.reload`` of it timed. Works with the 0.2 catalog of an older checkout too
-    (its reload re-reads everything)."""
-    from sqlalchemy import func, select
-
-    from indexer.catalog import Catalog
-    from indexer.db import Image
-    from indexer.pipeline import IndexSummary
-    from indexer.sync import IndexSyncer, open_store
-    from indexer.writer import CatalogWriter, WritableCatalog
-
+    """``--open-only``: ``--workers`` worker processes open the kept folder ``<out>/n<n>`` in
+    turn (open time, resident and private memory of each, see :func:`open_workers`); then, with
+    ``--grow N`` (this checkout's writer), N new images are written and synced (a new build)
+    and ``Catalog.reload`` of a catalog opened before is timed. Works with the catalog of an
+    older checkout (``PYTHONPATH``; use ``--grow 0``: its writer is not driven here)."""
     index_dir = Path(args.out) / f"n{n}"
     if not (index_dir / "manifest.json").is_file():
         raise SystemExit(f"{index_dir} holds no index: build it first with --keep")
-    opens = []
-    for _ in range(args.reopen):
-        started = time.perf_counter()
+    workers = open_workers(index_dir, args)
+    result = {"n": workers[0]["size"], "code": os.environ.get("BENCH_CODE", "this checkout"),
+              "open_s": [w["open_s"] for w in workers], "workers": workers}
+    if args.grow:
+        from sqlalchemy import func, select
+
+        from indexer.catalog import Catalog
+        from indexer.db import Image
+        from indexer.pipeline import IndexSummary
+        from indexer.sync import IndexSyncer
+        from indexer.vector_store import open_store
+        from indexer.writer import CatalogWriter, WritableCatalog
+
         catalog = Catalog.open(args.db, index_dir)
-        opens.append(time.perf_counter() - started)
-        size = catalog.size
+        with WritableCatalog(index_dir, args.db) as writable:
+            with writable.sessions() as session:
+                start = int(session.scalar(select(func.max(Image.id)))) + 1
+                store = open_store(session, index_dir, dim=model.embedding_dim)
+            writer = CatalogWriter(writable.sessions, model, IndexSummary(), store=store)
+            for offset in range(0, args.grow, args.batch):
+                writer.write(model.items(start + offset, min(args.batch, args.grow - offset)))
+            IndexSyncer(writable.sessions, index_dir, checkpoint_id=model.checkpoint_id,
+                        dim=model.embedding_dim, store=store).sync()
+        started = time.perf_counter()
+        result["reloaded"] = catalog.reload()
+        result["reload_s"] = round(time.perf_counter() - started, 3)
+        result["grow"], result["size_after"] = args.grow, catalog.size
         catalog.close()
-    catalog = Catalog.open(args.db, index_dir)
-    with WritableCatalog(index_dir, args.db) as writable:
-        with writable.sessions() as session:
-            start = int(session.scalar(select(func.max(Image.id)))) + 1
-            store = open_store(session, index_dir, dim=model.embedding_dim)
-        writer = CatalogWriter(writable.sessions, model, IndexSummary(), store=store)
-        for offset in range(0, args.grow, args.batch):
-            writer.write(model.items(start + offset, min(args.batch, args.grow - offset)))
-        IndexSyncer(writable.sessions, index_dir, checkpoint_id=model.checkpoint_id,
-                    dim=model.embedding_dim, store=store).sync()
-    started = time.perf_counter()
-    swapped = catalog.reload()
-    reload_s = time.perf_counter() - started
-    grown = catalog.size
-    catalog.close()
-    return {"n": size, "code": os.environ.get("BENCH_CODE", "this checkout"),
-            "catalog_open_s": [round(t, 2) for t in opens],
-            "catalog_open_median_s": round(float(np.median(opens)), 2),
-            "grow": args.grow, "reload_s": round(reload_s, 2), "reloaded": swapped,
-            "size_after": grown, "peak_rss_mb": round(peak_rss_mb())}
+    return result
 
 
 def main(argv=None) -> int:
@@ -349,10 +415,13 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the index folders")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--open-only", action="store_true",
-                        help="time Catalog.open (--reopen times) and Catalog.reload after --grow "
-                             "new images on the folders a --keep run left, instead of building")
-    parser.add_argument("--reopen", type=int, default=3)
-    parser.add_argument("--grow", type=int, default=1000)
+                        help="on the folders a --keep run left, instead of building: --workers "
+                             "processes open the same index in turn (open time, resident and "
+                             "private memory), then Catalog.reload after --grow new images")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="--open-only: worker processes opening the index one after another")
+    parser.add_argument("--grow", type=int, default=1000,
+                        help="--open-only: images added before the timed reload (0: none)")
     args = parser.parse_args(argv)
     model = StandIn(args.dim, args.region_dim)
     if args.open_only:

@@ -1,6 +1,6 @@
 """Bytes and encoding time of the stored previews (``chextriev index --preview-side``), made by
 the indexer's own decoding path (:func:`indexer.decode.decode`, which calls
-:func:`indexer.preview_store.encode_preview`) on every image of an archive; prints per-image
+:func:`chextriev.io.pixels.encode_preview`) on every image of an archive; prints per-image
 figures and the cost per million images. JPEG (what the indexer stores) is compared with WebP
 at the same side, interleaved per image.
 
@@ -11,7 +11,7 @@ at the same side, interleaved per image.
 ``--query-preview`` compares, instead, the two encodings of the query preview an upload search
 returns, from each original image (interleaved per image): the lossless PNG it used to be
 (:func:`png_bytes`, the server's encoder until then) and the archive previews' JPEG it is now
-(``indexer.preview_store.encode_preview``).
+(``chextriev.io.pixels.encode_preview``).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         compare_query_previews(args.source, args.side, args.limit)
         return 0
 
+    from chextriev.io.pixels import PREVIEW_QUALITY
     from indexer.decode import OK, decode
     from indexer.discovery import open_archive
-    from indexer.preview_store import PREVIEW_QUALITY
 
     sizes, jpeg_ms, webp_sizes, webp_ms, sides = [], [], [], [], []
     for n, record in enumerate(open_archive(args.source).iter_records()):
@@ -87,8 +87,8 @@ def png_bytes(pixels: np.ndarray, max_side: int) -> bytes:
 
 def compare_query_previews(source: str, side: int, limit: int) -> None:
     from chextriev.io.images import load_image
+    from chextriev.io.pixels import PREVIEW_QUALITY, encode_preview
     from indexer.discovery import open_archive
-    from indexer.preview_store import PREVIEW_QUALITY, encode_preview
 
     figures: dict[str, tuple[list[float], list[int]]] = {"PNG": ([], []), f"JPEG q{PREVIEW_QUALITY}": ([], [])}
     encoders = {"PNG": lambda p: png_bytes(p, side), f"JPEG q{PREVIEW_QUALITY}": lambda p: encode_preview(p, side)}

@@ -21,7 +21,9 @@ import faiss
 import numpy as np
 
 from benchmarks.harness import SPREAD, clustered_chunk, machine_line, make_queries, recall_at
-from indexer.vector_index import Segment, VectorIndex, default_nlist
+from indexer.faiss_factory import default_nlist
+from indexer.segments import Segment
+from indexer.vector_index import VectorIndex
 
 
 class _ExactView:

@@ -6,7 +6,9 @@
         [--cache-dir DIR] [--fresh]
 
 The variants are the rows of the variant table (``chextriev.model.config.VARIANTS``, in its
-order); ``--variants`` picks some. For each seed and variant:
+order); ``--variants`` picks some. A row may also be a variant with config overrides,
+``NAME:FIELD=VALUE[:FIELD=VALUE]`` (e.g. ``resnet50:pooling=pcam:attention=channel``, the global
+classifier's pooling family); such a row is listed after its variant. For each seed and row:
 ``chextriev.training.fit.train_records`` (best checkpoint on validation mAP@10), then the test
 split (held-out patients) is scored by the evaluation of ``chextriev evaluate``
 (``metrics.model_eval.headline_scores`` on ``load_checkpoint(best.ckpt)``: THE embedding
@@ -24,7 +26,7 @@ seed is scored on the same test images. The table
 shows the mean over seeds and, per variant, its mAP@10 minus the same seed's untrained
 mAP@10: mean, standard deviation and the smallest margin over seeds.
 
-Checkpoints go to ``RESULTS_DIR/seed<S>/<variant>/``. Writes ``RESULTS_DIR/results.md`` (the
+Checkpoints go to ``RESULTS_DIR/seed<S>/<row>/`` (``:`` in a row name becomes ``+``). Writes ``RESULTS_DIR/results.md`` (the
 table, headed by the command that made it) and ``results.json`` (every seed's rows; rewritten
 after each variant, so a killed run keeps what it finished). A rerun with the same ``--out``
 reuses the rows already in ``results.json`` for the same preset, archive, epoch limit and
@@ -50,7 +52,7 @@ from chextriev.cli_options import add_epochs_option
 from chextriev.io.datasets import load_records
 from chextriev.model.adjacency import cooccurrence_adjacency
 from chextriev.model.build import build_from_config
-from chextriev.model.config import MODEL_FORMAT, VARIANTS
+from chextriev.model.config import MODEL_FORMAT, VARIANTS, ModelConfig
 from chextriev.training.data import RetrievalDataModule, split_records
 from chextriev.training.feature_cache import FeatureCache
 from chextriev.training.fit import fit_feature_stats, resolve_config, train_records
@@ -65,6 +67,31 @@ ORDER = ("untrained", *VARIANTS)  # the variant table's order
 def evaluate(loaded: LoadedModel, test_records) -> dict:
     """The row of one model: :func:`metrics.model_eval.headline_scores` at k = 3, 5, 10, skip=False."""
     return headline_scores(loaded, test_records, KS, skip=False)
+
+
+def parse_row(spec: str) -> tuple[str, dict]:
+    """``NAME[:FIELD=VALUE...]`` -> ``(variant, config overrides)``; values typed as the
+    :class:`~chextriev.model.config.ModelConfig` field's default. Raises ``ValueError`` naming
+    what is wrong (unknown variant or field, a malformed part)."""
+    name, *parts = spec.split(":")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r} in row {spec!r}; valid: {', '.join(VARIANTS)}")
+    defaults = ModelConfig().to_dict()
+    overrides: dict = {}
+    for part in parts:
+        field, sep, text = part.partition("=")
+        if not sep or field not in defaults:
+            raise ValueError(f"row {spec!r}: {part!r} is not FIELD=VALUE with a model config field "
+                             f"(e.g. pooling=pcam, attention=channel, lse_gamma=5)")
+        kind = type(defaults[field])
+        overrides[field] = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
+    replace(VARIANTS[name], **overrides)  # options that do not go together fail here, before training
+    return name, overrides
+
+
+def run_folder(spec: str) -> str:
+    """The checkpoint folder of a row (``:`` becomes ``+``)."""
+    return spec.replace(":", "+")
 
 
 def trained_as(name: str, variants: list[str]) -> str | None:
@@ -139,7 +166,11 @@ def markdown(summary: dict[str, dict], meta: dict) -> str:
     lines += [(f"Test split (held-out patients): {meta['test_images']} images; preset `{meta['preset']}`; "
                f"archive `{meta['data']}`; class average, skip=False; mean over seeds {seeds}."), "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in [n for n in ORDER if n in summary] + sorted(n for n in summary if n not in ORDER):
+    ordered: list[str] = []
+    for base in ORDER:  # the variant table's order, each variant's override rows after it
+        ordered += [base] if base in summary else []
+        ordered += sorted(name for name in summary if name.startswith(f"{base}:"))
+    for name in ordered + sorted(set(summary) - set(ordered)):
         r = summary[name]
         cells = [f"{r[f'mAP@{k}']:.3f}/{r[f'mHR@{k}']:.3f}/{r[f'mRR@{k}']:.3f}" for k in KS]
         region = "n/a" if r.get("region_AUROC") is None else f"{r['region_AUROC']:.3f} ({r['region_AUROC_min']:.3f})"
@@ -182,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="synthetic-small")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated variant names (default: every variant of the table)")
+                        help="comma-separated rows: variant names, or NAME:FIELD=VALUE[:FIELD=VALUE] for a variant "
+                             "with config overrides (default: every variant of the table)")
     add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
                       help="at most N epochs per run (default: the preset's)")
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -195,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rows_spec: dict[str, tuple[str, dict]] = {}
     for name in variants:
-        if name not in VARIANTS:
-            parser.error(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+        try:
+            rows_spec[name] = parse_row(name)
+        except ValueError as error:
+            parser.error(str(error))
     # One patient-disjoint split for every seed: the archive's own split column, else a hash of
     # the patient id, written into the records so that train_records(seed=...) keeps it.
     records = [replace(record, split=name) for name, items in split_records(load_records(args.data)).items()
@@ -229,17 +264,19 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("seed %d %s: reusing the row in %s", seed, name, results)
                 continue
             start = time.perf_counter()
-            shared = trained_as(name, variants)
+            shared = trained_as(name, variants) if name in VARIANTS else None
             if name == "untrained":
                 rows[name] = evaluate(untrained_model(records, args.preset, seed, cache), test)
             elif shared is not None and (run_dir / shared / "best.ckpt").is_file():
-                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / name / "best.ckpt", variant=name,
-                                         binary=VARIANTS[name].binary)
+                best = derive_checkpoint(run_dir / shared / "best.ckpt", run_dir / run_folder(name) / "best.ckpt",
+                                         variant=name, binary=VARIANTS[name].binary)
                 rows[name] = {**evaluate(load_checkpoint(best), test), "train_seconds": 0.0,
                               "trained_as": shared, "val_mAP@10": rows.get(shared, {}).get("val_mAP@10")}
             else:
-                result = train_records(records, run_dir / name, variant=name, preset=args.preset,
-                                       max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False)
+                variant, overrides = rows_spec[name]
+                result = train_records(records, run_dir / run_folder(name), variant=variant, preset=args.preset,
+                                       max_epochs=args.max_epochs, seed=seed, cache_dir=cache, progress=False,
+                                       model_overrides=overrides)
                 rows[name] = {**evaluate(load_checkpoint(result.best), test),
                               "train_seconds": time.perf_counter() - start, "val_mAP@10": result.best_score}
             log.info("seed %d %s: test mAP@10 %.3f, AUROC %s, region AUROC %s (%.0f s)", seed, name,

@@ -10,6 +10,10 @@ A checkpoint is a Lightning ``.ckpt`` whose ``hyper_parameters`` hold (see
 and whose ``state_dict`` holds the model's weights under the ``model.`` prefix (frozen backbone
 included, so no weights file is needed at load time).
 
+The training run's split: ``data[SPLIT_KEY]`` (:mod:`chextriev.splits`), kept as
+:attr:`LoadedModel.data_split` (``None`` for a checkpoint written before it was saved); ``chextriev
+evaluate`` evaluates its test patients.
+
 Finding thresholds: ``data[THRESHOLDS_KEY]`` (``{"rule", "class_names", "values", "f1",
 "n_images", "epoch"}``, see :mod:`chextriev.training.thresholds`) holds the per-class
 thresholds chosen on validation (max F1). :attr:`LoadedModel.thresholds` is ``(C,)`` with NaN
@@ -34,13 +38,13 @@ from chextriev.errors import ChextrievError
 from chextriev.files import atomic_path, sha256_file
 from chextriev.model.backbone import weights_restored_later
 from chextriev.model.build import build_from_config
-from chextriev.model.config import MODEL_FORMAT, ModelConfig
+from chextriev.model.config import ENCODER_FILES_KEY, MODEL_FORMAT, STATE_PREFIX, ModelConfig
 from chextriev.model.retrieval_model import RetrievalModel
 from chextriev.precision import describe, prepare_model, resolve_precision
+from chextriev.splits import SPLIT_KEY
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "model."
 #: Top-level checkpoint key of the finding thresholds chosen on validation.
 THRESHOLDS_KEY = "finding_thresholds"
 #: Probability from which a finding counts as predicted when no threshold was chosen for it.
@@ -85,7 +89,47 @@ class LoadedModel:
     threshold_rule: str | None = None
     compile: bool = False
     compile_batch: int = 1  # the batch size the trunk is compiled for (1: exactly one image)
+    data_split: dict[str, Any] | None = None  # the training run's split (chextriev.splits); None: not saved
     _pending_trunk: Any = field(default=None, repr=False)  # compiled bf16 trunk awaiting the `auto` check
+    encoder_files: dict[str, bytes] | None = None  # a text tower's tokenizer files (ENCODER_FILES_KEY)
+    _text_encoder: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_findings(self) -> bool:
+        """False for a model without a finding head (a label-free ``encoder`` model from
+        ``chextriev model init``): its probabilities are ``(N, 0)``, it predicts no findings."""
+        return bool(self.class_names) and self.config.kind != "encoder"
+
+    @property
+    def findings_note(self) -> str | None:
+        """Why there are no predicted findings (None when the model predicts them)."""
+        if self.has_findings:
+            return None
+        return (f"this model predicts no findings: it is the {self.config.backbone} encoder's own embedding, made "
+                "without labels (chextriev model init), so it has no finding head; results are ranked by image "
+                f"similarity only. Train a variant on the encoder's tokens (chextriev train --variant v6 --backbone "
+                f"{self.config.backbone} ...) on labelled images for predicted findings")
+
+    @property
+    def text_encoder(self):
+        """``None``, or an object whose ``embed(texts) -> (n, D)`` float32 L2-normalised vectors
+        lie in the space of this model's index embedding (a CLIP-family encoder model whose
+        embedding is the encoder's joint image-text embedding): their inner product with the
+        stored embeddings is the encoder's image-text similarity."""
+        tower = getattr(self.model, "text_tower", None)
+        if tower is None:
+            return None
+        if self._text_encoder is None:
+            from chextriev.model.encoders.text import TextEncoder
+
+            self._text_encoder = TextEncoder(tower, self.encoder_files or {}, device=self.device,
+                                             precision=self.precision)
+        return self._text_encoder
+
+    @property
+    def regions_in_text_space(self) -> bool:
+        """The region embeddings lie in the text encoder's space too (regions by text)."""
+        return self.text_encoder is not None
 
     def finding_thresholds(self) -> np.ndarray:
         """``(C,)`` thresholds for predicted findings: the checkpoint's, else (per class, or all
@@ -101,6 +145,7 @@ class LoadedModel:
         from chextriev.precision import BF16_MIN_COSINE
 
         self.verify_bf16 = False
+        self._text_encoder = None  # made again in the precision kept
         pending, self._pending_trunk = self._pending_trunk, None
         if cosine >= BF16_MIN_COSINE:
             prepare_model(self.model, "bf16")
@@ -144,14 +189,15 @@ class LoadedModel:
 
     @property
     def max_input_side(self) -> int | None:
-        """Largest image side worth handing to :func:`~chextriev.embedding.embed_images`:
-        ``None`` = the full-resolution original (``crop`` mode crops it), else the model input."""
+        """What :func:`chextriev.io.pixels.model_pixels` prepares images for: ``S``, the side of
+        the model's square resize (a pre-shrink to ``S x S`` with the same filter hands the model
+        the same input), or ``None``: the model needs the original (``crop`` mode, a centre crop)."""
         return self.model.max_input_side
 
     @classmethod
     def from_model(cls, model: RetrievalModel, *, atlas: Atlas | None = None, detector=None,
                    device: str | torch.device = "cpu", variant: str = "",
-                   precision: str = "fp32") -> LoadedModel:
+                   precision: str = "fp32", encoder_files: dict[str, bytes] | None = None) -> LoadedModel:
         """Wrap an in-memory model (e.g. an untrained baseline, a test model) without a file.
 
         ``checkpoint_id`` is ``"in-memory"``; the atlas defaults to the anatomical template.
@@ -164,7 +210,8 @@ class LoadedModel:
         return cls(model=model, config=config, class_names=tuple(config.class_names),
                    image_size=config.image_size, checkpoint_id="in-memory", embedding_dim=model.embedding_dim,
                    has_regions=config.has_regions, box_provider=BoxProvider(atlas or Atlas.default(), detector),
-                   device=device, variant=variant, binary=bool(config.binary), precision=precision)
+                   device=device, variant=variant, binary=bool(config.binary), precision=precision,
+                   encoder_files=encoder_files)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -233,7 +280,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
 
         detector = AnatomyDetector.load(detector_path, device=device, precision=resolved)
     class_names = tuple(hparams.get("class_names", config.class_names))
-    thresholds, rule = checkpoint_thresholds(data, class_names, path)
+    thresholds, rule = checkpoint_thresholds(data, class_names, path) if class_names else (None, None)
     loaded = LoadedModel(
         model=model,
         config=config,
@@ -253,6 +300,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         threshold_rule=rule,
         compile=bool(compile),
         compile_batch=max(1, int(compile_batch)),
+        data_split=data.get(SPLIT_KEY),
+        encoder_files=data.get(ENCODER_FILES_KEY),
     )
     loaded.start_compiled()
     return loaded

@@ -36,9 +36,11 @@ BOX_SOURCES = ("given", "detector", "atlas", "detector+atlas")
 class EmbeddingBatch:
     """Numpy float32 results for ``N`` images (see ARCHITECTURE.md).
 
-    ``embeddings (N, D)`` L2-normalised; ``probabilities (N, C)``; ``region_probabilities
-    (N, 18, C)`` or None (global baselines); ``region_embeddings (N, 18, R)`` per-node readout
-    L2-normalised (zeros for missing regions) or None; ``boxes (N, 18, 4)`` original pixels;
+    ``embeddings (N, D)`` L2-normalised; ``probabilities (N, C)`` (``(N, 0)`` for a model
+    without a finding head, ``LoadedModel.has_findings`` False); ``region_probabilities
+    (N, 18, C)`` or None (global baselines, models without a finding head);
+    ``region_embeddings (N, 18, R)`` per-node readout (an encoder model's anatomy-pooled region
+    features) L2-normalised (zeros for missing regions) or None; ``boxes (N, 18, 4)`` original pixels;
     ``box_sources`` one of ``BOX_SOURCES`` per image; ``binary_codes (N, K)`` uint8 0/1 for
     binary-code models (ATH), else None.
     """
@@ -65,8 +67,9 @@ def outputs_to_arrays(model: RetrievalModel, output: ModelOutput) -> dict[str, n
         "binary_codes": None,
     }
     if output.node_logits is not None:
-        mask = output.mask.unsqueeze(-1).float()
         arrays["region_probabilities"] = (torch.sigmoid(output.node_logits.float())).cpu().numpy().astype(np.float32)
+    if output.node_embeddings is not None and output.mask is not None:
+        mask = output.mask.unsqueeze(-1).float()
         nodes = F.normalize(output.node_embeddings.float(), dim=-1) * mask
         arrays["region_embeddings"] = nodes.cpu().numpy().astype(np.float32)
     if getattr(model.config, "binary", False) and output.code is not None:
@@ -160,8 +163,9 @@ def _concat(parts, boxes: np.ndarray, sources: list[str], loaded) -> EmbeddingBa
 
     if not parts:
         c = len(loaded.class_names)
+        findings = getattr(loaded, "has_findings", True)
         return EmbeddingBatch(np.zeros((0, loaded.embedding_dim), np.float32), np.zeros((0, c), np.float32),
-                              np.zeros((0, NUM_REGIONS, c), np.float32) if loaded.has_regions else None,
+                              np.zeros((0, NUM_REGIONS, c), np.float32) if loaded.has_regions and findings else None,
                               None, boxes, [])
     return EmbeddingBatch(
         embeddings=join("embeddings"),

@@ -20,6 +20,11 @@ class UnknownNameError(ChextrievError, ValueError):
         super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(map(str, self.valid))}")
 
 
+class ConfigError(ChextrievError, ValueError):
+    """Model options that do not go together (e.g. a pooling for a model that does not pool);
+    the message says which option applies to what."""
+
+
 class ImageReadError(ChextrievError):
     """An image (PNG, JPEG, DICOM) that cannot be read; says which one and why."""
 

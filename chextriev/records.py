@@ -84,6 +84,30 @@ class Record:
         return self.labels is not None and not bool(np.any(self.labels))
 
 
+def any_finding(labels: np.ndarray, axis: int = -1) -> np.ndarray:
+    """OR over ``axis`` of 0/1/NaN labels: 1 where any entry is 1, else NaN where any is unknown,
+    else 0 (the abnormality label of a row of findings)."""
+    labels = np.asarray(labels, dtype=np.float32)
+    positive = (labels == 1).any(axis=axis)
+    unknown = np.isnan(labels).any(axis=axis)
+    return np.where(positive, 1.0, np.where(unknown, np.nan, 0.0)).astype(np.float32)
+
+
+def abnormality_record(record: Record) -> Record:
+    """``record`` relabelled for the abnormality class list (:data:`chextriev.vocab.ABNORMAL_CLASSES`)
+    from its findings: abnormal when it holds any of them (:func:`any_finding`), per region too;
+    unknown labels stay unknown. For readers whose normal flag is "no positive finding"
+    (the synthetic archive)."""
+    from dataclasses import replace
+
+    from chextriev.vocab import ABNORMAL_CLASSES
+
+    labels = None if record.labels is None else any_finding(record.labels)[None]
+    region = None if record.region_labels is None else any_finding(record.region_labels)[:, None]
+    return replace(record, class_names=ABNORMAL_CLASSES, labels=labels, region_labels=region,
+                   meta={**record.meta, "findings_of": tuple(record.class_names)})
+
+
 def empty_boxes() -> np.ndarray:
     """(18, 4) float32 of NaN: no region known."""
     return np.full((NUM_REGIONS, 4), np.nan, dtype=np.float32)

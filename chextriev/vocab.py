@@ -1,13 +1,17 @@
 """The vocabulary: 18 anatomical regions (node order everywhere) and the finding class lists.
 
-The class list a model uses is configuration (``class_list("imagenome")``, ``"nih"`` or
-``"chexpert"``); an unknown name raises :class:`~chextriev.errors.UnknownNameError` listing the
-valid ones. Findings that mean the same thing in two vocabularies are linked by the
+The class list a model uses is configuration (``class_list("imagenome")``, ``"nih"``,
+``"chexpert"``, the benchmark subsets ``"nih8"`` and ``"chexpert5"``, or ``"abnormal"``, the
+one-output abnormality model); an unknown name raises
+:class:`~chextriev.errors.UnknownNameError` listing the valid ones. Readers map their labels to
+any list the same way (a subset takes the columns it names; ``abnormal`` comes from each
+dataset's own normal flag, see :data:`ABNORMAL`). Findings that mean the same thing in two vocabularies are linked by the
 ``*_TO_*`` tables; :func:`equivalent_findings` follows them in both directions.
 """
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections import deque
 
@@ -87,10 +91,27 @@ CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "Support Devices",
 )
 
+#: The 8 ChestX-ray8 diseases, the NIH findings that carry boxes (Wang et al., CVPR 2017): the
+#: benchmark subset of the NIH literature.
+NIH8_FINDINGS: tuple[str, ...] = NIH_FINDINGS[:8]
+
+#: The 5 CheXpert competition observations (Irvin et al., AAAI 2019), in the paper's order.
+CHEXPERT5_OBSERVATIONS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+#: The abnormality model's one class (X_RAY's binary normal-vs-abnormal model): 1 when the image
+#: holds any finding, 0 when the dataset marks it normal. Each reader takes it from its dataset's
+#: own flag: NIH ``No Finding``, CheXpert's ``No Finding`` column, ImaGenome and the synthetic
+#: archive no positive finding, a manifest's ``No Finding`` / empty labels (or all-zero columns).
+ABNORMAL = "abnormal"
+ABNORMAL_CLASSES: tuple[str, ...] = (ABNORMAL,)
+
 CLASS_LISTS: dict[str, tuple[str, ...]] = {
     "imagenome": IMAGENOME_FINDINGS,
     "nih": NIH_FINDINGS,
     "chexpert": CHEXPERT_OBSERVATIONS,
+    "nih8": NIH8_FINDINGS,
+    "chexpert5": CHEXPERT5_OBSERVATIONS,
+    "abnormal": ABNORMAL_CLASSES,
 }
 
 #: NIH findings that correspond to an ImaGenome finding (used to evaluate ImaGenome-class
@@ -192,11 +213,22 @@ def equivalent_findings(name: str) -> list[str]:
 
 
 def class_list(name: str) -> tuple[str, ...]:
-    """The finding names of class list ``name`` ("imagenome", "nih" or "chexpert")."""
+    """The finding names of class list ``name`` (a key of :data:`CLASS_LISTS`: "imagenome",
+    "nih", "chexpert", "nih8", "chexpert5", "abnormal")."""
     try:
         return CLASS_LISTS[name]
     except KeyError:
         raise UnknownNameError("class list", name, CLASS_LISTS) from None
+
+
+def class_list_name(names) -> str | None:
+    """The name of the class list whose findings are ``names`` (in order), else ``None``."""
+    return next((name for name, listed in CLASS_LISTS.items() if tuple(names) == listed), None)
+
+
+def is_abnormality(names) -> bool:
+    """True when ``names`` is the abnormality model's class list (:data:`ABNORMAL_CLASSES`)."""
+    return tuple(names) == ABNORMAL_CLASSES
 
 
 def region_index(name: str) -> int:
@@ -213,3 +245,12 @@ def finding_index(classes: tuple[str, ...] | list[str], name: str) -> int:
         return list(classes).index(name)
     except ValueError:
         raise UnknownNameError("finding", name, classes) from None
+
+
+def class_index(class_names: tuple[str, ...], finding: str | int) -> int:
+    """Index of ``finding`` (name or index) in ``class_names``; unknown ones list the valid names."""
+    if isinstance(finding, numbers.Integral) and not isinstance(finding, bool):
+        if 0 <= int(finding) < len(class_names):
+            return int(finding)
+        raise UnknownNameError("finding index", str(finding), [f"{i} ({n})" for i, n in enumerate(class_names)])
+    return finding_index(tuple(class_names), str(finding))

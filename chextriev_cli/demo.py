@@ -72,7 +72,8 @@ def _step(title: str) -> None:
 
 def _cli(*args: str) -> None:
     """Run a `chextriev` subcommand in a child process (fresh state, its own progress output)."""
-    command = [sys.executable, "-m", "chextriev_cli.main", *args]
+    verbose = ["-v"] if log.isEnabledFor(logging.DEBUG) else []  # `chextriev -v demo`: every step verbose
+    command = [sys.executable, "-m", "chextriev_cli.main", *verbose, *args]
     log.debug("running %s", " ".join(command))
     result = subprocess.run(command, check=False)
     if result.returncode != 0:

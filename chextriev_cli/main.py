@@ -20,6 +20,7 @@ from chextriev.cli_options import VersionAction, apply_conventions
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "chextriev.synth.cli",  # synth
     "chextriev.training.cli",  # train, train-detector
+    "chextriev.model.cli",  # model init, model encoders
     "chextriev.localization.cli",  # train-ham
     "metrics.cli",  # evaluate
     "indexer.cli",  # index, index verify, index remove
@@ -47,11 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     from chextriev.errors import ChextrievError
+    from chextriev.logs import configure_logging
+
+    configure_logging(args.verbose)  # libraries' set-up chatter shows with -v only
 
     try:
         return int(args.func(args) or 0)

@@ -37,6 +37,7 @@ from typing import Any
 
 from chextriev.errors import ChextrievError
 from chextriev.files import atomic_copy, sha256_file
+from indexer.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Bundle:
 
     @classmethod
     def from_manifest(cls, index_dir: str | Path, manifest) -> Bundle:
-        """The bundle recorded in ``manifest`` (an :class:`indexer.vector_index.Manifest`)."""
+        """The bundle recorded in ``manifest`` (an :class:`indexer.manifest.Manifest`)."""
         data = manifest.extra.get(BUNDLE_KEY)
         return cls(index_dir=Path(index_dir), checkpoint_id=manifest.checkpoint_id,
                    nprobe=int(manifest.nprobe), rerank=int(manifest.rerank),
@@ -221,8 +222,6 @@ class Bundle:
 
 def read_bundle(index_dir: str | Path) -> Bundle:
     """The bundle of the index committed in ``index_dir`` (an index saved before bundles gives
-    an empty ``data``). Raises :class:`indexer.vector_index.IndexStateError` when there is no
+    an empty ``data``). Raises :class:`indexer.manifest.IndexStateError` when there is no
     valid manifest."""
-    from indexer.vector_index import Manifest
-
     return Bundle.from_manifest(index_dir, Manifest.read(index_dir))

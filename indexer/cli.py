@@ -39,11 +39,11 @@ from chextriev.cli_options import (
 )
 from chextriev.errors import ChextrievError
 
-# indexer.vector_index.INDEX_TYPES, here so that argument parsing does not import Faiss
+# indexer.faiss_factory.INDEX_TYPES, here so that argument parsing does not import Faiss
 # (tests/test_cli_startup.py checks that the two agree).
 INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq")
 
-PREVIEW_SIDE = 1024  # indexer.preview_store.PREVIEW_SIDE (not imported: lazy CLI)
+PREVIEW_SIDE = 1024  # chextriev.io.pixels.PREVIEW_SIDE (not imported: lazy CLI; a test keeps them equal)
 DATE_MODES = ("shift", "year")  # chextriev.io.deid.DATE_MODES (not imported: lazy CLI)
 
 TOKEN_ENV = "CHEXTRIEV_DICOMWEB_TOKEN"  # chextriev.io.dicomweb.TOKEN_ENV (not imported: lazy CLI)
@@ -197,9 +197,9 @@ def register(subparsers) -> None:
 
 
 def _sessions(args):
-    from indexer.db import default_db_url, make_engine, make_sessionmaker
+    from indexer.engine import open_sessions
 
-    return make_sessionmaker(make_engine(args.db or default_db_url(args.index_dir), create=False))
+    return open_sessions(args.db, args.index_dir)
 
 
 def _writable(args):
@@ -309,7 +309,7 @@ def _index_distributed(args, source, index_dir: Path, policy) -> int:
 
 
 def _verify(args) -> int:
-    from indexer.sync import verify
+    from indexer.verify import verify
 
     figures = verify_figures(verify(_sessions(args), args.index_dir, sample=args.sample),
                              args.index_dir, args.sample)
@@ -359,7 +359,8 @@ def _remove(args) -> int:
 
 def _db_upgrade(args) -> int:
     from indexer import migrations
-    from indexer.db import default_db_url, make_engine, safe_url
+    from indexer.db import default_db_url, safe_url
+    from indexer.engine import make_engine
     from indexer.lock import CatalogLock
 
     if args.db is None and args.index_dir is None:

@@ -22,10 +22,14 @@ Tables
 ``writer_lock``    who holds the one-writer lock (informational: the lock itself is a
                    PostgreSQL advisory lock or a file lock, see :mod:`indexer.lock`).
 
-The schema is versioned with Alembic (``indexer/migrations``); :func:`open_engine` creates and
-stamps a new catalog, and refuses one whose revision differs from the code's, naming
+The schema is versioned with Alembic (``indexer/migrations``); :func:`indexer.engine.make_engine`
+creates and stamps a new catalog, and refuses one whose revision differs from the code's, naming
 ``chextriev db upgrade``. Only portable SQL types are used; SQLite gets WAL mode and a busy
 timeout through a connect hook. ``postgresql://`` URLs use psycopg 3 (installed by default).
+
+The layers: this module (tables, URLs, the one ``catalog_state`` row) <- :mod:`indexer.migrations`
+<- :mod:`indexer.engine`; the queries are :mod:`indexer.db_read`'s (the read side) and
+:mod:`indexer.db_write`'s (the writer, the syncer, the lock).
 """
 
 from __future__ import annotations
@@ -47,15 +51,11 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    create_engine,
-    event,
-    inspect,
     select,
-    update,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chextriev.errors import ChextrievError
 
@@ -228,64 +228,6 @@ def sqlite_path(db_url: str) -> Path | None:
     return Path(url.database)
 
 
-def make_engine(db_url: str, *, create: bool = True, check: bool = True,
-                schema: bool = True) -> Engine:
-    """An engine for ``db_url``.
-
-    With ``create`` a catalog with no tables is created and stamped with the current schema
-    revision. With ``check`` (the default) a catalog at another revision raises
-    :class:`CatalogSchemaError` naming ``chextriev db upgrade``. ``schema=False``: neither
-    (the caller runs :func:`indexer.migrations.ensure_current` itself, e.g. after taking the
-    writer lock). SQLite gets WAL, ``synchronous=NORMAL``, foreign keys and a busy timeout.
-    """
-    from indexer import migrations
-
-    path = sqlite_path(db_url)
-    if path is not None:
-        if not create and not path.is_file():
-            raise CatalogSchemaError(f"no catalog database at {db_url} (run `chextriev index`)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        engine = create_engine(normalise_url(db_url), future=True)
-    except ArgumentError as error:
-        raise ChextrievError(f"not a database URL: {safe_url(db_url)} ({error})") from error
-    except ModuleNotFoundError as error:  # pragma: no cover - a driver the user named
-        raise ChextrievError(f"the database driver for {safe_url(db_url)} is not installed: "
-                             f"{error.name} (postgresql:// uses psycopg, installed by default)"
-                             ) from error
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA temp_store=MEMORY")
-            cursor.close()
-
-    try:
-        if schema and (create or check):
-            migrations.ensure_current(engine, db_url, create=create, check=check)
-    except OperationalError as error:
-        engine.dispose()
-        raise ChextrievError(f"cannot open the catalog database {safe_url(db_url)}: "
-                             f"{error.orig}") from error
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
-
-
-def has_tables(engine: Engine) -> bool:
-    return "images" in inspect(engine).get_table_names()
-
-
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(bind=engine, expire_on_commit=False, future=True)
-
-
 # ---------------------------------------------------------------------- catalog state
 def catalog_state(session, *, for_update: bool = False) -> CatalogState:
     """The one ``catalog_state`` row (created when missing)."""
@@ -298,36 +240,6 @@ def catalog_state(session, *, for_update: bool = False) -> CatalogState:
         session.add(state)
         session.flush()
     return state
-
-
-def bump_generation(session, *, removals: int = 0, store_rows: int | None = None) -> None:
-    """Record in this transaction that the indexed set changed (and how)."""
-    state = catalog_state(session, for_update=True)
-    values = {"generation": CatalogState.generation + 1, "updated": utcnow(),
-              "removals": CatalogState.removals + int(removals)}
-    if store_rows is not None:
-        values["store_rows"] = int(store_rows)
-    session.execute(update(CatalogState).where(CatalogState.id == state.id).values(**values))
-
-
-def db_state(session) -> str:
-    """A full hash of the indexed set: sha256 over the sorted ids, content hashes and vector
-    slots of ``indexed`` rows (O(n): used by ``verify``, not at checkpoints)."""
-    digest = hashlib.sha256()
-    rows = session.execute(
-        select(Image.id, Image.content_hash, Image.vector_slot)
-        .where(Image.status == STATUS_INDEXED).order_by(Image.id))
-    for pk, content_hash, slot in rows:
-        digest.update(f"{pk}:{content_hash}:{slot};".encode())
-    return digest.hexdigest()
-
-
-def image_status(session, ids) -> dict[int, str]:
-    """``{id: status}`` for the known ``ids`` (one indexed query; cheap per id)."""
-    ids = [int(i) for i in ids]
-    if not ids:
-        return {}
-    return dict(session.execute(select(Image.id, Image.status).where(Image.id.in_(ids))).all())
 
 
 class Pseudonymiser:

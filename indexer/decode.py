@@ -1,17 +1,20 @@
 """The work done in decoding worker processes: one record -> the :class:`Decoded` item the writer
 stores. Fetch the bytes once (file read or WADO-RS, :func:`chextriev.io.sources.fetch_bytes`),
 hash them, merge the DICOM tags into the record (:func:`chextriev.io.dicom.merge_tags`), apply
-the view rule (:func:`chextriev.io.fields.view_decision`), decode, shrink for the model, and
-make the thumbnail and the preview (:func:`indexer.preview_store.encode_preview`: an 8-bit JPEG
-of about 1024 px, ``preview_side``, made from the decoded pixels of a record that passed the
-privacy rules).
+the view rule (:func:`chextriev.io.fields.view_decision`), decode, prepare the pixels for the
+model, and make the thumbnail and the preview, all through THE image contract
+(:mod:`chextriev.io.pixels`, the one the upload and the evaluator use): ``model_pixels`` (driven
+by the model's ``max_input_side``: its square input side, the pre-shrink being exact with
+respect to the model's own resize, or the full resolution for a ``crop``-mode model),
+``encode_thumbnail`` (a 128 px grey JPEG, stored and served as it is) and ``encode_preview`` (an
+8-bit JPEG of about 1024 px, ``preview_side``), from the decoded pixels of a record that passed
+the privacy rules.
 
 Everything here is picklable and free of torch, so that worker processes start fast.
 
-Images are shrunk (aspect ratio kept) so that their longer side is at most ``max_side``
-(default: twice the model's input size, the model resizes further anyway); the embedding boxes
-are scaled back to the original pixel grid by the writer. A record's GIVEN boxes (ImaGenome
-scene graphs, the synthetic archive's) travel in original pixels in ``Decoded.boxes``.
+The embedding boxes are scaled back to the original pixel grid by the writer. A record's GIVEN
+boxes (ImaGenome scene graphs, the synthetic archive's) travel in original pixels in
+``Decoded.boxes``.
 
 A record whose view is known from its DICOM tags before fetching (a DICOMweb search result) and
 is not frontal is skipped without being fetched.
@@ -28,12 +31,10 @@ longer than the catalog holds; a date that is not one is dropped.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
 
 from chextriev.errors import ImageReadError, SourceError
 from chextriev.io.deid import UID_FIELDS, Deidentifier
@@ -47,10 +48,9 @@ from chextriev.io.fields import (
     view_decision,
 )
 from chextriev.io.images import read_image
+from chextriev.io.pixels import encode_preview, encode_thumbnail, model_pixels
 from chextriev.io.sources import fetch_bytes, register_connections
 from chextriev.records import Record
-
-THUMBNAIL_SIDE = 192
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 #: The source went away (unreachable service): not stored, so the next run fetches it again.
@@ -91,9 +91,9 @@ class Decoded:
     # normalised: image_id, patient_id, study_id, study/series/sop_instance_uid, view, sex,
     # age, study_date, known_findings
     meta: dict[str, Any] = field(default_factory=dict)
-    pixels: np.ndarray | None = None  # (h, w) float32 in [0, 1], shrunk
+    pixels: np.ndarray | None = None  # (h, w) float32 in [0, 1]: chextriev.io.pixels.model_pixels
     original_hw: tuple[int, int] | None = None  # (H, W) of the file
-    thumbnail: bytes | None = None  # PNG
+    thumbnail: bytes | None = None  # grey JPEG (chextriev.io.pixels.encode_thumbnail), stored as it is
     # Model outputs computed elsewhere (a distributed shard): embedding (D,), probabilities (C,),
     # region_probabilities (18, C) | None, region_embeddings (18, R) | None, boxes (18, 4)
     # original pixels, box_source.
@@ -155,26 +155,6 @@ def catalog_meta(record: Record, policy: IngestPolicy | None = None) -> dict[str
     return fields
 
 
-def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
-    """``(H, W)`` -> ``(h, w)`` with ``max(h, w) <= max_side``, aspect kept (box filter)."""
-    height, width = pixels.shape
-    scale = max_side / max(height, width)
-    if scale >= 1:
-        return pixels.astype(np.float32, copy=False)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = PILImage.fromarray(pixels.astype(np.float32), mode="F")
-    return np.asarray(image.resize(size, PILImage.Resampling.BOX), dtype=np.float32)
-
-
-def thumbnail_png(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
-    """An 8-bit grayscale PNG with the longer side ``side`` (or smaller if the image is)."""
-    small = shrink(pixels, side)
-    image = PILImage.fromarray(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
 def _decided_view(result: Decoded) -> str | None:
     view, skip = view_decision(result.meta.pop("raw_view", None))
     result.meta["view"] = view[:MAX_VIEW] if view else view
@@ -183,10 +163,11 @@ def _decided_view(result: Decoded) -> str | None:
     return skip
 
 
-def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = None,
+def decode(record: Record, max_input_side: int | None = None, *, known_hash: str | None = None,
            policy: IngestPolicy | None = None, preview_side: int = 0) -> Decoded:
     """Fetch, hash, merge tags, de-identify, check the view and burned-in annotations, decode
-    and shrink one record. Never raises for a bad record: failures become ``status="failed"``
+    one record and prepare its pixels for a model that reads at most ``max_input_side``
+    (``LoadedModel.max_input_side``; None: the full resolution). Never raises for a bad record: failures become ``status="failed"``
     with the reason; an unreachable source becomes ``status="unavailable"``.
 
     ``known_hash``: the hash recorded for this key; when the content still has that hash, the
@@ -234,12 +215,9 @@ def decode(record: Record, max_side: int = 1024, *, known_hash: str | None = Non
             raise ImageReadError(record.key, f"unexpected pixel array shape {pixels.shape}")
         result.fmt = loaded.format
         result.original_hw = (int(pixels.shape[0]), int(pixels.shape[1]))
-        result.pixels = shrink(pixels, max_side)
-        result.thumbnail = thumbnail_png(pixels)
-        if preview_side:
-            from indexer.preview_store import encode_preview
-
-            result.preview = encode_preview(pixels, preview_side)
+        result.pixels = model_pixels(pixels, max_input_side).pixels
+        result.thumbnail = encode_thumbnail(pixels)
+        result.preview = encode_preview(pixels, preview_side)
         if record.boxes is not None and record.box_mask.any():
             result.boxes = np.asarray(record.boxes, dtype=np.float32)
     except ImageReadError as error:
@@ -266,7 +244,8 @@ def _burned_in(tags: dict[str, Any]) -> bool:
 
 
 def given_boxes(decoded: Decoded) -> np.ndarray | None:
-    """The record's given boxes in pixels of ``decoded.pixels`` (the shrunk image), or None."""
+    """The record's given boxes in pixels of ``decoded.pixels`` (the model pixels: the original
+    boxes times the scale of each axis, :class:`chextriev.io.pixels.ModelPixels`), or None."""
     if decoded.boxes is None or decoded.pixels is None or decoded.original_hw is None:
         return None
     height, width = decoded.pixels.shape
@@ -277,9 +256,9 @@ def given_boxes(decoded: Decoded) -> np.ndarray | None:
 
 def decode_task(args: tuple) -> Decoded:
     """``decode`` for the decoding pool (one picklable argument):
-    ``(record, max_side, known_hash[, policy[, preview_side]])``."""
-    record, max_side, known_hash, *rest = args
-    return decode(record, max_side, known_hash=known_hash, policy=rest[0] if rest else None,
+    ``(record, max_input_side, known_hash[, policy[, preview_side]])``."""
+    record, max_input_side, known_hash, *rest = args
+    return decode(record, max_input_side, known_hash=known_hash, policy=rest[0] if rest else None,
                   preview_side=rest[1] if len(rest) > 1 else 0)
 
 

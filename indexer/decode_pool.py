@@ -12,7 +12,6 @@ are in flight, so a stream of a million records is never materialised.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing as mp
 from collections import deque
@@ -68,30 +67,43 @@ def decode_stream(tasks: Iterable[tuple], workers: int, connections=(), *,
     window = window or max(4, 16 * workers)
     pool = _executor(workers, connections)
     in_flight: deque[tuple[tuple, Future]] = deque()
+    carry: deque[tuple] = deque()  # taken from ``tasks`` but not submitted: the pool had broken
     try:
         while True:
-            for task in itertools.islice(tasks, window - len(in_flight)):
-                in_flight.append((task, pool.submit(task_fn, task)))
-            if not in_flight:
+            broken = False
+            while len(in_flight) < window:
+                task = carry.popleft() if carry else next(tasks, None)
+                if task is None:
+                    break
+                try:
+                    in_flight.append((task, pool.submit(task_fn, task)))
+                except BrokenProcessPool:  # a worker died since the last result was taken
+                    carry.appendleft(task)
+                    broken = True
+                    break
+            if not in_flight and not broken:
                 return
-            task, future = in_flight[0]
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                # Some task in flight killed its process; the pool is unusable. Find the culprit
-                # by running each in-flight task alone, then carry on with a new pool.
-                pool.shutdown(wait=True, cancel_futures=True)
-                pending = list(in_flight)
-                in_flight.clear()
-                log.warning("a decoding worker died; retrying the task(s) in flight one by one")
-                for retry, done in pending:
-                    if done.done() and not done.cancelled() and done.exception() is None:
-                        yield done.result()  # finished before the crash
-                    else:
-                        yield _isolated(retry, connections, task_fn)
-                pool = _executor(workers, connections)
-                continue
-            in_flight.popleft()
-            yield result
+            if not broken:
+                task, future = in_flight[0]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                else:
+                    in_flight.popleft()
+                    yield result
+                    continue
+            # Some task in flight killed its process; the pool is unusable. Find the culprit by
+            # running each in-flight task alone, then carry on with a new pool.
+            pool.shutdown(wait=True, cancel_futures=True)
+            pending = list(in_flight)
+            in_flight.clear()
+            log.warning("a decoding worker died; retrying the task(s) in flight one by one")
+            for retry, done in pending:
+                if done.done() and not done.cancelled() and done.exception() is None:
+                    yield done.result()  # finished before the crash
+                else:
+                    yield _isolated(retry, connections, task_fn)
+            pool = _executor(workers, connections)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

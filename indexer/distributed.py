@@ -24,142 +24,38 @@ one-process run (same ids, rows, vectors and index; ``tests/indexer/test_indexer
 A killed run leaves shards that the next run discards (its records are not in the ledger, so
 they are embedded again); a killed merge keeps what it committed.
 
-Shard format (``shard-r<rank>-b<batch>.npz``, no pickles): ``paths`` (ledger keys), ``hashes``,
-``sizes``, ``mtimes``, ``status``, ``reasons``, ``meta`` (JSON per record), ``emb_row`` (row of
-each record in the arrays below, -1 when not embedded), ``embeddings (n, D)``,
-``probabilities (n, C)``, ``region_probabilities (n, 18, C)`` and ``region_embeddings
-(n, 18, R)`` (absent for global models), ``boxes (n, 18, 4)`` original pixels, ``box_sources``,
-``thumbs`` / ``previews`` (concatenated bytes) with ``thumb_offsets`` / ``preview_offsets``, and
-``info`` (JSON: checkpoint id, dimension, class names). A shard is written to a temporary name,
-fsynced and renamed, so a killed rank leaves no partial shard.
+The shard files and the work list are :mod:`indexer.shards`.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import pickle
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from chextriev.errors import ChextrievError, SourceUnavailableError
-from chextriev.files import atomic_open, is_tmp_name
+from chextriev.io.pixels import PREVIEW_SIDE
+from indexer import db_write
 from indexer.decode import OK, UNAVAILABLE, Decoded, IngestPolicy, decode_task, given_boxes
-from indexer.preview_store import PREVIEW_SIDE
+from indexer.shards import (
+    EmbedderInfo,
+    clear_shards,
+    info_of,
+    rank_block,
+    read_shard,
+    read_worklist,
+    shard_files,
+    worklist_length,
+    write_shard,
+    write_worklist,
+)
 
 log = logging.getLogger(__name__)
 
-WORKLIST = "worklist.pkl"
-WORKLIST_OFFSETS = "worklist.offsets.i64"
 #: How long a rank waits for the others (rank 0's walk of the source, the slowest rank's
 #: embedding) before the process group gives up.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
-
-
-@dataclass
-class EmbedderInfo:
-    """What the merge needs to know about the model that made the shards."""
-
-    checkpoint_id: str
-    embedding_dim: int
-    class_names: tuple[str, ...]
-
-
-def info_of(embedder) -> EmbedderInfo:
-    return EmbedderInfo(embedder.checkpoint_id, int(embedder.embedding_dim),
-                        tuple(embedder.class_names))
-
-
-# ---------------------------------------------------------------------- shards
-def _packed(blobs: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-    blobs = [b or b"" for b in blobs]
-    return (np.frombuffer(b"".join(blobs), np.uint8),
-            np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64))
-
-
-def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: EmbedderInfo) -> Path:
-    """Write one shard: ``items`` (decoded records) and ``batch`` (model outputs of the items
-    with pixels, in order; None when there are none). Atomic (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    embedded = [i for i, d in enumerate(items) if d.status == OK and d.pixels is not None]
-    emb_row = np.full(len(items), -1, np.int64)
-    emb_row[embedded] = np.arange(len(embedded))
-    arrays: dict[str, np.ndarray] = {
-        "paths": np.array([d.key for d in items], dtype=str),
-        "hashes": np.array([d.content_hash or "" for d in items], dtype=str),
-        "sizes": np.array([d.file_size for d in items], np.int64),
-        "mtimes": np.array([d.mtime_ns for d in items], np.int64),
-        "status": np.array([d.status for d in items], dtype=str),
-        "reasons": np.array([d.reason or "" for d in items], dtype=str),
-        "formats": np.array([d.fmt or "" for d in items], dtype=str),
-        "hw": np.array([d.original_hw or (0, 0) for d in items], np.int64).reshape(-1, 2),
-        "meta": np.array([json.dumps(d.meta) for d in items], dtype=str),
-        "emb_row": emb_row,
-        "info": np.array(json.dumps(info.__dict__ | {"class_names": list(info.class_names)})),
-    }
-    arrays["thumbs"], arrays["thumb_offsets"] = _packed([d.thumbnail for d in items])
-    arrays["previews"], arrays["preview_offsets"] = _packed([d.preview for d in items])
-    if embedded:
-        from indexer.writer import model_outputs
-
-        outputs = [model_outputs(batch, row, items[i]) for row, i in enumerate(embedded)]
-        arrays["embeddings"] = np.asarray(batch.embeddings, np.float32)
-        arrays["probabilities"] = np.asarray(batch.probabilities, np.float32)
-        arrays["boxes"] = np.stack([o["boxes"] for o in outputs]).astype(np.float32)
-        arrays["box_sources"] = np.array(batch.box_sources, dtype=str)
-        if batch.region_probabilities is not None:
-            arrays["region_probabilities"] = np.asarray(batch.region_probabilities, np.float32)
-        if batch.region_embeddings is not None:
-            arrays["region_embeddings"] = np.asarray(batch.region_embeddings, np.float32)
-    with atomic_open(path) as handle:  # a file object: np.savez adds no suffix
-        np.savez(handle, **arrays)
-    return path
-
-
-def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
-    """The decoded records of one shard, each with ``embedded`` model outputs when it has them."""
-    with np.load(path, allow_pickle=False) as data:
-        info = json.loads(str(data["info"]))
-        offsets = data["thumb_offsets"]
-        thumbs = data["thumbs"].tobytes()
-        has_previews = "previews" in data
-        previews = data["previews"].tobytes() if has_previews else b""
-        preview_offsets = data["preview_offsets"] if has_previews else None
-        out = []
-        for i, p in enumerate(data["paths"]):
-            thumb = thumbs[offsets[i]:offsets[i + 1]] or None
-            hw = tuple(int(v) for v in data["hw"][i])
-            d = Decoded(str(p), int(data["sizes"][i]), int(data["mtimes"][i]),
-                        str(data["hashes"][i]) or None, str(data["status"][i]),
-                        str(data["reasons"][i]) or None, str(data["formats"][i]) or None,
-                        json.loads(str(data["meta"][i])), None, hw if hw != (0, 0) else None, thumb)
-            if has_previews:
-                d.preview = previews[preview_offsets[i]:preview_offsets[i + 1]] or None
-            row = int(data["emb_row"][i])
-            if row >= 0:
-                d.embedded = {
-                    "embedding": data["embeddings"][row],
-                    "probabilities": data["probabilities"][row],
-                    "region_probabilities": data["region_probabilities"][row]
-                    if "region_probabilities" in data else None,
-                    "region_embeddings": data["region_embeddings"][row]
-                    if "region_embeddings" in data else None,
-                    "boxes": data["boxes"][row],
-                    "box_source": str(data["box_sources"][row]),
-                }
-            out.append(d)
-    return out, EmbedderInfo(info["checkpoint_id"], int(info["embedding_dim"]),
-                             tuple(info["class_names"]))
-
-
-def shard_files(shard_dir: str | Path) -> list[Path]:
-    """The complete shards of ``shard_dir`` in merge order (rank, then batch)."""
-    return sorted(Path(shard_dir).glob("shard-*.npz"))
 
 
 class _ShardEmbedder:
@@ -179,14 +75,7 @@ class _ShardEmbedder:
 def _already_merged(session, items: Sequence[Decoded]) -> set[str]:
     """Keys of ``items`` that the ledger holds with the same version and content (merged by an
     earlier, interrupted merge of the same shards): one query per shard."""
-    from sqlalchemy import select
-
-    from indexer.db import Source
-
-    keys = list({d.key for d in items})
-    rows = session.execute(select(Source.path, Source.file_size, Source.mtime_ns,
-                                  Source.content_hash).where(Source.path.in_(keys)))
-    known = {path: (size, mtime, content) for path, size, mtime, content in rows}
+    known = db_write.ledger_versions(session, [d.key for d in items])
     return {d.key for d in items
             if known.get(d.key) == (d.file_size, d.mtime_ns, d.content_hash)}
 
@@ -199,7 +88,8 @@ def merge_into(catalog, shards: Sequence[Path], summary, *, index_dir: Path,
     sync the index; returns the manifest. One shard is read at a time. Records that the
     source could not deliver (``unavailable``) are not stored (the next run fetches them);
     their number is returned in ``summary.reasons["unavailable"]``."""
-    from indexer.sync import IndexSyncer, open_store
+    from indexer.sync import IndexSyncer
+    from indexer.vector_store import open_store
     from indexer.writer import CatalogWriter
 
     sessions = catalog.sessions
@@ -258,54 +148,6 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
     return summary
 
 
-# ---------------------------------------------------------------------- the work list
-def write_worklist(tasks: Iterator[tuple], shard_dir: Path) -> int:
-    """Write ``(record, known content hash)`` pairs to the work list of ``shard_dir`` (streamed:
-    one pickle per record, offsets beside); returns how many. Atomic (temporary names)."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    data, offsets = shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS
-    n, position = 0, 0
-    with atomic_open(data) as out, atomic_open(offsets) as index:
-        for task in tasks:
-            blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-            index.write(np.int64(position).tobytes())
-            out.write(blob)
-            position += len(blob)
-            n += 1
-        index.write(np.int64(position).tobytes())
-    return n
-
-
-def worklist_length(shard_dir: Path) -> int:
-    return max(0, (shard_dir / WORKLIST_OFFSETS).stat().st_size // 8 - 1)
-
-
-def rank_block(n: int, rank: int, world: int) -> range:
-    """The contiguous block of ``n`` work-list positions that ``rank`` of ``world`` embeds."""
-    return range(n * rank // world, n * (rank + 1) // world)
-
-
-def read_worklist(shard_dir: Path, block: range) -> Iterator[tuple]:
-    """The ``(record, known hash)`` pairs at the positions of ``block``, streamed."""
-    if not len(block):
-        return
-    offsets = np.fromfile(shard_dir / WORKLIST_OFFSETS, np.int64)
-    with open(shard_dir / WORKLIST, "rb") as data:
-        data.seek(int(offsets[block.start]))
-        for i in block:
-            yield pickle.loads(data.read(int(offsets[i + 1] - offsets[i])))
-
-
-def clear_shards(shard_dir: Path) -> int:
-    """Remove the shards and the work list of ``shard_dir`` (and the temporary files of a killed
-    writer); returns how many complete shards."""
-    shards = shard_files(shard_dir) if shard_dir.is_dir() else []
-    leftovers = [p for p in shard_dir.glob("*") if is_tmp_name(p)] if shard_dir.is_dir() else []
-    for path in shards + leftovers + [shard_dir / WORKLIST, shard_dir / WORKLIST_OFFSETS]:
-        path.unlink(missing_ok=True)
-    return len(shards)
-
-
 # ---------------------------------------------------------------------- Lightning predict
 def decoded_batches(tasks, batch_size: int, workers: int, connections=()
                     ) -> Iterator[list[Decoded]]:
@@ -325,7 +167,7 @@ def decoded_batches(tasks, batch_size: int, workers: int, connections=()
         yield items
 
 
-def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_side: int,
+def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_input_side: int | None,
                  policy: IngestPolicy | None, preview_side: int, connections=()):
     """A LightningDataModule whose ``setup`` waits for rank 0's work list (a barrier) and whose
     loader yields the decoded batches of this rank's block."""
@@ -337,7 +179,7 @@ def _data_module(shard_dir: Path, *, batch_size: int, workers: int, max_side: in
             self.block = block
 
         def __iter__(self):
-            tasks = ((record, max_side, known_hash, policy, preview_side)
+            tasks = ((record, max_input_side, known_hash, policy, preview_side)
                      for record, known_hash in read_worklist(shard_dir, self.block))
             return decoded_batches(tasks, batch_size, workers, connections)
 
@@ -423,8 +265,8 @@ def rank_device(trainer) -> str:
 
 
 def _predict(trainer, embedder, shard_dir: Path, *, batch_size: int, workers: int,
-             max_side: int, policy, preview_side: int, connections=()) -> None:
-    data = _data_module(shard_dir, batch_size=batch_size, workers=workers, max_side=max_side,
+             max_input_side: int | None, policy, preview_side: int, connections=()) -> None:
+    data = _data_module(shard_dir, batch_size=batch_size, workers=workers, max_input_side=max_input_side,
                         policy=policy, preview_side=preview_side, connections=connections)
     trainer.callbacks.append(make_shard_writer(shard_dir, info_of(embedder)))
     trainer.predict(make_predict_module(embedder), datamodule=data, return_predictions=False)
@@ -433,8 +275,8 @@ def _predict(trainer, embedder, shard_dir: Path, *, batch_size: int, workers: in
 def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir: str | Path, *,
                     devices="auto", num_nodes: int = 1, accelerator: str = "auto",
                     batch_size: int = 32, workers: int = 4, embedder_factory=None,
-                    max_side: int = 1024, policy: IngestPolicy | None = None,
-                    preview_side: int = PREVIEW_SIDE, progress: bool = True) -> None:
+                    policy: IngestPolicy | None = None, preview_side: int = PREVIEW_SIDE,
+                    progress: bool = True) -> None:
     """Embed every record of ``source`` under ``Trainer.predict`` (one process per device);
     each rank writes its shards into ``shard_dir`` (merge them with :func:`merge_shards`). No
     ledger: every record is embedded (``chextriev index --devices`` embeds only what the
@@ -456,8 +298,9 @@ def embed_to_shards(source: str | Path, checkpoint: str | Path | None, shard_dir
     if trainer.global_rank == 0:
         clear_shards(shard_dir)
         write_worklist(((record, None) for record in archive.iter_records()), shard_dir)
-    _predict(trainer, embedder_factory(rank_device(trainer)), shard_dir, batch_size=batch_size,
-             workers=workers, max_side=max_side, policy=policy, preview_side=preview_side,
+    embedder = embedder_factory(rank_device(trainer))
+    _predict(trainer, embedder, shard_dir, batch_size=batch_size, workers=workers,
+             max_input_side=embedder.max_input_side, policy=policy, preview_side=preview_side,
              connections=archive.connections())
 
 
@@ -499,8 +342,7 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
     archive = open_archive(source, manifest=manifest, exclude=(index_dir, shard_dir),
                            **(source_options or {}))
     embedder = embedder_factory(rank_device(trainer))
-    max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-    options = {"batch_size": batch_size, "workers": workers, "max_side": max_side,
+    options = {"batch_size": batch_size, "workers": workers, "max_input_side": embedder.max_input_side,
                "policy": policy, "preview_side": preview_side,
                "connections": archive.connections()}
     if trainer.global_rank != 0:
@@ -532,7 +374,8 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
                                expected_total=n_indexed + n, count_discovered=False,
                                bundle=bundle)
         if manifest_ is None:  # nothing new: still bring the index in step with the catalog
-            from indexer.sync import IndexSyncer, open_store
+            from indexer.sync import IndexSyncer
+            from indexer.vector_store import open_store
 
             with catalog.sessions() as session:
                 store = open_store(session, index_dir, dim=int(embedder.embedding_dim),

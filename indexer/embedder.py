@@ -2,7 +2,9 @@
 
 :class:`ModelEmbedder` wraps :func:`chextriev.checkpoint.load_checkpoint` and
 :func:`chextriev.embedding.embed_images`. The pipeline accepts any object with the same
-attributes (``checkpoint_id``, ``embedding_dim``, ``class_names``, ``image_size``) and
+attributes (``checkpoint_id``, ``embedding_dim``, ``class_names``, ``image_size``,
+``max_input_side``: what the decoding workers prepare the pixels for, see
+:func:`chextriev.io.pixels.model_pixels`) and
 ``__call__(images, boxes=None) -> EmbeddingBatch``-like result, which is how tests inject a cheap
 embedder. ``boxes`` are the records' given region boxes (ImaGenome scene graphs, the synthetic
 archive's), per image ``(18, 4)`` in pixels of the image passed, or ``None`` where the box
@@ -26,6 +28,7 @@ class Embedder(Protocol):
     embedding_dim: int
     class_names: tuple[str, ...]
     image_size: int
+    max_input_side: int | None
 
     def __call__(self, images: Sequence[np.ndarray],
                  boxes: Sequence[np.ndarray | None] | None = None):
@@ -58,6 +61,7 @@ class ModelEmbedder:
         self.embedding_dim = int(self.loaded.embedding_dim)
         self.class_names = tuple(self.loaded.class_names)
         self.image_size = int(self.loaded.image_size)
+        self.max_input_side = self.loaded.max_input_side
         self.batch_size = batch_size
         self.detector_path = Path(detector) if detector else None  # recorded in the bundle
         self.precision_requested = precision

@@ -28,10 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-from sqlalchemy import text
-
 from chextriev.errors import ChextrievError
 from chextriev.files import fsync_handle
+from indexer import db_write
 
 log = logging.getLogger(__name__)
 
@@ -133,33 +132,22 @@ class _FileLock:
 
 
 class _AdvisoryLock:
-    """PostgreSQL session advisory lock on a dedicated connection."""
+    """PostgreSQL session advisory lock on a dedicated connection; the holder recorded in the
+    ``writer_lock`` table (:mod:`indexer.db_write`)."""
 
     def __init__(self, engine, what: str):
         self.engine = engine
         self.what = what
         self.connection = None
 
-    def _has_table(self, connection) -> bool:
-        from sqlalchemy import inspect
-
-        return "writer_lock" in inspect(connection).get_table_names()
-
     def _holder(self) -> dict | None:
         with self.engine.connect() as connection:
-            if not self._has_table(connection):
-                return None
-            row = connection.execute(text(
-                "SELECT pid, host, started, command FROM writer_lock WHERE id = 1")).first()
-        if row is None or row[0] is None:
-            return None
-        return {"pid": row[0], "host": row[1], "started": str(row[2]), "command": row[3]}
+            return db_write.read_lock_holder(connection)
 
     def acquire(self, holder: Holder, wait: float | None) -> None:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         started, deadline, announced = time.monotonic(), _deadline(wait), False
-        while not connection.execute(text("SELECT pg_try_advisory_lock(:key)"),
-                                     {"key": ADVISORY_KEY}).scalar():
+        while not db_write.try_advisory_lock(connection, ADVISORY_KEY):
             if time.monotonic() >= deadline:
                 connection.close()
                 raise LockHeldError(self.what, self._holder(),
@@ -175,24 +163,18 @@ class _AdvisoryLock:
     def note(self) -> None:
         """Record the holder in ``writer_lock`` (once the table exists: a new catalog gets its
         tables after the lock is taken)."""
-        if self.connection is None or not self._has_table(self.connection):
+        if self.connection is None:
             return
         holder = self.holder
-        self.connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
-        self.connection.execute(text(
-            "INSERT INTO writer_lock (id, pid, host, started, command) "
-            "VALUES (1, :pid, :host, :started, :command)"),
-            {"pid": holder.pid, "host": holder.host,
-             "started": datetime.strptime(holder.started, "%Y-%m-%dT%H:%M:%SZ"),
-             "command": holder.command})
+        db_write.write_lock_holder(
+            self.connection, pid=holder.pid, host=holder.host, command=holder.command,
+            started=datetime.strptime(holder.started, "%Y-%m-%dT%H:%M:%SZ"))
 
     def release(self) -> None:
         if self.connection is not None:
             try:
-                if self._has_table(self.connection):
-                    self.connection.execute(text("DELETE FROM writer_lock WHERE id = 1"))
-                self.connection.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                        {"key": ADVISORY_KEY})
+                db_write.clear_lock_holder(self.connection)
+                db_write.advisory_unlock(self.connection, ADVISORY_KEY)
             finally:
                 self.connection.close()
                 self.connection = None

@@ -44,17 +44,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
 from tqdm.auto import tqdm
 
 from chextriev.errors import ChextrievError, SourceError, SourceUnavailableError
+from chextriev.io.pixels import PREVIEW_SIDE
+from indexer import db_write
 from indexer.bundle import BuildRecord
-from indexer.db import STATUS_FAILED, STATUS_INDEXED, Image, Source
 from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
-from indexer.preview_store import PREVIEW_SIDE
-from indexer.sync import IndexSyncer, open_store
+from indexer.sync import IndexSyncer
+from indexer.vector_store import open_store
 from indexer.writer import CatalogWriter, WritableCatalog
 
 log = logging.getLogger(__name__)
@@ -122,25 +122,16 @@ def _decoded_stream(tasks: Iterable, workers: int, connections=()) -> Iterator[D
 def read_ledger(session, checkpoint_id: str, index_dir: Path) -> tuple[dict[str, LedgerEntry], int]:
     """``({key: LedgerEntry}, number of indexed images)`` of a catalog that a run with
     ``checkpoint_id`` is about to add to; refuses a catalog embedded with another checkpoint."""
-    others = set(session.scalars(select(Image.checkpoint_id).where(
-        Image.status == STATUS_INDEXED, Image.checkpoint_id != checkpoint_id).distinct()))
+    others = db_write.foreign_checkpoints(session, checkpoint_id)
     if others:
         raise ChextrievError(
             f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
             f"this run uses {checkpoint_id}. Index into a new --index-dir/--db.")
-    n_indexed = int(session.scalar(select(func.count(Image.id)).where(
-        Image.status == STATUS_INDEXED)))
-    return _read_ledger(session), n_indexed
-
-
-def _read_ledger(session) -> dict[str, LedgerEntry]:
-    """``{key: LedgerEntry}`` of every ledger row (the version of a file key is its size:mtime)."""
-    rows = session.execute(
-        select(Source.path, Source.file_size, Source.mtime_ns, Source.content_hash, Image.status)
-        .outerjoin(Image, Image.id == Source.image_pk))
-    return {key: LedgerEntry(f"{size}:{mtime}" if os.path.isabs(key) else None, content_hash,
-                             status == STATUS_FAILED)
-            for key, size, mtime, content_hash, status in rows}
+    # the version of a file key is its size:mtime; other keys (DICOMweb) are immutable
+    ledger = {key: LedgerEntry(f"{size}:{mtime}" if os.path.isabs(key) else None, content_hash,
+                               failed)
+              for key, size, mtime, content_hash, failed in db_write.ledger_rows(session)}
+    return ledger, db_write.count_indexed(session)
 
 
 def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
@@ -183,8 +174,7 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
             ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
             store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
         had_ledger = bool(ledger)
-        max_side = max(256, 2 * int(getattr(embedder, "image_size", 512)))
-        tasks = ((record, max_side, known_hash, policy, preview_side)
+        tasks = ((record, embedder.max_input_side, known_hash, policy, preview_side)
                  for record, known_hash in pending(archive.iter_records(), ledger, summary))
         # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
         # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.

@@ -24,7 +24,6 @@ the thumbnail.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import zlib
@@ -43,27 +42,6 @@ DATA = "data.bin"
 #: int64 fields of an entry: image primary key, offset in data.bin, length, CRC-32.
 FIELDS = 4
 ENTRY_BYTES = 8 * FIELDS
-#: The default longest side of a preview (``--preview-side``; 0 = no previews).
-PREVIEW_SIDE = 1024
-PREVIEW_QUALITY = 85
-JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def encode_preview(pixels: np.ndarray, side: int = PREVIEW_SIDE,
-                   quality: int = PREVIEW_QUALITY) -> bytes | None:
-    """``(H, W)`` float32 pixels in [0, 1] -> an 8-bit grey JPEG whose longer side is at most
-    ``side`` (never enlarged); None when ``side`` is 0."""
-    from PIL import Image as PILImage
-
-    from indexer.decode import shrink
-
-    if not side:
-        return None
-    small = shrink(np.asarray(pixels, dtype=np.float32), int(side))
-    image = PILImage.fromarray(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()
 
 
 class PreviewStore:
@@ -203,26 +181,3 @@ class PreviewStore:
         if bad > 10:
             problems.append(f"previews: {bad - 10} more damaged preview(s)")
         return problems
-
-
-def _store_and_slot(session, index_dir, image_pk: int) -> tuple[PreviewStore, int | None]:
-    from sqlalchemy import select
-
-    from indexer.db import Image, catalog_state
-
-    slot = session.execute(select(Image.vector_slot).where(Image.id == int(image_pk))).scalar()
-    return PreviewStore(index_dir, catalog_state(session).store_rows), slot
-
-
-def preview_of(session, index_dir: str | Path, image_pk: int) -> bytes | None:
-    """The stored preview JPEG of one image (one primary-key query), or None when it has none.
-    ``session``: a session of the catalog's database."""
-    store, slot = _store_and_slot(session, index_dir, image_pk)
-    return store.get(slot, image_pk)
-
-
-def has_preview(session, index_dir: str | Path, image_pk: int) -> bool:
-    """Whether one image has a stored preview (its entry only; the bytes are not read)."""
-    store, slot = _store_and_slot(session, index_dir, image_pk)
-    found = None if slot is None else store.entry(slot)
-    return found is not None and found[2] > 0 and found[0] == int(image_pk)

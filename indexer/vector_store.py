@@ -33,6 +33,7 @@ import numpy as np
 
 from chextriev.errors import ChextrievError
 from chextriev.files import atomic_write, fsync_handle
+from indexer.db import catalog_state
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +253,13 @@ class VectorStore:
     def close(self) -> None:
         self._maps.clear()
         self._mapped_rows = -1
+
+
+def open_store(session, index_dir: str | Path, *, dim: int | None = None,
+               create: bool = False) -> VectorStore | None:
+    """The vector store of ``index_dir`` at the length the catalog (``session``) committed;
+    None when there is none and ``create`` is not asked."""
+    committed = int(catalog_state(session).store_rows)
+    if not VectorStore.exists(index_dir) and not committed and not create:
+        return None
+    return VectorStore.open(index_dir, committed=committed, dim=dim, create=create)

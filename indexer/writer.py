@@ -2,16 +2,19 @@
 
 What one :meth:`CatalogWriter.write` does, in a fixed number of round trips whatever the batch
 size (bulk lookups with ``IN``, multi-row ``INSERT ... RETURNING``, ``executemany`` updates; no
-per-row flush):
+per-row flush; the statements are :mod:`indexer.db_write`'s):
 
-1. look up the batch's content hashes, SOPInstanceUIDs and ledger keys at once;
+1. look up the batch's content hashes, SOPInstanceUIDs and ledger keys at once (a short read;
+   the run holds the writer lock, so nobody else changes them meanwhile);
 2. decide each item: unchanged (same content, only touched), duplicate of an image already in
    the catalog or earlier in the batch, or a new image row (indexed, skipped or failed);
 3. embed the new frontal images (one embedder call), unless they carry model outputs already
-   (``Decoded.embedded``: distributed shards);
-4. create the missing patients and studies in bulk, insert the image rows (their vector slots
-   assigned up front), write their vectors to the store and their previews beside it, and
-   fsync both (:mod:`indexer.vector_store`, :mod:`indexer.preview_store`);
+   (``Decoded.embedded``: distributed shards) -- before the write transaction, which therefore
+   lasts milliseconds, not a forward pass;
+4. in ONE transaction: lock ``catalog_state``, create the missing patients and studies in bulk,
+   insert the image rows (their vector slots assigned up front), write their vectors to the
+   store and their previews beside it, and fsync both (:mod:`indexer.vector_store`,
+   :mod:`indexer.preview_store`);
 5. insert/update the ledger rows, delete image rows whose content no file holds any more, move
    ``catalog_state`` (generation, committed store length, removals) and COMMIT; only then does
    the store's committed length move. A kill anywhere before the commit loses this batch only:
@@ -26,26 +29,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
 
+from indexer import db_write
 from indexer.db import (
     STATUS_FAILED,
     STATUS_INDEXED,
     STATUS_SKIPPED,
-    Image,
     Patient,
-    Source,
     Study,
-    bump_generation,
-    catalog_state,
     utcnow,
 )
 from indexer.decode import FAILED, OK, SKIPPED, Decoded, given_boxes
 from indexer.preview_store import PreviewStore
-from indexer.thumbnails import compact
 from indexer.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
         "patient_id": patient_pk, "study_id": study_pk, "view": meta.get("view"),
         "study_date": meta.get("study_date"), "sex": meta.get("sex"), "age": meta.get("age"),
         "known_findings": meta.get("known_findings"), "status": status,
-        "reason": d.reason, "thumbnail": compact(d.thumbnail),
+        "reason": d.reason, "thumbnail": d.thumbnail,
         "height": d.original_hw[0] if d.original_hw else None,
         "width": d.original_hw[1] if d.original_hw else None,
         "probabilities": None, "region_probabilities": None, "boxes": None, "box_source": None,
@@ -107,8 +106,9 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
     }
     if outputs is not None:
         values["checkpoint_id"] = checkpoint_id
+        # a model without a finding head (no class names) stores no predictions at all
         values["probabilities"] = {c: round(float(p), 6) for c, p in
-                                   zip(class_names, np.asarray(outputs["probabilities"]))}
+                                   zip(class_names, np.asarray(outputs["probabilities"]))} if class_names else None
         if outputs.get("region_probabilities") is not None:
             values["region_probabilities"] = np.round(
                 np.asarray(outputs["region_probabilities"], dtype=np.float64), 6).tolist()
@@ -119,6 +119,17 @@ def image_values(d: Decoded, *, content_hash: str, patient_pk: int | None,
         values["boxes"] = [None if gone else row for gone, row in zip(missing, boxes.tolist())]
         values["box_source"] = str(outputs["box_source"])
     return values
+
+
+@dataclass
+class _Plan:
+    """What one batch will write, decided before any transaction: ``new`` items (with their
+    content hash) become image rows; ``targets`` say which image each ledger key points at
+    (an existing primary key, or ``("new", position in new)``)."""
+
+    new: list[tuple[Decoded, str]] = field(default_factory=list)
+    targets: list[tuple[Decoded, str, Any]] = field(default_factory=list)
+    ledger: dict[str, Any] = field(default_factory=dict)
 
 
 class CatalogWriter:
@@ -138,134 +149,113 @@ class CatalogWriter:
         identifier = str(identifier).strip()
         return identifier  # de-identified already, in the decoding worker (indexer.decode)
 
-    @staticmethod
-    def _ensure(session, model, wanted: dict[str, dict]) -> dict[str, int]:
-        """``{key: pk}`` for every key of ``wanted``, inserting the missing rows in one
-        multi-row INSERT ... RETURNING (``wanted[key]`` holds the other column values)."""
-        if not wanted:
-            return {}
-        found = dict(session.execute(select(model.key, model.id).where(
-            model.key.in_(list(wanted)))).all())
-        missing = [{"key": k, **v, "created": utcnow()} for k, v in wanted.items()
-                   if k not in found]
-        if missing:
-            rows = session.execute(insert(model).returning(model.key, model.id,
-                                                           sort_by_parameter_order=True), missing)
-            found.update(dict(rows.all()))
-        return found
-
     def write(self, items: list[Decoded]) -> None:
-        """Embed the new frontal images among ``items`` and commit everything in one transaction."""
+        """Embed the new frontal images among ``items``, then commit everything in one
+        transaction (the model runs before it)."""
         if not items:
             return
+        plan = self._plan(items)
+        outputs = self._embed(plan.new)
+        self._commit(plan, outputs)
+
+    def _plan(self, items: list[Decoded]) -> _Plan:
+        """Decide each item against the catalog (three bulk lookups in a short read)."""
         summary = self.summary
+        keys = [ledger_key(d) for d in items]
+        uids = {self._key(d.meta.get("sop_instance_uid")) for d in items
+                if d.meta and d.meta.get("sop_instance_uid")}
         with self.sessions() as session:
-            state = catalog_state(session, for_update=True)
-            if state.store_rows != self.store.committed:
-                raise RuntimeError(f"vector store at {self.store.committed} rows, catalog says "
-                                   f"{state.store_rows}: another writer?")
-            keys = [ledger_key(d) for d in items]
-            hashes = list({d.content_hash for d in items if d.content_hash})
-            uids = list({self._key(d.meta.get("sop_instance_uid")) for d in items
-                         if d.meta and d.meta.get("sop_instance_uid")})
-            by_hash = dict(session.execute(select(Image.content_hash, Image.id).where(
-                Image.content_hash.in_(hashes))).all()) if hashes else {}
-            by_uid = dict(session.execute(select(Image.sop_instance_uid, Image.id).where(
-                Image.sop_instance_uid.in_(uids))).all()) if uids else {}
-            ledger = {row.path: row for row in session.execute(
-                select(Source.id, Source.path, Source.content_hash, Source.image_pk)
-                .where(Source.path.in_(list(set(keys)))))}
+            by_hash, by_uid, ledger = db_write.batch_lookups(
+                session, keys, {d.content_hash for d in items if d.content_hash}, uids)
+        plan = _Plan(ledger=ledger)
+        batch_hash: dict[str, int] = {}
+        batch_uid: dict[str, int] = {}
+        for d, key in zip(items, keys):
+            content_hash = d.content_hash or "unreadable:" + key
+            uid = self._key(d.meta.get("sop_instance_uid")) if d.meta else None
+            old = ledger.get(key)
+            if (old is not None and old.content_hash == d.content_hash and d.pixels is None
+                    and d.status == OK and d.embedded is None):
+                plan.targets.append((d, key, old.image_pk))  # touched, same content
+                summary.unchanged += 1
+                continue
+            existing = by_hash.get(content_hash) or (by_uid.get(uid) if uid else None)
+            if existing is not None:
+                plan.targets.append((d, key, existing))
+                summary.duplicates += 1
+                continue
+            position = batch_hash.get(content_hash)
+            if position is None and uid:
+                position = batch_uid.get(uid)
+            if position is not None:
+                plan.targets.append((d, key, ("new", position)))
+                summary.duplicates += 1
+                continue
+            batch_hash[content_hash] = len(plan.new)
+            if uid:
+                batch_uid[uid] = len(plan.new)
+            plan.targets.append((d, key, ("new", len(plan.new))))
+            plan.new.append((d, content_hash))
+            if d.status != OK:
+                summary.reasons[d.reason or _STATUS[d.status]] += 1
+                if d.status == SKIPPED:
+                    summary.skipped += 1
+                else:
+                    summary.failed += 1
+        return plan
 
-            # 1. Decide each item. target: an existing image pk, or ("new", position).
-            new: list[tuple[Decoded, str]] = []
-            batch_hash: dict[str, int] = {}
-            batch_uid: dict[str, int] = {}
-            targets: list[tuple[Decoded, str, Any]] = []
-            for d, key in zip(items, keys):
-                content_hash = d.content_hash or "unreadable:" + key
-                uid = self._key(d.meta.get("sop_instance_uid")) if d.meta else None
-                old = ledger.get(key)
-                if (old is not None and old.content_hash == d.content_hash and d.pixels is None
-                        and d.status == OK and d.embedded is None):
-                    targets.append((d, key, old.image_pk))  # touched, same content
-                    summary.unchanged += 1
-                    continue
-                existing = by_hash.get(content_hash) or (by_uid.get(uid) if uid else None)
-                if existing is not None:
-                    targets.append((d, key, existing))
-                    summary.duplicates += 1
-                    continue
-                position = batch_hash.get(content_hash)
-                if position is None and uid:
-                    position = batch_uid.get(uid)
-                if position is not None:
-                    targets.append((d, key, ("new", position)))
-                    summary.duplicates += 1
-                    continue
-                batch_hash[content_hash] = len(new)
-                if uid:
-                    batch_uid[uid] = len(new)
-                targets.append((d, key, ("new", len(new))))
-                new.append((d, content_hash))
-                if d.status != OK:
-                    summary.reasons[d.reason or _STATUS[d.status]] += 1
-                    if d.status == SKIPPED:
-                        summary.skipped += 1
-                    else:
-                        summary.failed += 1
+    def _embed(self, new: list[tuple[Decoded, str]]) -> list[dict | None]:
+        """Model outputs of the new frontal images (one embedder call; shards carry theirs)."""
+        outputs: list[dict | None] = [None] * len(new)
+        to_embed = [j for j, (d, _) in enumerate(new)
+                    if d.status == OK and d.embedded is None and d.pixels is not None]
+        if to_embed:
+            batch = self.embedder([new[j][0].pixels for j in to_embed],
+                                  boxes=[given_boxes(new[j][0]) for j in to_embed])
+            for i, j in enumerate(to_embed):
+                outputs[j] = model_outputs(batch, i, new[j][0])
+        for j, (d, _) in enumerate(new):
+            if d.status == OK and d.embedded is not None:
+                outputs[j] = d.embedded
+        self.summary.indexed += sum(o is not None for o in outputs)
+        return outputs
 
-            # 2. Model outputs of the new frontal images (one embedder call).
-            outputs: list[dict | None] = [None] * len(new)
-            to_embed = [j for j, (d, _) in enumerate(new)
-                        if d.status == OK and d.embedded is None and d.pixels is not None]
-            if to_embed:
-                batch = self.embedder([new[j][0].pixels for j in to_embed],
-                                      boxes=[given_boxes(new[j][0]) for j in to_embed])
-                for i, j in enumerate(to_embed):
-                    outputs[j] = model_outputs(batch, i, new[j][0])
-            for j, (d, _) in enumerate(new):
-                if d.status == OK and d.embedded is not None:
-                    outputs[j] = d.embedded
-            embedded = [j for j in range(len(new)) if outputs[j] is not None]
-            summary.indexed += len(embedded)
-
-            # 3. Patients and studies in bulk, then the image rows (slots assigned up front).
+    def _commit(self, plan: _Plan, outputs: list[dict | None]) -> None:
+        """Rows, vectors, previews and ledger of one batch in one transaction."""
+        new = plan.new
+        embedded = [j for j in range(len(new)) if outputs[j] is not None]
+        with self.sessions() as session:
+            db_write.lock_state(session, self.store.committed)
             patients: dict[str, dict] = {}
+            studies: dict[str, dict] = {}
             for d, _ in new:
                 key = self._key(d.meta.get("patient_id")) if d.meta else None
                 if key is not None and key not in patients:
                     patients[key] = {"pseudonymised": bool(d.meta.get("pseudonymised")),
                                      "sex": d.meta.get("sex")}
-            patient_pk = self._ensure(session, Patient, patients)
-            studies: dict[str, dict] = {}
+            patient_pk = db_write.ensure_keyed(session, Patient, patients)
             for d, _ in new:
                 key = self._key(d.meta.get("study_id")) if d.meta else None
                 if key is not None and key not in studies:
                     studies[key] = {"patient_id": patient_pk.get(
                         self._key(d.meta.get("patient_id"))), "study_date": d.meta.get("study_date")}
-            study_pk = self._ensure(session, Study, studies)
+            study_pk = db_write.ensure_keyed(session, Study, studies)
             slots = {j: self.store.committed + n for n, j in enumerate(embedded)}
             classes = tuple(self.embedder.class_names)
             rows = []
             for j, (d, content_hash) in enumerate(new):
                 meta = d.meta or {}
-                patient = self._key(meta.get("patient_id"))
-                study = self._key(meta.get("study_id"))
                 values = image_values(
-                    d, content_hash=content_hash, patient_pk=patient_pk.get(patient),
-                    study_pk=study_pk.get(study), uid=self._key,
+                    d, content_hash=content_hash,
+                    patient_pk=patient_pk.get(self._key(meta.get("patient_id"))),
+                    study_pk=study_pk.get(self._key(meta.get("study_id"))), uid=self._key,
                     outputs=outputs[j], class_names=classes,
                     checkpoint_id=self.embedder.checkpoint_id, slot=slots.get(j))
                 if values["status"] == STATUS_INDEXED and outputs[j] is None:
                     values["status"] = STATUS_FAILED  # pragma: no cover - decode gave no pixels
                     values["reason"] = "no pixels to embed"
                 rows.append(values)
-            new_pk: list[int] = []
-            if rows:
-                # Core insert: one multi-row INSERT ... RETURNING per page, no ORM unit of work
-                result = session.connection().execute(insert(Image.__table__).returning(
-                    Image.__table__.c.id, sort_by_parameter_order=True), rows)
-                new_pk = [r[0] for r in result.all()]
+            new_pk = db_write.insert_images(session, rows)
             committed = self.store.committed
             if embedded:
                 regions = [outputs[j].get("region_embeddings") for j in embedded]
@@ -277,45 +267,36 @@ class CatalogWriter:
                 self.previews.write([new_pk[j] for j in embedded],
                                     [new[j][0].preview for j in embedded])
                 committed += len(embedded)
-
-            # 4. The ledger; images whose content no file holds any more leave the catalog.
-            add_sources, change_sources, previous, seen = [], [], set(), set()
-            now = utcnow()
-            for d, key, target in targets:
-                if key in seen:
-                    continue  # a key twice in one batch: the first one wins
-                seen.add(key)
-                pk = new_pk[target[1]] if isinstance(target, tuple) else target
-                old = ledger.get(key)
-                if old is None:
-                    add_sources.append({"path": key, "file_size": d.file_size,
-                                        "mtime_ns": d.mtime_ns, "content_hash": d.content_hash,
-                                        "image_pk": pk, "updated": now})
-                    continue
-                change_sources.append({"id": old.id, "file_size": d.file_size,
-                                       "mtime_ns": d.mtime_ns, "content_hash": d.content_hash,
-                                       "image_pk": pk, "updated": now})
-                if old.image_pk is not None and old.image_pk != pk:
-                    previous.add(old.image_pk)
-            if add_sources:
-                session.connection().execute(insert(Source.__table__), add_sources)
-            if change_sources:
-                session.execute(update(Source), change_sources)
-            removals = 0
-            if previous:
-                held = set(session.scalars(select(Source.image_pk).where(
-                    Source.image_pk.in_(sorted(previous))).distinct()))
-                orphans = sorted(previous - held)
-                if orphans:
-                    removals = int(session.scalar(select(func.count(Image.id)).where(
-                        Image.id.in_(orphans), Image.status == STATUS_INDEXED)))
-                    session.execute(delete(Image).where(Image.id.in_(orphans)))
-                    summary.replaced += len(orphans)
+            removals = self._ledger(session, plan, new_pk)
             if embedded or removals:
-                bump_generation(session, removals=removals, store_rows=committed)
+                db_write.bump_generation(session, removals=removals, store_rows=committed)
             session.commit()
         self.store.commit(committed)
         self.previews.commit(committed)
+
+    def _ledger(self, session, plan: _Plan, new_pk: list[int]) -> int:
+        """The ledger rows of the batch; images whose content no file holds any more leave the
+        catalog. Returns how many indexed images left."""
+        added, changed, previous, seen = [], [], set(), set()
+        now = utcnow()
+        for d, key, target in plan.targets:
+            if key in seen:
+                continue  # a key twice in one batch: the first one wins
+            seen.add(key)
+            pk = new_pk[target[1]] if isinstance(target, tuple) else target
+            old = plan.ledger.get(key)
+            row = {"file_size": d.file_size, "mtime_ns": d.mtime_ns,
+                   "content_hash": d.content_hash, "image_pk": pk, "updated": now}
+            if old is None:
+                added.append({"path": key, **row})
+                continue
+            changed.append({"id": old.id, **row})
+            if old.image_pk is not None and old.image_pk != pk:
+                previous.add(old.image_pk)
+        db_write.write_ledger(session, added, changed)
+        dropped, removals = db_write.drop_orphans(session, previous)
+        self.summary.replaced += dropped
+        return removals
 
 
 class WritableCatalog:
@@ -342,7 +323,7 @@ class WritableCatalog:
 
     def __enter__(self) -> Self:
         from indexer import migrations
-        from indexer.db import make_engine, make_sessionmaker
+        from indexer.engine import make_engine, make_sessionmaker
         from indexer.lock import CatalogLock
 
         if self.create:

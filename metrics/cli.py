@@ -2,9 +2,17 @@
 
     chextriev evaluate --checkpoint CKPT --data DIR [--split test] [--k 3 5 10] [--out DIR]
                        [--skip/--no-skip] [--exclude-same none|patient|study] [--json]
+                       [--data-split checkpoint|dataset] [--class-list NAME]
                        [--uncertainty ones|zeros|mask] [--blank zeros|mask]   (CheXpert)
 
-Every report states the label policy (CheXpert: what uncertain and blank labels became).
+The split: the one the checkpoint's training run made (its patients, by seed; saved in every
+checkpoint, :mod:`chextriev.splits`) is applied to the records read, so ``--split test`` (the
+default) scores the held-out patients that training never saw, whatever the reader; a
+checkpoint without a saved split, or other data, keeps the dataset's own splits
+(``--data-split dataset`` asks for those). The class list defaults to the checkpoint's.
+
+Every report states the label policy (CheXpert: what uncertain and blank labels became) and
+where the split came from.
 
 Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
 AUROC bars, a grid of queries with their top results) into ``--out``. Prints the summary
@@ -28,14 +36,14 @@ from chextriev.cli_options import (
     print_json,
     resolve_device,
 )
-from chextriev.errors import DataFormatError, UnknownNameError
+from chextriev.errors import DataFormatError
 from metrics.retrieval import EMPTY_CLASS_MODES, EXCLUDE_SAME_MODES
 
 log = logging.getLogger(__name__)
 
 #: ``metrics.localization_eval.LOCALIZATION_METHODS`` (not imported here: it loads matplotlib;
 #: a test keeps the two equal)
-LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "ham")
+LOCALIZATION_METHODS = ("cam", "gradcam", "gradcampp", "pcam", "ham")
 
 
 def register(subparsers: Any) -> None:
@@ -47,11 +55,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt written by `chextriev train`")
     add_data_option(p, required=True, help="dataset folder (any layout load_records detects)")
-    p.add_argument("--split", default="test", help="split evaluated (gallery = queries); 'all' for every image")
+    p.add_argument("--split", default="test",
+                   help="split evaluated (gallery = queries): train, validate, test (default: the held-out test "
+                        "patients), or 'all' for every image")
+    p.add_argument("--data-split", default="checkpoint", choices=("checkpoint", "dataset"),
+                   help="where the splits come from: the split the checkpoint's training run made (default; the "
+                        "dataset's own where the checkpoint records none or the data is other data), or the "
+                        "dataset's own split column / official lists")
     p.add_argument("--val-split", default="validate",
                    help="split used to choose Youden thresholds ('none' to skip)")
-    p.add_argument("--class-list", default="imagenome",
-                   help="class list for readers that need one (imagenome, nih, chexpert)")
+    p.add_argument("--class-list", default=None,
+                   help="class list for readers that need one (imagenome, nih, chexpert, nih8, chexpert5, abnormal; "
+                        "default: the checkpoint's when it is one of them, else imagenome)")
     p.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                    help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or masked "
                         "(never queries, never relevant, left out of AUROC; the reader's default)")
@@ -74,7 +89,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--localization", action=argparse.BooleanOptionalAction, default=True,
                    help="heatmap localization against true lesion boxes when the data has them")
     p.add_argument("--cam-method", default="gradcam", choices=LOCALIZATION_METHODS,
-                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, or ham (needs --ham-checkpoint)")
+                   help="heatmaps: cam, gradcam, gradcampp of the checkpoint, pcam (its probability maps: a "
+                        "checkpoint trained with --pooling pcam), or ham (needs --ham-checkpoint)")
     p.add_argument("--ham-checkpoint", type=Path, default=None,
                    help="HAM network for --cam-method ham (written by `chextriev train-ham`)")
     p.add_argument("--loc-max-images", type=int, default=50, help="images scored for localization")
@@ -86,15 +102,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def select_split(records: list, split: str) -> list:
-    """Records of ``split`` ('all' keeps every record); a missing split names the present ones."""
-    if split == "all":
-        return list(records)
-    chosen = [r for r in records if r.split == split]
-    if not chosen:
-        present = sorted({str(r.split) for r in records})
-        raise UnknownNameError("split", split, present + ["all"])
-    return chosen
+def select_split(records: list, split: str, data: str = "the data", source: str = "the dataset's own splits") -> list:
+    """Records of ``split`` ('all' keeps every record); a missing split names the present ones
+    and what to do (:class:`chextriev.splits.SplitNotFoundError`)."""
+    from chextriev.splits import select_split as select
+
+    return select(records, split, data, source)
+
+
+def default_class_list(loaded: Any) -> str:
+    """The checkpoint's class list when it is a named one (``nih8``, ``abnormal``...), else imagenome."""
+    from chextriev.vocab import class_list_name
+
+    return class_list_name(loaded.class_names) or "imagenome"
 
 
 def reader_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,11 +146,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), detector_path=args.detector,
                              precision=args.precision, compile=args.compile == "on",
                              compile_batch=args.batch_size)
-    all_records = load_records(args.data, class_list=args.class_list, **reader_options(args))
-    records = select_split(all_records, args.split)
+    from chextriev.splits import apply_split
+
+    class_list = args.class_list or default_class_list(loaded)
+    all_records = load_records(args.data, class_list=class_list, **reader_options(args))
+    if args.data_split == "checkpoint":
+        all_records, split_source = apply_split(all_records, loaded.data_split)
+    else:
+        split_source = "the dataset's own splits (--data-split dataset)"
+    records = select_split(all_records, args.split, str(args.data), split_source)
     if args.max_images:
         records = records[: args.max_images]
-    log.info("evaluating %d images of %s (split %s)", len(records), args.data, args.split)
+    log.info("evaluating %d images of %s (split %s, from %s)", len(records), args.data, args.split, split_source)
     embedded = embed_records(loaded, records, args.batch_size)
     val_records = val_embedded = None
     if args.val_split != "none" and args.val_split != args.split:
@@ -149,6 +176,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "label_policy": label_policy(records),
         "box_sources": ", ".join(sources),
+        "class_list": class_list,
+        "split_source": split_source,
     }
     inputs = build_inputs(loaded, records, embedded, val_records=val_records, val_embedded=val_embedded, meta=meta,
                           use_binary_codes=args.binary_codes)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from chextriev.vocab import is_abnormality
 from metrics.classification import classification_report
 from metrics.localization import region_auroc
 from metrics.retrieval import neighbors_from_embeddings, retrieval_metrics
@@ -119,12 +120,35 @@ def masked_label_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[
             "per_class": {str(n): int(c) for n, c in zip(class_names, mask.sum(axis=0))}}
 
 
+def abnormality_summary(classification: dict[str, Any], labels: np.ndarray) -> dict[str, Any]:
+    """The abnormality model's figures from its one-class classification report: AUROC, and F1
+    with sensitivity, specificity and precision at its threshold (the checkpoint's, chosen on
+    the training run's validation split at max F1; else max F1 on this run's validation split),
+    and the numbers of abnormal and normal images (``labels (N,)``, NaN unknown)."""
+    name = next(iter(classification["auroc"]["per_class"]))
+    known = labels[~np.isnan(labels)]
+    out: dict[str, Any] = {"auroc": classification["auroc"]["per_class"][name],
+                           "n_abnormal": int((known == 1).sum()), "n_normal": int((known == 0).sum()),
+                           "threshold": None, "threshold_rule": None, "f1": None, "sensitivity": None,
+                           "specificity": None, "precision": None}
+    saved_rule = "the checkpoint's (max F1 on the training run's validation split)"
+    for block, rule in ((classification.get("saved_thresholds"), saved_rule),
+                        (classification.get("f1"), "max F1 on this evaluation's validation split")):
+        entry = (block or {}).get("per_class", {}).get(name) or {}
+        if entry.get("threshold") is not None:
+            out.update({key: entry.get(key) for key in ("threshold", "f1", "sensitivity", "specificity", "precision")})
+            out["threshold_rule"] = rule
+            break
+    return out
+
+
 def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None = None) -> dict[str, Any]:
     """The whole report: retrieval, classification, region AUROC (when the inputs allow).
 
     Returns ``{"options", "meta", "n_images", "retrieval": {k: ...}, "classification",
     "region_auroc", "neighbors"}`` (``neighbors`` is an (N, max k) array for figures; drop it
-    before JSON).
+    before JSON), and for the abnormality model (class list ``abnormal``) ``"abnormality"``
+    (:func:`abnormality_summary`).
     """
     options = options or EvaluationOptions()
     labels = np.asarray(inputs.labels, dtype=np.float32)
@@ -136,6 +160,7 @@ def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None 
         "options_text": options.describe(),
         "meta": dict(inputs.meta),
         "n_images": int(labels.shape[0]),
+        "image_ids": None if inputs.image_ids is None else [str(i) for i in inputs.image_ids],
         "n_normal": int(((labels == 0).all(axis=1)).sum()),
         "masked_labels": masked_label_counts(labels, inputs.class_names),
         "retrieval": retrieval,
@@ -155,6 +180,8 @@ def evaluate_arrays(inputs: EvaluationInputs, options: EvaluationOptions | None 
             saved_thresholds=inputs.saved_thresholds,
             saved_rule=inputs.saved_threshold_rule,
         )
+    if report["classification"] is not None and is_abnormality(prob_names):
+        report["abnormality"] = abnormality_summary(report["classification"], labels[:, cols[0]])
     if inputs.region_probabilities is not None and inputs.region_labels is not None:
         report["region_auroc"] = region_auroc(
             inputs.region_labels,

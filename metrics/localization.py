@@ -7,9 +7,13 @@ Boxes are ``x1, y1, x2, y2`` in pixels (any consistent frame). Definitions (SPEC
 * Box accuracy at ``T`` (ChestX-ray8): share of ground-truth (image, class) cases hit, a case
   being hit when any predicted box for that class overlaps any of its ground-truth boxes by
   more than ``T`` (strictly). A case with no predicted box is a miss.
-* Pixel masks (HAM): the heatmap is min-max normalised and binarised at ``mask_threshold``;
-  ``IoU`` and ``IoR`` (intersection over the predicted mask's area) against the true mask;
-  ``TIoU(T)`` / ``TIoR(T)`` = share of cases whose IoU / IoR exceeds ``T``.
+* Pixel masks (HAM): the heatmap is binarised by the product's rule, the mask the viewer shows
+  (:func:`chextriev.localization.regions.heatmap_mask`: pixels at or above ``mask_threshold`` x
+  the maximum; the boxes of box accuracy come from the same mask); ``IoU`` and ``IoR``
+  (intersection over the predicted mask's area) against the true mask; ``TIoU(T)`` / ``TIoR(T)``
+  = share of cases whose IoU / IoR exceeds ``T``. The heatmaps the product makes (Grad-CAM and
+  its kin, HAM) are min-max normalised (minimum 0, maximum 1), where this rule and binarising
+  the min-max normalised map (the rule used here before) give the same mask.
 * Regions: per region and finding, AUROC of node probabilities against region labels over the
   images where the region is present.
 """
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from chextriev.errors import UnknownNameError
+from chextriev.localization.regions import heatmap_mask
 from chextriev.vocab import REGIONS
 from metrics.classification import auroc
 
@@ -115,18 +120,6 @@ def box_localization(
     }
 
 
-def heatmap_mask(heatmap: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """(H, W) bool: pixels of the min-max normalised ``heatmap`` at or above ``threshold``.
-
-    A constant heatmap gives an empty mask (it localises nothing).
-    """
-    h = np.asarray(heatmap, dtype=np.float64)
-    lo, hi = np.nanmin(h), np.nanmax(h)
-    if not np.isfinite(hi - lo) or hi - lo <= 0:
-        return np.zeros(h.shape, dtype=bool)
-    return (h - lo) / (hi - lo) >= threshold
-
-
 def mask_overlaps(pred_mask: np.ndarray, gt_mask: np.ndarray) -> tuple[float, float]:
     """``(IoU, IoR)`` of two (H, W) boolean masks; IoR = intersection / predicted area."""
     p = np.asarray(pred_mask, dtype=bool)
@@ -145,7 +138,9 @@ def pixel_localization(
     thresholds: Sequence[float] = BOX_THRESHOLDS,
     mask_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """HAM TIoU(T) and TIoR(T) over cases (one heatmap (H, W) and true mask (H, W) each)."""
+    """HAM TIoU(T) and TIoR(T) over cases (one heatmap (H, W) and true mask (H, W) each), each
+    heatmap binarised as the viewer shows it (:func:`chextriev.localization.regions.heatmap_mask`
+    at ``mask_threshold`` x its maximum)."""
     if len(heatmaps) != len(gt_masks):
         raise ValueError(f"{len(heatmaps)} heatmaps for {len(gt_masks)} masks")
     pairs = np.array([mask_overlaps(heatmap_mask(h, mask_threshold), m) for h, m in zip(heatmaps, gt_masks)])

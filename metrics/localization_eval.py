@@ -67,8 +67,9 @@ def box_mask(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-#: heatmap methods: CAM / Grad-CAM / Grad-CAM++ of any model, and HAM (its own trained network)
-LOCALIZATION_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "ham")
+#: heatmap methods: CAM / Grad-CAM / Grad-CAM++ of any model, PCAM's probability map (a global
+#: classifier trained with --pooling pcam), and HAM (its own trained network)
+LOCALIZATION_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "pcam", "ham")
 
 
 def evaluate_localization(

@@ -39,9 +39,13 @@ class Embedded:
 
 
 def embed_records(loaded: Any, records: Sequence[Record], batch_size: int = 16, use_given_boxes: bool = True) -> Embedded:
-    """Read and embed ``records`` in chunks (bounded memory), keeping small thumbnails."""
+    """Read and embed ``records`` in chunks (bounded memory), keeping small thumbnails. Each image
+    reaches the model as an archived image or an upload does (THE image contract,
+    :func:`chextriev.io.pixels.model_pixels`); boxes in and out are in the records' original
+    pixels."""
     from chextriev.embedding import embed_images
     from chextriev.io.images import load_image
+    from chextriev.io.pixels import model_pixels
 
     parts: list[Any] = []
     thumbs: list[np.ndarray] = []
@@ -49,8 +53,12 @@ def embed_records(loaded: Any, records: Sequence[Record], batch_size: int = 16, 
     for start in tqdm(range(0, len(records), chunk), desc="embedding", unit="chunk", leave=False):
         recs = records[start : start + chunk]
         images = [load_image(r.source) for r in recs]
-        boxes = [r.boxes if (use_given_boxes and r.boxes is not None and r.box_mask.any()) else None for r in recs]
-        parts.append(embed_images(loaded, images, boxes, batch_size=batch_size))
+        prepared = [model_pixels(image, loaded.max_input_side) for image in images]
+        boxes = [p.to_model(r.boxes) if (use_given_boxes and r.boxes is not None and r.box_mask.any()) else None
+                 for p, r in zip(prepared, recs)]
+        batch = embed_images(loaded, [p.pixels for p in prepared], boxes, batch_size=batch_size)
+        batch.boxes = np.stack([p.to_original(b) for p, b in zip(prepared, batch.boxes)])
+        parts.append(batch)
         thumbs.extend(thumbnail(img) for img in images)
     if not parts:
         raise DataFormatError("no images to evaluate")
@@ -170,11 +178,6 @@ def build_inputs(
         saved_threshold_rule=getattr(loaded, "threshold_rule", None),
         meta=meta,
     )
-
-
-def classification_names(loaded: Any, data_classes: Sequence[str]) -> list[str]:
-    """Data class names that the model can classify (order of the data)."""
-    return [data_classes[d] for _, d in class_mapping(loaded.class_names, data_classes)]
 
 
 def headline_scores(loaded: Any, records: Sequence[Record], ks: Sequence[int] = (3, 5, 10), *,

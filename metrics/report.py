@@ -79,8 +79,8 @@ def triple(avg: dict[str, Any]) -> str:
     return "/".join(fmt(avg.get(m)) for m in ("mAP", "mHR", "mRR"))
 
 
-SUMMARY_META: tuple[str, ...] = ("checkpoint", "checkpoint_id", "variant", "data", "label_policy", "embedding",
-                                 "box_sources")
+SUMMARY_META: tuple[str, ...] = ("checkpoint", "checkpoint_id", "variant", "data", "class_list", "split_source",
+                                 "label_policy", "embedding", "box_sources")
 AVERAGES: tuple[str, ...] = ("class_average", "weighted_average")
 
 
@@ -98,7 +98,21 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "masked_labels": report.get("masked_labels"),
         "retrieval": {str(k): {avg: {m: res[avg].get(m) for m in ("mAP", "mHR", "mRR")} for avg in AVERAGES}
                       for k, res in report["retrieval"].items()},
+        **({"abnormality": report["abnormality"]} if report.get("abnormality") else {}),
     })
+
+
+def abnormality_line(figures: dict[str, Any]) -> str:
+    """``abnormal: AUROC .912; F1 .870 at threshold 0.431 (the checkpoint's ...)``."""
+    if figures.get("auroc") is None and figures.get("f1") is None:
+        return f"abnormal: AUROC n/a ({figures['n_abnormal']} abnormal, {figures['n_normal']} normal images)"
+    text = f"abnormal: AUROC {fmt(figures.get('auroc'))}"
+    if figures.get("threshold") is not None:
+        text += (f"; F1 {fmt(figures.get('f1'))} at threshold {figures['threshold']:.3f} ({figures['threshold_rule']}; "
+                 f"sensitivity {fmt(figures.get('sensitivity'))}, specificity {fmt(figures.get('specificity'))})")
+    else:
+        text += "; no threshold (no validation split and none in the checkpoint)"
+    return text + f"; {figures['n_abnormal']} abnormal, {figures['n_normal']} normal images"
 
 
 def summary_markdown(figures: dict[str, Any], title: str = "Evaluation") -> str:
@@ -111,6 +125,8 @@ def summary_markdown(figures: dict[str, Any], title: str = "Evaluation") -> str:
         per = ", ".join(f"{n} {c}" for n, c in masked["per_class"].items() if c)
         lines.append(f"- masked label entries: {masked['n_entries']} on {masked['n_images']} images "
                      f"(never queries, never relevant, left out of AUROC): {per}")
+    if figures.get("abnormality"):
+        lines.append(f"- {abnormality_line(figures['abnormality'])}")
     lines.append("")
     ks = list(figures["retrieval"])
     lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",

@@ -27,7 +27,7 @@ from chextriev.errors import (
     SourceUnavailableError,
     StudyNotFoundError,
 )
-from indexer.preview_store import encode_preview
+from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
 from server import reference
 from server.audit import record_ids
 from server.auth import require_token
@@ -35,8 +35,8 @@ from server.errors import ApiError, error_response
 from server.openapi import openapi_spec
 from server.results import (
     FINDING_FILTER_RULE,
+    abnormality,
     as_boxes,
-    as_probabilities,
     boxes_list,
     finding_filter_basis,
     findings_list,
@@ -51,7 +51,6 @@ from server.services import (
     NotReadyError,
     QueryEmbedding,
     SearchService,
-    shrink,
 )
 from server.validation import (
     check_single,
@@ -78,9 +77,9 @@ def _poll():
 
 #: Longest side of the query preview returned with an upload search (the viewer draws on it;
 #: the size of the archive's previews, so that query and result compare at the same detail).
-#: Encoded as the archive's previews are (grey JPEG, ``indexer.preview_store.encode_preview``):
-#: a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes (BENCHMARKS.md).
-PREVIEW_SIDE = 1024
+#: Encoded as the archive's previews are (grey JPEG, ``chextriev.io.pixels.encode_preview`` at
+#: ``PREVIEW_SIDE``): a lossless PNG cost 24 ms of a 512 px upload search and 5x the bytes
+#: (BENCHMARKS.md).
 #: Longest side an uploaded image is shrunk to before its Grad-CAM overlay is drawn.
 HEATMAP_SIDE = 1024
 #: Catalog ids are positive 64-bit integers (SQL BIGINT, Faiss int64).
@@ -227,6 +226,7 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     thresholds = svc.finding_thresholds  # per class, chosen on validation (0.5 without)
     findings = findings_list(query.probabilities, class_names, thresholds)
     predicted = [item["name"] for item in findings if item["predicted"]]
+    note = svc.model.findings_note  # a model without a finding head predicts none, and says why
     finding = filters.get("finding")
     results = []
     for rank, (hit, row) in enumerate(zip(hits, rows), start=1):
@@ -242,7 +242,9 @@ def _search_response(query: QueryEmbedding, query_info: dict, *, k: int, exclude
     timings["response"] = timings.get("response", 0.0) + (time.perf_counter() - responding) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     payload = {
-        "query": {**query_info, "findings": findings, "predicted_findings": predicted,
+        "query": {**query_info, "findings": None if note else findings, "predicted_findings": None if note else predicted,
+                  **({"findings_note": note} if note else {}),
+                  "abnormality": abnormality(query.probabilities, class_names, thresholds),
                   "boxes": boxes_list(query.boxes), "box_source": query.box_source},
         "k": k,
         "filters": filters,
@@ -368,16 +370,7 @@ def search_by_id(image_id: int):
     svc.require_ready()
     filters = parse_filters(values, svc.class_names)
     row = _image_row(image_id)
-    region_embeddings = svc.region_embeddings([image_id])
-    probabilities = as_probabilities(row.get("probabilities"), svc.class_names)
-    query = QueryEmbedding(
-        embedding=svc.vector(image_id),
-        probabilities=np.zeros(len(svc.class_names), np.float32) if probabilities is None else probabilities,
-        region_embeddings=None if region_embeddings is None else region_embeddings[0],
-        region_probabilities=None,
-        boxes=as_boxes(row.get("boxes")),
-        box_source=str(row.get("box_source") or "stored"),
-    )
+    query = reference.stored_query(svc, image_id, row)
     patient = row.get("patient")
     query_info = {"source": "archive", "id": image_id, "image_id": row.get("image_id"),
                   "study": row.get("study"), "patient": patient, "view": row.get("view"),
@@ -404,6 +397,9 @@ def image(image_id: int):
     svc.require_ready()
     row = _image_row(image_id)
     detail = image_detail(row, svc.class_names, current_app.config.get("VIEWER_URL"), svc.finding_thresholds)
+    if svc.model.findings_note:  # no finding head: no predicted findings (null), and why
+        detail["predicted_findings"] = None
+        detail["findings_note"] = svc.model.findings_note
     detail["thumbnail_url"] = url_for("api.thumbnail", image_id=image_id)
     detail["preview_url"] = _preview_url(image_id)
     detail["preview_source"] = "preview" if svc.preview(image_id, check_only=True) else "thumbnail"
@@ -413,12 +409,14 @@ def image(image_id: int):
 
 @bp.get("/images/<int:image_id>/thumbnail")
 def thumbnail(image_id: int):
-    """The stored thumbnail (PNG) of an archived image."""
+    """The stored thumbnail of an archived image, served as stored (a 128 px grey JPEG made once at
+    indexing; PNG from a catalog written before) with its MIME type."""
     svc = service()
     svc.require_ready()
     _image_row(image_id)
     record_ids(query_id=image_id)
-    response = Response(svc.thumbnail(image_id), mimetype="image/png")
+    data, mimetype = svc.thumbnail_bytes(image_id)
+    response = Response(data, mimetype=mimetype)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -426,8 +424,8 @@ def thumbnail(image_id: int):
 @bp.get("/images/<int:image_id>/preview")
 def preview(image_id: int):
     """The stored preview (8-bit grey JPEG, about 1024 px on the long side) of an archived image:
-    what the viewer shows a case at. An image indexed without one gets its thumbnail (PNG), with
-    the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
+    what the viewer shows a case at. An image indexed without one gets its thumbnail as stored,
+    with the ``X-Chextriev-Preview`` header saying so. Immutable per id (a changed file is a new id):
     cached, with an ETag."""
     svc = service()
     svc.require_ready()
@@ -435,7 +433,8 @@ def preview(image_id: int):
     record_ids(query_id=image_id)
     data = svc.preview(image_id)
     if data is None:
-        response = Response(svc.thumbnail(image_id), mimetype="image/png")
+        data, mimetype = svc.thumbnail_bytes(image_id)
+        response = Response(data, mimetype=mimetype)
         response.headers[PREVIEW_HEADER] = _no_preview(image_id)
     else:
         response = Response(data, mimetype="image/jpeg")
@@ -453,6 +452,12 @@ def _scaled_boxes(row: dict, height: int, width: int) -> np.ndarray | None:
         return None
     scale = np.array([width / original_w, height / original_h] * 2, dtype=np.float32)
     return boxes * scale
+
+
+def _require_findings(svc) -> None:
+    """A finding heatmap needs a finding head: a model without one answers 409 with the reason."""
+    if svc.model.findings_note:
+        raise ApiError(409, "no_finding_head", f"no finding heatmap: {svc.model.findings_note}")
 
 
 def _heatmap_style(value: str | None) -> str:
@@ -474,6 +479,7 @@ def image_heatmap(image_id: int):
     svc = service()
     svc.require_ready()
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.args.get("finding"), svc.class_names)
     style = _heatmap_style(request.args.get("style"))
     row = _image_row(image_id)
@@ -494,6 +500,7 @@ def upload_heatmap():
     svc.require_ready()
     check_single(request.form)
     check_single(request.args)
+    _require_findings(svc)
     finding = parse_finding(request.form.get("finding", request.args.get("finding")), svc.class_names)
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()
@@ -566,7 +573,7 @@ def search_by_reference():
         record_ids(query_id=image_id)
     else:
         height, width = located.pixels.shape
-        preview = base64.b64encode(reference.preview_jpeg(located.pixels, PREVIEW_SIDE)).decode("ascii")
+        preview = base64.b64encode(encode_preview(located.pixels, PREVIEW_SIDE)).decode("ascii")
         query_info.update({"width": int(width), "height": int(height),
                            "preview_url": f"data:image/jpeg;base64,{preview}"})
     timings["response"] = (time.perf_counter() - previewed) * 1000

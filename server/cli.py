@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command"))
     apply_conventions(parser)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from chextriev.logs import configure_logging
+
+    configure_logging()
     try:
         return int(args.func(args) or 0)
     except ChextrievError as error:

@@ -50,6 +50,9 @@ def _json(description: str, schema: str) -> dict:
 
 
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+#: A stored image served as stored: JPEG (what indexing makes), PNG (thumbnails of older catalogs).
+STORED_IMAGE = {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                            "image/png": {"schema": {"type": "string", "format": "binary"}}}}
 IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "example": 1,
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
             "description": "integer id of an indexed image (the `id` field of results); any other "
@@ -111,6 +114,14 @@ SCHEMAS: dict[str, Any] = {
     "Finding": {"type": "object", "required": ["name", "probability", "predicted"], "properties": {
         "name": _STR, "probability": {**_NNUM, "description": "null when not known"},
         "predicted": {"type": "boolean", "description": "probability >= the checkpoint's threshold for the class (chosen on validation, max F1; 0.5 without one)"}}},
+    "Abnormality": {"type": "object", "nullable": True, "required": ["probability", "abnormal", "threshold", "label"],
+                    "description": "an abnormality model's (class list 'abnormal': any finding vs none) one output; "
+                                   "null for other models",
+                    "properties": {
+        "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        "abnormal": {"type": "boolean", "description": "probability >= threshold"},
+        "threshold": {"type": "number", "description": "the checkpoint's (chosen on validation, max F1; 0.5 without one)"},
+        "label": {"type": "string", "description": "what the viewer shows, e.g. 'abnormal: 0.83'"}}},
     "RegionBox": {"type": "object", "required": ["region", "index", "box"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
         "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
@@ -141,8 +152,15 @@ SCHEMAS: dict[str, Any] = {
         "thumbnail_url": {"type": "string", "description": "archive queries only"},
         "image_url": {"type": "string", "description": "archive queries only"},
         "known_findings": {**_NNAMES, "description": "labels of an archived query; null for uploads (not known)"},
-        "findings": {"type": "array", "items": _ref("Finding"), "description": "model probabilities, most likely first"},
-        "predicted_findings": {**_NAMES, "description": "findings at or above their class thresholds (see Finding.predicted), most likely first"},
+        "findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                     "description": "model probabilities, most likely first; null for a model without a finding "
+                                    "head (findings_note says why)"},
+        "predicted_findings": {**_NNAMES, "description": "findings at or above their class thresholds (see "
+                                                         "Finding.predicted), most likely first; null for a model "
+                                                         "without a finding head"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
+                                                 "model): why there are no predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
@@ -158,6 +176,7 @@ SCHEMAS: dict[str, Any] = {
         "predicted_findings": {**_NNAMES, "description": "the model's findings at its class thresholds (probabilities stored at "
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
+        "abnormality": _ref("Abnormality"),
         "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
@@ -189,7 +208,8 @@ SCHEMAS: dict[str, Any] = {
         "report": _ref("StoredReport"),
         "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
-                                     "search, response, total"}}},
+                                     "search, response, total; by-reference also qido, lookup, fetch "
+                                     "(the PACS) and report (filing it)"}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row (never its source path)",
               "required": ["id", "boxes", "class_names", "thumbnail_url", "preview_url"], "properties": {
         "id": {"type": "integer"}, "image_id": _NSTR, "patient": _NSTR, "study": _NSTR, "view": _NSTR,
@@ -197,7 +217,11 @@ SCHEMAS: dict[str, Any] = {
                                                                          "the year, when pseudonymised"},
         "width": _NINT, "height": _NINT, "format": _NSTR, "box_source": _NSTR,
         "known_findings": _NNAMES,
-        "predicted_findings": {"type": "array", "items": _ref("Finding")},
+        "predicted_findings": {"type": "array", "items": _ref("Finding"), "nullable": True,
+                               "description": "null for a model without a finding head (findings_note says why)"},
+        "findings_note": {**_STR, "description": "only for a model without a finding head: why there are no "
+                                                 "predicted findings"},
+        "abnormality": _ref("Abnormality"),
         "region_probabilities": {"type": "array", "nullable": True, "items": _ref("RegionProbabilities")},
         "boxes": {"type": "array", "items": _ref("RegionBox")},
         "class_names": _NAMES, "thumbnail_url": _STR, "preview_url": _STR,
@@ -226,6 +250,10 @@ SCHEMAS: dict[str, Any] = {
                                   "a copy is inside, detector, boxes, model summary, build parameters)"}, "index_size": {"type": "integer"}, "index_build_id": _NSTR,
         "checkpoint_id": _NSTR, "class_names": _NAMES,
         "embedding_dim": {"type": "integer"}, "has_regions": {"type": "boolean"},
+        "has_findings": {"type": "boolean", "description": "false for a label-free encoder model (chextriev model "
+                                                           "init): no finding head, no predicted findings, no "
+                                                           "finding heatmaps"},
+        "findings_note": {**_NSTR, "description": "why the model predicts no findings (null when it does)"},
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
@@ -356,16 +384,16 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                 "responses": {"200": _json("the image", "Image"), "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/thumbnail": {"get": {
-                "summary": "stored thumbnail", "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "PNG", **PNG}, "404": _error("not an indexed image"),
+                "summary": "stored thumbnail, served as stored (grey JPEG, 128 px on the long side; PNG in "
+                           "catalogs written before)", "parameters": [IMAGE_ID],
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
+                              "404": _error("not an indexed image"),
                               **COMMON_ERRORS}}},
             "/images/{image_id}/preview": {"get": {
-                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail (PNG) for an "
+                "summary": "stored preview (grey JPEG, about 1024 px on the long side); the thumbnail as stored for an "
                            "image indexed without one, the X-Chextriev-Preview header says which",
                 "parameters": [IMAGE_ID],
-                "responses": {"200": {"description": "JPEG (or PNG)", "content": {
-                                  "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                                  "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": {"description": "JPEG (or PNG)", **STORED_IMAGE},
                               "304": {"description": "not modified (If-None-Match)"},
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {
@@ -373,6 +401,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                            "or the thumbnail without one: the server never reads the archive)",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
                 "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
@@ -383,6 +412,7 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                                    "style": {"type": "string", "enum": list(HEATMAP_STYLES)}}}}}},
                 "responses": {"200": {"description": "PNG", **PNG},
                               "400": _error("missing/unknown finding, bad style, missing or unreadable image"),
+                              "409": _error("the model has no finding head (a label-free encoder model)"),
                               "413": _error("as for /search"), **COMMON_ERRORS}}},
         },
     }

@@ -72,8 +72,11 @@ class Located:
 
     @property
     def patient_id(self) -> str | None:
+        """The PatientID QIDO-RS reported for the study (``None`` when empty)."""
         value = self.image.tags.get("PatientID")
-        return str(value).strip() or None if value is not None else None
+        if value is None:
+            return None
+        return str(value).strip() or None
 
 
 def _ms(since: float) -> float:
@@ -111,27 +114,31 @@ def locate(service, connection: DicomwebConnection, study_uid: str, *,
 
 def query_embedding(service, located: Located, timings: dict[str, float] | None = None):
     """The :class:`server.services.QueryEmbedding` of the located image: the stored one for an
-    indexed image (vector, probabilities, region embeddings, boxes), else the model's."""
+    indexed image (:func:`stored_query`), else the model's, by the upload's path
+    (``SearchService.embed``)."""
+    if located.indexed_id is None:
+        return service.embed(located.pixels, timings=timings)
+    return stored_query(service, located.indexed_id, located.row or {})
+
+
+def stored_query(service, image_id: int, row: dict):
+    """An indexed image as a query (a search by id, or by reference of an indexed image): its
+    stored vector, probabilities (zeros where none are stored), region embeddings and region
+    probabilities, boxes (``None`` when none are stored); nothing re-embedded."""
     from server.results import as_boxes, as_probabilities
     from server.services import QueryEmbedding
 
-    if located.indexed_id is None:
-        # pixels: the upload's path (chextriev.io.pixels.model_pixels once it is on main)
-        return service.embed(located.pixels, timings=timings)
-    row = located.row or {}
-    image_id = located.indexed_id
     class_names = service.class_names
     probabilities = as_probabilities(row.get("probabilities"), class_names)
     regions = service.region_embeddings([image_id])
     region_probabilities = row.get("region_probabilities")
-    boxes = as_boxes(row.get("boxes"))
     return QueryEmbedding(
         embedding=service.vector(image_id),
         probabilities=np.zeros(len(class_names), np.float32) if probabilities is None else probabilities,
         region_embeddings=None if regions is None else regions[0],
         region_probabilities=None if region_probabilities is None
         else np.asarray(region_probabilities, np.float32),
-        boxes=np.full((18, 4), np.nan, np.float32) if boxes is None else boxes,
+        boxes=as_boxes(row.get("boxes")),
         box_source=str(row.get("box_source") or "stored"))
 
 
@@ -198,8 +205,10 @@ def similar_case_report(service, located: Located, query, rows: list[dict], *, k
                                       class_names, thresholds) or []
         for name in set(held):
             counts[name] = counts.get(name, 0) + 1
-    has_head = bool(class_names) and query.probabilities is not None \
-        and len(query.probabilities) == len(class_names)
+    has_head = getattr(service.model, "has_findings", True) and bool(class_names) \
+        and query.probabilities is not None and len(query.probabilities) == len(class_names)
+    note = getattr(service.model, "findings_note", None)  # a model without a finding head says why
+    notes = (*notes, note) if note else notes
     scale = _box_scale(located)
     findings = []
     for index, name in enumerate(class_names):
@@ -258,10 +267,3 @@ def file_report(connection: DicomwebConnection, located: Located, report: Simila
     log.info("report filed into the query's study on %s (%d findings, %d similar cases)",
              connection.root, len(report.findings), report.k)  # no UID: they name a patient's record
     return {**report_summary(dataset), "timing_ms": {k: round(v, 1) for k, v in timings.items()}}
-
-
-def preview_jpeg(pixels: np.ndarray, side: int) -> bytes:
-    """The fetched query image as the archive's previews are stored (grey JPEG)."""
-    from indexer.preview_store import encode_preview
-
-    return encode_preview(pixels, side)

@@ -3,7 +3,9 @@ and the per-region match explanation.
 
 Known findings (the archive's labels, from reports or annotations) and predicted findings (the
 model's probabilities at the checkpoint's per-class thresholds, chosen on validation, or
-:data:`FINDING_THRESHOLD` where it has none) are always separate fields, never merged.
+:data:`FINDING_THRESHOLD` where it has none) are always separate fields, never merged. An
+abnormality model (class list ``abnormal``) also gives ``abnormality`` (:func:`abnormality`):
+its one probability, shown as ``abnormal: p``.
 
 Region matching: for a query and a result with region embeddings ``q, r (18, R)`` (each row
 L2-normalised), the region similarity is the row-wise cosine ``(q * r).sum(-1)`` ``(18,)``;
@@ -28,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from chextriev.vocab import REGIONS
+from chextriev.vocab import REGIONS, is_abnormality
 
 #: Probability from which a finding counts as predicted when the checkpoint has no threshold for it.
 FINDING_THRESHOLD = 0.5
@@ -62,6 +64,21 @@ def findings_list(probabilities: np.ndarray, class_names: Sequence[str],
     limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), np.shape(probabilities))
     return [{"name": class_names[i], "probability": round(float(probabilities[i]), 4),
              "predicted": bool(probabilities[i] >= limits[i])} for i in order]
+
+
+def abnormality(probabilities: np.ndarray | None, class_names: Sequence[str],
+                threshold: float | np.ndarray = FINDING_THRESHOLD) -> dict | None:
+    """For the abnormality model (class list ``abnormal``: one output, any finding vs none),
+    ``{"probability", "abnormal", "threshold", "label"}`` with ``label`` = ``"abnormal: 0.83"``,
+    what the viewer shows; ``None`` for other models or unknown probabilities."""
+    if probabilities is None or not is_abnormality(class_names):
+        return None
+    p = float(np.asarray(probabilities, dtype=np.float64).reshape(-1)[0])
+    if math.isnan(p):
+        return None
+    limit = float(np.asarray(threshold, dtype=np.float64).reshape(-1)[0])
+    return {"probability": round(p, 4), "abnormal": bool(p >= limit), "threshold": round(limit, 4),
+            "label": f"abnormal: {p:.2f}"}
 
 
 def boxes_list(boxes: np.ndarray | None) -> list[dict]:
@@ -214,6 +231,7 @@ def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list
     whether the image matched it by its known label or by its prediction. With a
     ``viewer_template``, the PACS link (:func:`dicom_fields`)."""
     known = known_findings(row)
+    probabilities = as_probabilities(row.get("probabilities"), class_names)
     tile = {
         "rank": rank,
         "id": int(hit.image_id),
@@ -225,8 +243,8 @@ def result_tile(rank: int, hit, row: Mapping[str, Any], *, matched_regions: list
         "sex": row.get("sex"),
         "age": jsonable(row.get("age")),
         "known_findings": known,
-        "predicted_findings": predicted_findings(as_probabilities(row.get("probabilities"), class_names),
-                                                 class_names, threshold),
+        "predicted_findings": predicted_findings(probabilities, class_names, threshold),
+        "abnormality": abnormality(probabilities, class_names, threshold),
         "shared_findings": sorted(query_findings & set(known or ())),
         "matched_regions": matched_regions,
         "thumbnail_url": thumbnail_url,
@@ -256,6 +274,7 @@ def image_detail(row: Mapping[str, Any], class_names: Sequence[str],
     detail["class_names"] = list(class_names)
     detail["predicted_findings"] = [] if probabilities is None else findings_list(probabilities, class_names,
                                                                                   threshold)
+    detail["abnormality"] = abnormality(probabilities, class_names, threshold)
     detail["region_probabilities"] = None if region_probabilities is None else [
         {"region": REGIONS[i], "index": i,
          "probabilities": {name: jsonable(round(float(p), 4)) for name, p in zip(class_names, row_p)}}

@@ -319,6 +319,8 @@ class SearchService:
                 "class_names": list(self.model.class_names),
                 "embedding_dim": int(self.model.embedding_dim),
                 "has_regions": bool(self.model.has_regions),
+                "has_findings": bool(self.model.has_findings),
+                "findings_note": self.model.findings_note,
                 "precision": self.model.precision,
                 "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
@@ -355,26 +357,32 @@ class SearchService:
 
     def embed(self, pixels: np.ndarray, boxes: np.ndarray | None = None,
               timings: dict[str, float] | None = None) -> QueryEmbedding:
-        """Embed one ``(H, W)`` image with THE embedding function (``embed_images``).
+        """Embed one ``(H, W)`` image with THE embedding function (``embed_images``), its pixels
+        prepared by THE image contract as the indexer prepares an archived image's
+        (:func:`chextriev.io.pixels.model_pixels` for the model's ``max_input_side``); ``boxes``
+        and the returned boxes are in ``pixels``' own (original) pixels.
 
         ``timings``, when given, receives the milliseconds of its stages: ``boxes``, ``model``
         and ``wait`` (time spent waiting for another request's model call to finish).
         """
         from chextriev.embedding import embed_images
+        from chextriev.io.pixels import model_pixels
 
         self.require_ready()
+        prepared = model_pixels(pixels, self.model.max_input_side)
+        given = None if boxes is None else [prepared.to_model(boxes)]
         waited = time.perf_counter()
         with self.model_lock:
             if timings is not None:
                 timings["wait"] = (time.perf_counter() - waited) * 1000
-            batch = embed_images(self.model, [pixels], None if boxes is None else [boxes], timings=timings)
+            batch = embed_images(self.model, [prepared.pixels], given, timings=timings)
         return QueryEmbedding(
             embedding=np.asarray(batch.embeddings[0], dtype=np.float32),
             probabilities=np.asarray(batch.probabilities[0], dtype=np.float32),
             region_embeddings=None if batch.region_embeddings is None else np.asarray(batch.region_embeddings[0]),
             region_probabilities=None if batch.region_probabilities is None
             else np.asarray(batch.region_probabilities[0]),
-            boxes=np.asarray(batch.boxes[0], dtype=np.float32),
+            boxes=prepared.to_original(batch.boxes[0]),
             box_source=str(batch.box_sources[0]),
         )
 
@@ -453,10 +461,6 @@ class SearchService:
             return None
         return rows
 
-    def thumbnail(self, image_id: int) -> bytes:
-        self.require_ready()
-        return self.catalog.thumbnail(image_id)
-
     def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
         """The stored thumbnail as stored and its MIME type."""
         self.require_ready()
@@ -478,7 +482,7 @@ class SearchService:
         thumbnail when it has no preview; and which of the two (``"preview"`` / ``"thumbnail"``)."""
         data = self.preview(image_id)
         if data is None:
-            return decode_png(self.thumbnail(image_id)), "thumbnail"
+            return decode_png(self.thumbnail_bytes(image_id)[0]), "thumbnail"
         return decode_png(data), "preview"
 
     def vector(self, image_id: int) -> np.ndarray:
@@ -514,16 +518,3 @@ def decode_png(data: bytes) -> np.ndarray:
     from chextriev.io.images import load_image
 
     return np.asarray(load_image(bytes(data)), dtype=np.float32)
-
-
-def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
-    """``(H, W)`` [0, 1] pixels resized (aspect kept) so the longest side is at most ``max_side``."""
-    from PIL import Image
-
-    height, width = pixels.shape
-    if max(height, width) <= max_side:
-        return pixels
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = Image.fromarray(np.asarray(pixels, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)

@@ -71,7 +71,7 @@ def test_cli_name_lists_agree_with_their_sources():
     from chextriev.anatomy import cli as anatomy_cli
     from chextriev.anatomy.detector_nets import BACKBONES
     from indexer import cli as indexer_cli
-    from indexer.vector_index import INDEX_TYPES
+    from indexer.faiss_factory import INDEX_TYPES
 
     assert anatomy_cli.BACKBONES == BACKBONES
     assert indexer_cli.INDEX_TYPES == INDEX_TYPES

@@ -26,6 +26,11 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     first = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert ": warning: --" not in first.stderr  # no deprecated spelling: each step uses the canonical options
+    # quiet by default (chextriev/logs.py): no library set-up chatter, no Lightning banner or table
+    for chatter in ("setup plugin", "Context impl", "faiss.loader", "GPU available", "TPU available", "💡 Tip",
+                    "Seed set to", "LeafSpec"):
+        assert chatter not in first.stderr, chatter
+    assert "Trainable params" not in first.stdout
     assert "| v6 |" in first.stdout and "| resnet50 |" in first.stdout
     assert "Web page: http://127.0.0.1:" in first.stdout
     top = [line for line in first.stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]

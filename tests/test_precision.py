@@ -95,7 +95,7 @@ def test_prepare_model_casts_only_conv_and_linear_weights():
 def synthetic_images(tmp_path_factory):
     """About 40 radiographs of a `chextriev synth` archive at 128 px, with their true boxes."""
     from chextriev.io.images import load_image
-    from chextriev.synth.archive import read_archive
+    from chextriev.io.synthetic import read_archive
     from chextriev.synth.writer import SynthConfig, write_archive
 
     out = tmp_path_factory.mktemp("precision-synth")

@@ -2,6 +2,7 @@
 ChestX-ray14, plain folders, DICOMweb services) yielding :class:`chextriev.records.Record`;
 ``chextriev.io.sources.open_source`` is the one entry point for any source; see README.md."""
 
-from chextriev.io.images import LoadedImage, load_image, read_image
+from chextriev.io.images import load_image, read_image
+from chextriev.io.loaded import LoadedImage
 
 __all__ = ["LoadedImage", "load_image", "read_image"]

@@ -55,7 +55,7 @@ from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.images import image_size
 from chextriev.io.tables import cell, find_table, int_or_none, read_csv
 from chextriev.records import Record
-from chextriev.vocab import CHEXPERT_OBSERVATIONS, equivalent_findings
+from chextriev.vocab import CHEXPERT_OBSERVATIONS, equivalent_findings, is_abnormality
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,29 @@ def _class_sources(names: tuple[str, ...]) -> list[list[int]]:
     return out
 
 
+def abnormal_label(no_finding: float | None, policy: LabelPolicy) -> float:
+    """The abnormality label from the row's own ``No Finding`` cell: 0 when it is 1.0, 1 when it
+    is 0.0 or blank (CheXpert's labeler sets No Finding only when no pathology is positive or
+    uncertain, and leaves it blank otherwise), and for an uncertain ``-1.0`` the uncertainty
+    policy's reading of "no finding" (U-Ones: normal, U-Zeros: abnormal, mask: NaN)."""
+    if no_finding is None or no_finding == 0.0:
+        return 1.0
+    if no_finding > 0:
+        return 0.0
+    return 1.0 - policy.value(no_finding)  # NaN stays NaN
+
+
 def labels_for(raw: Sequence[float | None], names: tuple[str, ...], policy: LabelPolicy,
                sources: list[list[int]] | None = None) -> list[float]:
     """Raw observation values (14, CheXpert order) -> labels over ``names`` under ``policy``.
 
     A target class takes the OR of the observations that mean it: 1 if any is 1, else NaN if
     any is masked, else 0. A class that no observation means (e.g. ImaGenome's fluid
-    overload) is "not mentioned": the blank policy's value.
+    overload) is "not mentioned": the blank policy's value. The abnormality list
+    (``"abnormal"``) is :func:`abnormal_label` of the ``No Finding`` cell.
     """
+    if is_abnormality(names):
+        return [abnormal_label(raw[CHEXPERT_OBSERVATIONS.index("No Finding")], policy)]
     sources = _class_sources(names) if sources is None else sources
     values = [policy.value(v) for v in raw]
     out = []
@@ -285,10 +300,12 @@ def read_chexpert(
     Args:
         root: the folder holding ``CheXpert-v1.0/`` (what ``Path`` is relative to), or that
             folder itself.
-        class_list: ``"chexpert"`` (the 14 observations) or another list (``"imagenome"``,
-            ``"nih"``, names): classes are filled from the observations that mean them
+        class_list: ``"chexpert"`` (the 14 observations), ``"chexpert5"`` (the 5 competition
+            observations) or another list (``"imagenome"``, ``"nih"``, names): classes are
+            filled from the observations that mean them
             (:func:`chextriev.vocab.equivalent_findings`); positive observations without a
-            class are listed in ``meta["unmapped_findings"]``.
+            class are listed in ``meta["unmapped_findings"]``. ``"abnormal"``: from the
+            ``No Finding`` column (:func:`abnormal_label`).
         uncertainty: ``"ones"``, ``"zeros"`` or ``"mask"`` (see :class:`LabelPolicy`).
         blank: ``"zeros"`` or ``"mask"``.
         boxes: a HAM-style ``BBoxes.json``; ``"auto"`` looks for ``BBoxes.json`` in ``root``,
@@ -392,7 +409,7 @@ def read_chexpert(
                 "label_policy": policy_text,
                 "lesion_boxes": [],
             }
-            if not direct:
+            if not direct and not is_abnormality(names):
                 unmapped = [o for i, (o, v) in enumerate(zip(CHEXPERT_OBSERVATIONS, raw))
                             if v == 1.0 and o != "No Finding" and i not in mapped_observations]
                 if unmapped:

@@ -4,7 +4,8 @@ Detection order (the registry :data:`DATASET_LAYOUTS`; a new reader joins it wit
 :func:`register_layout`):
 
 1. synthetic archive: ``manifest.csv`` and ``scene_graph/`` ->
-   :func:`chextriev.synth.archive.read_archive`;
+   :func:`chextriev.io.synthetic.read_archive` (its own 9 findings whatever the class list,
+   but for ``"abnormal"``: any drawn finding, :func:`chextriev.records.abnormality_record`);
 2. MIMIC-CXR-JPG: ``mimic-cxr-2.0.0-split.csv(.gz)`` or a ``files/pXX/p*/s*`` tree ->
    :func:`chextriev.io.mimic.read_mimic` (scene graphs from ``imagenome_dir``, default
    ``scene_graph/`` or ``silver_dataset/scene_graph/`` inside the folder when present);
@@ -33,7 +34,8 @@ from chextriev.io.folder import read_dicom_tree, read_folder
 from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.mimic import is_mimic_layout, read_mimic
 from chextriev.io.nih import is_nih_layout, read_nih
-from chextriev.records import Record
+from chextriev.records import Record, abnormality_record
+from chextriev.vocab import is_abnormality
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,11 @@ def _is_synthetic(path: Path) -> bool:
 
 
 def _read_synthetic(path: Path, class_list: Any = None, **options: Any) -> list[Record]:
-    from chextriev.synth.archive import read_archive  # written by the synth package
+    from chextriev.io.synthetic import read_archive
 
     records = read_archive(path, **_accepted(read_archive, options))
+    if records and class_list is not None and is_abnormality(resolve_class_names(class_list)):
+        return [abnormality_record(r) for r in records]  # the archive's normal flag: no finding drawn
     if (
         records
         and class_list is not None

@@ -44,6 +44,7 @@ from chextriev.io.guards import (
     rle_segment_count,
     short_reason,
 )
+from chextriev.io.loaded import LoadedImage, source_name, to_luminance
 
 log = logging.getLogger(__name__)
 
@@ -805,14 +806,12 @@ def dataset_to_array(ds: Any, name: str = "<dataset>", *, apply_window: bool = T
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    from chextriev.io.images import to_luminance
-
     return to_luminance(rgb)
 
 
 def read_dicom(source: str | Path | bytes, *, max_pixels: int | None = None,
                max_bytes: int | None = None, apply_window: bool = True):
-    """Read a DICOM file (path or bytes) -> :class:`~chextriev.io.images.LoadedImage`.
+    """Read a DICOM file (path or bytes) -> :class:`~chextriev.io.loaded.LoadedImage`.
 
     ``pixels`` is ``(H, W)`` float32 in ``[0, 1]`` after the display pipeline of this module;
     ``meta`` holds :func:`metadata_from_dataset`; ``format`` is ``"dicom"``. Everything the
@@ -824,8 +823,6 @@ def read_dicom(source: str | Path | bytes, *, max_pixels: int | None = None,
         ImageReadError: unreadable file, no pixel data, malformed or inconsistent image
             fields, non-finite values, or a transfer syntax that no installed plugin decodes.
     """
-    from chextriev.io.images import LoadedImage, source_name
-
     limits = Limits.resolve(max_pixels, max_bytes)
     name = source_name(source)
     ds = _dcmread(source, name, limits=limits)

@@ -67,7 +67,7 @@ from chextriev.errors import (
 )
 from chextriev.io.dicom import merge_tags
 from chextriev.io.fields import uid_problem, view_decision
-from chextriev.io.sources import RecordSource
+from chextriev.io.source_base import RecordSource, register_connections
 from chextriev.records import Record
 
 log = logging.getLogger(__name__)
@@ -581,8 +581,6 @@ class DicomwebSource(RecordSource):
         if credentials is not None and self.root.startswith("http://") and host not in (
                 "localhost", "127.0.0.1", "::1"):
             log.warning("credentials are sent unencrypted to %s: use https://", self.root)
-        from chextriev.io.sources import register_connections
-
         register_connections([self.connection])
         filters = [f"modality {'/'.join(self.modalities) or 'any'}"]
         if self.study_date:

@@ -27,7 +27,9 @@ A CSV (``.gz`` allowed), one row per image:
 ``class_list``: a class-list name (``"imagenome"``, ``"nih"``), finding names, or ``None`` =
 as the manifest says: its finding columns (any finding of a known class list, named as the
 columns are, in column order) or, for a ``labels`` column, the first known class list that
-holds every name it uses.
+holds every name it uses. ``"abnormal"``: an ``abnormal`` 0/1 column, else the ``labels``
+column (any finding named: 1; ``No Finding`` / ``normal`` / ``none`` / empty: 0), else the
+finding columns (any 1: 1, all 0: 0, an empty cell: unknown).
 
 DICOM tags win over the manifest for the patient, study, view, sex, age and date (see
 :func:`chextriev.io.dicom.merge_tags`); a manifest's ``image_id`` always wins.
@@ -43,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,8 @@ from chextriev.io.fields import normalise_age, normalise_sex
 from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.images import detect_format
 from chextriev.io.tables import cell, read_csv
-from chextriev.records import Record
-from chextriev.vocab import CLASS_LISTS
+from chextriev.records import Record, any_finding
+from chextriev.vocab import CLASS_LISTS, is_abnormality
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +144,6 @@ def iter_image_files(
             path = entry.path if not entry.is_symlink() else os.path.realpath(entry.path)
             yield path, file_version(stat)
         stack.extend(reversed(subfolders))  # depth first, in name order
-
-
-def find_images(root: str | Path) -> list[tuple[Path, str]]:
-    """``[(path, format)]`` of every PNG / JPEG / DICOM file under ``root``, checked by content."""
-    found = []
-    for path, _ in iter_image_files(root):
-        try:
-            fmt = detect_format(path)
-        except ImageReadError:
-            continue
-        if fmt is not None:
-            found.append((Path(path), fmt))
-    return found
 
 
 def find_manifest(root: Path) -> Path | None:
@@ -258,6 +247,11 @@ def read_manifest(
     if class_list is not None:
         names = resolve_class_names(class_list)
         finding_cols = [(lower[n.lower()], n) for n in names if n.lower() in lower]
+        if is_abnormality(names) and not finding_cols and label_col is None:
+            # no abnormal column: the manifest's own finding columns, abnormal when any is 1
+            own = read_manifest(path, None, base=base)
+            return Manifest(path, [replace(row, labels=None if row.labels is None else any_finding(row.labels)[None])
+                                   for row in own.rows], names)
     else:
         known = _canonical_findings()
         taken = {c for c in columns.values() if c} | {path_col, label_col}
@@ -298,6 +292,9 @@ def read_manifest(
             for item in (cell(row[label_col]) or "").split("|"):
                 item = item.strip()
                 if not item or item.lower() in NO_FINDING_NAMES:
+                    continue
+                if is_abnormality(names):  # any named finding makes the image abnormal
+                    labels[0] = 1.0
                     continue
                 if item.lower() not in index:
                     raise UnknownNameError("finding", f"{item} (in {where})", names)

@@ -7,7 +7,8 @@ A scene graph holds ``image_id``, ``patient_id``, ``study_id``, ``viewpoint``; `
 
 Region label ``y[r, f] = 1`` when ANY string for region ``r`` says ``yes`` for finding ``f``
 (the published code let the last string win, so a later ``no`` erased a ``yes``: not here).
-Image label = OR over regions. A region absent from ``objects`` gets a NaN box (masked, the
+Image label = OR over regions. The abnormality list (``"abnormal"``): a region is abnormal when
+it holds any of the 9 findings, the image when any region is. A region absent from ``objects`` gets a NaN box (masked, the
 image is kept). Region names outside :data:`chextriev.vocab.REGIONS` are ignored (debug log);
 findings outside the class list are ignored.
 """
@@ -18,7 +19,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from chextriev.errors import DataFormatError
 from chextriev.records import empty_boxes
-from chextriev.vocab import NUM_REGIONS, REGIONS, class_list
+from chextriev.vocab import IMAGENOME_FINDINGS, NUM_REGIONS, REGIONS, class_list, is_abnormality
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ def parse_scene_graph(
     if not isinstance(objects, list) or not isinstance(attributes, list):
         raise DataFormatError(f"{where}: 'objects' and 'attributes' must be lists")
     names = resolve_class_names(class_names)
+    if is_abnormality(names):  # any of the findings, per region and for the image
+        graph_all = parse_scene_graph(graph, IMAGENOME_FINDINGS, source=source)
+        region = graph_all.region_labels.max(axis=1, keepdims=True)
+        return replace(graph_all, region_labels=region, labels=region.max(axis=0), class_names=names)
     finding_index = {name.lower(): i for i, name in enumerate(names)}
 
     boxes = empty_boxes()

@@ -28,8 +28,6 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -43,42 +41,12 @@ from chextriev.io.guards import (  # noqa: F401 - re-exported: the readers' limi
     max_pixels_default,
     short_reason,
 )
+from chextriev.io.loaded import LoadedImage, Source, source_name, to_luminance
 
 log = logging.getLogger(__name__)
 
-Source = str | Path | bytes | bytearray | memoryview
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-#: ITU-R BT.601 luma weights (what Pillow's ``convert("L")`` uses), applied in float.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass
-class LoadedImage:
-    """A decoded image and what the file said about it.
-
-    Attributes:
-        pixels: ``(H, W)`` float32 in ``[0, 1]``, 1 = bright.
-        meta: for DICOM the tags (``PatientID``, ``StudyInstanceUID``, ``SOPInstanceUID``,
-            ``SeriesInstanceUID``, ``ViewPosition``, ``StudyDate``, ``PatientSex``,
-            ``PatientAge``, ``Modality``, ``Rows``, ``Columns``, ...); for PNG/JPEG ``mode``,
-            ``width``, ``height``.
-        format: ``"png"``, ``"jpeg"`` or ``"dicom"``.
-    """
-
-    pixels: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-    format: str = ""
-
-
-def source_name(source: Source) -> str:
-    """A short human name for ``source`` (the path, or ``<N bytes>``)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    return str(source)
-
-
 def _head(source: Source, n: int = 132) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source[:n])
@@ -111,14 +79,6 @@ def _open_stream(source: Source) -> BinaryIO:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(source))
     return open(source, "rb")
-
-
-def to_luminance(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3+)`` RGB(A) array -> ``(H, W)`` float32 luminance, same scale; alpha ignored."""
-    out = rgb[..., 0] * LUMA_WEIGHTS[0]  # channel by channel: ~4x faster than tensordot
-    out += rgb[..., 1] * LUMA_WEIGHTS[1]
-    out += rgb[..., 2] * LUMA_WEIGHTS[2]
-    return out.astype(np.float32, copy=False)
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:

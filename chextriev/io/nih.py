@@ -37,7 +37,7 @@ from chextriev.io.imagenome import resolve_class_names
 from chextriev.io.images import image_size
 from chextriev.io.tables import cell, find_table, int_or_none
 from chextriev.records import Record
-from chextriev.vocab import NIH_FINDINGS, NIH_TO_IMAGENOME
+from chextriev.vocab import NIH_FINDINGS, NIH_TO_IMAGENOME, is_abnormality
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,12 @@ def read_data_entry(path: Path) -> list[dict[str, Any]]:
 
 def labels_for(findings: Sequence[str], names: tuple[str, ...]) -> tuple[list[float], list[str]]:
     """NIH finding names -> 0/1 over ``names`` (NIH names, or ImaGenome names through
-    :data:`chextriev.vocab.NIH_TO_IMAGENOME`), and the findings that have no class."""
+    :data:`chextriev.vocab.NIH_TO_IMAGENOME`), and the findings that have no class.
+
+    The abnormality list (``"abnormal"``) reads NIH's own flag: 0 for ``No Finding``, 1 for a
+    row that names any finding."""
+    if is_abnormality(names):
+        return [float(any(canonical_finding(f) != NO_FINDING for f in findings))], []
     index = {n: i for i, n in enumerate(names)}
     to_imagenome = not any(f in index for f in NIH_FINDINGS)
     labels = [0.0] * len(names)
@@ -200,9 +205,10 @@ def read_nih(
 
     Args:
         root: folder holding the CSVs (or a ``metadata/`` sub-folder) and the PNGs.
-        class_list: ``"nih"`` (14 findings) or another list; ImaGenome names are filled through
+        class_list: ``"nih"`` (14 findings), ``"nih8"`` (the 8 boxed ChestX-ray8 diseases) or
+            another list; ImaGenome names are filled through
             :data:`~chextriev.vocab.NIH_TO_IMAGENOME` and findings without a counterpart are
-            listed in ``meta["unmapped_findings"]``.
+            listed in ``meta["unmapped_findings"]``; ``"abnormal"``: 0 for ``No Finding``, else 1.
         only_existing: keep only the images present on disk (else all rows of the label file,
             with the path they would have under ``images/``).
         progress: show a tqdm bar.

@@ -29,12 +29,13 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from chextriev.errors import DataFormatError, ImageReadError
+from chextriev.errors import DataFormatError
 from chextriev.io.datasets import FOLDER_LAYOUTS, detect_layout, layout_names, read_layout
 from chextriev.io.folder import file_version, iter_folder, iter_manifest, read_manifest
 from chextriev.io.images import detect_format
+from chextriev.io.source_base import Connection, RecordSource, fetch_bytes, register_connections
 from chextriev.records import Record
 
 log = logging.getLogger(__name__)
@@ -54,36 +55,6 @@ __all__ = [
     "open_source",
     "register_connections",
 ]
-
-
-class RecordSource:
-    """Where records come from. Subclasses implement :meth:`iter_records`."""
-
-    description = "records"
-
-    def iter_records(self) -> Iterator[Record]:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Record]:
-        return self.iter_records()
-
-    def describe(self) -> str:
-        """A short description for logs (never a secret)."""
-        return self.description
-
-    def connections(self) -> tuple[Connection, ...]:
-        """What a worker process needs to :func:`fetch_bytes` these records (picklable)."""
-        return ()
-
-    def check(self) -> None:
-        """Fail fast when the source cannot be read at all (a no-op for local sources).
-
-        Raises:
-            SourceError: e.g. an unreachable DICOMweb service, or refused credentials.
-        """
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.describe()}>"
 
 
 def _with_version(record: Record) -> Record:
@@ -221,48 +192,3 @@ def open_source(
     if layout in FOLDER_LAYOUTS:
         return FolderSource(path, class_list, exclude=exclude)
     return DatasetSource(path, layout, class_list, **options)
-
-
-# ---------------------------------------------------------------------------------- bytes
-class Connection(Protocol):
-    """A picklable handle a worker uses to fetch the bytes of the records whose key starts
-    with ``key_prefix`` (e.g. one DICOMweb service)."""
-
-    key_prefix: str
-
-    def fetch(self, record: Record) -> bytes: ...
-
-
-_CONNECTIONS: dict[str, Connection] = {}
-
-
-def register_connections(connections: Sequence[Connection]) -> None:
-    """Make ``connections`` available to :func:`fetch_bytes` in this process (pool initializer)."""
-    for connection in connections:
-        _CONNECTIONS[connection.key_prefix] = connection
-
-
-def fetch_bytes(record: Record) -> bytes:
-    """The bytes of ``record``'s image: a file read, or a WADO-RS retrieve of the instance.
-
-    Raises:
-        ImageReadError: the file cannot be read; :class:`~chextriev.errors.InstanceFetchError`
-            for one DICOMweb instance (404, 500, ...).
-        SourceError: the DICOMweb service is unreachable or refuses the credentials.
-    """
-    key = record.key
-    if key and not key.startswith("/") and ":" in key.split("/", 1)[0]:
-        for prefix, connection in _CONNECTIONS.items():
-            if key.startswith(prefix):
-                return connection.fetch(record)
-        raise ImageReadError(
-            key, "no connection for this source in this process (pass source.connections() to "
-            "chextriev.io.sources.register_connections)")
-    path = record.source
-    if isinstance(path, (bytes, bytearray, memoryview)):
-        return bytes(path)
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ImageReadError(str(path), f"cannot read file: {error.strerror or error}") from None

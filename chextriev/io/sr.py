@@ -158,10 +158,11 @@ def query_evidence(header):
     Type 2 patient and study attributes present (empty where the image has none)."""
     from pydicom import Dataset
 
+    from chextriev.errors import DataFormatError
+
     evidence = Dataset()
     for element in header:
-        if element.tag.group in (0x7FE0,) or element.keyword in ("PixelData", "FloatPixelData",
-                                                                 "DoubleFloatPixelData"):
+        if element.tag.group == 0x7FE0:  # pixel data of any kind
             continue
         evidence.add(element)
     for keyword in _TYPE2:
@@ -169,8 +170,6 @@ def query_evidence(header):
             setattr(evidence, keyword, "")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not evidence.get(keyword):
-            from chextriev.errors import DataFormatError
-
             raise DataFormatError(f"the query image has no {keyword}: a report cannot reference it")
     return evidence
 
@@ -245,13 +244,15 @@ def build_report(header, report: SimilarCaseReport, *, series_number: int = SERI
     sop_class, sop_instance = str(evidence.SOPClassUID), str(evidence.SOPInstanceUID)
     rows, columns = evidence.get("Rows"), evidence.get("Columns")
     model = report.model
-    algorithm = AlgorithmIdentification(
-        name=model.model_name[:_LO], version=model.software_version[:_LO],
-        parameters=[text[:_UT] for text in (
-            f"checkpoint {model.checkpoint_id}",
-            *( [f"index build {model.index_build_id}"] if model.index_build_id else []),
-            *( [f"index size {model.index_size}"] if model.index_size is not None else []),
-            f"k={report.k}", *model.parameters)])
+    parameters = [f"checkpoint {model.checkpoint_id}"]
+    if model.index_build_id:
+        parameters.append(f"index build {model.index_build_id}")
+    if model.index_size is not None:
+        parameters.append(f"index size {model.index_size}")
+    parameters += [f"k={report.k}", *model.parameters]
+    algorithm = AlgorithmIdentification(name=model.model_name[:_LO],
+                                        version=model.software_version[:_LO],
+                                        parameters=[text[:_UT] for text in parameters])
     groups: list[Any] = []
     for number, finding in enumerate(report.findings, start=1):
         measurements = []

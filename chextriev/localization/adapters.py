@@ -5,8 +5,8 @@ logits`` for class-activation maps.
   image; the head is RoIAlign of the region boxes, projection, graph and heads, read out
   through ``model.image_logits`` (the shared head on the mean of the nodes, or the largest
   region logit for anatomy-supervised V0-anatomy and V4, whose loss has region targets only);
-* the global ResNet baselines: the backbone feature map; the head is average pooling, the
-  optional projection and the LayerNorm + Linear classifier;
+* the global ResNet baselines: the backbone feature map; the head is the optional attention
+  map, the pooling (avg, max, lse or PCAM), the optional projection and the classifier;
 * ATH: its network's last multi-channel feature map (``ATH.feature_map``); the head is the
   rest of the network up to the class logits (``ATH.classify_feature_map``).
 
@@ -72,10 +72,9 @@ def _region_pipeline(model: nn.Module, boxes: torch.Tensor | None) -> CamPipelin
 def _global_pipeline(model: nn.Module) -> CamPipeline:
     config = model.config
 
-    def head(feature_map: torch.Tensor) -> torch.Tensor:
-        return model.forward_features(feature_map.mean(dim=(2, 3))).graph_logits
-
-    return CamPipeline(model.features.feature_map, head, config.image_size, tuple(config.class_names))
+    # the rest of the network after the trunk: attention map, pooling, head
+    return CamPipeline(model.features.feature_map, model.classify_feature_map, config.image_size,
+                       tuple(config.class_names))
 
 
 def _ath_pipeline(model: nn.Module) -> CamPipeline:

@@ -17,6 +17,15 @@ and the logit ``y`` of the finding is differentiated with respect to ``A``:
 Maps are upsampled bilinearly to the image's own ``(H, W)`` and min-max scaled to ``[0, 1]``
 (a flat map, e.g. no positive evidence for Grad-CAM, gives all zeros).
 
+Vision transformers (the foundation encoders of :mod:`chextriev.model.encoders`): the map ``A``
+is the final patch-token grid ``(D, S/p, S/p)``, the tensor the region features are pooled from,
+and the same Grad-CAM applies: the gradient of the finding's logit with respect to each token,
+averaged per channel, weighting the tokens. It explains the trained head's decision through the
+region pooling and the graph (what the viewer needs); attention rollout would show where the
+frozen encoder looks, whatever the finding, and text-region similarity needs a text query
+(the CLIP encoders' ``LoadedModel.text_encoder``). The token map is carried back through the
+encoder's own resize / crop / letterbox to the image's pixels (margins a centre crop cut get 0).
+
 Precision follows the model: a bf16 :class:`chextriev.checkpoint.LoadedModel` (or a network
 whose weights :func:`chextriev.precision.prepare_model` stored in bf16) runs the feature map
 and the head under bf16 autocast; the gradient and the map are computed in float32.
@@ -36,23 +45,18 @@ from chextriev.localization.adapters import CamPipeline, CamUnsupportedError, ca
 from chextriev.localization.overlay import overlay_png
 from chextriev.localization.regions import heatmap_mask, heatmap_to_boxes
 from chextriev.precision import autocast, weights_precision
-from chextriev.vocab import finding_index
+from chextriev.vocab import class_index
 
 log = logging.getLogger(__name__)
 
+#: the gradient methods, for every model with a feature map
 METHODS = ("gradcam", "gradcampp", "cam")
+#: what :func:`heatmap` accepts: the above, and ``pcam``, the probability map of a classifier
+#: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
+HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
+__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
            "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
-
-
-def class_index(class_names: tuple[str, ...], finding: str | int) -> int:
-    """Index of ``finding`` (name or index) in ``class_names``; unknown ones list the valid names."""
-    if isinstance(finding, (int, np.integer)) and not isinstance(finding, bool):
-        if 0 <= int(finding) < len(class_names):
-            return int(finding)
-        raise UnknownNameError("finding index", str(finding), [f"{i} ({n})" for i, n in enumerate(class_names)])
-    return finding_index(tuple(class_names), str(finding))
 
 
 def feature_cam(
@@ -75,8 +79,11 @@ def feature_cam(
     raise UnknownNameError("CAM method", method, METHODS)
 
 
-def _normalise(raw: torch.Tensor, size: tuple[int, int], method: str) -> np.ndarray:
-    up = F.interpolate(raw[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+def _normalise(raw: torch.Tensor, size: tuple[int, int], method: str, spec=None) -> np.ndarray:
+    if spec is None:
+        up = F.interpolate(raw[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    else:  # an encoder's input is a resize / crop / letterbox of the image: map each pixel through it
+        up = _through_input(raw.float(), size, spec)
     if method != "cam":
         up = F.relu(up)
     up = up - up.min()
@@ -84,6 +91,20 @@ def _normalise(raw: torch.Tensor, size: tuple[int, int], method: str) -> np.ndar
     if not np.isfinite(peak) or peak <= 0:
         return np.zeros(size, dtype=np.float32)
     return (up / peak).clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+def _through_input(raw: torch.Tensor, size: tuple[int, int], spec) -> torch.Tensor:
+    """A map ``(h, w)`` over an encoder's ``S x S`` input -> ``(H, W)`` over the original image:
+    each original pixel centre is carried through the input preparation's affine map
+    (:meth:`~chextriev.model.encoders.inputs.InputSpec.box_transform`) and sampled bilinearly;
+    pixels the input does not show (a centre crop's margins) get 0."""
+    height, width = size
+    sx, sy, ox, oy = spec.box_transform(size)
+    side = float(spec.side)
+    xs = ((torch.arange(width, dtype=torch.float32) + 0.5) * sx + ox) / side * 2 - 1
+    ys = ((torch.arange(height, dtype=torch.float32) + 0.5) * sy + oy) / side * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None].to(raw.device)
+    return F.grid_sample(raw[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
 
 
 def _resolve(model_or_loaded, image: np.ndarray, boxes: np.ndarray | None):
@@ -108,8 +129,11 @@ def _resolve(model_or_loaded, image: np.ndarray, boxes: np.ndarray | None):
 
                 boxes, source = Atlas.default().boxes_for(*image.shape[:2]), "atlas"
             log.debug("heatmap: region boxes from %s", source)
-        scaled = scale_boxes(np.asarray(boxes, dtype=np.float32), image.shape[:2], config.image_size)
-        boxes_tensor = torch.from_numpy(scaled)[None].to(device)
+        if config.is_encoder:  # its own resize / crop / letterbox
+            scaled = model.input_boxes(np.asarray(boxes, dtype=np.float32), image.shape[:2])
+        else:
+            scaled = scale_boxes(np.asarray(boxes, dtype=np.float32), image.shape[:2], config.image_size)
+        boxes_tensor = torch.from_numpy(np.asarray(scaled, np.float32))[None].to(device)
     pipeline = cam_pipeline(model, boxes_tensor)
     if loaded is not None:
         pipeline.class_names = tuple(loaded.class_names)
@@ -133,12 +157,17 @@ def heatmap(
         boxes: ``(18, 4)`` region boxes in the image's pixels, or ``None`` (the loaded model's
             box provider, else the default atlas). Ignored by global models.
         finding: a finding name of the model's class list, or its index.
-        method: ``"gradcam"``, ``"gradcampp"`` or ``"cam"``.
+        method: ``"gradcam"``, ``"gradcampp"``, ``"cam"``, or ``"pcam"`` (a global classifier
+            trained with ``--pooling pcam``: its own probability map, no gradient).
     Returns:
         ``(H, W)`` float32 in ``[0, 1]`` (all zeros when the finding has no positive evidence).
     """
-    if method not in METHODS:
-        raise UnknownNameError("CAM method", method, METHODS)
+    if method not in HEATMAP_METHODS:
+        raise UnknownNameError("CAM method", method, HEATMAP_METHODS)
+    if method == "pcam":
+        from chextriev.localization.pcam import pcam_heatmap
+
+        return pcam_heatmap(model_or_loaded, image, finding)
     from chextriev.model.preprocess import prepare_image
 
     array = np.asarray(image, dtype=np.float32)
@@ -151,8 +180,16 @@ def heatmap(
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
+    config = getattr(model, "config", None)
+    spec = None
     try:
-        images = prepare_image(array, pipeline.image_size)[None]
+        if config is not None and config.is_encoder:
+            from chextriev.model.preprocess import encoder_input
+
+            spec = encoder_input(config)
+            images = spec.prepare(array)[None]
+        else:
+            images = prepare_image(array, pipeline.image_size)[None]
         if device is not None:
             images = images.to(device)
         with torch.no_grad(), autocast(precision, images.device):
@@ -170,4 +207,4 @@ def heatmap(
         gradient = torch.zeros_like(feature_map)
     weights = pipeline.linear_weights[index] if (method == "cam" and pipeline.linear_weights is not None) else None
     raw = feature_cam(feature_map.detach()[0], gradient[0], method, weights)
-    return _normalise(raw, array.shape, method)
+    return _normalise(raw, array.shape, method, spec)

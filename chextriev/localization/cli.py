@@ -21,7 +21,7 @@ from chextriev.cli_options import (
     add_out_dir,
     resolve_device,
 )
-from chextriev.model.config import BACKBONES, WEIGHTS_FORMATS, XRV_INPUT_SIZE
+from chextriev.model.config import CNN_BACKBONES, WEIGHTS_FORMATS, XRV_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                    help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (default mask)")
     p.add_argument("--blank", default=None, choices=("zeros", "mask"), help="CheXpert: not-mentioned labels")
-    p.add_argument("--backbone", default=None, help=f"one of: {', '.join(BACKBONES)} (default: the preset's)")
+    p.add_argument("--backbone", default=None, help=f"one of: {', '.join(CNN_BACKBONES)} (default: the preset's)")
     p.add_argument("--backbone-weights", default=None, help="local backbone state dict (else random init)")
     p.add_argument("--backbone-weights-format", default=None, help=f"one of: {', '.join(WEIGHTS_FORMATS)} "
                    "(default torchvision; xrv: a torchxrayvision DenseNet121 state dict, 224 px)")

@@ -68,7 +68,7 @@ from chextriev.model.backbone import (
     trunk_channels,
     weights_restored_later,
 )
-from chextriev.model.config import BACKBONES, XRV_INPUT_SIZE
+from chextriev.model.config import CNN_BACKBONES, XRV_INPUT_SIZE
 from chextriev.model.heads import masked_bce
 from chextriev.model.preprocess import prepare_image
 from chextriev.vocab import IMAGENOME_FINDINGS, finding_index
@@ -120,8 +120,8 @@ class HAMConfig:
     combine: str = "attention"  # heatmap: class map gated by the abnormality attention, or "class"
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise UnknownNameError("HAM backbone", self.backbone, BACKBONES)
+        if self.backbone not in CNN_BACKBONES:
+            raise UnknownNameError("HAM backbone", self.backbone, CNN_BACKBONES)
         check_backbone(self.backbone, self.backbone_weights_format)
         if self.backbone_weights_format == "xrv" and self.image_size != XRV_INPUT_SIZE:
             raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "

@@ -1,10 +1,11 @@
 """Baselines of the published comparison, behind the same interface as V0..V6.
 
-* :class:`GlobalResNet` — whole image, backbone average-pooled feature ``(B, F)`` (2048 for
-  ResNet50). ``global_embedding="backbone"`` (variant ``resnet50``, as published): the frozen
-  pooled feature is the embedding and a trained LayerNorm + Linear head classifies it;
-  ``"projection"`` (``resnet50-projected``): a trained projection ``F -> width -> ReLU -> width``
-  is the embedding and the head classifies that.
+* :class:`GlobalResNet` — whole image, backbone feature pooled to ``(B, F)`` (2048 for
+  ResNet50; ``pooling`` avg (published), max, lse or pcam, optionally after an ``attention``
+  map: :mod:`chextriev.model.pooling`). ``global_embedding="backbone"`` (variant ``resnet50``,
+  as published): the frozen pooled feature is the embedding and a trained LayerNorm + Linear
+  head classifies it; ``"projection"`` (``resnet50-projected``): a trained projection
+  ``F -> width -> ReLU -> width`` is the embedding and the head classifies that.
 * :class:`ATH` — attention-based triplet hashing on the whole image (``image_size``, 256 as
   published): three residual blocks, CBAM-style spatial attention (sigmoid of a 3x3
   convolution over the channel-wise mean and max) after the first, a hash layer without tanh
@@ -36,17 +37,35 @@ from torch import nn
 from chextriev.model.backbone import normalize, to_channels_last
 from chextriev.model.config import ModelConfig
 from chextriev.model.heads import Head, masked_bce
+from chextriev.model.pooling import build_attention, pcam_pool, pool
 from chextriev.model.region_features import GlobalFeatures
 from chextriev.model.retrieval_model import ModelOutput, RegionRetrievalModel, RetrievalModel
 from chextriev.model.tensors import adjacency_tensor, masked_mean
 
 
 class GlobalResNet(RetrievalModel):
+    """The global classifier: backbone feature map, optional attention map, pooling, head.
+
+    ``config.pooling`` (``avg``, ``max``, ``lse``, ``pcam``) and ``config.attention``
+    (:mod:`chextriev.model.pooling`). Without an attention map and with a fixed pooling, the
+    frozen part (:meth:`extract`) returns the pooled backbone feature ``(B, F)`` and the
+    embedding of ``global_embedding="backbone"`` is that raw pooled feature (the published
+    baseline with ``avg``); the head classifies it standardised. With PCAM or an attention map
+    (``config.pools_feature_map``), :meth:`extract` returns the whole frozen map
+    ``(B, F, h, w)``; the map is standardised per channel, attended, pooled, and the embedding
+    (``"backbone"``) is the pooled feature the classifier sees: for PCAM the mean over classes
+    of the class-pooled features ``x_c``. The classifier is the LayerNorm + Linear
+    :class:`~chextriev.model.heads.Head`; PCAM applies it at every location of the map (each
+    class's logit map) and to each ``x_c`` (``chextriev/model/README.md`` point 17: why not the
+    published bare 1x1 convolution).
+    """
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.features = GlobalFeatures(config)
         dim = config.feature_dim
+        self.attention = build_attention(config.attention, dim)
         if config.global_embedding == "projection":
             self.projection = nn.Sequential(nn.Linear(dim, config.width), nn.ReLU(), nn.Linear(config.width, config.width))
             dim = config.width
@@ -59,16 +78,56 @@ class GlobalResNet(RetrievalModel):
         return self.config.width if self.projection is not None else self.config.feature_dim
 
     def extract(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, 1, S, S)`` -> pooled backbone feature ``(B, F)`` (boxes ignored)."""
-        return self.features(images)
+        """``(B, 1, S, S)`` -> the frozen part: the backbone map ``(B, F, S/32, S/32)`` when the
+        trainable part reads it (PCAM, attention), else the map pooled by ``config.pooling``
+        ``(B, F)`` (boxes ignored)."""
+        if self.config.pooling == "avg" and not self.config.pools_feature_map:
+            return self.features(images)  # the averaged map (an encoder: its own global embedding)
+        feature_map = self.features.feature_map(images)
+        if self.config.pools_feature_map:
+            return feature_map
+        return pool(feature_map, self.config.pooling, self.config.lse_gamma)
+
+    def _standardized_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """``(B, F, h, w)`` standardised per channel (the fitted feature statistics), attended."""
+        shift = self.features.feature_shift[None, :, None, None]
+        scale = self.features.feature_scale[None, :, None, None]
+        x = (feature_map - shift) / scale
+        return x if self.attention is None else self.attention(x)
+
+    def probability_maps(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """PCAM only: ``(B, F, h, w)`` backbone map -> each class's probability map
+        ``(B, C, h, w)`` (what pools that class; its localization heatmap)."""
+        if self.config.pooling != "pcam":
+            raise ValueError(f"probability maps exist for pooling 'pcam' only, this model pools {self.config.pooling!r}")
+        return pcam_pool(self._standardized_map(feature_map), self.head)[2]
+
+    def _embed(self, pooled: torch.Tensor) -> ModelOutput:
+        """Standardised pooled ``(B, F)`` -> embedding and logits (the head on the projection, if any)."""
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return ModelOutput(embedding=pooled, graph_logits=self.head(pooled))
 
     def forward_features(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
+        """What :meth:`extract` returns (map or pooled feature) -> :class:`ModelOutput`."""
+        if features.ndim == 4:
+            x = self._standardized_map(features)
+            if self.config.pooling == "pcam":
+                logits, pooled, _ = pcam_pool(x, self.head)
+                return ModelOutput(embedding=pooled.mean(dim=1), graph_logits=logits)
+            return self._embed(pool(x, self.config.pooling, self.config.lse_gamma))
         standardized = self.features.standardize(features)
         if self.projection is not None:
-            embedding = self.projection(standardized)
-            return ModelOutput(embedding=embedding, graph_logits=self.head(embedding))
+            return self._embed(standardized)
         # published: the raw frozen pooled feature is the embedding; the head classifies it
         return ModelOutput(embedding=features, graph_logits=self.head(standardized))
+
+    def classify_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Backbone map ``(B, F, h, w)`` -> image logits ``(B, C)``: everything after the trunk
+        (attention, pooling, head), for heatmaps."""
+        if not self.config.pools_feature_map:
+            feature_map = pool(feature_map, self.config.pooling, self.config.lse_gamma)
+        return self.forward_features(feature_map).graph_logits
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> ModelOutput:
         return self.forward_features(self.extract(images))

@@ -11,6 +11,7 @@ from typing import Any
 
 from chextriev.model.baselines import ATH, AnaXNet, GlobalResNet
 from chextriev.model.config import ModelConfig, get_config
+from chextriev.model.encoder_model import EncoderRetrievalModel
 from chextriev.model.retrieval_model import GraphRetrievalModel, RetrievalModel
 
 MODEL_CLASSES: dict[str, type[RetrievalModel]] = {
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[RetrievalModel]] = {
     "global": GlobalResNet,
     "ath": ATH,
     "anaxnet": AnaXNet,
+    "encoder": EncoderRetrievalModel,
 }
 
 

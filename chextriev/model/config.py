@@ -24,10 +24,12 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chextriev.errors import UnknownNameError
+from chextriev.errors import ConfigError, UnknownNameError
+from chextriev.model.encoders.table import ENCODER_NAMES, default_spec, input_side
 from chextriev.vocab import IMAGENOME_FINDINGS
 
-KINDS = ("graph", "global", "ath", "anaxnet")
+#: ``encoder``: a foundation encoder's own embedding, no trained part (``chextriev model init``).
+KINDS = ("graph", "global", "ath", "anaxnet", "encoder")
 GRAPHS = ("none", "transformer")
 EDGES = ("none", "adjacency", "uniform", "learned")
 RESIDUALS = ("layer", "global")
@@ -36,7 +38,16 @@ BACKBONE_FEATURE_DIMS: dict[str, int] = {
     "resnet50": 2048, "resnet18": 512, "densenet121": 1024, "efficientnet_b0": 1280,
     "efficientnet_b1": 1280, "efficientnet_b2": 1408, "efficientnet_b3": 1536, "efficientnet_b4": 1792,
 }
-BACKBONES = tuple(BACKBONE_FEATURE_DIMS)
+#: The torchvision CNNs (:mod:`chextriev.model.backbone`).
+CNN_BACKBONES = tuple(BACKBONE_FEATURE_DIMS)
+#: Every backbone: the CNNs, then the foundation encoders of :mod:`chextriev.model.encoders.table`
+#: (RAD-DINO, BiomedCLIP, CheXzero, MedSigLIP and the generic DINOv2 / SigLIP / open_clip entries),
+#: whose region features are pooled from their patch-token grid.
+BACKBONES = CNN_BACKBONES + ENCODER_NAMES
+#: What the ``encoder`` kind's embedding is: the encoder's global embedding (CLS / pooled, as the
+#: published retrieval figures of these encoders use it) or the mean of the 18 anatomy-pooled
+#: region embeddings.
+EMBEDDING_SOURCES = ("global", "regions")
 #: Layout and input of a backbone's weights: torchvision (RGB-replicated, ImageNet-normalised) or
 #: xrv (torchxrayvision DenseNet121: one channel in [-1024, 1024], 224 px).
 WEIGHTS_FORMATS = ("torchvision", "xrv")
@@ -46,11 +57,23 @@ XRV_INPUT_SIZE = 224
 FEATURE_MODES = ("roi", "crop")
 GLOBAL_EMBEDDINGS = ("backbone", "projection")
 GRAPH_CONVS = ("raw", "gcnconv")
+#: Global pooling of the global classifier's feature map (X_RAY's family; chextriev.model.pooling):
+#: average, max, log-sum-exp, probabilistic CAM (Ye et al. 2020).
+POOLINGS = ("avg", "max", "lse", "pcam")
+#: Attention map over the global classifier's feature map before pooling (X_RAY's three, from the
+#: jfhealthcare CheXpert code): squeeze-and-excitation channel attention, DANet position
+#: attention, feature pyramid attention.
+ATTENTIONS = ("none", "channel", "spatial", "pyramid")
 ANAXNET_EMBEDDINGS = ("layernorm", "l2")
 
 #: Format of the model's weights (state-dict layout). 2: one shared LayerNorm + Linear head,
 #: attention of ``heads x head_dim`` with biased q/kv and one edge map, published ATH/AnaXNet.
 MODEL_FORMAT = 2
+#: The checkpoint layout (``chextriev.checkpoint`` reads it, ``chextriev model init`` and
+#: training write it): the model's weights are the ``state_dict`` entries under this prefix ...
+STATE_PREFIX = "model."
+#: ... and a text tower's tokenizer files (name -> bytes) travel under this top-level key.
+ENCODER_FILES_KEY = "encoder_files"
 
 #: Fields that configs of this format may still carry after their option was retired, with the
 #: values that mean today's behaviour (``None``: any value). ``ath-batchall`` (the earlier
@@ -95,6 +118,15 @@ class ModelConfig:
     # (torchxrayvision DenseNet121: 1 channel in [-1024, 1024], 224 px model input)
     backbone_weights_format: str = "torchvision"
     backbone_seed: int = 0  # seed of the random init (same backbone across variants: cacheable)
+    # a foundation encoder backbone (backbone in ENCODER_NAMES): its description
+    # (chextriev.model.encoders.table.encoder_spec: family, architecture, input preparation, dims,
+    # text tower, weights checksum); filled with the default architecture when not given
+    encoder: dict[str, Any] | None = None
+    # kind "encoder" (no trained part): the embedding source, and whether the encoder's features
+    # are standardised with statistics of the user's archive (a joint image-text embedding is
+    # kept as the encoder gives it, so that text scores against it as the model was trained)
+    embedding_source: str = "global"  # global | regions
+    standardize: bool = True
     # supervision
     graph_importance: float = 1.0  # loss = gi * BCE(graph) + (1 - gi) * BCE(node)
     class_names: tuple[str, ...] = IMAGENOME_FINDINGS
@@ -102,6 +134,9 @@ class ModelConfig:
     adjacency: tuple[tuple[int, ...], ...] | None = None
     # global baseline
     global_embedding: str = "backbone"  # backbone (frozen pooled, published) | projection
+    pooling: str = "avg"  # avg | max | lse | pcam (global classifier; chextriev.model.pooling)
+    attention: str = "none"  # none | channel | spatial | pyramid (global classifier, before pooling)
+    lse_gamma: float = 10.0  # sharpness of the lse pooling (X_RAY's default): avg as it -> 0, max as it -> inf
     # ATH baseline
     code_dim: int = 32
     binary: bool = False  # embeddings are sign(code): cosine ranking == Hamming ranking
@@ -125,6 +160,9 @@ class ModelConfig:
             ("global embedding", self.global_embedding, GLOBAL_EMBEDDINGS),
             ("graph convolution", self.graph_conv, GRAPH_CONVS),
             ("AnaXNet embedding", self.anaxnet_embedding, ANAXNET_EMBEDDINGS),
+            ("pooling", self.pooling, POOLINGS),
+            ("attention map", self.attention, ATTENTIONS),
+            ("embedding source", self.embedding_source, EMBEDDING_SOURCES),
         ):
             if value not in valid:
                 raise UnknownNameError(name, value, valid)
@@ -140,6 +178,21 @@ class ModelConfig:
             if side != XRV_INPUT_SIZE:
                 raise ValueError(f"torchxrayvision DenseNet121 weights take {XRV_INPUT_SIZE} px inputs: set "
                                  f"{name}={XRV_INPUT_SIZE} (got {side})")
+        if self.kind != "global" and (self.pooling, self.attention) != ("avg", "none"):
+            raise ConfigError(f"pooling and attention maps belong to the global classifier (resnet50, "
+                             f"resnet50-projected); a {self.kind} model pools its own way (got pooling="
+                             f"{self.pooling!r}, attention={self.attention!r})")
+        if self.pooling == "pcam" and self.global_embedding == "projection":
+            raise ConfigError("pooling 'pcam' classifies each class's pooled feature with that class's own "
+                             "classifier row, so a projection would never be trained: use it with "
+                             "global_embedding='backbone' (variant resnet50)")
+        if self.is_encoder and (self.pooling, self.attention) != ("avg", "none"):
+            raise ConfigError(f"the global classifier on the foundation encoder {self.backbone!r} classifies the "
+                             "encoder's own global embedding (CLS or pooled); pooling and attention maps apply to "
+                             "the CNN backbones")
+        if not self.lse_gamma > 0:
+            raise ValueError(f"lse_gamma must be > 0, got {self.lse_gamma}")
+        self._check_encoder()
         if not 0.0 < self.center_crop <= 1.0:
             raise ValueError(f"center_crop must be in (0, 1], got {self.center_crop}")
         if not 0.0 <= self.graph_importance <= 1.0:
@@ -147,6 +200,41 @@ class ModelConfig:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if self.adjacency is not None:
             object.__setattr__(self, "adjacency", tuple(tuple(int(v) for v in r) for r in self.adjacency))
+
+    def _check_encoder(self) -> None:
+        if self.backbone not in ENCODER_NAMES:
+            if self.kind == "encoder":
+                raise UnknownNameError("encoder for an encoder model", self.backbone, ENCODER_NAMES)
+            if self.encoder is not None:
+                raise ValueError(f"an encoder description is given but backbone {self.backbone!r} is a CNN")
+            return
+        if self.encoder is None:
+            object.__setattr__(self, "encoder", default_spec(self.backbone, self.backbone_seed))
+        if self.encoder.get("name") != self.backbone:
+            raise ValueError(f"the encoder description is of {self.encoder.get('name')!r}, backbone is {self.backbone!r}")
+        side = input_side(self.encoder["input"])
+        if self.uses_backbone and self.image_size != side:
+            raise ValueError(f"encoder {self.backbone} takes {side} px inputs (its input preparation): set "
+                             f"image_size={side} (got {self.image_size})")
+        if self.has_regions and self.feature_mode != "roi":
+            raise ValueError(f"encoder {self.backbone} pools its regions from the patch-token grid: feature_mode "
+                             f"must be 'roi' (got {self.feature_mode!r})")
+        if self.backbone_weights_format != "torchvision":
+            raise ValueError(f"backbone_weights_format {self.backbone_weights_format!r} is for CNN backbones; an "
+                             "encoder's files are read in its own library's format")
+        if self.kind == "encoder" and self.class_names:
+            raise ValueError("an encoder model has no finding head: class_names must be empty")
+
+    def __hash__(self) -> int:  # the encoder description is a dict: hash the JSON form
+        import json
+
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
+    @property
+    def is_encoder(self) -> bool:
+        """The model runs a foundation encoder (patch tokens), not a torchvision CNN (ATH, which has
+        its own network, never does)."""
+        return self.backbone in ENCODER_NAMES and self.uses_backbone
 
     @property
     def num_classes(self) -> int:
@@ -160,22 +248,40 @@ class ModelConfig:
     @property
     def feature_dim(self) -> int:
         """Channels of the backbone's last feature map (:data:`BACKBONE_FEATURE_DIMS`: 2048
-        ResNet50, 512 ResNet18, 1024 DenseNet121, 1280 EfficientNet-B0, ...)."""
+        ResNet50, 512 ResNet18, 1024 DenseNet121, 1280 EfficientNet-B0, ...); for an encoder the
+        patch tokens' width (region features), or for the global baseline and the ``encoder``
+        kind the width of its global embedding."""
+        if self.is_encoder:
+            key = "global_dim" if self.kind in ("global", "encoder") else "token_dim"
+            return int(self.encoder[key])
         return BACKBONE_FEATURE_DIMS[self.backbone]
 
     @property
     def has_regions(self) -> bool:
-        """True when the model produces per-region outputs (graph variants and AnaXNet)."""
-        return self.kind in ("graph", "anaxnet")
+        """True when the model produces per-region outputs (graph variants, AnaXNet, and the
+        ``encoder`` kind's anatomy-pooled region embeddings)."""
+        return self.kind in ("graph", "anaxnet", "encoder")
+
+    @property
+    def has_findings(self) -> bool:
+        """The model has a finding head (every kind but ``encoder``)."""
+        return self.kind != "encoder" and bool(self.class_names)
 
     @property
     def uses_backbone(self) -> bool:
-        return self.kind in ("graph", "global", "anaxnet")
+        return self.kind in ("graph", "global", "anaxnet", "encoder")
 
     @property
     def cacheable(self) -> bool:
         """Frozen torchvision backbone: its features can be cached on disk."""
         return self.uses_backbone and not self.train_backbone
+
+    @property
+    def pools_feature_map(self) -> bool:
+        """The global classifier's trainable part reads the whole feature map (``(B, F, h, w)``
+        features: PCAM pooling or an attention map); else its features are the map pooled by the
+        fixed ``pooling`` (``(B, F)``)."""
+        return self.kind == "global" and (self.pooling == "pcam" or self.attention != "none")
 
     @property
     def crops_original(self) -> bool:

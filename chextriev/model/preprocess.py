@@ -17,8 +17,10 @@
 
 A model's input depends on its config alone: :func:`input_boxes` and :func:`prepare_input`
 (what ``RetrievalModel.prepare_input`` and the training datasets call) give the resized image
-and scaled boxes, or in ``crop`` mode the crops of the original and the boxes unchanged; both
-take the centre crop first when ``config.center_crop < 1``. The
+and scaled boxes, or in ``crop`` mode the crops of the original and the boxes unchanged, or for
+a foundation encoder its own input preparation (:mod:`chextriev.model.encoders.inputs`: 8-bit
+levels, its resize, crop or letterbox; boxes mapped through the same transform); all take the
+centre crop first when ``config.center_crop < 1``. The
 ImageNet normalisation and the grey-to-3-channel replication happen inside the model
 (``chextriev.model.backbone``).
 """
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from chextriev.model.config import ModelConfig
+from chextriev.model.tensors import MIN_BOX_SIDE, clip_boxes  # noqa: F401 - MIN_BOX_SIDE re-exported
 
 
 def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -84,23 +87,6 @@ def crop_regions(image: np.ndarray | torch.Tensor, boxes: np.ndarray | torch.Ten
     return out.clamp_(0.0, 1.0)
 
 
-#: Boxes narrower or lower than this many pixels after a crop or an augmentation are dropped.
-MIN_BOX_SIDE = 2.0
-
-
-def clip_boxes(boxes: np.ndarray, shape: tuple[int, int], min_side: float = MIN_BOX_SIDE) -> np.ndarray:
-    """``(N, 4)`` x1 y1 x2 y2 clipped to an ``(H, W)`` image; rows left narrower or lower than
-    ``min_side`` (or NaN) become NaN rows (the region is then missing, masked downstream)."""
-    height, width = shape[:2]
-    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
-    with np.errstate(invalid="ignore"):
-        bad = ~((out[:, 2] - out[:, 0] >= min_side) & (out[:, 3] - out[:, 1] >= min_side))
-    out[bad] = np.nan
-    return out
-
-
 def center_window(shape: tuple[int, int], fraction: float) -> tuple[int, int, int, int]:
     """``(top, left, height, width)`` of the centre ``fraction`` of each side of ``(H, W)``."""
     height, width = shape[:2]
@@ -138,7 +124,16 @@ def input_boxes(config: ModelConfig, boxes: np.ndarray, shape: tuple[int, int],
         shape = (h, w)
     if config.crops_original:
         return np.asarray(boxes, dtype=np.float32)
+    if config.is_encoder:  # the encoder's own resize / crop / letterbox
+        return encoder_input(config).map_boxes(boxes, shape)
     return scale_boxes(boxes, shape, config.image_size)
+
+
+def encoder_input(config: ModelConfig):
+    """The :class:`~chextriev.model.encoders.inputs.InputSpec` of an encoder config."""
+    from chextriev.model.encoders.inputs import InputSpec
+
+    return InputSpec.from_dict(config.encoder["input"])
 
 
 def prepare_input(config: ModelConfig, image: np.ndarray, boxes: np.ndarray,
@@ -153,4 +148,6 @@ def prepare_input(config: ModelConfig, image: np.ndarray, boxes: np.ndarray,
     model_boxes = torch.from_numpy(input_boxes(config, boxes, tuple(image.shape[-2:]), apply_center_crop=False))
     if config.crops_original:
         return crop_regions(image, boxes, config.crop_size), model_boxes
+    if config.is_encoder:
+        return encoder_input(config).prepare(image), model_boxes
     return prepare_image(image, config.image_size), model_boxes

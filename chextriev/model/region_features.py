@@ -31,7 +31,7 @@ from chextriev.model.preprocess import crop_regions
 from chextriev.model.tensors import box_mask
 from chextriev.vocab import NUM_REGIONS
 
-__all__ = ["SCALE_FLOOR", "GlobalFeatures", "RegionFeatures", "box_mask", "feature_scale"]
+__all__ = ["SCALE_FLOOR", "GlobalFeatures", "RegionFeatures", "box_mask", "feature_scale", "roi_pool"]
 
 
 SCALE_FLOOR = 1e-3
@@ -91,14 +91,41 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def roi_pool(feature_map: torch.Tensor, boxes: torch.Tensor, image_size: int, output: int) -> torch.Tensor:
+    """RoIAlign of ``boxes (B, 18, 4)`` (pixels of the ``image_size`` model input) on
+    ``feature_map (B, F, h, w)`` -> ``(B, 18, F)``, zeros for missing regions.
+
+    The map's cell ``(i, j)`` covers input pixels ``[j s, (j + 1) s) x [i s, (i + 1) s)`` with
+    ``s = image_size / w`` (a CNN's stride, or a ViT's patch: its token grid is such a map), and
+    its value sits at the cell centre (``aligned=True``). Each box is split into ``output x output``
+    bins, each bin bilinearly sampled at 2 x 2 points, and the bins averaged.
+    """
+    mask = box_mask(boxes)
+    if not bool(mask.any()):
+        return feature_map.new_zeros(boxes.shape[0], NUM_REGIONS, feature_map.shape[1])
+    rois = _roi_list(boxes, mask).to(feature_map.dtype)
+    scale = feature_map.shape[-1] / float(image_size)
+    pooled = roi_align(feature_map, rois, output_size=(output, output), spatial_scale=scale,
+                       sampling_ratio=2, aligned=True)
+    return _scatter(pooled.mean(dim=(2, 3)), mask)
+
+
 class GlobalFeatures(nn.Module):
     """The frozen (or trainable) trunk with global average pooling: ``(B,1,S,S) -> (B, F)``."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed,
-                                 config.backbone_weights_format)
+        if config.is_encoder:
+            from chextriev.model.encoders.build import encoder_trunk
+            from chextriev.model.encoders.inputs import InputSpec
+
+            # a foundation encoder: trunk(pixels) -> (global (B, G), token grid (B, D, h, w))
+            self.trunk = encoder_trunk(config)
+            self.input_spec = InputSpec.from_dict(config.encoder["input"])
+        else:
+            self.trunk = build_trunk(config.backbone, config.backbone_weights, config.backbone_seed,
+                                     config.backbone_weights_format)
         if not config.train_backbone:
             freeze(self.trunk)
         # Fixed per-channel standardisation of the frozen features, fitted on the training set
@@ -124,16 +151,34 @@ class GlobalFeatures(nn.Module):
         return self
 
     def trunk_input(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, S, S)`` in [0, 1] -> what the trunk takes (normalised for its weights format)."""
+        """``(B, 1, S, S)`` in [0, 1] -> what the trunk takes (normalised for its weights format;
+        an encoder's: grey replicated to RGB, its own mean and std)."""
+        if self.config.is_encoder:
+            from chextriev.model.encoders.inputs import normalize as encoder_normalize
+
+            return to_channels_last(encoder_normalize(images, self.input_spec))  # what a compiled trunk takes
         return to_channels_last(normalize(images, self.config.backbone_weights_format))
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoders: ``(B, 1, S, S)`` prepared images -> ``(global (B, G), token grid (B, D, h, w))``
+        (through the compiled trunk when one is set and no gradient is wanted)."""
+        trunk = getattr(self, "compiled_trunk", None) or self.trunk
+        return trunk(self.trunk_input(images))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> ``(B, F, S/32, S/32)`` (through the compiled trunk when
-        `chextriev.compiled` installed one and no gradient is wanted)."""
+        `chextriev.compiled` installed one and no gradient is wanted); for an encoder its
+        patch-token grid ``(B, D, S/p, S/p)`` (what RoIAlign pools and Grad-CAM explains)."""
+        if self.config.is_encoder:
+            return self.encode(images)[1]
         trunk = getattr(self, "compiled_trunk", None) or self.trunk
         return trunk(self.trunk_input(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The global feature ``(B, F)``: the average-pooled map, or an encoder's own global
+        embedding (CLS / pooled)."""
+        if self.config.is_encoder:
+            return self.encode(images)[0]
         return self.feature_map(images).mean(dim=(2, 3))
 
 
@@ -151,15 +196,7 @@ class RegionFeatures(GlobalFeatures):
 
         Returns ``(B, 18, F)``, zeros for missing regions.
         """
-        mask = box_mask(boxes)
-        if not bool(mask.any()):
-            return feature_map.new_zeros(boxes.shape[0], NUM_REGIONS, feature_map.shape[1])
-        rois = _roi_list(boxes, mask).to(feature_map.dtype)
-        scale = feature_map.shape[-1] / float(self.config.image_size)
-        k = self.config.roi_output
-        pooled = roi_align(feature_map, rois, output_size=(k, k), spatial_scale=scale,
-                           sampling_ratio=2, aligned=True)
-        return _scatter(pooled.mean(dim=(2, 3)), mask)
+        return roi_pool(feature_map, boxes, self.config.image_size, self.config.roi_output)
 
     def extract(self, inputs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """The backbone part -> ``(B, 18, F)``, zeros for missing regions.

@@ -6,7 +6,7 @@ Every model (``build_model`` result) is a :class:`RetrievalModel`:
   ``(input, model boxes)``, one image's model input (``prepare_batch`` stacks several): the
   ``(1, S, S)`` resized image, or in ``crop`` mode the 18 region crops ``(18, 1, C, C)`` cut
   from the original; ``max_input_side`` says how much of the original that needs (``None`` =
-  the full resolution, crop mode; else ``image_size``);
+  the original: crop mode or a centre crop; else ``image_size``, the side of its square resize);
 * ``extract(inputs, boxes (B,18,4) model-input pixels NaN-missing)`` -> the features of the
   frozen part (cacheable when ``config.cacheable``);
 * ``forward_features(features, mask (B,18) bool) -> ModelOutput``;
@@ -19,7 +19,6 @@ Every model (``build_model`` result) is a :class:`RetrievalModel`:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,12 +59,17 @@ class RetrievalModel(nn.Module):
 
     @property
     def max_input_side(self) -> int | None:
-        """The largest image side the model can use: ``None`` when it reads the full-resolution
-        original (``crop`` mode), else ``image_size`` (a caller may shrink images to it), divided
-        by ``center_crop`` when the model takes the centre of the image."""
-        if self.config.crops_original:
+        """``S`` when the model's first step is the square resize of the whole image to ``S x S``
+        (:func:`~chextriev.model.preprocess.prepare_image`), so that a caller may do that resize
+        itself with the same filter (:func:`chextriev.io.pixels.model_pixels`) and hand the
+        model the same input; ``None`` when the model needs the original: ``crop`` mode (the
+        region crops are cut from the full resolution), a centre crop (its window is cut from
+        the original before the resize), and a foundation encoder, whose own resize must read the
+        original as its model card's pipeline does (a shrink before it would resample twice,
+        which moved a tiny BiomedCLIP's image-text cosines by up to 4e-3 on 512 px NIH images)."""
+        if self.config.crops_original or self.config.is_encoder or self.config.center_crop < 1.0:
             return None
-        return math.ceil(self.config.image_size / self.config.center_crop)
+        return int(self.config.image_size)
 
     def input_boxes(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """``(18, 4)`` original-pixel boxes of an ``(H, W)`` image -> model-input boxes."""

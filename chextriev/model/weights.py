@@ -14,7 +14,7 @@ Two formats (``ModelConfig.backbone_weights_format``, ``chextriev train
 
 The classifier keys are ignored (the project trains its own heads); every trunk key must be in
 the file with the right shape, and no other key may be: a wrong file or a wrong architecture
-is a :class:`~chextriev.model.backbone.BackboneWeightsError` that names the expected keys and,
+is a :class:`~chextriev.model.architectures.BackboneWeightsError` that names the expected keys and,
 where it can tell, the architecture or format the file does fit. A ``{"state_dict": ...}`` or
 ``{"model": ...}`` wrapper and a ``module.`` (DataParallel) prefix are unwrapped.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chextriev.model.backbone import (
+from chextriev.model.architectures import (
     ARCHITECTURES,
     BackboneWeightsError,
     full_network,

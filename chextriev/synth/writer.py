@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chextriev.errors import ChextrievError
+from chextriev.io.synthetic import MANIFEST_CSV, METADATA_CSV
 from chextriev.synth import ids
 from chextriev.synth.anatomy import sample_patient
 from chextriev.synth.conditions import sample_conditions
@@ -31,8 +32,6 @@ from chextriev.vocab import IMAGENOME_FINDINGS, REGIONS
 log = logging.getLogger(__name__)
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
-METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
-MANIFEST_CSV = "manifest.csv"
 SPLIT_SHARES = (("train", 0.70), ("validate", 0.15), ("test", 0.15))
 STUDY_COUNT_WEIGHTS = (0.45, 0.27, 0.17, 0.11)  # 1, 2, 3, 4 studies per patient
 METADATA_FIELDS = ("dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",

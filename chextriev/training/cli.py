@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from chextriev.cli_options import add_data_option, add_epochs_option, add_out_dir
-from chextriev.model.config import BACKBONES, VARIANTS, WEIGHTS_FORMATS
+from chextriev.model.config import ATTENTIONS, BACKBONES, POOLINGS, VARIANTS, WEIGHTS_FORMATS
 from chextriev.training.augment import AUGMENTATIONS
 from chextriev.training.presets import PRESETS
 
@@ -46,7 +46,9 @@ def register(subparsers) -> None:
                         help="training augmentation, overrides the preset's: one of: " + ", ".join(AUGMENTATIONS))
     add_out_dir(parser, required=True, help="run folder for checkpoints and logs")
     parser.add_argument("--class-list", default="imagenome",
-                        help="class list for readers that need one (imagenome, nih, chexpert)")
+                        help="class list for readers that need one: imagenome, nih, chexpert, nih8 (the 8 boxed "
+                             "ChestX-ray8 diseases), chexpert5 (the 5 competition observations), abnormal (one output: "
+                             "any finding vs none, from the dataset's own No Finding / normal flag)")
     parser.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                         help="CheXpert: uncertain labels become 1, 0 or masked out of the loss (the reader's default: mask)")
     parser.add_argument("--blank", default=None, choices=("zeros", "mask"),
@@ -54,13 +56,25 @@ def register(subparsers) -> None:
     add_epochs_option(parser, dest="max_epochs", aliases=("--max-epochs",),
                       help="at most N epochs, early stopping may end sooner (default: the preset's)")
     parser.add_argument("--backbone", default=None,
-                        help=f"one of: {', '.join(BACKBONES)} (unset: the preset's)")
-    parser.add_argument("--backbone-weights", default=None,
-                        help="local state-dict file of the backbone (unset: random init, logged)")
+                        help=f"one of: {', '.join(BACKBONES)} (unset: the preset's); a foundation encoder "
+                             "(rad-dino, biomedclip, chexzero, medsiglip, ...) trains the variant on its frozen "
+                             "patch tokens at its own input side")
+    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
+                        help="the backbone's local weights: a CNN's state-dict file, or a foundation encoder's "
+                             "downloaded files in its library's format (`chextriev model encoders` lists them); "
+                             "unset: random init, logged")
     parser.add_argument("--backbone-weights-format", default=None,
                         help=f"one of: {', '.join(WEIGHTS_FORMATS)} (unset: torchvision, the .pth file "
                              "torchvision downloads; xrv: a torchxrayvision DenseNet121 state dict, one channel, "
                              "224 px, their [-1024, 1024] intensities)")
+    parser.add_argument("--pooling", default=None, choices=POOLINGS,
+                        help="global classifier (resnet50, resnet50-projected): pooling of the backbone map, "
+                             "avg (published), max, lse (log-sum-exp) or pcam (probabilistic CAM, Ye et al. 2020: "
+                             "each class pools with its own probability map, also its heatmap)")
+    parser.add_argument("--attention", default=None, choices=ATTENTIONS,
+                        help="global classifier: attention map over the backbone map before pooling (X_RAY's): "
+                             "channel (squeeze-and-excitation), spatial (DANet position attention), pyramid "
+                             "(feature pyramid attention); default none")
     parser.add_argument("--train-backbone", action=argparse.BooleanOptionalAction, default=False,
                         help="fine-tune the backbone (no feature cache)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -99,7 +113,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     # unknown names fail before any data is read
     variant, settings = get_config(args.variant), get_preset(args.preset)
-    backbone = {"backbone": args.backbone, "backbone_weights_format": args.backbone_weights_format}
+    backbone = {"backbone": args.backbone, "backbone_weights_format": args.backbone_weights_format,
+                "pooling": args.pooling, "attention": args.attention}
+    get_config(args.variant, **{k: v for k, v in backbone.items() if k in ("pooling", "attention") and v})
     check_backbone(args.backbone or settings.model.get("backbone", variant.backbone),
                    args.backbone_weights_format or "torchvision")
     if args.threads:
@@ -143,7 +159,7 @@ def register_shards(subparsers) -> None:
                        help="longest side of the stored images (default 1024; keep it >= the model's input size)")
     write.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default 1000)")
     write.add_argument("--class-list", default="imagenome",
-                       help="class list for readers that need one (imagenome, nih, chexpert)")
+                       help="class list for readers that need one (imagenome, nih, chexpert, nih8, chexpert5, abnormal)")
     write.add_argument("--uncertainty", default=None, choices=("ones", "zeros", "mask"),
                        help="CheXpert: uncertain labels become 1, 0 or masked")
     write.add_argument("--blank", default=None, choices=("zeros", "mask"), help="CheXpert: not-mentioned labels")

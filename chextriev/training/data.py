@@ -37,7 +37,12 @@ from chextriev.model.tensors import box_mask
 from chextriev.records import Record
 from chextriev.training.augment import AugmentConfig, Augmenter, base_side
 from chextriev.training.feature_cache import FeatureCache, config_signature
-from chextriev.training.shards import ShardStream, is_shard_record, read_shard_image, shrink
+from chextriev.training.shards import (
+    ShardStream,
+    is_shard_record,
+    read_shard_image,
+    shrink_with_boxes,
+)
 from chextriev.vocab import NUM_REGIONS
 
 log = logging.getLogger(__name__)
@@ -169,7 +174,7 @@ class ImageDataset(Dataset):
         image = read_record_image(record) if image is None else image
         boxes = record_boxes(record, self.atlas, image.shape)
         if not self.config.crops_original:
-            image, boxes = shrink(image, boxes, base_side(self.config.image_size, self.augmenter.config))
+            image, boxes = shrink_with_boxes(image, boxes, base_side(self.config.image_size, self.augmenter.config))
         if self.kept is not None:
             self.kept[index] = (image, boxes)
         return image, boxes
@@ -354,7 +359,8 @@ class RetrievalDataModule(pl.LightningDataModule):
 
 
 def feature_statistics(dataset: FeatureDataset, max_items: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``(F,)`` of cached features over present regions.
+    """Per-channel mean and std ``(F,)`` of cached features over present regions (over every
+    location for a global feature map).
 
     Uses at most ``max_items`` images (a seeded random subset) so that large archives stay cheap.
     """
@@ -363,6 +369,9 @@ def feature_statistics(dataset: FeatureDataset, max_items: int = 2000, seed: int
     for i in order:
         item = dataset[int(i)]
         features = item["features"]
-        rows.append(features[item["mask"]] if features.ndim == 2 else features[None])
+        if features.ndim == 3:  # a global feature map (F, h, w): every location is a row
+            rows.append(features.flatten(1).T)
+        else:
+            rows.append(features[item["mask"]] if features.ndim == 2 else features[None])
     stacked = torch.cat(rows).double()
     return stacked.mean(dim=0).float(), stacked.std(dim=0).float()

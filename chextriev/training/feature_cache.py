@@ -6,7 +6,11 @@ or the crop size (crop: the crops come from the original, so the image size play
 and the model-input boxes (rounded to 1/100 px; original pixels in crop mode). So every variant trained on the same archive with
 the same frozen backbone reuses one set of features, and a change of any of these recomputes.
 
-Layout: ``CACHE_DIR/<key[:2]>/<key>.npy`` (float32, ``(18, F)`` region or ``(F,)`` global).
+The global classifier's key adds its fixed pooling (not for ``avg``) or ``map`` when it caches
+the whole feature map (PCAM, attention).
+
+Layout: ``CACHE_DIR/<key[:2]>/<key>.npy`` (float32, ``(18, F)`` region, ``(F,)`` global, or
+``(F, h, w)`` global feature map).
 
 The image content hash needs the file's bytes, so computing the keys of an archive would re-read
 all of it at every training start. :meth:`FeatureCache.content_hashes` therefore memoises it in
@@ -62,14 +66,32 @@ def config_signature(config: ModelConfig) -> str:
     """The part of the key that depends on the model: backbone, weights, mode, sizes, and the
     centre crop when there is one (keys of models without one are unchanged)."""
     kind = "global" if config.kind == "global" else "regions"
-    weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
+    if config.is_encoder:  # the encoder's weights checksum, its architecture and input preparation
+        weights = "encoder-" + encoder_identity(config.encoder)
+    else:
+        weights = weights_id(config.backbone_weights, config.backbone_seed, config.backbone_weights_format)
     center = [f"center-{config.center_crop:g}"] if config.center_crop < 1.0 else []
     if kind == "regions" and config.feature_mode == "crop":  # crops of the original: no image_size
         return "|".join([kind, config.backbone, weights, "crop-original", str(config.crop_size), *center])
     parts = [kind, config.backbone, weights, str(config.image_size)]
     if kind == "regions":
         parts += [config.feature_mode, str(config.roi_output)]
+    elif config.pools_feature_map:  # the whole map (PCAM, attention); the average's key is unchanged
+        parts += ["map"]
+    elif config.pooling != "avg":
+        parts += [f"pool-{config.pooling}" + (f"-{config.lse_gamma:g}" if config.pooling == "lse" else "")]
     return "|".join(parts + center)
+
+
+def encoder_identity(spec: dict) -> str:
+    """An encoder's weights checksum (or random seed) with a digest of its architecture and input
+    preparation: the frozen features' identity."""
+    import json
+
+    shape = json.dumps({"architecture": spec["architecture"], "input": {k: v for k, v in spec["input"].items()
+                                                                      if k != "source"}},
+                       sort_keys=True, default=str)
+    return f"{spec['weights_id']}-{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
 
 
 def _is_busy(error: sqlite3.Error) -> bool:

@@ -3,7 +3,8 @@
 :func:`train_records` is the library entry point (``chextriev train`` and
 ``benchmarks/train_all_variants.py`` call it); it writes under ``out``:
 ``best.ckpt`` (best validation mAP@10), ``last.ckpt``, ``logs/`` (CSV) and ``tb/``
-(TensorBoard), and returns a :class:`TrainResult`.
+(TensorBoard), and returns a :class:`TrainResult`. Every checkpoint holds the split the run
+made, by patient and seed (:mod:`chextriev.splits`), which ``chextriev evaluate`` applies.
 
 Processes: one on CPU by default. ``devices=N`` (N > 1) without a GPU trains in N CPU
 processes with ``ddp_spawn`` (gloo backend; validation mAP@10 on the gathered whole set, see
@@ -29,8 +30,10 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from chextriev.anatomy.atlas import Atlas
 from chextriev.errors import DataFormatError
 from chextriev.model.adjacency import as_tuple, cooccurrence_adjacency
-from chextriev.model.config import XRV_INPUT_SIZE, get_config
+from chextriev.model.config import ENCODER_NAMES, XRV_INPUT_SIZE, get_config
+from chextriev.model.encoders.table import input_side
 from chextriev.records import Record
+from chextriev.splits import split_entry
 from chextriev.training.augment import get_augmentation
 from chextriev.training.data import RetrievalDataModule, feature_statistics, split_records
 from chextriev.training.feature_cache import FeatureCache
@@ -65,6 +68,22 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
             log.info("xrv backbone weights: %s %s -> %d", side, options.get(side, getattr(base, side)), XRV_INPUT_SIZE)
         options[side] = XRV_INPUT_SIZE
     options.update({k: v for k, v in overrides.items() if v is not None})
+    backbone = options.get("backbone", base.backbone)
+    if base.uses_backbone and backbone in ENCODER_NAMES:
+        # a foundation encoder: read its files (never a download), take its native input side and
+        # pool the regions from its patch tokens (roi), whatever the preset says
+        from chextriev.model.encoders.files import resolve_encoder
+
+        found = resolve_encoder(backbone, options.get("backbone_weights"), seed=int(options.get("backbone_seed", 0)),
+                                with_text=False)
+        options["encoder"] = found.spec
+        side = input_side(found.spec["input"])
+        if options.get("image_size", base.image_size) != side or options.get("feature_mode", base.feature_mode) != "roi":
+            log.info("encoder %s: image_size %s -> %d (its input), feature_mode %s -> roi (its patch tokens)",
+                     backbone, options.get("image_size", base.image_size), side,
+                     options.get("feature_mode", base.feature_mode))
+        options["image_size"] = side
+        options["feature_mode"] = "roi"
     options["class_names"] = tuple(class_names)
     options["adjacency"] = as_tuple(adjacency)
     return get_config(variant, **options)
@@ -73,7 +92,11 @@ def resolve_config(variant: str, preset_model: dict[str, Any], class_names: Sequ
 def selection_metric(config) -> tuple[str, str]:
     """What selects the best checkpoint and stops training: validation mAP@10 (max), except for
     the published global baseline, whose embedding is the frozen backbone feature (mAP cannot
-    change with training): there the validation loss of its classification head (min)."""
+    change with training): there the validation loss of its classification head (min). The
+    same holds for the whole global classifier family (any pooling, attention map): a classifier
+    whose embedding is a by-product of its pooling (with PCAM or an attention map it moves with
+    training, but what trains is the classifier; selected on mAP, PCAM stopped at its first
+    epochs, before it classified: ``chextriev/model/README.md`` point 17)."""
     if config.kind == "global" and config.global_embedding == "backbone" and not config.train_backbone:
         return "val_loss", "min"
     return MONITOR, "max"
@@ -188,6 +211,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
     splits = split_records(records, seed=seed)
     if not splits["train"] or not splits["validate"]:
         raise DataFormatError(f"need training and validation records, got {[(k, len(v)) for k, v in splits.items()]}")
+    data_split = split_entry(splits, seed)  # saved in every checkpoint: `chextriev evaluate` scores its test patients
     pl.seed_everything(seed, workers=True)
     atlas = Atlas.fit(splits["train"])
     adjacency = cooccurrence_adjacency(r.region_labels for r in splits["train"])
@@ -204,6 +228,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         plateau_factor=settings.plateau_factor, val_k=settings.val_k, monitor=monitor, monitor_mode=mode,
         augmentation=augmentation.to_dict(),
     )
+    module.data_split = data_split
     accelerator = _accelerator(devices)
     if precision is None:
         precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
@@ -229,7 +254,7 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         devices=trainer_devices_, strategy=trainer_strategy,
         precision=precision, accumulate_grad_batches=settings.accumulate, callbacks=callbacks, logger=loggers,
         enable_progress_bar=progress, log_every_n_steps=5, deterministic=False, num_sanity_val_steps=0,
-        enable_model_summary=progress,
+        enable_model_summary=progress and log.isEnabledFor(logging.DEBUG),  # the table: with -v only
     )
     log.info("training %s (%s preset) on %d train / %d validate / %d test records -> %s", variant, preset,
              len(splits["train"]), len(splits["validate"]), len(splits["test"]), out)
@@ -239,6 +264,9 @@ def train_records(records: Sequence[Record], out: str | Path, *, variant: str = 
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")  # ShardStream
+        # Lightning's own use of a deprecated torch API (pytorch_lightning/utilities/_pytree.py): not
+        # the user's to act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         trainer.fit(module, datamodule=data)
     best = out / "best.ckpt"
     last = out / "last.ckpt"

@@ -13,7 +13,8 @@ as ``chextriev evaluate``) computed once on the whole set; checkpoints select on
 validation pass chooses per-class finding thresholds (max F1, :mod:`chextriev.training.thresholds`)
 from the image-level probabilities; every checkpoint stores the latest under
 :data:`chextriev.checkpoint.THRESHOLDS_KEY` (``on_save_checkpoint``), so ``best.ckpt`` holds the
-thresholds of its own epoch. ``hyper_parameters["augmentation"]`` records the training
+thresholds of its own epoch, and the run's data split (:data:`chextriev.splits.SPLIT_KEY`, set
+by :func:`chextriev.training.fit.train_records` as ``data_split``). ``hyper_parameters["augmentation"]`` records the training
 augmentation (``AugmentConfig.to_dict()``; informative: the model's input path depends only on
 ``model_config``, whose ``center_crop`` the augmentation set).
 
@@ -39,6 +40,7 @@ from chextriev.embedding import outputs_to_arrays
 from chextriev.model.build import build_from_config
 from chextriev.model.config import MODEL_FORMAT, ModelConfig
 from chextriev.retrieval import retrieval_scores
+from chextriev.splits import SPLIT_KEY
 from chextriev.training.thresholds import threshold_entry
 
 MONITOR = "val_mAP10"
@@ -58,6 +60,7 @@ class RetrievalModule(pl.LightningModule):
         self._val: list[dict[str, torch.Tensor]] = []
         self.last_val_scores: dict[str, float] = {}
         self.finding_thresholds: dict[str, Any] | None = None
+        self.data_split: dict[str, Any] | None = None  # chextriev.splits.split_entry of the run
 
     # ------------------------------------------------------------------ steps
     def _output(self, batch: dict[str, torch.Tensor]):
@@ -114,9 +117,12 @@ class RetrievalModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.finding_thresholds is not None:
             checkpoint[THRESHOLDS_KEY] = self.finding_thresholds
+        if self.data_split is not None:
+            checkpoint[SPLIT_KEY] = self.data_split
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.finding_thresholds = checkpoint.get(THRESHOLDS_KEY)
+        self.data_split = checkpoint.get(SPLIT_KEY)
 
     def on_train_epoch_start(self) -> None:
         dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)

@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from chextriev.errors import DataFormatError
 from chextriev.files import atomic_write, commit_file, sha256_file
+from chextriev.io.pixels import shrink
 from chextriev.records import Record
 
 log = logging.getLogger(__name__)
@@ -72,18 +71,17 @@ def is_shard_dir(path: str | Path) -> bool:
         return False
 
 
-def shrink(image: np.ndarray, boxes: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``image (H, W)`` shrunk so that ``max(h, w) <= max_side`` (aspect kept, antialiased
-    bilinear) and ``boxes (18, 4)`` scaled with it; unchanged when already small enough."""
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1.0:
-        return np.asarray(image, np.float32), boxes
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    small = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+def shrink_with_boxes(image: np.ndarray, boxes: np.ndarray | None,
+                      max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image (H, W)`` shrunk by THE shrink (:func:`chextriev.io.pixels.shrink`: ``max(h, w) <=
+    max_side``, aspect kept, the model's antialiased bilinear) and ``boxes (18, 4)`` scaled with
+    it; both unchanged when the image is already small enough."""
+    small = shrink(image, max_side)
+    if small.shape == image.shape[:2]:
+        return small, boxes
+    (height, width), (h, w) = image.shape[:2], small.shape
     factor = np.array([w / width, h / height, w / width, h / height], np.float32)
-    return small.clamp_(0, 1).numpy(), None if boxes is None else np.asarray(boxes, np.float32) * factor
+    return small, None if boxes is None else np.asarray(boxes, np.float32) * factor
 
 
 def _png16(image: np.ndarray) -> bytes:
@@ -186,7 +184,7 @@ def write_shards(records: Sequence[Record], out: str | Path, *, max_side: int = 
             if boxes is not None and record.image_size is not None and tuple(record.image_size[:2]) != original:
                 raise DataFormatError(f"{record.image_id}: record size {record.image_size} differs from its image "
                                       f"{original}: its boxes cannot be scaled")
-            small, small_boxes = shrink(image, boxes, max_side)
+            small, small_boxes = shrink_with_boxes(image, boxes, max_side)
             png = _png16(small)
             if tar is None:
                 tmp = out / f".{SHARD_PATTERN.format(len(shards))}.partial"

@@ -237,13 +237,32 @@ function findingChips(container, names, { shared = [], unknown = "unknown", none
     ? chip(`✓ ${name}`, "known shared") : chip(name, "known"))));
 }
 
+function noFindingsNote(note) {
+  // a model without a finding head (a label-free encoder model) predicts nothing, and says why
+  const li = document.createElement("li");
+  li.className = "muted small findings-note";
+  li.textContent = `No predicted findings: ${note}`;
+  return li;
+}
+
 function renderQueryFindings(query) {
   const list = $("query-predicted");
+  if (query.findings == null) {
+    list.replaceChildren(noFindingsNote(query.findings_note || "the model has no finding head"));
+    $("query-known-box").hidden = query.source !== "archive";
+    if (query.source === "archive") findingChips($("query-known"), query.known_findings, { none: "no finding" });
+    return;
+  }
   list.replaceChildren(...query.findings.map((finding) => {
     const li = document.createElement("li");
     const pct = Math.round(finding.probability * 100);
     li.innerHTML = `<div class="bar ${finding.predicted ? "pos" : ""}"><div class="fill" style="width:${pct}%"></div><span class="name"></span></div><span class="pct">${pct}%</span>`;
     li.querySelector(".name").textContent = finding.name;
+    if (query.abnormality) {  // an abnormality model: its one output, as "abnormal: p"
+      li.querySelector(".name").textContent = query.abnormality.label;
+      li.querySelector(".pct").textContent = "";
+      li.title = `threshold ${query.abnormality.threshold} (chosen on validation)`;
+    }
     return li;
   }));
   const archived = query.source === "archive" || (query.source === "pacs" && query.read_from === "index");
@@ -283,7 +302,12 @@ function renderResults(payload) {
     li.querySelector(".sim").title = "cosine similarity of the embeddings";
     findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
     const predicted = li.querySelector(".r-pred");
-    if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
+    const headless = payload.query.findings_note;
+    if (result.abnormality) predicted.replaceChildren(chip(result.abnormality.label, result.abnormality.abnormal ? "predicted" : "empty"));
+    else if (result.predicted_findings == null && headless) {
+      predicted.replaceChildren(chip("no finding head", "empty"));
+      predicted.title = headless;
+    } else if (result.predicted_findings == null) predicted.replaceChildren(chip("not stored", "empty"));
     else if (!result.predicted_findings.length) predicted.replaceChildren(chip("none", "empty"));
     else predicted.replaceChildren(...result.predicted_findings.map((name) => chip(name, "predicted")));
     if (result.finding_filter) {
@@ -372,7 +396,10 @@ function renderCaseFindings(result, detail) {
   findingChips($("case-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
   const predicted = $("case-predicted");
   const above = (detail.predicted_findings || []).filter((f) => f.predicted);
-  if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
+  predicted.title = detail.findings_note || "";
+  if (detail.abnormality) predicted.replaceChildren(chip(detail.abnormality.label, detail.abnormality.abnormal ? "predicted" : "empty"));
+  else if (detail.findings_note) predicted.replaceChildren(chip("no finding head", "empty"));
+  else if (!detail.predicted_findings || !detail.predicted_findings.length) predicted.replaceChildren(chip("not stored", "empty"));
   else if (!above.length) predicted.replaceChildren(chip("none at 50 % or more", "empty"));
   else predicted.replaceChildren(...above.map((f) => chip(`${f.name} ${Math.round(f.probability * 100)}%`, "predicted")));
   const rows = [["study", detail.study], ["patient", detail.patient], ["view", detail.view], ["sex", detail.sex],
@@ -443,6 +470,16 @@ function drawRegions() {
 // ---------------------------------------------------------------- overlays: Grad-CAM
 function renderHeatToggles(query) {
   const box = $("heat-findings");
+  if (query.findings == null) {
+    const note = document.createElement("p");
+    note.className = "muted small";
+    note.textContent = "No finding heatmaps: this model has no finding head.";
+    note.title = query.findings_note || "";
+    box.replaceChildren(note);
+    state.heatFinding = "";
+    syncHeatToggles();
+    return;
+  }
   box.replaceChildren(...query.findings.map((finding) => {
     const button = document.createElement("button");
     button.type = "button";
@@ -476,7 +513,7 @@ function setHeat(finding) {
 
 function toggleHeat() {
   const query = state.payload && state.payload.query;
-  if (!query) return;
+  if (!query || !query.findings || !query.findings.length) return;
   setHeat(state.heatFinding ? "" : state.lastHeatFinding || query.predicted_findings[0] || query.findings[0].name);
 }
 

@@ -93,9 +93,28 @@ def test_tiny_run_reuse_nih_pixels_and_killed_training(script, tmp_path, caplog)
         assert row["synthetic"]["n_cases"] >= 1 and "TIoU" in row["synthetic"]  # drawn lesion masks
         assert row["nih"]["n_cases"] == 2 and set(row["nih"]["TIoU"]) == {"0.1", "0.2", "0.3", "0.4", "0.5",
                                                                           "0.6", "0.7"}
-    assert set(saved["seeds"]["0"]["train_seconds"]) == {"resnet50", "v6", "ham", "ham+boxes"}
+    assert set(saved["seeds"]["0"]["train_seconds"]) == {"resnet50", "resnet50-pcam", "v6", "ham", "ham+boxes"}
     text = (out / "results.md").read_text()
     assert "| HAM + boxes |" in text and "boxes filled in as masks" in text
+    assert "| PCAM (resnet50 classifier, pcam pooling) |" in text
+
+    # a seed stored before a row existed (PCAM): that row alone is scored and added, the rest is kept
+    pcam = "PCAM (resnet50 classifier, pcam pooling)"
+    del saved["seeds"]["0"]["rows"][pcam], saved["seeds"]["0"]["auroc"]["resnet50-pcam"]
+    (out / "results.json").write_text(json.dumps(saved))
+    caplog.set_level(logging.INFO)
+    assert script.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    def figures(by_row):  # everything but the wall time of the scoring
+        return {name: {k: v for k, v in row.items() if k != "seconds"} for name, row in by_row.items()}
+
+    assert figures(again["seeds"]["0"]["rows"]) == figures(rows)
+    assert "resnet50-pcam" in again["seeds"]["0"]["auroc"]
+    assert again["setup"]["added"][0]["rows"] == [pcam] and again["setup"]["added"][0]["seeds"] == [0]
+    assert "Rows added later (PCAM (resnet50 classifier, pcam pooling); seeds 0" in (out / "results.md").read_text()
+    assert any(r.getMessage() == f"seed 0: scoring the rows it lacks: {pcam}" for r in caplog.records)
+    saved = again
+    caplog.clear()
 
     # a seed stored before the NIH boxes had TIoU/TIoR: only those are added, the rest is kept
     for row in saved["seeds"]["0"]["rows"].values():

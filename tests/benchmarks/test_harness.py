@@ -40,9 +40,11 @@ def test_a_benchmark_runs_by_its_name_with_hyphens_or_underscores():
 
 def test_no_code_of_the_checkout_edits_sys_path():
     """The packages are importable as installed (``pip install -e .``) or from the checkout's root
-    (``python -m``): no module, benchmark or script inserts folders into ``sys.path``."""
+    (``python -m``): no module, benchmark, script or test inserts folders into ``sys.path`` (the
+    tests' helpers through pytest's ``pythonpath``, their child processes through
+    tests/child_env.py)."""
     edit = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\[[^\]]*\]\s*=|sys\.path\s*=")
-    packages = ("benchmarks", "chextriev", "chextriev_cli", "indexer", "metrics", "server")
+    packages = ("benchmarks", "chextriev", "chextriev_cli", "indexer", "metrics", "server", "tests")
     offenders = [str(path.relative_to(REPO_ROOT)) for package in packages
                  for path in (REPO_ROOT / package).rglob("*.py") if edit.search(path.read_text())]
     assert offenders == []

@@ -84,3 +84,25 @@ def test_train_all_variants_tiny_run_and_resume(script, tmp_path, caplog):
     assert script.main(argv) == 0  # everything reused: nothing retrained
     assert sum("reusing the row" in r.getMessage() for r in caplog.records) == 8
     assert json.loads((out / "results.json").read_text())["per_seed"] == saved["per_seed"]
+
+
+def test_train_all_variants_rows_with_config_overrides(script):
+    """``NAME:FIELD=VALUE`` rows (the global classifier's pooling family) are parsed, typed and
+    checked before any training, and listed after their variant."""
+    assert script.parse_row("resnet50") == ("resnet50", {})
+    assert script.parse_row("resnet50:pooling=pcam:attention=channel") == (
+        "resnet50", {"pooling": "pcam", "attention": "channel"})
+    assert script.parse_row("resnet50:pooling=lse:lse_gamma=5") == ("resnet50", {"pooling": "lse", "lse_gamma": 5.0})
+    assert script.parse_row("v6:abs_pos=false") == ("v6", {"abs_pos": False})
+    assert script.run_folder("resnet50:pooling=max") == "resnet50+pooling=max"
+    with pytest.raises(ValueError, match="unknown variant 'resnet5'"):
+        script.parse_row("resnet5:pooling=max")
+    with pytest.raises(ValueError, match="'pool=max' is not FIELD=VALUE with a model config field"):
+        script.parse_row("resnet50:pool=max")
+    with pytest.raises(ValueError, match="belong to the global classifier"):
+        script.parse_row("v6:pooling=max")
+    summary = script.summarise({"0": {"untrained": _row(0.3), "resnet50:pooling=pcam": _row(0.4),
+                                      "resnet50": _row(0.35), "v6": _row(0.5)}})
+    table = script.markdown(summary, {"test_images": 9, "preset": "tiny", "data": "x", "seeds": [0]})
+    names = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert names == ["untrained", "resnet50", "resnet50:pooling=pcam", "v6"]

@@ -9,15 +9,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "indexer"))
-sys.path.insert(0, str(Path(__file__).parents[1] / "server"))  # server_helpers (search by reference)
-
 from dicomweb_helpers import PASSWORD, USER, OrthancServer, Proxy, orthanc_missing
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from child_env import child_env
 from dicomweb_helpers import PASSWORD, USER, free_port
 from indexer_fakes import FakeEmbedder
 from sqlalchemy import func, select
@@ -23,9 +24,10 @@ from sqlalchemy import func, select
 from chextriev.errors import SourceAuthError, SourceUnavailableError
 from chextriev.io.dicomweb import Credentials
 from indexer.catalog import Catalog
-from indexer.db import Image, Source, default_db_url, make_engine, make_sessionmaker
+from indexer.db import Image, Source, default_db_url
+from indexer.engine import make_engine, make_sessionmaker
 from indexer.pipeline import run_index
-from indexer.sync import verify
+from indexer.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -193,7 +195,6 @@ def test_cli_exits_non_zero_naming_the_url(orthanc, tmp_path, capsys, monkeypatc
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
-    sys.path[:0] = [{repo!r}, {fakes!r}]
     from chextriev.io.dicomweb import Credentials
     from indexer.pipeline import run_index
     from indexer_fakes import FakeEmbedder
@@ -212,7 +213,7 @@ def test_sigkill_mid_dicomweb_run_then_rerun(orthanc, proxy, basic, synthetic_di
     script = KILL_SCRIPT.format(repo=str(REPO), fakes=str(REPO / "tests" / "indexer"),
                                 url=proxy.dicomweb, index_dir=str(index_dir), user=USER,
                                 password=PASSWORD)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=child_env(),
                                stderr=subprocess.PIPE)
     deadline = time.time() + 90
     count = 0

@@ -13,8 +13,10 @@ half of its studies indexed from Orthanc with a tiny trained model; then:
   holds no identifier or UID of any other study; the same for an indexed study (header by
   WADO-RS metadata) and for a pseudonymised index, where the key lets the server recognise the
   indexed image;
+* a label-free encoder model (no finding head) files a valid report without findings;
 * ``chextriev search`` does the same for a list of studies, one JSON line each, and files the
-  reports with ``--store``.
+  reports with ``--store``;
+* the page opened with ``?study=`` over HTTPS shows that study's results and files its report.
 """
 
 from __future__ import annotations
@@ -114,7 +116,10 @@ def world(orthanc_server, tmp_path_factory) -> World:
 
 
 def _config(world: World, url: str, **extra) -> dict:
+    # fp32: with precision auto the first embedding of a process decides bf16 (and is itself
+    # computed in fp32), so which call comes first would change the last digits compared here
     return {"CHECKPOINT": str(world.checkpoint), "INDEX_DIR": str(world.index_dir), "LOAD": "sync",
+            "PRECISION": "fp32",
             "CONFIG_FILE": None, "PACS_URL": url, "PACS_USER": USER,
             "PACS_PASSWORD_FILE": str(world.password_file), "PUBLIC_URL": PUBLIC, **extra}
 
@@ -414,7 +419,7 @@ def tls_server(world, orthanc_server, tmp_path_factory):
     command = [sys.executable, "-m", "server.cli", "--checkpoint", str(world.checkpoint), "--index-dir",
                str(world.index_dir), "--port", str(port), "--tls-certificate", str(cert), "--tls-key", str(key),
                "--pacs-url", orthanc_server.dicomweb, "--pacs-user", USER, "--pacs-password-file",
-               str(world.password_file), "--public-url", base]
+               str(world.password_file), "--public-url", base, "--precision", "fp32"]
     log_path = folder / "server.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
@@ -484,3 +489,37 @@ def test_the_page_opened_with_a_study_shows_its_results_over_https(tls_server, w
     assert not errors, errors
     report, _ = _stored_report(orthanc_server, study, filed)
     assert read_report(report)["result_url"].startswith(f"{base}/?study={study}")
+
+
+def test_a_model_without_a_finding_head_files_a_valid_report(world, orthanc_server, proxy_server, tmp_path):
+    """A label-free encoder checkpoint (``chextriev model init``: no finding head) searches by
+    reference and files a report with no finding in it, still valid, saying why."""
+    import encoder_files
+
+    from chextriev.model import cli as model_cli
+    from indexer import cli as index_cli
+    from server import create_app
+
+    hub, _ = encoder_files.write_open_clip(tmp_path / "biomedclip")
+    checkpoint = tmp_path / "no-labels.ckpt"
+    assert _run(model_cli, ["model", "init", "--backbone", "biomedclip", "--backbone-weights", str(hub),
+                            "--data", str(world.archive), "--out-file", str(checkpoint), "--sample", "4",
+                            "--no-progress", "--device", "cpu"]) == 0
+    uids_file = tmp_path / "studies.txt"
+    uids_file.write_text("\n".join(world.indexed) + "\n")
+    index_dir = tmp_path / "encoder-index"
+    assert _run(index_cli, ["index", "--data", orthanc_server.dicomweb, "--study-uids-file", str(uids_file),
+                            "--dicomweb-user", USER, "--dicomweb-password-file", str(world.password_file),
+                            "--checkpoint", str(checkpoint), "--index-dir", str(index_dir),
+                            "--workers", "0", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    app = create_app({**_config(world, proxy_server.dicomweb), "CHECKPOINT": str(checkpoint),
+                      "INDEX_DIR": str(index_dir)})
+    assert app.extensions["chextriev"].ready, app.extensions["chextriev"].error
+    study = world.fetched[3]
+    response = _by_reference(app.test_client(), study, store=True)
+    assert response.status_code == 200, response.json
+    assert response.json["query"]["findings"] is None and "no finding head" in response.json["query"]["findings_note"]
+    report, connection = _stored_report(orthanc_server, study, response.json["report"]["sop_instance_uid"])
+    read = _check_report(report, connection, world, study, tmp_path)  # dciodvfy, references, no other study
+    assert read["findings"] == {} and read["k"] == K
+    assert any("no finding head" in text for text in read["texts"])

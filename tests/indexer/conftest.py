@@ -3,14 +3,10 @@ backend: SQLite in the index folder and a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from indexer_fakes import FakeEmbedder, make_archive, open_sessions
 
 

@@ -37,6 +37,7 @@ class FakeEmbedder:
     embedding_dim = DIM
     class_names = IMAGENOME_FINDINGS
     image_size = 64
+    max_input_side = 64  # a roi model: the decoding workers hand it 64 x 64 model pixels
 
     def __init__(self, delay: float = 0.0):
         rng = np.random.default_rng(0)
@@ -147,11 +148,9 @@ _THUMB: bytes | None = None
 def _thumb() -> bytes:
     global _THUMB
     if _THUMB is None:
-        import io
+        from chextriev.io.pixels import encode_thumbnail
 
-        buffer = io.BytesIO()
-        PILImage.fromarray((noise_image(1, 64) * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
-        _THUMB = buffer.getvalue()
+        _THUMB = encode_thumbnail(noise_image(1, 64))  # what a decoding worker makes
     return _THUMB
 
 
@@ -194,7 +193,8 @@ def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=
                    sync=True):
     """Write pre-embedded items for ``vectors`` into a catalog (the real writer and syncer)."""
     from indexer.pipeline import IndexSummary
-    from indexer.sync import IndexSyncer, open_store
+    from indexer.sync import IndexSyncer
+    from indexer.vector_store import open_store
     from indexer.writer import CatalogWriter, WritableCatalog
 
     vectors = np.asarray(vectors, np.float32)
@@ -216,7 +216,8 @@ def write_embedded(index_dir, vectors, *, db_url=None, index_type="auto", batch=
 
 def open_sessions(index_dir, db_url=None):
     """A sessionmaker on the catalog of ``index_dir`` (or ``db_url``)."""
-    from indexer.db import default_db_url, make_engine, make_sessionmaker
+    from indexer.db import default_db_url
+    from indexer.engine import make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(db_url or default_db_url(index_dir)))
 
@@ -232,3 +233,13 @@ def crash_on_abort_name(task: tuple):
     if Path(str(task[0].key)).stem == "abort-me":
         os.kill(os.getpid(), signal.SIGKILL)
     return decode_task(task)
+
+
+def slow_crash_on_abort_name(task: tuple):
+    """:func:`crash_on_abort_name`, the crash one second into the task (the others finish
+    first)."""
+    import time
+
+    if Path(str(task[0].key)).stem == "abort-me":
+        time.sleep(1.0)
+    return crash_on_abort_name(task)

@@ -12,8 +12,10 @@ from sqlalchemy import update
 
 from indexer.bundle import BUNDLE_KEY, BuildRecord, BundleError, read_bundle
 from indexer.catalog import Catalog
-from indexer.db import Image, make_engine, make_sessionmaker
+from indexer.db import Image
+from indexer.engine import make_engine, make_sessionmaker
 from indexer.sync import remove_images
+from indexer.verify import verify
 
 
 def _sessions(index_dir, db_url):
@@ -41,9 +43,11 @@ def _expected(catalog: Catalog) -> dict:
 
 
 def _columns(catalog: Catalog) -> dict:
-    snap = catalog._snap
-    return {"view": [snap.views[c] for c in snap.view], "sex": [snap.sexes[c] for c in snap.sex],
-            "age": snap.age.tolist(), "holds": snap.holds}
+    columns = catalog._snap.columns
+    holds = [columns.holds(c, 0.5) for c in range(len(columns.class_names))]
+    return {"view": [columns.views[c] for c in columns.view],
+            "sex": [columns.sexes[c] for c in columns.sex], "age": np.asarray(columns.age).tolist(),
+            "holds": np.stack(holds, axis=1) if holds else np.zeros((len(columns), 0), bool)}
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -54,15 +58,18 @@ def _assert_same(got: dict, want: dict) -> None:
 
 def _assert_same_snapshot(catalog: Catalog, fresh: Catalog) -> None:
     """A reloaded catalog holds what a fresh open reads: arrays and columns."""
-    for name in ("ids", "slots", "patient_pk", "age", "holds"):
-        np.testing.assert_array_equal(getattr(catalog._snap, name), getattr(fresh._snap, name))
+    for name in ("ids", "slots", "patient", "age", "findings"):
+        np.testing.assert_array_equal(getattr(catalog._snap.columns, name),
+                                      getattr(fresh._snap.columns, name))
     _assert_same(_columns(catalog), _columns(fresh))
 
 
-def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, catalog_url):
+def test_catalog_columns_are_the_builds_files_and_a_reload_maps_the_new_ones(tmp_path, catalog_url):
+    """The search columns are written with each build (appended while images are only added,
+    a new set after removals), equal the catalog's rows, and a reload maps the new build's."""
     index_dir = tmp_path / "idx"
     vectors = clustered_vectors(260, dim=32, seed=3)
-    write_embedded(index_dir, vectors[:200], db_url=catalog_url)
+    write_embedded(index_dir, vectors[:200], db_url=catalog_url, sync=False)
     sessions = _sessions(index_dir, catalog_url)
     with sessions() as session:  # labels on some rows: known labels win over predictions there
         session.execute(update(Image).where(Image.id <= 20).values(
@@ -71,24 +78,30 @@ def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, ca
         session.execute(update(Image).where(Image.id.between(31, 40)).values(view="ap", sex=None,
                                                                              age=None))
         session.commit()
+    write_embedded(index_dir, vectors[:0], db_url=catalog_url)  # the build of those rows
     catalog = Catalog.open(catalog_url, index_dir)
     try:
+        first_set = catalog.manifest.columns["set"]
+        assert isinstance(catalog._snap.columns.ids, np.memmap)  # mapped, not read
         _assert_same(_columns(catalog), _expected(catalog))
-        assert catalog._snap.holds[:20, catalog.class_names.index("lung opacity")].all()
-        # grow (another run): the reload reads only the new rows
+        assert catalog._snap.columns.holds(catalog.class_names.index("lung opacity"), 0.5)[:20].all()
+        # grow (another run): the columns are appended to the same files, the reload maps them
         write_embedded(index_dir, vectors[200:230], db_url=catalog_url, start=200)
-        assert catalog.reload() is True and catalog.size == 230
+        assert catalog.changed() and catalog.reload() is True and catalog.size == 230
+        assert catalog.manifest.columns["set"] == first_set
         fresh = Catalog.open(catalog_url, index_dir)
         try:
             _assert_same_snapshot(catalog, fresh)
         finally:
             fresh.close()
-        # grow and shrink (remove), then reload
+        # grow and shrink (remove), then reload: a new column set without the removed images
         write_embedded(index_dir, vectors[230:], db_url=catalog_url, start=230)
         remove_images(sessions, index_dir, [5, 150])
         previous = catalog._snap
         assert catalog.reload() is True
         assert catalog._snap is not previous and catalog.size == 258
+        assert catalog.manifest.columns["set"] != first_set
+        assert not np.isin([5, 150], catalog._snap.ids).any()
         fresh = Catalog.open(catalog_url, index_dir)
         try:
             _assert_same_snapshot(catalog, fresh)
@@ -105,6 +118,7 @@ def test_catalog_columns_in_bulk_and_reload_reads_only_what_changed(tmp_path, ca
         finally:
             fresh.close()
         assert catalog.reload() is False  # same build: nothing read
+        assert verify(sessions, index_dir) == []
     finally:
         catalog.close()
 
@@ -154,10 +168,6 @@ def test_nprobe_and_rerank_are_per_search(tmp_path):
 
 def test_the_bundle_is_recorded_and_carried_over(tmp_path, fake_embedder):
     """``run_index`` records the bundle at every save; repair and remove carry it over."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from indexer_fakes import make_archive
 
     from indexer.pipeline import run_index
@@ -194,12 +204,13 @@ def test_the_finding_filter_counts_predictions_at_the_given_thresholds(tmp_path,
     shows them), known labels still win, and a reload keeps the thresholds."""
     index_dir = tmp_path / "idx"
     vectors = clustered_vectors(120, seed=3)
-    write_embedded(index_dir, vectors, db_url=catalog_url)
+    write_embedded(index_dir, vectors, db_url=catalog_url, sync=False)
     sessions = _sessions(index_dir, catalog_url)
-    with sessions() as session:
+    with sessions() as session:  # labelled rows (before the build that reads them)
         session.execute(update(Image).where(Image.id <= 10).values(known_findings={"lung opacity": 0}))
         session.commit()
         rows = session.query(Image.id, Image.probabilities).order_by(Image.id).all()
+    write_embedded(index_dir, vectors[:0], db_url=catalog_url)
     p = np.array([row.probabilities["lung opacity"] for row in rows])
     cut = float(np.quantile(p, 0.8))  # far from 0.5: the two rules select different images
     assert ((p >= cut) != (p >= 0.5)).sum() > 10

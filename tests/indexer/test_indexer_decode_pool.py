@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from indexer_fakes import FakeEmbedder, crash_on_abort_name, write_png
+from indexer_fakes import FakeEmbedder, crash_on_abort_name, slow_crash_on_abort_name, write_png
 from sqlalchemy import select
 
 from chextriev.records import Record
@@ -28,6 +28,24 @@ def test_a_crashing_decoder_fails_its_file_alone(tmp_path):
     assert set(statuses.values()) == {OK}
     crashed = next(r for r in results if r.key.endswith("abort-me.png"))
     assert crashed.reason == CRASH_REASON.format(error="BrokenProcessPool")
+
+
+@pytest.mark.slow
+def test_a_worker_dying_while_a_result_is_being_used_is_recovered(tmp_path):
+    """The pool can break between two results (a decoder died while the consumer held the
+    previous one): the next task's submit finds it broken; that task is not lost, the culprit
+    fails alone, and the stream goes on in order."""
+    import time
+
+    paths = [write_png(tmp_path / f"img{i}.png", i) for i in range(4)]
+    paths.insert(1, write_png(tmp_path / "abort-me.png", 99))
+    stream = decode_stream(_tasks(paths), 2, task_fn=slow_crash_on_abort_name, window=2)
+    first = next(stream)  # img0; abort-me is running in the other worker
+    time.sleep(4)  # abort-me kills its process meanwhile: the pool is broken before the next submit
+    results = [first, *stream]
+    assert [r.key for r in results] == [str(p) for p in paths]
+    assert [r.status for r in results] == [OK, "failed", OK, OK, OK]
+    assert results[1].reason == CRASH_REASON.format(error="BrokenProcessPool")
 
 
 def test_in_process_decoding_keeps_the_order(tmp_path):

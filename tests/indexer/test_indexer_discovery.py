@@ -91,9 +91,9 @@ def test_ledger_filter(tmp_path):
 
 
 def test_decode_outcomes(tmp_path):
-    ok = decode(_file_record(write_dicom(tmp_path / "a" / "a.dcm", 1, size=128)), max_side=64)
+    ok = decode(_file_record(write_dicom(tmp_path / "a" / "a.dcm", 1, size=128)), max_input_side=64)
     assert ok.status == OK and ok.pixels.shape == (64, 64) and ok.original_hw == (128, 128)
-    assert ok.meta["patient_id"] == "P1" and ok.meta["age"] == 45 and ok.thumbnail.startswith(b"\x89PNG")
+    assert ok.meta["patient_id"] == "P1" and ok.meta["age"] == 45 and ok.thumbnail.startswith(b"\xff\xd8\xff")
     assert ok.meta["image_id"] == ok.meta["sop_instance_uid"]  # no manifest: the SOPInstanceUID
     assert ok.meta["study_instance_uid"] and ok.meta["series_instance_uid"]
     lateral = decode(_file_record(write_dicom(tmp_path / "l" / "l.dcm", 2, view="LL")))

@@ -15,13 +15,13 @@ import pytest
 from indexer_fakes import FakeEmbedder, make_archive
 
 from indexer.catalog import Catalog
-from indexer.db import default_db_url, make_engine, make_sessionmaker
+from indexer.db import default_db_url
 from indexer.decode import decode
 from indexer.discovery import discover
-from indexer.distributed import (
+from indexer.distributed import embed_to_shards, merge_shards
+from indexer.engine import make_engine, make_sessionmaker
+from indexer.shards import (
     EmbedderInfo,
-    embed_to_shards,
-    merge_shards,
     rank_block,
     read_shard,
     read_worklist,
@@ -30,7 +30,7 @@ from indexer.distributed import (
     write_shard,
     write_worklist,
 )
-from indexer.sync import verify
+from indexer.verify import verify
 
 
 def _fake_shards(root, shard_dir):
@@ -114,7 +114,7 @@ def _catalog_state(index_dir: Path) -> dict:
 
     from indexer.db import Image, Patient, Source, Study
     from indexer.preview_store import PreviewStore
-    from indexer.sync import open_store
+    from indexer.vector_store import open_store
 
     sessions = make_sessionmaker(make_engine(default_db_url(index_dir)))
     with sessions() as session:

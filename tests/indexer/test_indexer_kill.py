@@ -14,19 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import child_env
 from indexer_fakes import FakeEmbedder, open_sessions, write_png
 from sqlalchemy import func, select
 
 from indexer.catalog import Catalog
-from indexer.db import Image, Source, default_db_url, make_engine, make_sessionmaker
+from indexer.db import Image, Source, default_db_url
+from indexer.engine import make_engine, make_sessionmaker
 from indexer.pipeline import run_index
-from indexer.sync import verify
+from indexer.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
     import sys, time
-    sys.path[:0] = [{repo!r}, {here!r}]
     from pathlib import Path
     import chextriev.files as files
     from indexer.pipeline import run_index
@@ -55,7 +56,7 @@ def _start(tmp_path, root, index_dir, db_url, *, slow_save=False, delay=0.25):
                            index_dir=str(index_dir), db_url=db_url, slow_save=slow_save,
                            delay=delay)
     log = open(tmp_path / "child.log", "wb")  # noqa: SIM115 - closed by the caller's process end
-    return subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
 
 def _count_images(index_dir, db_url) -> int:

@@ -14,19 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 from indexer_fakes import FakeEmbedder, open_sessions, write_png
 
 from indexer.catalog import Catalog
 from indexer.lock import CatalogLock, LockHeldError, lock_holder
 from indexer.pipeline import run_index
-from indexer.sync import verify
+from indexer.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    sys.path[:0] = [{repo!r}, {here!r}]
     from indexer.pipeline import run_index
     from indexer_fakes import FakeEmbedder
 
@@ -46,7 +46,7 @@ HOLDER = textwrap.dedent("""
 def _holder(tmp_path, root, index_dir, db_url):
     script = HOLDER.format(repo=str(REPO), here=str(Path(__file__).parent), root=str(root),
                            index_dir=str(index_dir), db_url=db_url, gate=str(tmp_path / "gate"))
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=child_env(),
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -128,7 +128,7 @@ def test_waiting_gives_up_after_the_time_given(tmp_path):
 
 def test_postgres_lock_spans_index_folders(tmp_path, postgres_url):
     """Two index folders, one PostgreSQL catalog: the advisory lock still excludes."""
-    from indexer.db import make_engine
+    from indexer.engine import make_engine
 
     engine = make_engine(postgres_url)
     with (CatalogLock(tmp_path / "a", engine=engine, db_url=postgres_url),
@@ -144,7 +144,8 @@ def test_save_never_deletes_what_the_manifest_names(tmp_path):
     lock, or a restored copy) must not sweep the newer build's files."""
     import numpy as np
 
-    from indexer.vector_index import Manifest, VectorIndex, sweep
+    from indexer.manifest import Manifest, sweep
+    from indexer.vector_index import VectorIndex
 
     rng = np.random.default_rng(0)
     a = VectorIndex.build(np.arange(10), rng.standard_normal((10, 8)), index_type="flat")

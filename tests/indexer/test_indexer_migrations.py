@@ -17,8 +17,10 @@ from PIL import Image as PILImage
 from chextriev.vocab import IMAGENOME_FINDINGS
 from indexer import cli, migrations
 from indexer.catalog import Catalog
-from indexer.db import CatalogSchemaError, default_db_url, make_engine, normalise_url
-from indexer.sync import repair, verify
+from indexer.db import CatalogSchemaError, default_db_url, normalise_url
+from indexer.engine import make_engine
+from indexer.sync import repair
+from indexer.verify import verify
 
 
 def _run(argv):
@@ -122,7 +124,7 @@ def test_upgrade_0001_to_head_keeps_rows(tmp_path, catalog_url, legacy):
     np.testing.assert_allclose(got, regions.astype(np.float32), atol=0.02)
     hits = catalog.search(vectors, k=1)
     assert [h[0].image_id for h in hits] == catalog.index.ids.tolist()
-    assert catalog.thumbnail(int(catalog.index.ids[0])) == _png(0)  # old PNGs pass through
+    assert catalog.thumbnail_bytes(int(catalog.index.ids[0])) == (_png(0), "image/png")  # old PNGs as stored
     sessions = sa.orm.sessionmaker(make_engine(url, create=False))
     assert verify(sessions, index_dir) == []
     assert repair(sessions, index_dir).n_vectors == 12

@@ -26,7 +26,7 @@ def test_index_synthetic_archive_with_the_model(synth_and_ckpt, tmp_path, capsys
     from chextriev.checkpoint import load_checkpoint
     from chextriev.embedding import embed_images
     from chextriev.io.images import load_image
-    from chextriev.synth.archive import read_archive
+    from chextriev.io.synthetic import read_archive
 
     archive, ckpt = synth_and_ckpt
     source = tmp_path / "src"

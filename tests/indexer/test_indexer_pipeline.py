@@ -4,17 +4,20 @@ pseudonymisation, compact thumbnails."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import pytest
 from indexer_fakes import FakeEmbedder, open_sessions, write_dicom, write_png
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from indexer.catalog import Catalog, UnknownImageError
 from indexer.db import Image, Patient, Pseudonymiser, Source
 from indexer.pipeline import run_index
-from indexer.sync import remove_images, verify
+from indexer.sync import remove_images
+from indexer.verify import verify
 
 
 def _status_counts(indexed):
@@ -57,9 +60,10 @@ def test_self_search_and_metadata(indexed):
     dicom = [r for r in rows if r["format"] == "dicom"]
     assert len(dicom) == 4 and {r["view"] for r in dicom} == {"PA", "AP"}
     assert all(r["age"] == 45 and r["sex"] == "F" for r in dicom)
-    assert catalog.thumbnail(ids[0]).startswith(b"\x89PNG")
-    stored, mimetype = catalog.thumbnail_bytes(ids[0])
+    stored, mimetype = catalog.thumbnail_bytes(ids[0])  # stored once as the worker encoded it
     assert mimetype == "image/jpeg" and stored.startswith(b"\xff\xd8") and len(stored) < 4096
+    with PILImage.open(io.BytesIO(stored)) as thumbnail:
+        assert thumbnail.mode == "L" and thumbnail.size == (64, 64)  # a 64 px archive image: never enlarged
     region = catalog.region_embeddings(ids[:2])
     assert region.shape == (2, 18, 8)
     expected = FakeEmbedder()([np.asarray(pixels_of(by_name["img0"]["source_path"]))])
@@ -72,10 +76,11 @@ def test_self_search_and_metadata(indexed):
         catalog.images([10_000])
 
 
-def pixels_of(path):  # the pixels as the indexer decodes them
+def pixels_of(path):  # the pixels the indexer hands the model (THE image contract)
     from chextriev.io.images import load_image
+    from chextriev.io.pixels import model_pixels
 
-    return load_image(path)
+    return model_pixels(load_image(path), FakeEmbedder.max_input_side).pixels
 
 
 def test_search_filters_and_exclusions(indexed):

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from indexer_fakes import clustered_vectors, embedded_items, open_sessions, write_embedded
 
 from indexer.catalog import Catalog
-from indexer.db import Source, make_engine, normalise_url
-from indexer.sync import verify
+from indexer.db import Source, normalise_url
+from indexer.engine import make_engine
+from indexer.verify import verify
 
 
 def test_bare_postgresql_url(postgres_server):
@@ -40,7 +41,7 @@ def _statements_per_batch(tmp_path, url, batch):
     from indexer_fakes import _Info
 
     from indexer.pipeline import IndexSummary
-    from indexer.sync import open_store
+    from indexer.vector_store import open_store
     from indexer.writer import CatalogWriter, WritableCatalog
 
     index_dir = tmp_path / f"b{batch}"

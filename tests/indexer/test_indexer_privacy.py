@@ -20,8 +20,9 @@ from chextriev.io.fields import uid_problem
 from chextriev.records import Record
 from indexer import cli
 from indexer.catalog import Catalog
-from indexer.db import Image, Patient, Source, Study, default_db_url, make_engine, make_sessionmaker
+from indexer.db import Image, Patient, Source, Study, default_db_url
 from indexer.decode import BURNED_IN_REASON, FieldError, IngestPolicy, catalog_meta
+from indexer.engine import make_engine, make_sessionmaker
 
 KEY = "a-test-pseudonym-key"
 

@@ -9,16 +9,11 @@ import pytest
 
 from chextriev.errors import UnknownNameError
 from chextriev.retrieval import exact_knn
-from indexer.vector_index import (
-    ArrayExact,
-    IndexStateError,
-    Manifest,
-    VectorIndex,
-    default_nlist,
-    factory_string,
-    resolve_index_type,
-    tier_of,
-)
+from indexer.exact import ArrayExact
+from indexer.faiss_factory import default_nlist, factory_string, resolve_index_type
+from indexer.manifest import IndexStateError, Manifest
+from indexer.segments import tier_of
+from indexer.vector_index import VectorIndex
 
 
 def clustered(n, d=32, clusters=50, seed=0):

@@ -9,8 +9,9 @@ import pytest
 from indexer_fakes import clustered_vectors, open_sessions, write_embedded
 
 from indexer.catalog import Catalog
-from indexer.sync import repair, verify
+from indexer.sync import repair
 from indexer.vector_store import StoreError, VectorStore, dequantise_regions, quantise_regions
+from indexer.verify import verify
 
 
 def _self_hits(catalog, ids):
@@ -90,11 +91,14 @@ def _previews(indexed):
     from sqlalchemy import select
 
     from indexer.db import STATUS_INDEXED, Image
-    from indexer.preview_store import preview_of
 
     with indexed.sessions()() as session:
         ids = session.scalars(select(Image.id).where(Image.status == STATUS_INDEXED)).all()
-        return {pk: preview_of(session, indexed.index_dir, pk) for pk in ids}
+    catalog = Catalog.open(indexed.db_url, indexed.index_dir)  # previews are read through the door
+    try:
+        return {pk: (found[0] if (found := catalog.preview_bytes(pk)) else None) for pk in ids}
+    finally:
+        catalog.close()
 
 
 def test_previews_stored_per_image_and_checked_by_verify(indexed):

@@ -173,6 +173,7 @@ def test_heatmap_shape_range_and_errors():
     for combine in ("attention", "class"):
         heat = ham_heatmap(net, image, "ring", combine=combine)
         assert heat.shape == (50, 70) and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
+        assert heat.min() == 0.0 and heat.max() in (0.0, 1.0)  # min-max normalised (see test_localization_cam)
     assert np.array_equal(ham_heatmap(net, image, 1, combine="class"), ham_heatmap(net, image, "ring", combine="class"))
     with pytest.raises(UnknownNameError, match="blob, ring"):
         ham_heatmap(net, image, "nodule")
@@ -297,7 +298,7 @@ def test_metrics_cli_knows_the_localization_methods(tmp_path):
     from metrics.localization_eval import LOCALIZATION_METHODS, evaluate_localization
 
     assert CLI_METHODS == LOCALIZATION_METHODS
-    with pytest.raises(UnknownNameError, match="cam, gradcam, gradcampp, ham"):
+    with pytest.raises(UnknownNameError, match="cam, gradcam, gradcampp, pcam, ham"):
         evaluate_localization(None, [], lambda r: [], method="hirescam")
 
 

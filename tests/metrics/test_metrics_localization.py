@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from chextriev.errors import UnknownNameError
+from chextriev.localization.regions import heatmap_mask, heatmap_to_boxes
 from metrics.localization import (
     BoxCase,
     best_overlap,
     box_iobb,
     box_iou,
     box_localization,
-    heatmap_mask,
     mask_overlaps,
     pixel_localization,
     region_auroc,
@@ -57,7 +57,7 @@ def test_pixel_masks_ham():
     heat[:2, :2] = 1.0
     heat[:2, 2:] = 0.4
     assert heatmap_mask(heat, 0.5).sum() == 4
-    assert heatmap_mask(np.ones((3, 3))).sum() == 0
+    assert heatmap_mask(np.zeros((3, 3))).sum() == 0  # a map of nothing localises nothing
     gt = np.zeros((4, 4), dtype=bool)
     gt[:2, :] = True  # 8 px
     iou, ior = mask_overlaps(heatmap_mask(heat, 0.5), gt)
@@ -68,6 +68,20 @@ def test_pixel_masks_ham():
     assert r["TIoR"] == {0.25: 0.5, 0.75: 0.5}
     with pytest.raises(ValueError, match="shapes"):
         mask_overlaps(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_pixel_masks_are_the_mask_the_viewer_shows():
+    """One heatmap-to-mask rule: the evaluator scores the mask of the product (a fraction of the
+    maximum, whose boxes the viewer draws), also for a map with a floor, where binarising the
+    min-max normalised map would keep only the hottest part."""
+    heat = np.full((4, 4), 0.5)
+    heat[:2, :2] = 1.0
+    heat[:2, 2:] = 0.7
+    gt = np.zeros((4, 4), dtype=bool)
+    gt[:2, :] = True
+    assert heatmap_to_boxes(heat, threshold=0.6, min_area=1) == [(0.0, 0.0, 4.0, 2.0)]  # what the viewer draws
+    r = pixel_localization([heat], [gt], thresholds=(0.9,), mask_threshold=0.6)
+    assert (r["mean_iou"], r["mean_ior"]) == (1.0, 1.0)  # the min-max rule would give IoU 0.5
 
 
 def test_region_auroc_masks_missing_regions():

@@ -33,7 +33,14 @@ from chextriev.model.backbone import (
     weights_id,
 )
 from chextriev.model.build import build_model
-from chextriev.model.config import BACKBONE_FEATURE_DIMS, BACKBONES, TINY, ModelConfig, get_config
+from chextriev.model.config import (
+    BACKBONE_FEATURE_DIMS,
+    BACKBONES,
+    CNN_BACKBONES,
+    TINY,
+    ModelConfig,
+    get_config,
+)
 from chextriev.model.weights import expected_shapes, read_state_dict
 
 
@@ -71,8 +78,10 @@ def _pooled_reference(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- architecture
 def test_feature_dims_follow_the_backbone():
-    assert set(BACKBONES) >= {"resnet18", "resnet50", "densenet121", *(f"efficientnet_b{i}" for i in range(5))}
-    for name in BACKBONES:
+    assert set(CNN_BACKBONES) >= {"resnet18", "resnet50", "densenet121", *(f"efficientnet_b{i}" for i in range(5))}
+    assert set(BACKBONES) == set(CNN_BACKBONES) | {"rad-dino", "biomedclip", "chexzero", "medsiglip", "dinov2",
+                                                   "siglip", "open-clip", "openai-clip"}
+    for name in CNN_BACKBONES:
         assert trunk_channels(name, 32) == BACKBONE_FEATURE_DIMS[name] == ModelConfig(backbone=name).feature_dim
     assert BACKBONE_FEATURE_DIMS["densenet121"] == 1024 and BACKBONE_FEATURE_DIMS["efficientnet_b0"] == 1280
     # the stride-16 map (HAM's finer option) is one stage less
@@ -135,7 +144,7 @@ def test_cam_and_ham_use_the_backbone_map(name, tiny_batch):
 
 
 # -------------------------------------------------------------------- torchvision weights files
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", CNN_BACKBONES)
 def test_torchvision_state_dict_round_trip(name, tmp_path):
     """The ``.pth`` layout torchvision downloads loads into the trunk; the pooled trunk feature
     equals torchvision's own network with its classifier removed."""

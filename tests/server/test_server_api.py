@@ -258,8 +258,9 @@ def test_image_detail_thumbnail_and_heatmaps(client, app, query_png):
     assert len(detail["region_probabilities"]) == 18 and len(detail["predicted_findings"]) == len(service.class_names)
     assert "source_path" not in detail  # archive paths can carry identifiers
     thumbnail = client.get(f"/api/v1/images/{image_id}/thumbnail")
-    assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/png"
-    assert max(_png_size(thumbnail.data)) == 128
+    assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/jpeg"  # as stored, encoded once
+    assert max(_png_size(thumbnail.data, "JPEG")) == 128
+    assert thumbnail.data == app.extensions["chextriev"].catalog.thumbnail_bytes(image_id)[0]
     width, height = detail["width"], detail["height"]  # 256 px: the preview is the full image
     finding = service.class_names[0]
     heat = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={"finding": finding})
@@ -307,9 +308,9 @@ def test_an_index_without_previews_serves_thumbnails_and_says_so(tiny_index, tmp
     client = app.test_client()
     image_id = int(app.extensions["chextriev"].catalog.index.ids[0])
     response = client.get(f"/api/v1/images/{image_id}/preview")
-    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"  # the thumbnail as stored
     assert response.headers["X-Chextriev-Preview"].startswith("thumbnail")
-    assert max(_png_size(response.data)) == 128
+    assert max(_png_size(response.data, "JPEG")) == 128
     assert client.get(f"/api/v1/images/{image_id}").json["preview_source"] == "thumbnail"
     heat = client.get(f"/api/v1/images/{image_id}/heatmap", query_string={"finding": app.extensions[
         "chextriev"].class_names[0]})

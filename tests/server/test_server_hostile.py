@@ -23,8 +23,9 @@ import requests
 from sqlalchemy import select, update
 
 from chextriev.io.deid import pseudonym
-from indexer.db import STATUS_FAILED, STATUS_SKIPPED, Patient, make_engine, make_sessionmaker
+from indexer.db import STATUS_FAILED, STATUS_SKIPPED, Patient
 from indexer.db import Image as ImageRow
+from indexer.engine import make_engine, make_sessionmaker
 from server import create_app
 from server.audit import AuditFile
 from server.auth import token_identity

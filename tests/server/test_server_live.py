@@ -176,7 +176,8 @@ def _index(*argv: str) -> None:
 def _ids_in(index_dir: Path) -> set[int]:
     from sqlalchemy import select
 
-    from indexer.db import Image, default_db_url, make_engine, make_sessionmaker
+    from indexer.db import Image, default_db_url
+    from indexer.engine import make_engine, make_sessionmaker
 
     engine = make_engine(default_db_url(index_dir), create=False)
     try:

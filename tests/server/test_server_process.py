@@ -115,7 +115,7 @@ def test_real_server_answers_over_http(serve_process, free_port, query_png):
     results = response.json()["results"]
     assert len(results) == 3 and results[0]["image_id"] == query_png.stem
     thumbnail = requests.get(f"{base}{results[1]['thumbnail_url']}", timeout=10)
-    assert thumbnail.status_code == 200 and thumbnail.headers["Content-Type"] == "image/png"
+    assert thumbnail.status_code == 200 and thumbnail.headers["Content-Type"] == "image/jpeg"  # as stored
     by_id = requests.post(f"{base}/api/v1/search/by-id/{results[1]['id']}", data={"k": "2"}, timeout=30)
     assert by_id.status_code == 200 and results[1]["id"] not in [r["id"] for r in by_id.json()["results"]]
     assert requests.post(f"{base}/api/v1/search", data={"k": "500"}, timeout=10).status_code == 400

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from chextriev.synth.archive import load_lesions, read_archive
+from chextriev.io.synthetic import read_archive
+from chextriev.synth.archive import load_lesions
 from chextriev.synth.writer import MANIFEST_FIELDS, METADATA_CSV, SPLIT_CSV
 from chextriev.vocab import IMAGENOME_FINDINGS, NUM_REGIONS, REGIONS
 

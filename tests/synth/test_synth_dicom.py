@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from chextriev.synth.archive import read_archive
+from chextriev.io.synthetic import read_archive
 from chextriev.synth.dicom_out import dicom_pixels_as_drawing
 
 TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "ViewPosition", "Modality",

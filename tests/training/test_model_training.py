@@ -112,6 +112,9 @@ def test_model_selection_metric():
     assert selection_metric(get_config("v6")) == ("val_mAP10", "max")
     assert selection_metric(get_config("resnet50-projected")) == ("val_mAP10", "max")
     assert selection_metric(get_config("resnet50")) == ("val_loss", "min")  # frozen embedding
+    # the whole global classifier family selects on its classification loss
+    assert selection_metric(get_config("resnet50", pooling="pcam", attention="channel")) == ("val_loss", "min")
+    assert selection_metric(get_config("resnet50-projected", pooling="max")) == ("val_mAP10", "max")
     assert selection_metric(get_config("resnet50", train_backbone=True)) == ("val_mAP10", "max")
 
 

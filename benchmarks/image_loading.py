@@ -1,4 +1,4 @@
-"""Image-loading throughput by source format: ``python -m chextriev.io.bench [--n 40] [--size 512]``.
+"""Image-loading throughput by source format: ``python -m benchmarks image_loading [--n 40] [--size 512]``.
 
 Writes ``n`` images of each kind (PNG L, PNG RGBA, PNG 16-bit, JPEG, DICOM MONOCHROME1 12-bit
 windowed, DICOM RLE) into a temporary folder, times :func:`load_image` on each, and times
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.harness import machine_line
 
 
 def _write_all(folder: Path, n: int, size: int) -> dict[str, list[Path]]:
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = run(args.n, args.size)
     ref = rows[0][1]
+    print(f"machine: {machine_line()}")
     print(f"load_image, {args.n} images of {args.size}x{args.size} per kind")
     for kind, ms in rows:
         print(f"{kind:32s} {ms:8.2f} ms/image   x{ms / ref:5.2f} vs png-L")
