@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import child_env
 
 from chextriev.compiled import COMPILE_MODES, DEFAULT_COMPILE, parse_compile
 from chextriev.errors import UnknownNameError
@@ -37,7 +37,7 @@ def test_the_flag_defaults_to_on_reads_the_environment_and_imports_no_torch(monk
             "p = argparse.ArgumentParser(); add_compile_option(p); "
             "print(p.parse_args([]).compile, p.parse_args(['--compile', '0']).compile, 'torch' in sys.modules)")
     for value, default in ((None, "on"), ("no", "off"), ("yes", "on")):
-        env = {k: v for k, v in os.environ.items() if k != "CHEXTRIEV_COMPILE"}
+        env = {k: v for k, v in child_env().items() if k != "CHEXTRIEV_COMPILE"}
         if value is not None:
             env["CHEXTRIEV_COMPILE"] = value
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -174,7 +174,7 @@ def _index(checkpoint, folder: Path, index_dir: Path, *, env: dict, timeout: int
 
 
 def _default_env(tmp_path: Path, name: str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "CHEXTRIEV_COMPILE"}  # the default, as users get it
+    env = {k: v for k, v in child_env().items() if k != "CHEXTRIEV_COMPILE"}  # the default, as users get it
     return {**env, "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled"),
             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"), **extra}
 
@@ -244,8 +244,8 @@ result = embed_images(loaded, images).embeddings
 print(json.dumps({{"installed": compiled_trunk(loaded.model) is not None, "stats": dict(STATS),
                    "difference": float(np.abs(eager - result).max())}}))
 """
-    env = {**os.environ, "CXX": str(compiler), "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled"),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    env = child_env(CXX=str(compiler), CHEXTRIEV_COMPILE_CACHE=str(tmp_path / "compiled"),
+                    TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                          check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -267,7 +267,7 @@ from chextriev.compiled import STATS, compiled_trunk
 loaded = load_checkpoint({str(tiny_checkpoint)!r}, precision="fp32", compile=True, compile_batch=1)
 print(json.dumps({{"stats": dict(STATS), "how": compiled_trunk(loaded.model).how}}))
 """
-    env = {**os.environ, "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled")}
+    env = child_env(CHEXTRIEV_COMPILE_CACHE=str(tmp_path / "compiled"))
     workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{i}")})
                for i in range(2)]
