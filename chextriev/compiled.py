@@ -373,6 +373,10 @@ def trunk_module(model):
     if getattr(module.config, "train_backbone", False):
         log.info("--compile: the backbone trains with the model; running it eagerly")
         return None
+    eager = getattr(getattr(module, "trunk", None), "eager_reason", None)  # a trunk measured slower compiled
+    if eager:
+        log.info("--compile: %s; running it eagerly", eager)
+        return None
     return module
 
 

@@ -157,3 +157,35 @@ def test_model_init_reports_what_it_did(day_one, tmp_path, capsys):
     assert loaded.text_encoder is None and loaded.config.embedding_source == "regions"
     scale = loaded.model.features.region_scale
     assert not torch.allclose(scale, torch.ones_like(scale))  # fitted on the archive
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_viewer_says_why_there_are_no_predicted_findings(day_one, served):
+    """In a real browser: an upload search with the no-label model shows the reason where the
+    findings and the finding heatmap toggles would be, and raises no error."""
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium not found: install Debian's chromium package to run the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    query = sorted(day_one["archive"].glob("*.png"))[2]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{served}/")
+        expect = sync_api.expect
+        expect(page.locator("#status")).to_contain_text("ready", timeout=60_000)
+        page.fill("#k", "4")
+        page.set_input_files("#file", str(query))
+        expect(page.locator("#results li")).to_have_count(4, timeout=60_000)
+        expect(page.locator("#query-predicted")).to_contain_text("No predicted findings: this model predicts no")
+        expect(page.locator("#heat-findings")).to_contain_text("No finding heatmaps")
+        expect(page.locator("#results li .r-pred").first).to_contain_text("no finding head")
+        page.keyboard.press("h")  # the heatmap shortcut does nothing without findings
+        browser.close()
+    assert not errors, errors
