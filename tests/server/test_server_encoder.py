@@ -9,8 +9,6 @@ test_server_text.py). The index and checkpoint (`day_one`) are conftest's, share
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,11 +16,10 @@ import requests
 import torch
 from PIL import Image
 from server_helpers import (  # day_one: conftest
-    REPO_ROOT,
     run_subcommand,
+    serve_until_ready,
     stop_server,
-    unused_port,
-    wait_for,
+    viewer_page,
 )
 
 TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
@@ -30,27 +27,10 @@ TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
 
 @pytest.fixture(scope="module")
 def served(day_one):
-    port = unused_port()
-    log_path = day_one["root"] / "server.log"
-    command = [sys.executable, "-m", "server.cli", "--checkpoint", str(day_one["checkpoint"]), "--db", day_one["db"],
-               "--index-dir", str(day_one["index_dir"]), "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(ready, 120, "the server answers ready")
-        yield base
-    finally:
-        stop_server(process)
+    base, process = serve_until_ready(["--checkpoint", str(day_one["checkpoint"]), "--db", day_one["db"],
+                                       "--index-dir", str(day_one["index_dir"])], day_one["root"] / "server.log")
+    yield base
+    stop_server(process)
 
 
 def test_a_no_label_checkpoint_indexes_and_serves_image_search(day_one, served):
@@ -145,22 +125,8 @@ def test_model_init_reports_what_it_did(day_one, tmp_path, capsys):
 def test_the_viewer_says_why_there_are_no_predicted_findings(day_one, served):
     """In a real browser: an upload search with the no-label model shows the reason where the
     findings and the finding heatmap toggles would be, and raises no error."""
-    from pathlib import Path
-
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("/usr/bin/chromium not found: install Debian's chromium package to run the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     query = sorted(day_one["archive"].glob("*.png"))[2]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        errors: list[str] = []
-        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{served}/")
-        expect = sync_api.expect
-        expect(page.locator("#status")).to_contain_text("ready", timeout=60_000)
+    with viewer_page(served) as (page, expect, errors):
         page.fill("#k", "4")
         page.set_input_files("#file", str(query))
         expect(page.locator("#results li")).to_have_count(4, timeout=60_000)
@@ -168,5 +134,4 @@ def test_the_viewer_says_why_there_are_no_predicted_findings(day_one, served):
         expect(page.locator("#heat-findings")).to_contain_text("No finding heatmaps")
         expect(page.locator("#results li .r-pred").first).to_contain_text("no finding head")
         page.keyboard.press("h")  # the heatmap shortcut does nothing without findings
-        browser.close()
     assert not errors, errors

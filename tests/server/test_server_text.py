@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
 from PIL import Image
-from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
+from server_helpers import (
+    REPO_ROOT,
+    run_subcommand,
+    serve_until_ready,
+    stop_server,
+    viewer_page,
+    wait_for,
+)
 
 TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
 #: Pixels of a canvas that are clearly coloured (the region boxes; the radiograph is grey).
@@ -41,27 +45,11 @@ def text_server(day_one, tmp_path_factory):
     """``python -m server.cli`` (``chextriev serve``) on the day-one index alone (the bundle names
     the checkpoint), fp32, with an audit log."""
     folder = tmp_path_factory.mktemp("text-server")
-    port = unused_port()
     log_path, audit = folder / "server.log", folder / "audit.log"
-    command = [sys.executable, "-m", "server.cli", "--index-dir", str(day_one["index_dir"]), "--port", str(port),
-               "--precision", "fp32", "--audit-log", str(audit)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(ready, 120, "the server answers ready")
-        yield {"base": base, "log": log_path, "audit": audit}
-    finally:
-        stop_server(process)
+    base, process = serve_until_ready(["--index-dir", str(day_one["index_dir"]), "--precision", "fp32",
+                                       "--audit-log", str(audit)], log_path)
+    yield {"base": base, "log": log_path, "audit": audit}
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -240,24 +228,10 @@ def test_the_viewer_searches_by_text_and_boxes_the_regions(text_server):
     """In a real browser: the text box (shown because /readyz says text_search) runs the search,
     the query pane shows the text, the first case opens with the three regions the API names for
     it boxed and starred in the region list; J moves to the next case and its regions."""
-    if not Path("/usr/bin/chromium").exists():
-        if os.environ.get("CHEXTRIEV_REQUIRE_BROWSER") == "1":
-            pytest.fail("CHEXTRIEV_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing")
-        pytest.skip("/usr/bin/chromium not found: install Debian's chromium package to run the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     base = text_server["base"]
     text = TEXTS[1]
     api = _search(base, text=text, k=4).json()["results"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        errors: list[str] = []
-        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{base}/")
-        expect = sync_api.expect
-        expect(page.locator("#status")).to_contain_text("ready", timeout=60_000)
+    with viewer_page(base) as (page, expect, errors):
         expect(page.locator("#by-text")).to_be_visible()
         page.fill("#k", "4")
         page.fill("#query-text", text)
@@ -272,10 +246,9 @@ def test_the_viewer_searches_by_text_and_boxes_the_regions(text_server):
                 page.locator("#results").focus()
                 page.keyboard.press("j")
                 expect(page.locator("#case-title")).to_have_text(f"Case {result['id']}", timeout=30_000)
-            names = [m["region"] for m in result["matched_regions"]]
-            matched = page.locator("#region-list label.match")
-            expect(matched).to_have_count(len(names), timeout=10_000)
-            assert sorted(matched.locator(".region-name").all_text_contents()) == sorted(names)
+            names = [m["region"] for m in sorted(result["matched_regions"], key=lambda m: m["index"])]
+            matched = page.locator("#region-list label.match .region-name")  # in the list's (region) order
+            expect(matched).to_have_text(names, timeout=10_000)  # waits for this case's detail
             expect(page.locator("#vp-case")).to_have_attribute("data-regions", str(len(names)))
         assert page.locator("#vp-case").evaluate(COLOURED) > 0  # the boxes are drawn in colour on the grey case
         page.keyboard.press("b")  # regions off: nothing coloured left
@@ -285,5 +258,4 @@ def test_the_viewer_searches_by_text_and_boxes_the_regions(text_server):
         expect(page.locator("#vp-case")).to_have_attribute("data-regions", str(len(api[1]["matched_regions"])))
         if os.environ.get("CHEXTRIEV_UPDATE_SCREENSHOTS") == "1":
             page.screenshot(path=str(REPO_ROOT / "docs" / "images" / "viewer_text_search.png"))
-        browser.close()
     assert not errors, errors
