@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from chextriev.files import atomic_open, sha256_file
+from chextriev.files import atomic_open, atomic_path, sha256_file
 from indexer.manifest import SEGMENTS, IndexStateError, new_name
 
 #: Segments of one size tier merged together once this many exist.
@@ -123,13 +123,17 @@ class _Sink:
 
 def write_index_file(index, path: Path) -> None:
     """``index`` into ``path`` (temporary name, fsync, rename), every write error raised."""
-    with atomic_open(path) as handle:
-        sink = _Sink(handle)
-        writer = faiss.PyCallbackIOWriter(sink)
-        faiss.write_index(index, writer)
-        del writer
-        if sink.error is not None:
-            raise sink.error
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            sink = _Sink(handle)
+            writer = faiss.PyCallbackIOWriter(sink)
+            faiss.write_index(index, writer)
+            del writer
+            if sink.error is not None:
+                raise sink.error
+
+    atomic_path(path, write)
 
 
 def write_segment(index_dir: Path, segment: Segment) -> None:
