@@ -150,6 +150,8 @@ def _preview_url(image_id: int) -> str:
 
 #: Response header of the preview and heatmap routes: what the image was made from.
 PREVIEW_HEADER = "X-Chextriev-Preview"
+#: Response header of the heatmap routes: the method that made the map (``gradcam`` or ``pcam``).
+METHOD_HEADER = "X-Chextriev-Heatmap-Method"
 NO_PREVIEW_NOTE = ("thumbnail: the index stores no preview of this image (built before previews "
                    "or with --preview-side 0; re-index into a new --index-dir to get them)")
 _told_no_preview: set[int] = set()
@@ -502,7 +504,8 @@ def _heatmap_style(value: str | None) -> str:
 
 @bp.get("/images/<int:image_id>/heatmap")
 def image_heatmap(image_id: int):
-    """Grad-CAM of ``finding`` on an archived image, as a PNG: ``style=overlay`` (default, blended
+    """The heatmap of ``finding`` on an archived image (Grad-CAM, or a PCAM model's own map: the
+    ``X-Chextriev-Heatmap-Method`` header says which), as a PNG: ``style=overlay`` (default, blended
     on the image) or ``style=layer`` (transparent colour layer to draw over the image).
 
     The server never reads the archive, so the heatmap is computed on the stored preview (the
@@ -523,12 +526,14 @@ def image_heatmap(image_id: int):
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     response.headers[PREVIEW_HEADER] = made_from if made_from == "preview" else _no_preview(image_id)
+    response.headers[METHOD_HEADER] = svc.heatmap_method
     return response
 
 
 @bp.post("/heatmap")
 def upload_heatmap():
-    """Grad-CAM of ``finding`` on an uploaded image (the query), as a PNG (``style`` as above)."""
+    """The heatmap of ``finding`` on an uploaded image (the query), as a PNG (method and ``style``
+    as above)."""
     svc = service()
     svc.require_ready()
     check_single(request.form)
@@ -538,7 +543,9 @@ def upload_heatmap():
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()
     pixels = shrink(upload.pixels, HEATMAP_SIDE)
-    return Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")
+    response = Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")
+    response.headers[METHOD_HEADER] = svc.heatmap_method
+    return response
 
 
 def _pacs():

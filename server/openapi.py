@@ -444,14 +444,15 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                               "304": {"description": "not modified (If-None-Match)"},
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {
-                "summary": "Grad-CAM overlay of a finding on an indexed image (computed on its stored preview, "
-                           "or the thumbnail without one: the server never reads the archive)",
+                "summary": "heatmap overlay of a finding on an indexed image: Grad-CAM, or a PCAM model's own "
+                           "map (the X-Chextriev-Heatmap-Method header says which); computed on its stored "
+                           "preview, or the thumbnail without one: the server never reads the archive",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
                               "409": _error("the model has no finding head (a label-free encoder model)"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
-                "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
+                "summary": "heatmap overlay of a finding on an uploaded image (the query; method as above)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image", "finding"],
                     "properties": {"image": {"type": "string", "format": "binary"},

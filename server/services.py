@@ -397,17 +397,27 @@ class SearchService:
             box_source=str(batch.box_sources[0]),
         )
 
+    @property
+    def heatmap_method(self) -> str:
+        """What the heatmaps are: the model's own PCAM map for a ``--pooling pcam`` classifier,
+        else Grad-CAM (:func:`chextriev.localization.cam.own_method`)."""
+        from chextriev.localization.cam import own_method
+
+        self.require_ready()
+        return own_method(self.model)
+
     def heatmap_png(self, pixels: np.ndarray, boxes: np.ndarray | None, finding: str,
                     style: str = "overlay") -> bytes:
-        """Grad-CAM of ``finding`` on ``pixels`` ``(H, W)`` as PNG: overlaid on the image
-        (``style="overlay"``) or as a transparent colour layer of the same size (``"layer"``)."""
+        """The heatmap of ``finding`` on ``pixels`` ``(H, W)`` (:attr:`heatmap_method`) as PNG:
+        overlaid on the image (``style="overlay"``) or as a transparent colour layer of the same
+        size (``"layer"``)."""
         from chextriev.localization.cam import heatmap, overlay_png
 
         self.require_ready()
         with self.model_lock:
             if boxes is None:
                 boxes = self.model.box_provider.boxes_for([pixels])[0][0]
-            heat = heatmap(self.model, pixels, boxes, finding, method="gradcam")
+            heat = heatmap(self.model, pixels, boxes, finding, method=self.heatmap_method)
         if style == "layer":
             return heat_layer_png(heat)
         return overlay_png(pixels, heat, alpha=HEAT_ALPHA, colormap=HEAT_COLORMAP)
