@@ -28,7 +28,7 @@ from chextriev.errors import (
     StudyNotFoundError,
 )
 from chextriev.io.pixels import PREVIEW_SIDE, encode_preview, shrink
-from server import reference
+from server import reference, text_search
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
@@ -60,6 +60,7 @@ from server.validation import (
     parse_finding,
     parse_k,
     parse_search_settings,
+    parse_text,
     parse_uid,
 )
 
@@ -269,6 +270,9 @@ JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_pati
 #: ... and those of a search by reference.
 REFERENCE_FIELD_TYPES = {**JSON_FIELD_TYPES, "study_uid": str, "series_uid": str,
                          "instance_uid": str, "store": bool}
+#: ... and those of a search by text (no patient to exclude).
+TEXT_FIELD_TYPES = {**{key: kind for key, kind in JSON_FIELD_TYPES.items() if key != "exclude_same_patient"},
+                    "text": str}
 
 
 def _json_fields(body, types: dict[str, type] = JSON_FIELD_TYPES) -> dict[str, str]:
@@ -387,6 +391,35 @@ def search_by_id(image_id: int):
         payload["notes"] = [f"image {image_id} has no recorded patient: nothing excluded"]
     log.info("search by id %d: k=%d, %d results in %.0f ms", image_id, k, len(payload["results"]),
              payload["timing_ms"]["total"])
+    return _json(payload)
+
+
+@bp.post("/search/text")
+def search_text():
+    """Search with a text (a CLIP-family encoder model's own text tower): the archived images
+    nearest the text, each with the regions the text points at. See :mod:`server.text_search`.
+    The text is never logged (its length is) nor written to the audit log."""
+    started = time.perf_counter()
+    if "text" in request.args:
+        raise ApiError(400, "bad_parameter", "send the text in the request body (JSON or form), not in the "
+                                             "URL: addresses end up in proxy and browser logs")
+    values = _form_values(TEXT_FIELD_TYPES)
+    k = parse_k(values.get("k"))
+    text = parse_text(values.get("text"))
+    settings = parse_search_settings(values)
+    svc = service()
+    svc.require_ready()
+    text_search.require_text_search(svc.model)
+    filters = parse_filters(values, svc.class_names)
+    timings: dict[str, float] = {}
+    query = text_search.text_query(svc, text, timings)
+    payload, rows = _search_response(query, {"source": text_search.SOURCE, "text": text, "known_findings": None},
+                                     k=k, exclude_ids=[], exclude_patients=[], filters=filters, started=started,
+                                     timings=timings, settings=settings)
+    text_search.add_text_regions(svc, query, payload, rows, timings)
+    payload["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 1)
+    log.info("search by text (%d characters): k=%d, %d results in %.0f ms", len(text), k,
+             len(payload["results"]), payload["timing_ms"]["total"])
     return _json(payload)
 
 

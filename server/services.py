@@ -337,6 +337,8 @@ class SearchService:
                 "has_regions": bool(self.model.has_regions),
                 "has_findings": bool(self.model.has_findings),
                 "findings_note": self.model.findings_note,
+                "text_search": self.text_search_note is None,
+                "text_search_note": self.text_search_note,
                 "precision": self.model.precision,
                 "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
@@ -363,6 +365,15 @@ class SearchService:
     def class_names(self) -> tuple[str, ...]:
         self.require_ready()
         return tuple(self.model.class_names)
+
+    @property
+    def text_search_note(self) -> str | None:
+        """Why the loaded model cannot search by text (``POST /api/v1/search/text``), or None
+        when it can (:func:`chextriev.localization.text.text_search_note`)."""
+        from chextriev.localization.text import text_search_note
+
+        self.require_ready()
+        return text_search_note(self.model)
 
     @property
     def finding_thresholds(self) -> np.ndarray:

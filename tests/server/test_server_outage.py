@@ -6,22 +6,13 @@ PostgreSQL server of this test alone (127.0.0.1); every loop is bounded."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 from postgres_fixtures import pg_ctl
-from server_helpers import (
-    REPO_ROOT,
-    BackgroundLoop,
-    run_subcommand,
-    stop_server,
-    unused_port,
-    wait_for,
-)
+from server_helpers import BackgroundLoop, run_subcommand, serve_until_ready, stop_server, wait_for
 
 PASSWORD = "pg-password-never-shown"
 
@@ -105,23 +96,10 @@ def test_a_running_server_rides_out_a_postgres_restart_and_outage(tiny_index, ow
     catalog = Catalog.open(url, index_dir)
     query = int(catalog.index.ids[0])
     catalog.close()
-    port = unused_port()
-    base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "--index-dir", str(index_dir), "--db", url,
-             "--port", str(port), "--workers", "2", "--threads", "2"],
-            cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    base, process = serve_until_ready(["--index-dir", str(index_dir), "--db", url, "--workers",
+                                       "2", "--threads", "2"], log_path, 180)
     try:
-        def ready() -> bool:
-            try:
-                return requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200
-            except requests.RequestException:
-                return process.poll() is not None
-
-        wait_for(ready, 180, "the server ready")
-        assert process.poll() is None, log_path.read_text()[-2000:]
         with Probe(base, query) as probe:
             wait_for(lambda: len(probe.ready_pids) == 2, 60, "both workers answered")
             time.sleep(1)  # both workers hold pooled connections now
