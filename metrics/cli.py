@@ -18,7 +18,7 @@ where the split came from.
 A model with a text tower (a CLIP-family encoder model from ``chextriev model init``) is also
 evaluated zero-shot (:mod:`metrics.zero_shot`): text-to-image retrieval (mAP/mHR/mRR@k per
 finding, one prompt per finding) and classification AUROC from the prompts of
-``configs/zero_shot_prompts.toml`` (``--prompts FILE`` for others). A model without a finding
+``metrics/zero_shot_prompts.toml`` (``--prompts FILE`` for others). A model without a finding
 head has no classification, region AUROC or heatmap localization: the report's ``notes`` say so
 and why.
 
@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
                         "on for a model with a text tower, a CLIP-family encoder model; --zero-shot on another "
                         "model is an error that says why)")
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
-                   help="the zero-shot prompts, a TOML file (default: configs/zero_shot_prompts.toml; its comments "
+                   help="the zero-shot prompts, a TOML file (default: metrics/zero_shot_prompts.toml; its comments "
                         "say the format)")
     p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
                    help="for binary-code models (ATH binary): rank by Hamming distance of the codes")

@@ -3,7 +3,7 @@ from one prompt per finding, no label used for anything but scoring.
 
 A CLIP-family encoder model (``chextriev model init --backbone biomedclip | chexzero |
 medsiglip``) embeds images and texts in one space (``LoadedModel.text_encoder``), so a finding's
-prompt (``configs/zero_shot_prompts.toml``, or ``--prompts FILE``) is a query:
+prompt (``metrics/zero_shot_prompts.toml``, or ``--prompts FILE``) is a query:
 
 * **retrieval**: each finding's prompt searches the evaluated images (exact cosine top-k, the
   retrieval core :func:`metrics.retrieval.exact_knn`); a result is relevant when the image's own
@@ -40,7 +40,7 @@ from metrics.evaluate import abnormality_summary
 from metrics.retrieval import exact_knn, normalize_rows, retrieval_metrics
 
 #: The prompts ``chextriev evaluate`` uses unless given ``--prompts FILE``.
-PROMPTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "zero_shot_prompts.toml"
+PROMPTS_FILE = Path(__file__).resolve().parent / "zero_shot_prompts.toml"
 SCORE_RULE = ("cosine of the image to the finding's prompt, minus its cosine to the negative prompt where the "
               "file gives one")
 RETRIEVAL_RULE = ("each finding's prompt is its one query over the evaluated images (exact cosine); a prompt "
