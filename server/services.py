@@ -301,10 +301,26 @@ class SearchService:
                                     else "not loaded")
             raise NotReadyError(reason, retry_after=self.retry_after() if self.state == "failed" else 5)
 
+    def catalog_problem(self):
+        """None when loaded and the catalog database answers (one round trip), else why not:
+        the :class:`~indexer.db.CatalogUnavailableError` (down, restarting, failing over)."""
+        if not self.ready or self._pid != os.getpid():
+            return None
+        from indexer.catalog import CatalogUnavailableError
+
+        try:
+            self.catalog.ping()
+        except CatalogUnavailableError as error:
+            return error
+        return None
+
     def status(self) -> dict[str, Any]:
-        """What ``/readyz`` reports."""
+        """What ``/readyz`` reports (not ready while the catalog database is unreachable)."""
         # worker_pid: which process answered (``--workers N`` forks N that share one socket)
         info: dict[str, Any] = {"ready": self.ready, "state": self.state, "worker_pid": os.getpid()}
+        problem = self.catalog_problem()
+        if problem is not None:
+            info.update(ready=False, error=str(problem), retry_after_s=problem.retry_after)
         if self.error:
             info["error"] = self.error
         if self.state == "failed":

@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +51,26 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"not within {seconds:.0f} s: {what}")
+
+
+class BackgroundLoop:
+    """``self._run()`` in a daemon thread while a ``with`` block lasts; ``self._stop`` is set
+    at its end (the loop checks it), and the thread is joined."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:  # pragma: no cover - subclasses define the loop
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 def serve_until_ready(arguments: list[str], log_path: Path, seconds: float = 120) -> tuple[str, subprocess.Popen]:
