@@ -55,8 +55,19 @@ METHODS = ("gradcam", "gradcampp", "cam")
 #: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
 HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap", "own_method",
-           "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
+__all__ = [
+    "HEATMAP_METHODS",
+    "METHODS",
+    "CamPipeline",
+    "CamUnsupportedError",
+    "class_index",
+    "feature_cam",
+    "heatmap",
+    "heatmap_mask",
+    "heatmap_to_boxes",
+    "overlay_png",
+    "own_method",
+]
 
 
 def feature_cam(
