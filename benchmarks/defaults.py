@@ -18,8 +18,9 @@ hits them alike; compare the ratios):
   loaded, as the command reports it) and the process's wall time. The compiled cache is filled
   before the timed runs (its cold start is the ``startup`` part's).
 * ``startup``: ``chextriev serve`` from the process start to ``/readyz`` 200, with ``--compile off``,
-  with the defaults and an empty compiled cache (cold: it compiles), and with the defaults and
-  the cache that run filled (warm), alternated ``--repeats`` times.
+  with the defaults and an empty compiled cache (cold: it compiles; TorchInductor's own cache
+  folder empty too), and with the defaults and the cache that run filled (warm), alternated
+  ``--repeats`` times.
 * ``warm-start``: what the compiled cache could be, on the trunk alone, each in a fresh process
   (cold: empty caches; warm: the caches a cold run filled): the ahead-of-time package of
   ``chextriev.compiled`` (what the commands use), ``torch.compile`` with TorchInductor's own
@@ -84,7 +85,7 @@ def prepare(work: Path, patients: int, index_images: int, queries: int, fit_imag
         rows = list(csv.reader(handle))
     if len(rows) - 1 < index_images + queries:
         raise SystemExit(f"the archive has {len(rows) - 1} images: raise --patients")
-    subset = work / f"subset-{index_images}.csv"
+    subset = archive / f"subset-{index_images}.csv"  # beside manifest.csv: its relative paths resolve
     with open(subset, "w", newline="") as handle:
         csv.writer(handle).writerows(rows[: 1 + index_images])
     images, boxes, records = archive_images(archive, index_images + queries)
@@ -98,8 +99,9 @@ def prepare(work: Path, patients: int, index_images: int, queries: int, fit_imag
                                         "--compile", "off", "--precision", "fp32", "--json"),
                              cwd=REPO_ROOT, capture_output=True, text=True, check=False,
                              env=_env(work / "compiled-unused"))
-        if run.returncode != 0:
-            raise SystemExit(f"indexing the subset failed:\n{run.stderr[-3000:]}")
+        if run.returncode != 0 or json.loads(run.stdout)["index_size"] != index_images:
+            shutil.rmtree(index_dir, ignore_errors=True)
+            raise SystemExit(f"indexing the subset failed:\n{run.stdout[-1000:]}\n{run.stderr[-3000:]}")
     return {"archive": archive, "subset": subset, "checkpoint": checkpoint, "queries": query_files,
             "index_dir": index_dir}
 
@@ -208,7 +210,7 @@ def part_startup(fixtures: dict, args) -> None:
         process = subprocess.Popen(_chextriev("serve", "--index-dir", str(fixtures["index_dir"]), "--checkpoint",
                                               str(fixtures["checkpoint"]), "--port", str(port), *flags),
                                    cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env=_env(cache))
+                                   env=_env(cache, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor")))
         try:
             while time.perf_counter() - started < 900:
                 if process.poll() is not None:

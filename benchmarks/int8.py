@@ -185,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from chextriev.checkpoint import load_checkpoint
-    from chextriev.embedding import prepare_batch
     from chextriev.model.backbone import normalize
     from chextriev.model.region_features import box_mask
 
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     size = loaded.image_size
     inputs, model_boxes = [], []
     for image, box in zip(images, boxes):
-        x, b = prepare_batch([image], [box], size)
+        x, b = model.prepare_batch([image], [box])
         inputs.append(np.ascontiguousarray(normalize(x).numpy()))
         model_boxes.append(b)
     calibration, evaluation = inputs[:args.calibrate], inputs[args.calibrate:]

@@ -180,7 +180,7 @@ def pad_index(catalog, pad_random: int, index_type: str) -> None:
 
 def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_random: int,
                      threads: int, index_type: str = "auto", torch_threads: int | None = None,
-                     workers: int = 1, precision: str = "auto", compile: str = "off") -> str:
+                     workers: int = 1, precision: str = "auto", compile: str = "on") -> str:
     """Serve the index with the production server (gunicorn, as ``chextriev serve``) in a forked
     child process on 127.0.0.1 and a free port; each worker pads its own index when asked.
     Returns the base URL once the server is ready."""
@@ -311,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
     serving.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                          help="model precision of the in-process server (default auto)")
-    serving.add_argument("--compile", default="off", choices=("off", "on"),
-                         help="the in-process server's --compile (default off)")
+    serving.add_argument("--compile", default=None, choices=("off", "on"),
+                         help="the in-process server's --compile (default: as chextriev serve's, on "
+                              "unless $CHEXTRIEV_COMPILE says otherwise)")
     serving.add_argument("--compare-precision", action="store_true",
                          help="upload mode: serve fp32 and bf16 side by side, alternate single requests")
     serving.add_argument("--compare-compile", action="store_true",
@@ -320,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                               "single requests")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.compile is None:
+        from chextriev.compiled import default_compile, parse_compile
+
+        args.compile = parse_compile(default_compile())
     if args.compare_precision or args.compare_compile:
         if not (args.checkpoint and args.index_dir) or args.mode != "upload":
             raise SystemExit("--compare-precision / --compare-compile need --mode upload, --checkpoint and --index-dir")

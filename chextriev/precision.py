@@ -192,12 +192,17 @@ def autocast(precision: str, device="cpu"):
 
 
 def prepare_model(model, precision: str):
-    """Store the ``Conv1d/2d/3d`` and ``Linear`` weights of ``model`` in bf16 for ``"bf16"``.
+    """Store the ``Conv1d/2d/3d`` and ``Linear`` weights of ``model`` in bf16 for ``"bf16"``, and
+    the input projections of ``nn.MultiheadAttention`` (open_clip's and OpenAI CLIP's attention,
+    SigLIP's pooling head), which are plain parameters, not ``Linear`` layers.
 
     Autocast casts those weights to bf16 on every call anyway (it caches nothing in inference
     mode); storing them once saves that copy (about 5 % of a ResNet50 pass at 512 px, 30 % of the
-    graph transformer) and half their memory. Norm layers, positional tables and buffers stay
-    float32. A bf16-prepared model must run under :func:`autocast`. Returns ``model``.
+    graph transformer) and half their memory. For ``nn.MultiheadAttention`` the cast of its
+    float32 in-projection took most of a CheXzero (CLIP ViT-B/32) pass: bf16 was 3x slower than
+    fp32 on this CPU, and 3.5x faster with the projection stored in bf16 (BENCHMARKS.md
+    "Foundation encoders"). Norm layers, positional tables and buffers stay float32. A
+    bf16-prepared model must run under :func:`autocast`. Returns ``model``.
     """
     if precision not in RESOLVED:
         raise UnknownNameError("resolved precision", str(precision), RESOLVED)
@@ -212,6 +217,11 @@ def prepare_model(model, precision: str):
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 module.to(torch.bfloat16)
+            elif isinstance(module, nn.MultiheadAttention):
+                for name in ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                    parameter = getattr(module, name, None)
+                    if parameter is not None:
+                        parameter.data = parameter.data.to(torch.bfloat16)
     return model
 
 

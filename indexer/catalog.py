@@ -119,9 +119,8 @@ class Catalog:
         """Open the database at ``db_url`` (default ``sqlite:///<index_dir>/catalog.sqlite``)
         and the index saved in ``index_dir``; ``finding_thresholds`` (class name -> threshold)
         decide which predicted findings the ``finding`` filter counts (0.5 for the others);
-        ``warm``: each build's files read ahead in the background (a server). Raises
-        ChextrievError when either is missing, or when the catalog's schema revision is not
-        this code's (:class:`CatalogSchemaError`, naming ``chextriev db upgrade``)."""
+        ``warm``: each build's files read ahead (a server). Raises ChextrievError when either is
+        missing, or the schema is not this code's (:class:`CatalogSchemaError`)."""
         index_dir = Path(index_dir)
         db_url = db_url or default_db_url(index_dir)
         engine = make_engine(db_url, create=False)
@@ -140,20 +139,21 @@ class Catalog:
         files mapped (no catalog rows read), the vector store at its committed length."""
         manifest = Manifest.read(self.index_dir)
         index = VectorIndex.load(self.index_dir, device=self.device, mmap=True, manifest=manifest)
-        with self.sessions() as session:
+        def rows(session):
             generation, _ = db_read.generation(session)
             store = open_store(session, self.index_dir)
             if manifest.columns is not None:
                 columns = cols.Columns.open(self.index_dir, manifest.columns)
-                size = len(columns)
-            else:  # a build made before column files: the catalog's rows, in memory
-                log.warning("the index build %s has no search column files (made before them): "
-                            "reading every indexed row of the catalog instead (slow at scale); "
-                            "the next `chextriev index` run or `chextriev index repair` writes "
-                            "them", manifest.build_id)
-                names = db_read.first_class_names(session)
-                columns = cols.from_rows(db_read.column_rows(session.connection(), names), names)
-                size = int(np.isin(index.ids, columns.ids).sum())
+                return generation, store, columns, len(columns)
+            log.warning("the index build %s has no search column files (made before them): "
+                        "reading every indexed row of the catalog instead (slow at scale); the "
+                        "next `chextriev index` run or `chextriev index repair` writes them",
+                        manifest.build_id)
+            names = db_read.first_class_names(session)
+            columns = cols.from_rows(db_read.column_rows(session.connection(), names), names)
+            return generation, store, columns, int(np.isin(index.ids, columns.ids).sum())
+
+        generation, store, columns, size = self._read(rows)
         if store is not None:
             index.exact = StoreExact(store, columns.ids, columns.slots)
         if self._warm:  # the build's mapped files, ahead of the first searches (indexer/warm.py)
@@ -164,6 +164,16 @@ class Catalog:
                      manifest.build_id, manifest.catalog_generation, generation)
         return _Snapshot(manifest=manifest, index=index, store=store, columns=columns,
                          generation=generation, size=size)
+
+    def _read(self, fn, *args):
+        """``fn(session, *args)`` through :func:`indexer.db_read.run`: a restarted database's
+        dropped connection made again, an unreachable one :class:`CatalogUnavailableError`."""
+        return db_read.run(self.sessions, fn, *args)
+
+    def ping(self) -> None:
+        """One round trip to the catalog database; raises :class:`CatalogUnavailableError`
+        naming it when it cannot be reached (the server's ``/readyz``)."""
+        self._read(db_read.ping)
 
     def changed(self) -> bool:
         """Whether a build other than the one loaded is committed now (one ``stat`` of the
@@ -227,8 +237,7 @@ class Catalog:
     def status(self, ids: Iterable[int]) -> dict[int, str]:
         """``{id: status}`` (``indexed`` / ``skipped`` / ``failed`` / ``removed``) of the known
         ids; unknown ids are absent. One indexed query: cheap per request."""
-        with self.sessions() as session:
-            return db_read.image_status(session, ids)
+        return self._read(db_read.image_status, ids)
 
     def search(self, vectors, k: int, *, exclude_ids: Iterable[int] | None = None,
                exclude_patients: Iterable[str | int] | None = None,
@@ -284,8 +293,7 @@ class Catalog:
         pks = [int(p) for p in patients if isinstance(p, (int, np.integer))]
         keys = [str(p) for p in patients if not isinstance(p, (int, np.integer))]
         if keys:
-            with self.sessions() as session:
-                pks += db_read.patient_pks(session, keys)
+            pks += self._read(db_read.patient_pks, keys)
         return np.unique(np.asarray(pks, np.int64))
 
     def search_settings(self, nprobe: int | None = None, rerank: int | None = None
@@ -302,8 +310,7 @@ class Catalog:
 
     def lookup(self, image_id: str) -> int | None:
         """The database id of an indexed image by its dataset image id (or source path)."""
-        with self.sessions() as session:
-            return db_read.lookup(session, image_id)
+        return self._read(db_read.lookup, image_id)
 
     def lookup_instance(self, sop_instance_uid: str, *,
                         pseudonym_key: bytes | None = None) -> int | None:
@@ -312,8 +319,7 @@ class Catalog:
         The UID as stored; in a pseudonymised catalog (``chextriev index --pseudonymise``) the
         stored UID is its keyed pseudonym (:func:`chextriev.io.deid.uid_pseudonym`), found
         when ``pseudonym_key`` (the indexer's key) is given. One indexed (unique) lookup each."""
-        with self.sessions() as session:
-            return db_read.lookup_instance(session, sop_instance_uid, pseudonym_key)
+        return self._read(db_read.lookup_instance, sop_instance_uid, pseudonym_key)
 
     def images(self, ids: Sequence[int]) -> list[dict]:
         """Metadata of ``ids`` in the given order; raises UnknownImageError for unknown ids.
@@ -327,8 +333,7 @@ class Catalog:
         (keyed HMACs when pseudonymised), ``pseudonymised``.
         """
         ids = [int(i) for i in ids]
-        with self.sessions() as session:
-            by_id = db_read.image_rows(session, ids)
+        by_id = self._read(db_read.image_rows, ids)
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise UnknownImageError(missing)
@@ -337,8 +342,7 @@ class Catalog:
     def thumbnail_bytes(self, image_id: int) -> tuple[bytes, str]:
         """The stored thumbnail as it is stored (the decoding worker's JPEG,
         :func:`chextriev.io.pixels.encode_thumbnail`; PNG in older catalogs) and its MIME type."""
-        with self.sessions() as session:
-            data = db_read.thumbnail(session, image_id)
+        data = self._read(db_read.thumbnail, image_id)
         if data is None:
             raise UnknownImageError([image_id])
         return data, image_mimetype(data)
@@ -347,9 +351,9 @@ class Catalog:
         """The stored preview (grey JPEG, about ``--preview-side`` px) of one image and its MIME
         type, or None when the index stores none for it (built before previews, or with
         ``--preview-side 0``, or damaged: then the caller shows the thumbnail)."""
-        with self.sessions() as session:
-            slot = db_read.vector_slots(session, [image_id]).get(int(image_id))
-            committed = db_read.store_rows(session)
+        slot, committed = self._read(lambda session: (
+            db_read.vector_slots(session, [image_id]).get(int(image_id)),
+            db_read.store_rows(session)))
         data = PreviewStore(self.index_dir, committed).get(slot, int(image_id))
         return None if data is None else (data, "image/jpeg")
 
@@ -362,8 +366,7 @@ class Catalog:
             (len(ids), snap.index.dim), np.nan, np.float32)
         missing = ~np.isfinite(out).all(axis=1)
         if missing.any():
-            with self.sessions() as session:
-                slots = db_read.vector_slots(session, ids[missing].tolist())
+            slots = self._read(db_read.vector_slots, ids[missing].tolist())
             absent = [int(i) for i in ids[missing] if slots.get(int(i)) is None]
             if absent or snap.store is None:
                 raise UnknownImageError(absent or ids[missing].tolist())
@@ -373,12 +376,10 @@ class Catalog:
 
     def region_embeddings(self, ids: Sequence[int]) -> np.ndarray | None:
         """Per-region embeddings ``(n, 18, R)`` float32, or None when the model has none."""
-        ids = [int(i) for i in ids]
-        slots = dict(zip(ids, self._snap.columns.slots_of(np.asarray(ids, np.int64)).tolist()))
-        if min(slots.values(), default=0) < 0:  # not in the loaded build's columns: ask the catalog
-            with self.sessions() as session:
-                slots.update(db_read.vector_slots(session, [i for i in ids if slots[i] < 0]))
-        missing = [i for i in ids if slots[i] is not None and slots[i] < 0]
+        slots = self._snap.columns.slot_map(ids := [int(i) for i in ids])  # the build's: mapped
+        if rest := [i for i in ids if i not in slots]:  # indexed since the build loaded, unknown
+            slots.update(self._read(db_read.vector_slots, rest))
+        missing = [i for i in ids if i not in slots]
         if missing:
             raise UnknownImageError(missing)
         store = self._snap.store
@@ -393,8 +394,7 @@ class Catalog:
         store = self._snap.store
         if store is not None and (not len(slots) or int(np.max(slots)) < store.committed):
             return store
-        with self.sessions() as session:
-            fresh = open_store(session, self.index_dir)
+        fresh = self._read(open_store, self.index_dir)
         if fresh is None:
             raise UnknownImageError([])
         return fresh

@@ -14,7 +14,8 @@
     chextriev index verify --index-dir idx [--db URL] [--sample N] [--json]  # exit 1: they differ
     chextriev index repair --index-dir idx [--db URL]               # rebuild the index
     chextriev index remove --index-dir idx [--db URL] ID [ID ...]
-    chextriev db upgrade (--db URL | --index-dir DIR)               # schema upgrade in place
+    chextriev db upgrade (--db URL | --index-dir DIR) [--pseudonymise] [--pseudonym-key-file F]
+        # schema upgrade in place; a pseudonymised catalog's clear ledger -> keyed hashes
 
 ARCHIVE: a folder (a dataset layout or a plain tree of PNG/JPEG/DICOM), a manifest CSV, an
 image file, or an ``http(s)://`` DICOMweb service root (``chextriev.io.sources.open_source``).
@@ -162,7 +163,7 @@ def register(subparsers) -> None:
     web.add_argument("--insecure", action=argparse.BooleanOptionalAction, default=False,
                      help="do not verify TLS certificates (logs a warning; not for production)")
     web.add_argument("--page-size", type=int, default=500, help="QIDO-RS results per request")
-    parser.set_defaults(func=_index)
+    parser.set_defaults(func=stops_cleanly(_index))
     actions = parser.add_subparsers(dest="index_action", metavar="ACTION")
     verify = actions.add_parser(
         "verify", help="check the index payload against the catalog",
@@ -173,28 +174,43 @@ def register(subparsers) -> None:
     verify.add_argument("--sample", type=int, default=None, metavar="N",
                         help="compare the vectors of N random images (default: all)")
     add_json_option(verify, "the result")
-    verify.set_defaults(func=_verify)
+    verify.set_defaults(func=stops_cleanly(_verify))
     repair = actions.add_parser("repair", help="rebuild the index from the catalog")
     _common(repair, required_dir=True)
     _wait(repair)
-    repair.set_defaults(func=_repair)
+    repair.set_defaults(func=stops_cleanly(_repair))
     remove = actions.add_parser("remove", help="remove images from the database and the index")
     _common(remove, required_dir=True)
     _wait(remove)
     remove.add_argument("ids", nargs="+", help="database ids or dataset image ids")
-    remove.set_defaults(func=_remove)
+    remove.set_defaults(func=stops_cleanly(_remove))
 
-    db = subparsers.add_parser("db", help="catalog database maintenance",
-                               description="Catalog database maintenance.")
-    db_actions = db.add_subparsers(dest="db_action", metavar="ACTION")
-    db_actions.required = True
-    upgrade = db_actions.add_parser(
-        "upgrade", help="upgrade a catalog's schema in place (rows kept)",
-        description="Upgrade a catalog to this chextriev's schema revision, in place. Give the "
-                    "index folder: revisions that move data beside the index need it.")
-    _common(upgrade, required_dir=False)
-    _wait(upgrade)
-    upgrade.set_defaults(func=_db_upgrade)
+    from indexer.db_cli import register_db
+
+    register_db(subparsers, _common, _wait, stops_cleanly)
+
+
+def stops_cleanly(handler):
+    """``handler`` stopping with one line (:func:`indexer.stops.stop_error`) when the catalog
+    database goes away or the disk fills up, instead of a traceback."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except ChextrievError:
+            raise
+        except Exception as error:
+            from indexer.stops import stop_error
+
+            problem = stop_error(error, index_dir=args.index_dir or Path("index"),
+                                 db_url=args.db, committed=None)
+            if problem is None:
+                raise
+            raise problem from error
+
+    return run
 
 
 def _sessions(args):
@@ -355,29 +371,4 @@ def _remove(args) -> int:
     with _writable(args) as catalog:
         removed = remove_images(catalog.sessions, args.index_dir, args.ids)
     print(f"removed {removed} image(s)")
-    return 0
-
-
-def _db_upgrade(args) -> int:
-    from indexer import migrations
-    from indexer.db import default_db_url, safe_url
-    from indexer.engine import make_engine
-    from indexer.lock import CatalogLock
-
-    if args.db is None and args.index_dir is None:
-        raise ChextrievError("`chextriev db upgrade` needs --db URL or --index-dir DIR")
-    url = args.db or default_db_url(args.index_dir)
-    engine = make_engine(url, create=False, check=False, schema=False)
-    try:
-        with engine.connect() as connection:
-            if migrations.current_revision(connection) is None:
-                raise ChextrievError(f"no catalog in {safe_url(url)} (run `chextriev index`)")
-        with CatalogLock(args.index_dir, engine=engine, db_url=url, wait=args.wait):
-            before, after = migrations.upgrade(engine, index_dir=args.index_dir)
-    finally:
-        engine.dispose()
-    if before == after:
-        print(f"the catalog in {safe_url(url)} is already at revision {after}")
-    else:
-        print(f"upgraded the catalog in {safe_url(url)} from revision {before} to {after}")
     return 0

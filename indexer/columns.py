@@ -135,14 +135,14 @@ class Columns:
         pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
         return pos[self.ids[pos] == ids]
 
-    def slots_of(self, ids: np.ndarray) -> np.ndarray:
-        """Vector-store slots of ``ids`` ``(n,)`` (-1 for an id not in this set)."""
-        out = np.full(len(ids), -1, np.int64)
-        if len(self.ids) and len(ids):
-            pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
-            found = self.ids[pos] == ids
-            out[found] = self.slots[pos[found]]
-        return out
+    def slot_map(self, ids: list[int]) -> dict[int, int]:
+        """``{id: vector-store slot}`` of the ``ids`` in this set (the others are left out)."""
+        if not len(self.ids) or not ids:
+            return {}
+        wanted = np.asarray(ids, np.int64)
+        pos = np.clip(np.searchsorted(self.ids, wanted), 0, len(self.ids) - 1)
+        found = self.ids[pos] == wanted
+        return dict(zip(wanted[found].tolist(), np.asarray(self.slots)[pos[found]].tolist()))
 
     def meta(self, name: str) -> dict:
         """The manifest entry of this column set as set ``name``."""

@@ -2,23 +2,56 @@
 writes beside each build): images by id, lookups, thumbnails, vector slots, statuses, patient
 keys, and the per-image columns a search filters on.
 
-Functions take an open session (or connection) and only read.
+Functions take an open session (or connection) and only read; :func:`run` runs one of them in a
+session of its own, surviving a database restart (a dropped connection is retried once on a
+fresh one) and turning an unreachable database into
+:class:`~indexer.db.CatalogUnavailableError` (the server's 503).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Float, Text, and_, case, cast, func, literal, select
 
 from indexer.db import STATUS_INDEXED, Image, Patient, Study, catalog_state
 
+T = TypeVar("T")
 #: Ids per ``IN`` list.
 CHUNK = 20_000
 #: What a finding column holds for an image whose known label is 1 / 0 (images without known
 #: labels hold their predicted probability): ``score >= threshold`` is the finding rule.
 KNOWN_YES, KNOWN_NO = 2.0, -1.0
+
+
+def run(sessions, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(session, *args, **kwargs)`` in a new session of ``sessions``. A connection the
+    database dropped (a restart or failover; the engine's pre-ping catches most before use) is
+    retried once on a fresh one, a read being safe to repeat; a database that cannot be reached
+    raises :class:`~indexer.db.CatalogUnavailableError` naming it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from indexer.engine import unavailable
+
+    for attempt in (1, 2):
+        try:
+            with sessions() as session:
+                return fn(session, *args, **kwargs)
+        except DBAPIError as error:
+            if attempt == 1 and error.connection_invalidated:
+                continue
+            problem = unavailable(error, sessions.kw["bind"].url.render_as_string(False))
+            if problem is None:
+                raise
+            raise problem from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ping(session) -> None:
+    """One round trip (``SELECT 1``): the database answers."""
+    session.execute(select(literal(1))).scalar()
 
 
 def store_rows(session) -> int:

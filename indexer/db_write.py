@@ -26,6 +26,7 @@ from indexer.db import (
     CatalogState,
     Image,
     IndexBuild,
+    Patient,
     Source,
     WriterLock,
     catalog_state,
@@ -152,6 +153,61 @@ def ledger_versions(session: Session, keys: Iterable[str]) -> dict[str, tuple]:
     rows = session.execute(select(Source.path, Source.file_size, Source.mtime_ns,
                                   Source.content_hash).where(Source.path.in_(list(set(keys)))))
     return {path: (size, mtime, content) for path, size, mtime, content in rows}
+
+
+# ---------------------------------------------------------------------- pseudonymised ledger
+def clear_ledger_count(session: Session, prefix: str) -> int:
+    """Ledger rows whose key is not a keyed hash (does not start with ``prefix``)."""
+    return int(session.scalar(select(func.count(Source.id)).where(
+        Source.path.notlike(prefix + "%"))))
+
+
+def pseudonymised_rows(session: Session, prefix: str) -> bool:
+    """Whether the catalog holds a pseudonymised patient or a hashed ledger key."""
+    return session.scalar(select(Patient.id).where(Patient.pseudonymised.is_(True)).limit(1)) \
+        is not None or session.scalar(select(Source.id).where(
+            Source.path.like(prefix + "%")).limit(1)) is not None
+
+
+def clear_ledger_sample(session: Session, prefix: str, n: int) -> list[tuple]:
+    """``(key, image id, SOP instance UID)`` of up to ``n`` clear ledger rows with an image."""
+    return list(session.execute(
+        select(Source.path, Image.image_id, Image.sop_instance_uid)
+        .join(Image, Image.id == Source.image_pk).where(Source.path.notlike(prefix + "%"))
+        .order_by(Source.id).limit(n)).all())
+
+
+def clear_ledger_rows(session: Session, prefix: str) -> tuple[list[tuple], list[tuple]]:
+    """``([(id, key)] of clear ledger rows, [(id, source path, image id)] of image rows whose
+    source path is clear)``."""
+    sources = session.execute(select(Source.id, Source.path).where(
+        Source.path.notlike(prefix + "%"))).all()
+    images = session.execute(select(Image.id, Image.source_path, Image.image_id).where(
+        Image.source_path.notlike(prefix + "%"))).all()
+    return [tuple(r) for r in sources], [tuple(r) for r in images]
+
+
+def rewrite_ledger(session: Session, sources: list[dict], images: list[dict]) -> None:
+    """Set ledger keys (``{"id", "path"}``) and image rows (``{"id", "source_path",
+    "image_id"}``) by primary key (``executemany``)."""
+    if sources:
+        session.execute(update(Source), sources)
+    if images:
+        session.execute(update(Image), images)
+
+
+def compact(engine, tables: Iterable[str]) -> None:
+    """Rewrite the database files so that values changed or deleted are gone from them:
+    SQLite ``VACUUM`` and a truncating WAL checkpoint; PostgreSQL ``VACUUM FULL`` of
+    ``tables`` (new table files; the old ones are unlinked)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            connection.exec_driver_sql("VACUUM")
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif engine.dialect.name == "postgresql":
+            names = [t for t in tables if inspect(connection).has_table(t)]
+            connection.exec_driver_sql("VACUUM FULL " + ", ".join(names))
 
 
 # ---------------------------------------------------------------------- the index syncer

@@ -81,7 +81,8 @@ class FieldError(ValueError):
 class Decoded:
     """The result of decoding one record (what crosses the process boundary)."""
 
-    key: str  # the record's ledger key (a file's resolved path, or dicomweb:...)
+    key: str  # the record's ledger key (a file's resolved path, or dicomweb:...; its keyed
+    # hash when the run pseudonymises: chextriev.io.deid.ledger_pseudonym)
     file_size: int
     mtime_ns: int
     content_hash: str | None
@@ -167,15 +168,45 @@ def decode(record: Record, max_input_side: int | None = None, *, known_hash: str
            policy: IngestPolicy | None = None, preview_side: int = 0) -> Decoded:
     """Fetch, hash, merge tags, de-identify, check the view and burned-in annotations, decode
     one record and prepare its pixels for a model that reads at most ``max_input_side``
-    (``LoadedModel.max_input_side``; None: the full resolution). Never raises for a bad record: failures become ``status="failed"``
-    with the reason; an unreachable source becomes ``status="unavailable"``.
+    (``LoadedModel.max_input_side``; None: the full resolution). Never raises for a bad record:
+    failures become ``status="failed"`` with the reason; an unreachable source becomes
+    ``status="unavailable"``.
 
     ``known_hash``: the hash recorded for this key; when the content still has that hash, the
     pixels are not decoded (``status="ok"``, ``pixels=None``: only the file's mtime changed).
     ``policy``: :class:`IngestPolicy` (default: nothing de-identified, burned-in images skipped).
     ``preview_side``: longest side of the preview made from the decoded pixels (0: none).
-    """
+    With a de-identifying policy the item's ``key`` is the record's ledger pseudonym
+    (:func:`private`)."""
     policy = policy or IngestPolicy()
+    return private(_decode(record, max_input_side, known_hash, policy, preview_side), record,
+                   policy)
+
+
+def private(result: Decoded, record: Record, policy: IngestPolicy | None) -> Decoded:
+    """``result`` as it may leave the worker under ``policy``: with a de-identifier, the ledger
+    key is its keyed hash (:func:`chextriev.io.deid.ledger_pseudonym`), the reason names no
+    file, and an item that failed before its fields were read gets a pseudonymous image id
+    only (no raw file name reaches the writer)."""
+    deidentifier = policy.deidentifier if policy is not None else None
+    if deidentifier is None:
+        return result
+    result.key = deidentifier.ledger_key(record.key)
+    result.reason = deidentifier.scrub(result.reason, record.key)
+    if not result.meta.get("pseudonymised"):
+        result.meta = {"image_id": deidentifier.pseudonym(record.image_id or record.key),
+                       "pseudonymised": True}
+    return result
+
+
+def shown_key(record: Record, policy: IngestPolicy | None) -> str:
+    """How logs name a record: its key, or its ledger pseudonym when de-identifying."""
+    deidentifier = policy.deidentifier if policy is not None else None
+    return record.key if deidentifier is None else deidentifier.ledger_key(record.key)
+
+
+def _decode(record: Record, max_input_side: int | None, known_hash: str | None,
+            policy: IngestPolicy, preview_side: int) -> Decoded:
     size, mtime = split_version(record.version)
     result = Decoded(record.key, size, mtime, None, OK, version=record.version)
     if record.meta.get("tags_merged"):  # the view is known from the tags: skip before fetching
@@ -228,11 +259,6 @@ def decode(record: Record, max_input_side: int | None = None, *, known_hash: str
         result.status, result.reason = FAILED, f"{type(error).__name__}: {error}"
     if result.status != OK:
         result.pixels = result.thumbnail = result.preview = None
-    deidentifier = policy.deidentifier
-    if deidentifier is not None and not result.meta.get("pseudonymised"):
-        # failed before its fields were read: still no raw file name in the catalog
-        result.meta = {"image_id": deidentifier.pseudonym(record.image_id or record.key),
-                       "pseudonymised": True}
     return result
 
 

@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from indexer.decode import FAILED, Decoded, decode_task, init_worker, split_version
+from indexer.decode import (
+    FAILED,
+    Decoded,
+    decode_task,
+    init_worker,
+    private,
+    shown_key,
+    split_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +36,18 @@ CRASH_REASON = ("the decoder crashed its worker process ({error}); the file was 
 
 
 def crashed(task: tuple, error: BaseException) -> Decoded:
-    """The failed item of a task whose decoding killed its process."""
+    """The failed item of a task whose decoding killed its process (de-identified as the
+    worker would have: :func:`indexer.decode.private`)."""
     record = task[0]
     size, mtime = split_version(getattr(record, "version", None))
-    return Decoded(str(record.key), size, mtime, None, FAILED,
-                   CRASH_REASON.format(error=type(error).__name__),
-                   version=getattr(record, "version", None))
+    return private(Decoded(str(record.key), size, mtime, None, FAILED,
+                           CRASH_REASON.format(error=type(error).__name__),
+                           version=getattr(record, "version", None)), record, _policy(task))
+
+
+def _policy(task: tuple):
+    """The task's :class:`~indexer.decode.IngestPolicy` (``decode_task``'s 4th argument)."""
+    return task[3] if len(task) > 3 else None
 
 
 def _executor(workers: int, connections) -> ProcessPoolExecutor:
@@ -47,7 +61,8 @@ def _isolated(task: tuple, connections, task_fn: Callable) -> Decoded:
         try:
             return single.submit(task_fn, task).result()
         except BrokenProcessPool as error:
-            log.warning("%s: %s", task[0].key, CRASH_REASON.format(error=type(error).__name__))
+            log.warning("%s: %s", shown_key(task[0], _policy(task)),
+                        CRASH_REASON.format(error=type(error).__name__))
             return crashed(task, error)
 
 

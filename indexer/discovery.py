@@ -15,7 +15,7 @@ nothing here reads a file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,17 @@ def discover(source: str | Path | RecordSource, *, manifest: str | Path | None =
                              **options).iter_records())
 
 
-def pending(records: Iterator[Record], ledger: dict[str, LedgerEntry], counts: Any
-            ) -> Iterator[tuple[Record, str | None]]:
+def pending(records: Iterator[Record], ledger: dict[str, LedgerEntry], counts: Any,
+            stored: Callable[[str], str] | None = None) -> Iterator[tuple[Record, str | None]]:
     """``(record, known content hash or None)`` for the records that need work.
 
     ``counts`` gets ``discovered`` and ``unchanged`` incremented (an ``IndexSummary``).
+    ``stored``: how the ledger stores a record key (a pseudonymised run's keyed hash,
+    :meth:`chextriev.io.deid.Deidentifier.ledger_key`; default: the key itself).
     """
     for record in records:
         counts.discovered += 1
-        known = ledger.get(record.key)
+        known = ledger.get(record.key if stored is None else stored(record.key))
         if known is not None:
             immutable = record.version is None and known.version is None
             if (immutable and not known.failed) or (

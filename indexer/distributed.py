@@ -332,7 +332,7 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
     import time
 
     from indexer.discovery import open_archive, pending
-    from indexer.pipeline import IndexSummary, read_ledger
+    from indexer.pipeline import IndexSummary, read_ledger, stored_key
     from indexer.writer import WritableCatalog
 
     started = time.perf_counter()
@@ -357,12 +357,13 @@ def run_distributed_index(source, *, embedder_factory, index_dir: str | Path,
                                        device=device, copy=copy_checkpoint)
     with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
         with catalog.sessions() as session:
-            ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
+            ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir, policy)
         stale = clear_shards(shard_dir)
         if stale:
             log.warning("discarded %d shard(s) of an interrupted run in %s (their records are "
                         "embedded again)", stale, shard_dir)
-        n = write_worklist(pending(archive.iter_records(), ledger, summary), shard_dir)
+        n = write_worklist(pending(archive.iter_records(), ledger, summary, stored_key(policy)),
+                           shard_dir)
         del ledger
         log.info("%d record(s) discovered, %d unchanged, %d to embed", summary.discovered,
                  summary.unchanged, n)

@@ -68,11 +68,16 @@ class Holder:
 
 
 def _command_line() -> str:
-    """This process's command line for the lock record, URLs with their passwords masked."""
+    """This process's command line for the lock record, URLs with their passwords masked; of a
+    pseudonymising run only the command and its option names (its paths stay out of the
+    catalog's ``writer_lock`` row)."""
     from indexer.db import safe_url
 
     words = [os.path.basename(a) if i == 0 else (safe_url(a) if "://" in a else a)
              for i, a in enumerate(sys.argv)]
+    if "--pseudonymise" in words:
+        first = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+        words = words[:first] + [w.split("=")[0] for w in words[first:] if w.startswith("-")]
     return " ".join(words)[:500]
 
 
@@ -172,11 +177,19 @@ class _AdvisoryLock:
 
     def release(self) -> None:
         if self.connection is not None:
+            from sqlalchemy.exc import DBAPIError
+
             try:
                 db_write.clear_lock_holder(self.connection)
                 db_write.advisory_unlock(self.connection, ADVISORY_KEY)
+            except DBAPIError as error:  # the database went away: the lock went with it
+                log.debug("writer lock of %s released with its connection: %s", self.what,
+                          str(error.orig).splitlines()[0] if error.orig else error)
             finally:
-                self.connection.close()
+                try:
+                    self.connection.close()
+                except DBAPIError:  # pragma: no cover - closing a connection already gone
+                    pass
                 self.connection = None
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -54,6 +53,8 @@ from indexer.decode import UNAVAILABLE, Decoded, IngestPolicy, decode_task
 from indexer.decode_pool import decode_stream
 from indexer.discovery import LedgerEntry, open_archive, pending
 from indexer.faiss_factory import DEFAULT_NPROBE
+from indexer.ledger import check_mode, versioned
+from indexer.stops import stop_error
 from indexer.sync import IndexSyncer
 from indexer.vector_store import open_store
 from indexer.writer import CatalogWriter, WritableCatalog
@@ -120,19 +121,28 @@ def _decoded_stream(tasks: Iterable, workers: int, connections=()) -> Iterator[D
                              task_fn=decode_task, window=min(_CHUNK, 32 * workers))
 
 
-def read_ledger(session, checkpoint_id: str, index_dir: Path) -> tuple[dict[str, LedgerEntry], int]:
-    """``({key: LedgerEntry}, number of indexed images)`` of a catalog that a run with
-    ``checkpoint_id`` is about to add to; refuses a catalog embedded with another checkpoint."""
+def read_ledger(session, checkpoint_id: str, index_dir: Path, policy: IngestPolicy | None = None
+                ) -> tuple[dict[str, LedgerEntry], int]:
+    """``({stored key: LedgerEntry}, number of indexed images)`` of a catalog that a run with
+    ``checkpoint_id`` (and ``policy``) is about to add to; refuses a catalog embedded with
+    another checkpoint, and one whose ledger the run's pseudonymisation would mix
+    (:func:`indexer.ledger.check_mode`)."""
     others = db_write.foreign_checkpoints(session, checkpoint_id)
     if others:
         raise ChextrievError(
             f"{index_dir} already holds images embedded with checkpoint(s) {sorted(others)}; "
             f"this run uses {checkpoint_id}. Index into a new --index-dir/--db.")
     # the version of a file key is its size:mtime; other keys (DICOMweb) are immutable
-    ledger = {key: LedgerEntry(f"{size}:{mtime}" if os.path.isabs(key) else None, content_hash,
+    ledger = {key: LedgerEntry(f"{size}:{mtime}" if versioned(key) else None, content_hash,
                                failed)
               for key, size, mtime, content_hash, failed in db_write.ledger_rows(session)}
+    check_mode(ledger, policy.deidentifier if policy else None, f"the catalog of {index_dir}")
     return ledger, db_write.count_indexed(session)
+
+
+def stored_key(policy: IngestPolicy | None):
+    """How the ledger stores a record key under ``policy`` (None: as it is)."""
+    return policy.deidentifier.ledger_key if policy and policy.deidentifier else None
 
 
 def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = None,
@@ -162,6 +172,8 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     Raises:
         SourceUnavailableError: the source went away mid-run (what was done is kept).
         SourceError: the source cannot be read at all (unreachable, credentials refused).
+        CatalogUnavailableError: the catalog database went away (what was committed is kept).
+        DiskFullError: the disk filled up (what was committed is kept).
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
@@ -169,29 +181,38 @@ def run_index(source, *, embedder, index_dir: str | Path, db_url: str | None = N
     archive = open_archive(source, manifest=manifest, exclude=(index_dir,),
                            **(source_options or {}))
     log.info("indexing %s", archive.describe())
-    with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
-        sessions = catalog.sessions
-        with sessions() as session:
-            ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir)
-            store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
-        had_ledger = bool(ledger)
-        tasks = ((record, embedder.max_input_side, known_hash, policy, preview_side)
-                 for record, known_hash in pending(archive.iter_records(), ledger, summary))
-        # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
-        # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
-        record = BuildRecord.from_embedder(embedder, index_dir=index_dir, index_type=index_type,
-                                           device=device, copy=copy_checkpoint)
-        syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
-                             dim=embedder.embedding_dim, index_type=index_type, device=device,
-                             nprobe=nprobe, expected_total=n_indexed, store=store, bundle=record)
-        writer = CatalogWriter(sessions, embedder, summary, store=store)
-        stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
-                                        writer, syncer, checkpoint_every, summary, progress)
-        del ledger
-        log.info("%d record(s) discovered, %d unchanged", summary.discovered, summary.unchanged)
-        if stopped is not None and not batches and not summary.indexed and not had_ledger:
-            raise stopped  # nothing was ever indexed from it: no index to sync
-        _checkpoint(syncer, summary)
+    writer = None
+    try:
+        with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
+            sessions = catalog.sessions
+            with sessions() as session:
+                ledger, n_indexed = read_ledger(session, embedder.checkpoint_id, index_dir, policy)
+                store = open_store(session, index_dir, dim=int(embedder.embedding_dim), create=True)
+            had_ledger = bool(ledger)
+            tasks = ((record, embedder.max_input_side, known_hash, policy, preview_side)
+                     for record, known_hash in pending(archive.iter_records(), ledger, summary,
+                                                       stored_key(policy)))
+            # The IVF quantizer is sized for the catalog as it stands; the syncer retrains once the
+            # index outgrows it (indexer.sync.RETRAIN_GROWTH), so an unknown stream length is fine.
+            record = BuildRecord.from_embedder(embedder, index_dir=index_dir, index_type=index_type,
+                                               device=device, copy=copy_checkpoint)
+            syncer = IndexSyncer(sessions, index_dir, checkpoint_id=embedder.checkpoint_id,
+                                 dim=embedder.embedding_dim, index_type=index_type, device=device,
+                                 nprobe=nprobe, expected_total=n_indexed, store=store, bundle=record)
+            writer = CatalogWriter(sessions, embedder, summary, store=store)
+            stopped, batches = _run_batches(tasks, workers, archive.connections(), batch_size,
+                                            writer, syncer, checkpoint_every, summary, progress)
+            del ledger
+            log.info("%d record(s) discovered, %d unchanged", summary.discovered, summary.unchanged)
+            if stopped is not None and not batches and not summary.indexed and not had_ledger:
+                raise stopped  # nothing was ever indexed from it: no index to sync
+            _checkpoint(syncer, summary)
+    except Exception as error:  # a full disk or a lost database: one line, nothing lost
+        problem = stop_error(error, index_dir=index_dir, db_url=db_url,
+                             committed=writer.stored if writer is not None else 0)
+        if problem is None:
+            raise
+        raise problem from error
     summary.seconds = time.perf_counter() - started
     if stopped is not None:
         raise type(stopped)(f"{stopped} (this run stored {summary.indexed} new image(s) before "

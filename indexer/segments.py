@@ -107,10 +107,42 @@ class Segment:
                 f"{self.index.ntotal}, ids file {len(self.ids)}")
 
 
+class _Sink:
+    """Faiss's writes into a Python file, keeping the first error (a full disk) to raise once
+    Faiss is done: ``faiss.write_index(index, path)`` reports a failed close of its buffered
+    file on stderr only, leaving a short file that a reader could load (and crash on)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def __call__(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self.handle.write(data)
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+
+def write_index_file(index, path: Path) -> None:
+    """``index`` into ``path`` (temporary name, fsync, rename), every write error raised."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            sink = _Sink(handle)
+            writer = faiss.PyCallbackIOWriter(sink)
+            faiss.write_index(index, writer)
+            del writer
+            if sink.error is not None:
+                raise sink.error
+
+    atomic_path(path, write)
+
+
 def write_segment(index_dir: Path, segment: Segment) -> None:
     """Write a new segment's files (temporary names, fsync, rename) and record their sha256."""
     segment.root = index_dir
-    atomic_path(segment.path(), lambda tmp: faiss.write_index(segment._index, str(tmp)))
+    write_index_file(segment._index, segment.path())
     with atomic_open(segment.path(".ids.npy")) as handle:
         np.save(handle, np.asarray(segment.ids, np.int64))
     segment.sha256 = sha256_file(segment.path())
@@ -123,7 +155,7 @@ def write_trained(index_dir: Path, trained, info: dict) -> dict:
     info = dict(info)
     info["name"] = "trained-" + new_name()
     path = index_dir / SEGMENTS / f"{info['name']}.faiss"
-    atomic_path(path, lambda tmp: faiss.write_index(trained, str(tmp)))
+    write_index_file(trained, path)
     info["sha256"] = sha256_file(path)
     return info
 
@@ -153,12 +185,20 @@ def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR) -> list[list
 
 def merge(group: list[Segment], empty: Callable[[], object], *, ivf: bool) -> Segment:
     """One in-memory segment holding every vector of ``group`` (``empty()``: a new empty index
-    of the layout; IVF lists are concatenated)."""
-    merged = empty() if ivf else faiss.downcast_index(empty())
-    for segment in group:
-        source = segment.in_memory()
-        merged.merge_from(source if ivf else faiss.downcast_index(source), 0)
-        del source
+    of the layout). IVF lists are concatenated (``merge_from``); flat segments' vectors are
+    added to the new index (a flat read back from disk is an ``IndexFlatIP`` while a new one is
+    an ``IndexFlat`` of the same metric, which ``merge_from`` refuses to merge)."""
+    merged = empty()
+    if ivf:
+        for segment in group:
+            source = segment.in_memory()
+            merged.merge_from(source, 0)
+            del source
+    else:
+        for segment in group:
+            ids, vectors = payload(segment)
+            merged.add_with_ids(np.ascontiguousarray(vectors, np.float32),
+                                np.ascontiguousarray(ids, np.int64))
     ids = np.sort(np.concatenate([np.asarray(s.ids) for s in group]))
     if merged.ntotal != len(ids):
         raise IndexStateError(f"merging {len(group)} segments gave {merged.ntotal} vectors, "

@@ -140,6 +140,7 @@ class CatalogWriter:
         self.embedder = embedder
         self.summary = summary
         self.store = store
+        self.stored = 0  # new images committed (indexed rows with their vectors)
         # The previews share the store's slots and commit point (indexer.preview_store).
         self.previews = PreviewStore(store.root.parent, store.committed)
 
@@ -271,6 +272,7 @@ class CatalogWriter:
             if embedded or removals:
                 db_write.bump_generation(session, removals=removals, store_rows=committed)
             session.commit()
+        self.stored += len(embedded)
         self.store.commit(committed)
         self.previews.commit(committed)
 
@@ -328,7 +330,10 @@ class WritableCatalog:
 
         if self.create:
             self.index_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(self.db_url, create=self.create, check=False, schema=False)
+        # no pre-ping: a run stops at the first dead connection (its advisory lock died with
+        # it) and the next run resumes; readers' engines make dropped connections again
+        self.engine = make_engine(self.db_url, create=self.create, check=False, schema=False,
+                                  pre_ping=False)
         try:
             self._lock = CatalogLock(self.index_dir, engine=self.engine, db_url=self.db_url,
                                      wait=self.wait).acquire()

@@ -4,6 +4,7 @@
                        [--skip/--no-skip] [--exclude-same none|patient|study] [--json]
                        [--data-split checkpoint|dataset] [--class-list NAME]
                        [--uncertainty ones|zeros|mask] [--blank zeros|mask]   (CheXpert)
+                       [--zero-shot/--no-zero-shot] [--prompts FILE]   (models with a text tower)
 
 The split: the one the checkpoint's training run made (its patients, by seed; saved in every
 checkpoint, :mod:`chextriev.splits`) is applied to the records read, so ``--split test`` (the
@@ -13,6 +14,13 @@ checkpoint without a saved split, or other data, keeps the dataset's own splits
 
 Every report states the label policy (CheXpert: what uncertain and blank labels became) and
 where the split came from.
+
+A model with a text tower (a CLIP-family encoder model from ``chextriev model init``) is also
+evaluated zero-shot (:mod:`metrics.zero_shot`): text-to-image retrieval (mAP/mHR/mRR@k per
+finding, one prompt per finding) and classification AUROC from the prompts of
+``metrics/zero_shot_prompts.toml`` (``--prompts FILE`` for others). A model without a finding
+head has no classification, region AUROC or heatmap localization: the report's ``notes`` say so
+and why.
 
 Writes ``metrics.json``, ``retrieval.csv``, ``report.md`` and PNG figures (per-class bars,
 AUROC bars, a grid of queries with their top results) into ``--out``. Prints the summary
@@ -96,6 +104,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--loc-max-images", type=int, default=50, help="images scored for localization")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="PNG figures: per-class bars, AUROC bars, a query grid")
+    p.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero-shot text-to-image retrieval and classification from one prompt per finding (default: "
+                        "on for a model with a text tower, a CLIP-family encoder model; --zero-shot on another "
+                        "model is an error that says why)")
+    p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
+                   help="the zero-shot prompts, a TOML file (default: metrics/zero_shot_prompts.toml; its comments "
+                        "say the format)")
     p.add_argument("--binary-codes", action=argparse.BooleanOptionalAction, default=True,
                    help="for binary-code models (ATH binary): rank by Hamming distance of the codes")
     add_json_option(p, "the summary and the files written")
@@ -146,6 +161,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), detector_path=args.detector,
                              precision=args.precision, compile=args.compile == "on",
                              compile_batch=args.batch_size)
+    prompts = zero_shot_prompts(loaded, args)
     from chextriev.splits import apply_split
 
     class_list = args.class_list or default_class_list(loaded)
@@ -186,8 +202,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
     )
     report = evaluate_arrays(inputs, options)
-    if args.localization:
+    notes = model_notes(loaded, args)
+    if args.localization and loaded.has_findings:
         report["localization"] = localization_block(loaded, records, embedded, args)
+    if prompts is not None:
+        report["zero_shot"] = zero_shot_report(loaded, prompts, inputs, val_records, val_embedded, options)
+    if notes:
+        report["notes"] = notes
     out: Path = args.out
     paths = write_report(report, out, title=f"Evaluation of {args.checkpoint.name} on {args.data.name}")
     if args.figures:
@@ -206,6 +227,62 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(summary_markdown(figures, title="Summary"))
         print(f"\nwrote {', '.join(str(p) for p in paths.values())} and figures in {out}")
     return 0
+
+
+def zero_shot_prompts(loaded: Any, args: argparse.Namespace) -> Any:
+    """The prompts to evaluate ``loaded`` zero-shot with, or ``None`` (no ``--zero-shot`` and no
+    text tower, or ``--no-zero-shot``); ``--zero-shot`` on a model without a text tower is an
+    error that says why. Read before any image is embedded, so that a bad file fails at once."""
+    from chextriev.localization.text import text_search_note
+    from metrics.zero_shot import load_prompts
+
+    if args.zero_shot is False:
+        return None
+    reason = text_search_note(loaded)
+    if reason is not None:
+        if args.zero_shot:
+            raise DataFormatError(f"--zero-shot: {reason}")
+        return None
+    return load_prompts(args.prompts)
+
+
+def model_notes(loaded: Any, args: argparse.Namespace) -> list[str]:
+    """Why parts of the report are empty for this model (none for a model with a finding head):
+    classification, region AUROC and heatmap localization need a finding head; zero-shot
+    figures need a text tower."""
+    from chextriev.localization.text import text_search_note
+
+    if loaded.has_findings:
+        return []
+    notes = [f"classification, region AUROC and heatmap localization: none, {loaded.findings_note}"]
+    reason = text_search_note(loaded)
+    if args.zero_shot is False:
+        notes.append("zero-shot figures: not computed (--no-zero-shot)")
+    elif reason is not None:
+        notes.append(f"zero-shot figures: none, {reason}")
+    else:
+        notes.append("classification and retrieval from text prompts instead: the zero-shot figures (the model's "
+                     "text tower; zero_shot in metrics.json)")
+    return notes
+
+
+def zero_shot_report(loaded: Any, prompts: Any, inputs: Any, val_records: list | None, val_embedded: Any,
+                     options: Any) -> dict[str, Any]:
+    """:func:`metrics.zero_shot.zero_shot_block` over the evaluated images (the embeddings and
+    labels retrieval was scored on), with the validation split's images for thresholds."""
+    import numpy as np
+
+    from metrics.model_eval import label_matrix
+    from metrics.zero_shot import zero_shot_block
+
+    val_images = val_labels = None
+    if val_records and val_embedded is not None:
+        labels, names = label_matrix(val_records)
+        if tuple(names) == tuple(inputs.class_names):
+            keep = ~np.isnan(labels).all(axis=1)
+            val_images, val_labels = val_embedded.embeddings[keep], labels[keep]
+    return zero_shot_block(loaded, inputs.embeddings, inputs.labels, inputs.class_names, prompts, ks=options.ks,
+                           empty_class=options.empty_class, val_images=val_images, val_labels=val_labels)
 
 
 def localization_block(loaded: Any, records: list, embedded: Any, args: argparse.Namespace) -> dict[str, Any] | None:

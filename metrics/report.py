@@ -99,7 +99,26 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "retrieval": {str(k): {avg: {m: res[avg].get(m) for m in ("mAP", "mHR", "mRR")} for avg in AVERAGES}
                       for k, res in report["retrieval"].items()},
         **({"abnormality": report["abnormality"]} if report.get("abnormality") else {}),
+        **({"notes": list(report["notes"])} if report.get("notes") else {}),
+        **({"zero_shot": zero_shot_summary(report["zero_shot"])} if report.get("zero_shot") else {}),
     })
+
+
+def zero_shot_summary(block: dict[str, Any]) -> dict[str, Any]:
+    """The headline zero-shot figures: the prompts file, how many findings had a prompt (and
+    which had none), the class averages of mAP/mHR/mRR at each k, the mean AUROC (and, for the
+    abnormality class list, its summary)."""
+    retrieval = block.get("retrieval") or {}
+    classification = block.get("classification") or {}
+    return {
+        "prompts_file": block.get("prompts_file"),
+        "n_findings": len(block.get("prompts") or {}),
+        "no_prompt": list(block.get("no_prompt") or []),
+        "retrieval": {str(k): {m: res["class_average"].get(m) for m in ("mAP", "mHR", "mRR")}
+                      for k, res in retrieval.items()},
+        "auroc": (classification.get("auroc") or {}).get("mean"),
+        **({"abnormality": block["abnormality"]} if block.get("abnormality") else {}),
+    }
 
 
 def abnormality_line(figures: dict[str, Any]) -> str:
@@ -127,12 +146,26 @@ def summary_markdown(figures: dict[str, Any], title: str = "Evaluation") -> str:
                      f"(never queries, never relevant, left out of AUROC): {per}")
     if figures.get("abnormality"):
         lines.append(f"- {abnormality_line(figures['abnormality'])}")
+    lines += [f"- note: {note}" for note in figures.get("notes", [])]
     lines.append("")
     ks = list(figures["retrieval"])
     lines += ["## Retrieval (mAP/mHR/mRR)", "", "| average | " + " | ".join(f"k={k}" for k in ks) + " |",
               "|---|" + "---|" * len(ks)]
     for avg in AVERAGES:
         lines.append(f"| {avg.replace('_', ' ')} | " + " | ".join(triple(figures["retrieval"][k][avg]) for k in ks) + " |")
+    zero = figures.get("zero_shot")
+    if zero:
+        zks = list(zero["retrieval"])
+        lines += ["", "## Zero-shot, from one text prompt per finding", "",
+                  f"Prompts: {zero['prompts_file']} ({zero['n_findings']} findings"
+                  + (f"; no prompt for {', '.join(zero['no_prompt'])}" if zero["no_prompt"] else "") + ").", "",
+                  "| text-to-image retrieval (mAP/mHR/mRR), class average | "
+                  + " | ".join(f"k={k}" for k in zks) + " | classification AUROC (mean) |",
+                  "|---|" + "---|" * (len(zks) + 1),
+                  "| prompts as queries | " + " | ".join(triple(zero["retrieval"][k]) for k in zks)
+                  + f" | {fmt(zero['auroc'])} |"]
+        if zero.get("abnormality"):
+            lines += ["", f"Zero-shot {abnormality_line(zero['abnormality'])}"]
     return "\n".join(lines)
 
 
@@ -184,6 +217,19 @@ def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
                   "| finding | mean AUROC over regions |", "|---|---|"]
         for name, v in reg["per_finding_mean"].items():
             lines.append(f"| {name} | {fmt(v)} |")
+        lines.append("")
+    zero = report.get("zero_shot")
+    if zero and zero.get("retrieval"):
+        ks = list(zero["retrieval"])
+        auroc = zero["classification"]["auroc"]["per_class"]
+        rules = f"Retrieval: {zero['retrieval_rule']}. Classification score: {zero['score_rule']}."
+        lines += ["## Zero-shot per finding", "", rules, "",
+                  "| finding | prompt | negative prompt | AUROC | " + " | ".join(f"mAP@{k}" for k in ks) + " |",
+                  "|---" * (4 + len(ks)) + "|"]
+        for name, entry in zero["prompts"].items():
+            cells = [str(name), entry["prompt"], entry["negative"] or "—", fmt(auroc.get(name))]
+            cells += [fmt(zero["retrieval"][k]["per_class"][name]["mAP"]) for k in ks]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     loc = report.get("localization")
     if loc:

@@ -27,7 +27,7 @@ from chextriev.errors import (
     StudyNotFoundError,
 )
 from chextriev.io.pixels import shrink
-from server import reference
+from server import reference, text_search
 from server.audit import record_ids
 from server.auth import require_token
 from server.errors import ApiError, error_response
@@ -60,6 +60,7 @@ from server.validation import (
     parse_finding,
     parse_k,
     parse_search_settings,
+    parse_text,
     parse_uid,
 )
 
@@ -144,6 +145,8 @@ def _preview_url(image_id: int) -> str:
 
 #: Response header of the preview and heatmap routes: what the image was made from.
 PREVIEW_HEADER = "X-Chextriev-Preview"
+#: Response header of the heatmap routes: the method that made the map (``gradcam`` or ``pcam``).
+METHOD_HEADER = "X-Chextriev-Heatmap-Method"
 NO_PREVIEW_NOTE = ("thumbnail: the index stores no preview of this image (built before previews "
                    "or with --preview-side 0; re-index into a new --index-dir to get them)")
 _told_no_preview: set[int] = set()
@@ -272,6 +275,9 @@ JSON_FIELD_TYPES = {"k": int, "age_min": int, "age_max": int, "exclude_same_pati
 #: ... and those of a search by reference.
 REFERENCE_FIELD_TYPES = {**JSON_FIELD_TYPES, "study_uid": str, "series_uid": str,
                          "instance_uid": str, "store": bool}
+#: ... and those of a search by text (no patient to exclude).
+TEXT_FIELD_TYPES = {**{key: kind for key, kind in JSON_FIELD_TYPES.items() if key != "exclude_same_patient"},
+                    "text": str}
 
 
 def _json_fields(body, types: dict[str, type] = JSON_FIELD_TYPES) -> dict[str, str]:
@@ -393,6 +399,35 @@ def search_by_id(image_id: int):
     return _json(payload)
 
 
+@bp.post("/search/text")
+def search_text():
+    """Search with a text (a CLIP-family encoder model's own text tower): the archived images
+    nearest the text, each with the regions the text points at. See :mod:`server.text_search`.
+    The text is never logged (its length is) nor written to the audit log."""
+    started = time.perf_counter()
+    if "text" in request.args:
+        raise ApiError(400, "bad_parameter", "send the text in the request body (JSON or form), not in the "
+                                             "URL: addresses end up in proxy and browser logs")
+    values = _form_values(TEXT_FIELD_TYPES)
+    k = parse_k(values.get("k"))
+    text = parse_text(values.get("text"))
+    settings = parse_search_settings(values)
+    svc = service()
+    svc.require_ready()
+    text_search.require_text_search(svc.model)
+    filters = parse_filters(values, svc.class_names)
+    timings: dict[str, float] = {}
+    query = text_search.text_query(svc, text, timings)
+    payload, rows = _search_response(query, {"source": text_search.SOURCE, "text": text, "known_findings": None},
+                                     k=k, exclude_ids=[], exclude_patients=[], filters=filters, started=started,
+                                     timings=timings, settings=settings)
+    text_search.add_text_regions(svc, query, payload, rows, timings)
+    payload["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 1)
+    log.info("search by text (%d characters): k=%d, %d results in %.0f ms", len(text), k,
+             len(payload["results"]), payload["timing_ms"]["total"])
+    return _json(payload)
+
+
 @bp.get("/images/<int:image_id>")
 def image(image_id: int):
     """Metadata, known findings, predicted and region probabilities, boxes of an archived image."""
@@ -472,7 +507,8 @@ def _heatmap_style(value: str | None) -> str:
 
 @bp.get("/images/<int:image_id>/heatmap")
 def image_heatmap(image_id: int):
-    """Grad-CAM of ``finding`` on an archived image, as a PNG: ``style=overlay`` (default, blended
+    """The heatmap of ``finding`` on an archived image (Grad-CAM, or a PCAM model's own map: the
+    ``X-Chextriev-Heatmap-Method`` header says which), as a PNG: ``style=overlay`` (default, blended
     on the image) or ``style=layer`` (transparent colour layer to draw over the image).
 
     The server never reads the archive, so the heatmap is computed on the stored preview (the
@@ -493,12 +529,14 @@ def image_heatmap(image_id: int):
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     response.headers[PREVIEW_HEADER] = made_from if made_from == "preview" else _no_preview(image_id)
+    response.headers[METHOD_HEADER] = svc.heatmap_method
     return response
 
 
 @bp.post("/heatmap")
 def upload_heatmap():
-    """Grad-CAM of ``finding`` on an uploaded image (the query), as a PNG (``style`` as above)."""
+    """The heatmap of ``finding`` on an uploaded image (the query), as a PNG (method and ``style``
+    as above)."""
     svc = service()
     svc.require_ready()
     check_single(request.form)
@@ -508,7 +546,9 @@ def upload_heatmap():
     style = _heatmap_style(request.form.get("style", request.args.get("style")))
     upload = _uploaded_image()
     pixels = shrink(upload.pixels, HEATMAP_SIDE)
-    return Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")
+    response = Response(svc.heatmap_png(pixels, None, finding, style=style), mimetype="image/png")
+    response.headers[METHOD_HEADER] = svc.heatmap_method
+    return response
 
 
 def _pacs():

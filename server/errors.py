@@ -87,6 +87,17 @@ def too_large_message() -> str:
             "once as a short field")
 
 
+def catalog_unavailable(error: Exception):
+    """503 for :class:`indexer.db.CatalogUnavailableError` (matched by name: building the app
+    imports no catalog): the catalog database is down, restarting or failing over; the message
+    names it (host and database, never a password) and ``Retry-After`` says when to ask again.
+    One log line, no traceback: the server recovers by itself when the database is back."""
+    retry_after = int(getattr(error, "retry_after", 5))
+    log.warning("503: %s", error)
+    return error_response(503, "catalog_unavailable", f"{error}; retry in {retry_after} s",
+                          {"Retry-After": str(retry_after)})
+
+
 def register_error_handlers(app: Flask) -> None:
     """JSON for every error: :class:`ApiError`, HTTP errors (404, 405, 413 ...), a catalog id
     that is not there (404), an image the readers refuse (400 / 413) and anything else (500)."""
@@ -123,5 +134,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
+        if type(error).__name__ == "CatalogUnavailableError":
+            return catalog_unavailable(error)
         log.exception("unexpected %s", type(error).__name__)
         return error_response(500, "internal_error", f"internal error ({type(error).__name__}); see the server log")

@@ -17,6 +17,7 @@ from server.validation import (
     NPROBE_MIN,
     RERANK_MAX,
     RERANK_MIN,
+    TEXT_MAX_CHARS,
     TRUE_WORDS,
 )
 
@@ -128,12 +129,19 @@ SCHEMAS: dict[str, Any] = {
                 "description": "x1, y1, x2, y2 in pixels of the original image; null = region missing"}}},
     "RegionMatch": {"type": "object", "required": ["region", "index", "similarity"], "properties": {
         "region": _STR, "index": {"type": "integer", "minimum": 0, "maximum": 17},
-        "similarity": {**_NNUM, "description": "cosine of the query's and the result's region embeddings"}}},
+        "similarity": {**_NNUM, "description": "image queries: cosine of the query's and the result's region "
+                                               "embeddings; text queries: cosine of the text's embedding and the "
+                                               "result's region embedding"},
+        "box": {"type": "array", "nullable": True, "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
+                "description": "text queries only: the region's stored box in the result, x1, y1, x2, y2 in "
+                               "pixels of the original image"}}},
     "RegionProbabilities": {"type": "object", "required": ["region", "index", "probabilities"], "properties": {
         "region": _STR, "index": {"type": "integer"},
         "probabilities": {"type": "object", "additionalProperties": _NNUM}}},
     "Query": {"type": "object", "required": ["source", "findings", "predicted_findings", "boxes"], "properties": {
-        "source": {"type": "string", "enum": ["upload", "archive", "pacs"]},
+        "source": {"type": "string", "enum": ["upload", "archive", "pacs", "text"]},
+        "text": {**_STR, "description": "text queries: the text searched for (as sent, white space around it "
+                                        "stripped)"},
         "read_from": {"type": "string", "enum": ["index", "pacs"],
                       "description": "by-reference queries: answered from the index (the image is indexed: "
                                      "its stored vector) or fetched from the PACS and embedded"},
@@ -161,8 +169,10 @@ SCHEMAS: dict[str, Any] = {
         "findings_note": {**_STR, "description": "only for a model without a finding head (a label-free encoder "
                                                  "model): why there are no predicted findings"},
         "abnormality": _ref("Abnormality"),
-        "boxes": {"type": "array", "items": _ref("RegionBox")},
-        "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive)"}}},
+        "boxes": {"type": "array", "items": _ref("RegionBox"), "nullable": True,
+                  "description": "null for text queries (no image)"},
+        "box_source": {**_NSTR, "description": "given, detector, atlas, detector+atlas (stored: archive); null "
+                                               "for text queries"}}},
     "Result": {"type": "object", "required": ["rank", "id", "similarity", "thumbnail_url", "preview_url"],
                "properties": {
         "rank": {"type": "integer", "minimum": 1}, "id": {"type": "integer", "minimum": 1},
@@ -177,7 +187,10 @@ SCHEMAS: dict[str, Any] = {
                                                          "indexing), most likely first; never merged with known_findings"},
         "shared_findings": {**_NAMES, "description": "known findings that the query is predicted to have"},
         "abnormality": _ref("Abnormality"),
-        "matched_regions": {"type": "array", "items": _ref("RegionMatch"), "description": "best three regions"},
+        "matched_regions": {"type": "array", "items": _ref("RegionMatch"),
+                            "description": "best three regions: where query and result agree (image queries), "
+                                           "or where the text points in the result, with their boxes (text "
+                                           "queries)"},
         "finding_filter": _ref("FindingFilterMatch"),
         "thumbnail_url": _STR,
         "preview_url": {"type": "string", "description": "the image to view the case at: its preview route"},
@@ -203,13 +216,17 @@ SCHEMAS: dict[str, Any] = {
         "results": {"type": "array", "items": _ref("Result"), "maxItems": K_MAX},
         "finding_filter": _ref("FindingFilter"),
         "notes": {**_NAMES, "description": "what the server could not do as asked, in words"},
+        "matched_regions_by": {"type": "string", "enum": ["text"],
+                               "description": "text queries: the results' matched_regions are the regions the "
+                                              "text points at"},
         "result_url": {**_STR, "description": "by-reference: the web page's address of this search "
                                               "(public_url, else the request's)"},
         "report": _ref("StoredReport"),
         "timing_ms": {"type": "object", "additionalProperties": _NNUM,
                       "description": "milliseconds per stage: decode, wait, boxes, model, embed (uploads), "
                                      "search, response, total; by-reference also qido, lookup, fetch "
-                                     "(the PACS) and report (filing it)"}}},
+                                     "(the PACS) and report (filing it); text: wait, model (the text tower), "
+                                     "embed, search, response, regions, total"}}},
     "Image": {"type": "object", "description": "an indexed image's catalog row (never its source path)",
               "required": ["id", "boxes", "class_names", "thumbnail_url", "preview_url"], "properties": {
         "id": {"type": "integer"}, "image_id": _NSTR, "patient": _NSTR, "study": _NSTR, "view": _NSTR,
@@ -254,6 +271,9 @@ SCHEMAS: dict[str, Any] = {
                                                            "init): no finding head, no predicted findings, no "
                                                            "finding heatmaps"},
         "findings_note": {**_NSTR, "description": "why the model predicts no findings (null when it does)"},
+        "text_search": {"type": "boolean", "description": "POST /search/text works: a CLIP-family encoder model "
+                                                          "whose image, region and text embeddings share one space"},
+        "text_search_note": {**_NSTR, "description": "why there is no search by text (null when there is)"},
         "load_seconds": _NNUM,
         "precision": {"type": "string", "enum": ["fp32", "bf16"],
                       "description": "the numerics the model runs in (--precision; auto resolved)"},
@@ -293,6 +313,20 @@ def _search_body(with_image: bool, class_names: Sequence[str] | None) -> dict:
 
 
 _UID_FIELD = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$", "maxLength": 64}
+
+
+def _text_body(class_names: Sequence[str] | None) -> dict:
+    """The body of a search by text: ``text`` and the search fields of :func:`_search_body`
+    (no ``exclude_same_patient``: a text has no patient). Never in the query string."""
+    body = _search_body(False, class_names)
+    text = {"type": "string", "minLength": 1, "maxLength": TEXT_MAX_CHARS,
+            "description": f"what to look for, in words (e.g. 'left pleural effusion'): 1 to {TEXT_MAX_CHARS} "
+                           "characters once stripped, no control characters. Never logged"}
+    for content in body["content"].values():
+        schema = content["schema"]
+        properties = {name: value for name, value in schema["properties"].items() if name != "exclude_same_patient"}
+        content["schema"] = {**schema, "properties": {"text": text, **properties}, "required": ["text"]}
+    return {**body, "required": True}
 
 
 def _reference_body(class_names: Sequence[str] | None) -> dict:
@@ -378,6 +412,19 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                               **FORM_ERRORS, **COMMON_ERRORS,
                               "503": _error("the PACS is unreachable (Retry-After), or the model, index or "
                                             "database is not loaded yet")}}},
+            "/search/text": {"post": {
+                "summary": "archived images nearest a text, by the model's own image-text similarity (a "
+                           "CLIP-family encoder model: BiomedCLIP, CheXzero, MedSigLIP), each with the regions "
+                           "the text points at as boxes",
+                "requestBody": _text_body(class_names),
+                "responses": {"200": _json("as /search, query.source = text; each result's matched_regions are the "
+                                           "regions the text points at, with their boxes", "SearchResponse"),
+                              "400": _error("missing, empty, too long text or a control character in it, text "
+                                            "in the query string, bad k or filter, a JSON body that is not an "
+                                            "object"),
+                              "409": _error("the model cannot search by text (no text tower in its embedding's "
+                                            "space; the message says why, as /readyz text_search_note)"),
+                              **FORM_ERRORS, **COMMON_ERRORS}}},
             "/images/{image_id}": {"get": {
                 "summary": "metadata, findings, region probabilities and boxes of an indexed image",
                 "parameters": [IMAGE_ID],
@@ -397,14 +444,15 @@ def openapi_spec(class_names: Sequence[str] | None = None) -> dict[str, Any]:
                               "304": {"description": "not modified (If-None-Match)"},
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/images/{image_id}/heatmap": {"get": {
-                "summary": "Grad-CAM overlay of a finding on an indexed image (computed on its stored preview, "
-                           "or the thumbnail without one: the server never reads the archive)",
+                "summary": "heatmap overlay of a finding on an indexed image: Grad-CAM, or a PCAM model's own "
+                           "map (the X-Chextriev-Heatmap-Method header says which); computed on its stored "
+                           "preview, or the thumbnail without one: the server never reads the archive",
                 "parameters": [IMAGE_ID, finding_query, style_query],
                 "responses": {"200": {"description": "PNG", **PNG}, "400": _error("missing or unknown finding, bad style"),
                               "409": _error("the model has no finding head (a label-free encoder model)"),
                               "404": _error("not an indexed image"), **COMMON_ERRORS}}},
             "/heatmap": {"post": {
-                "summary": "Grad-CAM overlay of a finding on an uploaded image (the query)",
+                "summary": "heatmap overlay of a finding on an uploaded image (the query; method as above)",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image", "finding"],
                     "properties": {"image": {"type": "string", "format": "binary"},

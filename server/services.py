@@ -301,10 +301,26 @@ class SearchService:
                                     else "not loaded")
             raise NotReadyError(reason, retry_after=self.retry_after() if self.state == "failed" else 5)
 
+    def catalog_problem(self):
+        """None when loaded and the catalog database answers (one round trip), else why not:
+        the :class:`~indexer.db.CatalogUnavailableError` (down, restarting, failing over)."""
+        if not self.ready or self._pid != os.getpid():
+            return None
+        from indexer.catalog import CatalogUnavailableError
+
+        try:
+            self.catalog.ping()
+        except CatalogUnavailableError as error:
+            return error
+        return None
+
     def status(self) -> dict[str, Any]:
-        """What ``/readyz`` reports."""
+        """What ``/readyz`` reports (not ready while the catalog database is unreachable)."""
         # worker_pid: which process answered (``--workers N`` forks N that share one socket)
         info: dict[str, Any] = {"ready": self.ready, "state": self.state, "worker_pid": os.getpid()}
+        problem = self.catalog_problem()
+        if problem is not None:
+            info.update(ready=False, error=str(problem), retry_after_s=problem.retry_after)
         if self.error:
             info["error"] = self.error
         if self.state == "failed":
@@ -321,6 +337,8 @@ class SearchService:
                 "has_regions": bool(self.model.has_regions),
                 "has_findings": bool(self.model.has_findings),
                 "findings_note": self.model.findings_note,
+                "text_search": self.text_search_note is None,
+                "text_search_note": self.text_search_note,
                 "precision": self.model.precision,
                 "compiled": self.compiled,
                 "load_seconds": round(self.load_seconds or 0.0, 2),
@@ -347,6 +365,15 @@ class SearchService:
     def class_names(self) -> tuple[str, ...]:
         self.require_ready()
         return tuple(self.model.class_names)
+
+    @property
+    def text_search_note(self) -> str | None:
+        """Why the loaded model cannot search by text (``POST /api/v1/search/text``), or None
+        when it can (:func:`chextriev.localization.text.text_search_note`)."""
+        from chextriev.localization.text import text_search_note
+
+        self.require_ready()
+        return text_search_note(self.model)
 
     @property
     def finding_thresholds(self) -> np.ndarray:
@@ -386,17 +413,27 @@ class SearchService:
             box_source=str(batch.box_sources[0]),
         )
 
+    @property
+    def heatmap_method(self) -> str:
+        """What the heatmaps are: the model's own PCAM map for a ``--pooling pcam`` classifier,
+        else Grad-CAM (:func:`chextriev.localization.cam.own_method`)."""
+        from chextriev.localization.cam import own_method
+
+        self.require_ready()
+        return own_method(self.model)
+
     def heatmap_png(self, pixels: np.ndarray, boxes: np.ndarray | None, finding: str,
                     style: str = "overlay") -> bytes:
-        """Grad-CAM of ``finding`` on ``pixels`` ``(H, W)`` as PNG: overlaid on the image
-        (``style="overlay"``) or as a transparent colour layer of the same size (``"layer"``)."""
+        """The heatmap of ``finding`` on ``pixels`` ``(H, W)`` (:attr:`heatmap_method`) as PNG:
+        overlaid on the image (``style="overlay"``) or as a transparent colour layer of the same
+        size (``"layer"``)."""
         from chextriev.localization.cam import heatmap, overlay_png
 
         self.require_ready()
         with self.model_lock:
             if boxes is None:
                 boxes = self.model.box_provider.boxes_for([pixels])[0][0]
-            heat = heatmap(self.model, pixels, boxes, finding, method="gradcam")
+            heat = heatmap(self.model, pixels, boxes, finding, method=self.heatmap_method)
         if style == "layer":
             return heat_layer_png(heat)
         return overlay_png(pixels, heat, alpha=HEAT_ALPHA, colormap=HEAT_COLORMAP)

@@ -1,4 +1,4 @@
-"""Request validation: ``k``, booleans, search filters, and the uploaded image.
+"""Request validation: ``k``, booleans, search filters, a search text, and the uploaded image.
 
 Everything here raises :class:`server.errors.ApiError` (400, or 413 for a decompression bomb)
 with a message naming the parameter and the accepted values.
@@ -30,7 +30,11 @@ FALSE_WORDS = ("0", "false", "no", "off", "")
 
 #: The form / query fields of the API (each at most once).
 FIELDS = ("k", "exclude_same_patient", "view", "sex", "age_min", "age_max", "finding", "style",
-          "nprobe", "rerank", "study_uid", "series_uid", "instance_uid", "store")
+          "nprobe", "rerank", "study_uid", "series_uid", "instance_uid", "store", "text")
+#: Longest search text, in characters. The text towers read at most 64 (MedSigLIP), 77 (CheXzero)
+#: or 256 (BiomedCLIP) tokens and cut the rest, as the libraries do; a longer text is refused
+#: rather than silently searched by its beginning.
+TEXT_MAX_CHARS = 1000
 
 
 def check_single(values) -> None:
@@ -115,6 +119,25 @@ def parse_filters(form: Mapping[str, str], class_names: Sequence[str]) -> dict[s
     if finding:
         filters["finding"] = parse_finding(finding, class_names)
     return filters
+
+
+def parse_text(value: str | None) -> str:
+    """The ``text`` of a search by text: a string of 1 to :data:`TEXT_MAX_CHARS` characters
+    once the white space around it is stripped, without control characters (tabs and line
+    breaks are white space)."""
+    if value is None:
+        raise ApiError(400, "missing_text", "send the text to search for as the field 'text' (JSON, "
+                                            "form or multipart body)")
+    text = str(value).strip()
+    if not text:
+        raise ApiError(400, "bad_parameter", "text is empty: give a few words, e.g. 'left pleural effusion'")
+    if len(text) > TEXT_MAX_CHARS:
+        raise ApiError(400, "bad_parameter", f"text is {len(text)} characters long; at most {TEXT_MAX_CHARS} "
+                                             "(the model reads only its first 64 to 256 tokens)")
+    control = next((ch for ch in text if (ord(ch) < 32 and ch not in "\t\n\r") or 127 <= ord(ch) < 160), None)
+    if control is not None:
+        raise ApiError(400, "bad_parameter", f"text holds a control character (U+{ord(control):04X}): send plain text")
+    return text
 
 
 def parse_uid(name: str, value: str | None) -> str | None:

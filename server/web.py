@@ -32,7 +32,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    ready = current_app.extensions["chextriev"].ready
+    service = current_app.extensions["chextriev"]
+    ready = service.ready and service.catalog_problem() is None  # the catalog database answers
     response = jsonify({"ready": ready})
     response.status_code = 200 if ready else 503
     return response

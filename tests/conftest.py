@@ -21,7 +21,7 @@ import pytest
 # the tiny batch, records and checkpoint of the model and training tests (tests/model_fixtures.py).
 # tests/ is on the import path through pytest's `pythonpath` setting (pyproject.toml).
 from model_fixtures import tiny_batch, tiny_checkpoint, tiny_records  # noqa: F401
-from postgres_fixtures import catalog_url, postgres_server, postgres_url  # noqa: F401
+from postgres_fixtures import catalog_url, own_postgres, postgres_server, postgres_url  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

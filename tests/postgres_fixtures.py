@@ -37,6 +37,7 @@ class PostgresServer:
     port: int
     user: str
     data_dir: Path
+    pg_options: str = ""  # the postgres options it was started with (port, sockets, fsync)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
@@ -104,7 +105,7 @@ def start_postgres(root: Path, *, durable: bool = False) -> tuple[PostgresServer
                                  str(log), "-w", "-t", "60", "start"], capture_output=True,
                                 text=True, env=env, cwd=root, check=False, **run_as)
         if result.returncode == 0:
-            server = PostgresServer("127.0.0.1", port, USER, data)
+            server = PostgresServer("127.0.0.1", port, USER, data, options)
             _wait_ready(server)
             return server, {"env": env, "cwd": root, **run_as}
         last_error = result.stderr + (log.read_text()[-2000:] if log.exists() else "")
@@ -126,6 +127,20 @@ def _wait_ready(server: PostgresServer, timeout: float = 30.0) -> None:
             time.sleep(0.2)
 
 
+def pg_ctl(server: PostgresServer, options: dict, action: str) -> None:
+    """``pg_ctl restart|stop|start`` of a running test server (fast shutdown: open sessions
+    are ended, as a hospital's database restart or failover ends them), waiting until done;
+    ``start`` and ``restart`` keep its port and settings."""
+    command = [str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-w", "-t", "60"]
+    if action in ("stop", "restart"):
+        command += ["-m", "fast"]
+    if action in ("start", "restart"):
+        command += ["-o", server.pg_options, "-l", str(server.data_dir.parent / "postgres.log")]
+    subprocess.run(command + [action], capture_output=True, check=True, **options)
+    if action != "stop":
+        _wait_ready(server)
+
+
 def stop_postgres(server: PostgresServer, options: dict) -> None:
     subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-m", "immediate", "-w",
                     "stop"], capture_output=True, check=False, **options)
@@ -141,6 +156,21 @@ def postgres_server():
         server, options = start_postgres(root)
         try:
             yield server
+        finally:
+            stop_postgres(server, options)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres():
+    """``(server, subprocess options)`` of a PostgreSQL server of this test alone, for tests
+    that restart, stop and start it (:func:`pg_ctl`); stopped at the end."""
+    root = Path(tempfile.mkdtemp(prefix="chextriev-pg-own-"))
+    try:
+        server, options = start_postgres(root)
+        try:
+            yield server, options
         finally:
             stop_postgres(server, options)
     finally:

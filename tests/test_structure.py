@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("chextriev", "chextriev_cli", "indexer", "server", "metrics", "benchmarks")
 #: What writes an index: nothing the server or the read side imports may reach these.
 WRITE_SIDE = frozenset({
-    "indexer.cli", "indexer.db_write", "indexer.decode", "indexer.decode_pool",
-    "indexer.discovery", "indexer.distributed", "indexer.embedder", "indexer.lock",
+    "indexer.cli", "indexer.db_cli", "indexer.db_write", "indexer.decode", "indexer.decode_pool",
+    "indexer.discovery", "indexer.ledger", "indexer.distributed", "indexer.embedder", "indexer.lock",
     "indexer.pipeline", "indexer.shards", "indexer.sync", "indexer.verify", "indexer.writer",
 })
 READ_SIDE = ("indexer.catalog",)

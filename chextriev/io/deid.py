@@ -28,8 +28,10 @@ pixels                 Burned In Annotation (0028,0301) YES    (Clean       imag
                                                                 Pixel)      unless ``keep_burned_in``
 =====================  ======================================  ===========  =================================
 
-The source path and the file name stay on the server (the ledger needs them for incremental
-runs); no response carries them. The keyed hash is HMAC-SHA256; the patient and study
+The ledger of an indexing run (``sources.path``, ``images.source_path``: a file's path, or a
+``dicomweb:`` key holding the study, series and instance UIDs) stores keyed hashes, not the keys
+(:func:`ledger_pseudonym`): the same key and record give the same hash, so incremental runs find
+what earlier runs stored, and no path, file name or UID is in the catalog file. The keyed hash is HMAC-SHA256; the patient and study
 pseudonyms are those of earlier versions (``hmac(key, id)[:32]``), so a server given the key
 finds an upload's patient (``exclude_same_patient``) in old and new archives alike.
 """
@@ -90,6 +92,26 @@ def uid_pseudonym(key: bytes, uid: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
+#: How a pseudonymised ledger key starts: ``pseudonym:<key id>:<file|uri>:<64 hex>``.
+LEDGER_PREFIX = "pseudonym:"
+
+
+def key_id(key: bytes) -> str:
+    """8 hex characters that tell keys apart (a keyed hash of a constant: it reveals nothing of
+    the key, and lets a run see that a catalog was pseudonymised with another key)."""
+    return hmac.new(key, b"chextriev key id", hashlib.sha256).hexdigest()[:8]
+
+
+def ledger_pseudonym(key: bytes, record_key: str) -> str:
+    """What the ledger stores for ``record_key`` (a file's absolute path, or a ``dicomweb:``
+    key) in a pseudonymised catalog: ``pseudonym:<key id>:file:<HMAC-SHA256 hex>`` for a file
+    (whose version, size and mtime, the ledger compares), ``...:uri:...`` for an immutable
+    record (a DICOMweb instance). The same key and record always give the same value."""
+    kind = "file" if os.path.isabs(record_key) else "uri"
+    digest = hmac.new(key, b"ledger\0" + record_key.encode(), hashlib.sha256).hexdigest()
+    return f"{LEDGER_PREFIX}{key_id(key)}:{kind}:{digest}"
+
+
 @dataclass(frozen=True)
 class Deidentifier:
     """The keyed de-identification of catalog fields (module docstring); picklable, so it
@@ -114,6 +136,18 @@ class Deidentifier:
 
     def uid(self, value: str) -> str:
         return uid_pseudonym(self.key, value)
+
+    def ledger_key(self, record_key: str) -> str:
+        return ledger_pseudonym(self.key, record_key)
+
+    def scrub(self, text: str | None, record_key: str) -> str | None:
+        """``text`` (a failure reason) without the record's key or file name in it."""
+        if not text:
+            return text
+        for raw in (record_key, os.path.basename(record_key.rstrip("/"))):
+            if len(raw) >= 5:
+                text = text.replace(raw, "<file>")
+        return text
 
     def date_shift(self, anchor: str) -> int:
         """Days (1..365, earlier or later) that every date of ``anchor`` (a patient) moves."""

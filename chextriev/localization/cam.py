@@ -55,8 +55,19 @@ METHODS = ("gradcam", "gradcampp", "cam")
 #: trained with PCAM pooling (:mod:`chextriev.localization.pcam`; that model only)
 HEATMAP_METHODS = (*METHODS, "pcam")
 
-__all__ = ["HEATMAP_METHODS", "METHODS", "CamPipeline", "CamUnsupportedError", "class_index", "feature_cam", "heatmap",
-           "heatmap_mask", "heatmap_to_boxes", "overlay_png"]
+__all__ = [
+    "HEATMAP_METHODS",
+    "METHODS",
+    "CamPipeline",
+    "CamUnsupportedError",
+    "class_index",
+    "feature_cam",
+    "heatmap",
+    "heatmap_mask",
+    "heatmap_to_boxes",
+    "overlay_png",
+    "own_method",
+]
 
 
 def feature_cam(
@@ -139,6 +150,17 @@ def _resolve(model_or_loaded, image: np.ndarray, boxes: np.ndarray | None):
         pipeline.class_names = tuple(loaded.class_names)
         pipeline.image_size = int(loaded.image_size)
     return model, pipeline, device
+
+
+def own_method(model_or_loaded) -> str:
+    """The heatmap method a model is best explained by, what the viewer shows: ``"pcam"`` for a
+    global classifier trained with ``--pooling pcam`` (its own probability map is its
+    localization, scored in the localization table), else ``"gradcam"``."""
+    model = getattr(model_or_loaded, "model", model_or_loaded)
+    config = getattr(model, "config", None)
+    if getattr(config, "kind", None) == "global" and getattr(config, "pooling", None) == "pcam":
+        return "pcam"
+    return "gradcam"
 
 
 def heatmap(

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: sessionStorage.getItem("chextriev-token") || "", ready: false, file: null, payload: null,
   selected: -1, selection: 0, details: new Map(), blobCache: new Map(), reference: null, opened: null,
-  heatFinding: "", lastHeatFinding: "", regionMode: "best", shownRegions: new Set(),
+  heatFinding: "", lastHeatFinding: "", regionMode: "best", shownRegions: new Set(), caseBoxes: [],
 };
 
 // ---------------------------------------------------------------- API helpers
@@ -90,6 +90,8 @@ async function refreshStatus() {
       pill.title = `index build ${status.index_build_id}, checkpoint ${status.checkpoint_id}`;
       const select = $("finding");
       select.replaceChildren(new Option("any", ""), ...(status.class_names || []).map((n) => new Option(n, n)));
+      // search by text: only a model whose text and image embeddings share one space (/readyz says)
+      $("by-text").hidden = !status.text_search;
       const opened = state.opened;
       state.opened = null;
       if (opened) searchReference(opened); // the study named by the page's address, once
@@ -151,6 +153,17 @@ function searchArchive(id) {
     `Searching with image ${id}…`);
 }
 
+// A text (a CLIP-family encoder model): the archived images nearest it; each result's
+// matched_regions are the regions the text points at, boxed on the case.
+function searchText(text) {
+  state.file = null;
+  state.reference = null;
+  const form = searchForm();
+  form.delete("exclude_same_patient"); // a text has no patient
+  form.set("text", text);
+  return runSearch(() => apiJSON("/search/text", { method: "POST", body: form }), "Searching by text…");
+}
+
 // A study on the PACS (`/?study=UID[&series=UID][&instance=UID]`, or the study field): the server
 // finds its frontal image (QIDO-RS), reads it from the index or fetches it (WADO-RS), searches.
 // With `store` it also files the report into that study on the PACS (STOW-RS).
@@ -179,12 +192,20 @@ async function render(payload) {
   state.selected = -1;
   state.details.clear();
   const query = payload.query;
-  const image = await loadImage(await blobURL(query.preview_url));
-  queryView.setImage(image, { width: query.width, height: query.height });
+  const textQuery = query.source === "text";
+  if (textQuery) { // no query image: the text stands in its place
+    queryView.clear();
+    $("query-text-shown").textContent = `“${query.text}”`;
+  } else {
+    const image = await loadImage(await blobURL(query.preview_url));
+    queryView.setImage(image, { width: query.width, height: query.height });
+  }
   queryView.setBoxes(query.boxes);
   $("query-empty").hidden = true;
+  $("query-text-view").hidden = !textQuery;
   const size = query.width ? ` · ${query.width}×${query.height}` : "";
-  $("query-meta").textContent = query.source === "upload"
+  $("query-meta").textContent = textQuery ? `text · ${query.text.length} characters`
+    : query.source === "upload"
     ? `upload · ${query.format.toUpperCase()} · ${query.width}×${query.height}`
     : query.source === "pacs"
       ? `PACS study ${query.study_instance_uid}${query.view ? " · " + query.view : ""}${size}`
@@ -195,7 +216,8 @@ async function render(payload) {
   group.reset();
   renderQueryFindings(query);
   renderHeatToggles(query);
-  renderRegionList(query.boxes);
+  state.caseBoxes = [];
+  renderRegionList(query.boxes || []);
   renderResults(payload);
   if (payload.notes) showMessage(payload.notes.join(" "), "info");
   if (payload.results.length) await selectResult(0, { focus: false });
@@ -299,7 +321,9 @@ function renderResults(payload) {
       </div>`;
     li.querySelector(".iid").textContent = `case ${result.id}`;
     li.querySelector(".sim").textContent = result.similarity.toFixed(3);
-    li.querySelector(".sim").title = "cosine similarity of the embeddings";
+    li.querySelector(".sim").title = payload.query.source === "text"
+      ? "cosine similarity of the text and the image (the model's own image-text similarity)"
+      : "cosine similarity of the embeddings";
     findingChips(li.querySelector(".r-known"), result.known_findings, { shared: result.shared_findings, none: "no finding" });
     const predicted = li.querySelector(".r-pred");
     const headless = payload.query.findings_note;
@@ -352,6 +376,11 @@ async function selectResult(index, { focus = true } = {}) {
     }
     if (group.linkView) caseView.setView(queryView.view);
     caseView.setBoxes(detail.boxes);
+    if (payload.query.source === "text") { // no query boxes: the region list is the case's
+      state.caseBoxes = detail.boxes || [];
+      renderRegionList(state.caseBoxes);
+      group.active = caseView;
+    }
     // An index built before previews (or with --preview-side 0) serves the 128 px thumbnail.
     if (detail.preview_source === "thumbnail") {
       $("case-meta").textContent += " · thumbnail only: this index stores no preview of the case";
@@ -444,7 +473,7 @@ function renderRegionList(boxes) {
 
 function applyRegions(mode = state.regionMode) {
   state.regionMode = mode;
-  const boxes = (state.payload && state.payload.query.boxes) || [];
+  const boxes = (state.payload && state.payload.query.boxes) || state.caseBoxes;
   if (mode === "best") state.shownRegions = new Set(currentMatches().map((m) => m.index));
   else if (mode === "all") state.shownRegions = new Set(boxes.filter((b) => b.box).map((b) => b.index));
   else if (mode === "none") state.shownRegions = new Set();
@@ -588,7 +617,7 @@ function onKey(event) {
   }
   const action = actions[key.length === 1 ? key.toLowerCase() : key] || actions[key];
   if (!action) return;
-  if (!queryView.hasImage && !["?", "w", "p"].includes(key.toLowerCase())) return;
+  if (!queryView.hasImage && !caseView.hasImage && !["?", "w", "p"].includes(key.toLowerCase())) return;
   event.preventDefault();
   action();
 }
@@ -614,6 +643,11 @@ function init() {
     if (file) searchUpload(file);
   });
   drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file").click(); } });
+  $("by-text").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("query-text").value.trim();
+    if (text) searchText(text);
+  });
   $("by-id").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("archive-id").value.trim();

@@ -109,6 +109,54 @@ def test_one_instance_500_and_one_404_then_retried(orthanc, proxy, basic, synthe
     assert verify(_sessions(index_dir), index_dir) == []
 
 
+def test_pseudonymised_catalog_holds_no_uid_and_reruns_fetch_only_new_instances(
+        orthanc, proxy, basic, synthetic_dicoms, tmp_path):
+    """--pseudonymise from a PACS: the catalog file and its WAL (bytes) hold none of the
+    instances' UIDs, patient ids or the service's URL, the ledger's keyed hashes still let a
+    rerun fetch only new instances and the one that failed."""
+    import sqlite3
+
+    from chextriev.io.deid import Deidentifier
+    from indexer.decode import IngestPolicy
+
+    first, later = synthetic_dicoms[:-2], synthetic_dicoms[-2:]
+    for data in first:
+        orthanc.upload(data)
+    broken = _uids(first[0])[2]
+    proxy.fail = {f"/instances/{broken}": 500}
+    policy = IngestPolicy(Deidentifier(b"dicomweb-ledger-key"))
+    index_dir = tmp_path / "idx"
+    summary = _index(proxy.dicomweb, index_dir, basic, workers=2, batch_size=2, policy=policy)
+    assert summary.indexed == len(first) - 1 and summary.failed == 1
+    raw = {proxy.dicomweb, orthanc.dicomweb}
+    for data in synthetic_dicoms:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        raw |= {*_uids(data), str(ds.PatientID)}
+    catalog = index_dir / "catalog.sqlite"
+    held = sqlite3.connect(catalog)  # keeps the WAL file, with the rerun's frames, readable
+    try:
+        held.execute("SELECT count(*) FROM sources").fetchone()
+        for data in later:
+            orthanc.upload(data)
+        proxy.fail = {}
+        proxy.reset()
+        again = _index(proxy.dicomweb, index_dir, basic, policy=policy)
+        assert again.indexed == len(later) + 1 and again.unchanged == len(first) - 1
+        assert proxy.counts["wado"] == len(later) + 1  # the new ones and the failed one
+        wal = catalog.with_name("catalog.sqlite-wal")
+        assert wal.stat().st_size > 0
+        for path in (catalog, wal):
+            data = path.read_bytes()
+            leaked = sorted(value for value in raw if value.encode() in data)
+            assert not leaked, (path.name, leaked)
+    finally:
+        held.close()
+    with _sessions(index_dir)() as session:
+        assert all(key.startswith("pseudonym:") and ":uri:" in key
+                   for key in session.scalars(select(Source.path)))
+    assert verify(_sessions(index_dir), index_dir) == []
+
+
 class StopAfterFirstBatch(FakeEmbedder):
     """Stops Orthanc once the first batch is embedded (mid-run, deterministically)."""
 

@@ -41,8 +41,13 @@ SCRIPT = textwrap.dedent("""
                 time.sleep(60)
             commit(tmp, path, **options)
         files.commit_file = stalled
+    policy = None
+    if {key!r}:
+        from chextriev.io.deid import Deidentifier
+        from indexer.decode import IngestPolicy
+        policy = IngestPolicy(Deidentifier({key!r}))
     run_index({root!r}, embedder=FakeEmbedder(delay={delay!r}), index_dir={index_dir!r},
-              db_url={db_url!r}, batch_size=2, checkpoint_every=1, progress=False)
+              db_url={db_url!r}, batch_size=2, checkpoint_every=1, progress=False, policy=policy)
 """)
 
 
@@ -51,10 +56,10 @@ def _archive(root: Path, n: int) -> None:
         write_png(root / f"d{i % 4}" / f"img{i:03d}.png", i)
 
 
-def _start(tmp_path, root, index_dir, db_url, *, slow_save=False, delay=0.25):
+def _start(tmp_path, root, index_dir, db_url, *, slow_save=False, delay=0.25, key=None):
     script = SCRIPT.format(repo=str(REPO), here=str(Path(__file__).parent), root=str(root),
                            index_dir=str(index_dir), db_url=db_url, slow_save=slow_save,
-                           delay=delay)
+                           delay=delay, key=key)
     log = open(tmp_path / "child.log", "wb")  # noqa: SIM115 - closed by the caller's process end
     return subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
@@ -90,11 +95,21 @@ def _kill(proc) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _policy(key):
+    from chextriev.io.deid import Deidentifier
+    from indexer.decode import IngestPolicy
+
+    return IngestPolicy(Deidentifier(key)) if key else None
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun(tmp_path, catalog_url):
+@pytest.mark.parametrize("key", [None, b"kill-test-key"], ids=["clear", "pseudonymised"])
+def test_sigkill_mid_run_then_rerun(tmp_path, catalog_url, key):
+    """Killed mid-run, then rerun; with --pseudonymise the ledger's keyed hashes are what
+    the rerun finds, and no path is stored."""
     root, index_dir, n = tmp_path / "archive", tmp_path / "idx", 24
     _archive(root, n)
-    proc = _start(tmp_path, root, index_dir, catalog_url)
+    proc = _start(tmp_path, root, index_dir, catalog_url, key=key)
     deadline = time.time() + 90
     count = 0
     while time.time() < deadline and proc.poll() is None:
@@ -106,8 +121,11 @@ def test_sigkill_mid_run_then_rerun(tmp_path, catalog_url):
     _kill(proc)
     assert 0 < count < n  # killed mid-run
     summary = run_index(root, embedder=FakeEmbedder(), index_dir=index_dir, db_url=catalog_url,
-                        batch_size=4, progress=False)
+                        batch_size=4, progress=False, policy=_policy(key))
     _check_after_rerun(index_dir, catalog_url, n, summary)
+    with open_sessions(index_dir, catalog_url)() as s:
+        paths = s.scalars(select(Source.path)).all()
+    assert all(p.startswith("pseudonym:") != (key is None) for p in paths)
 
 
 @pytest.mark.slow

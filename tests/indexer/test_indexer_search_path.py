@@ -118,8 +118,6 @@ def test_a_failed_gpu_copy_falls_back_to_the_cpu_once(monkeypatch, caplog):
 
 
 def test_a_failed_gpu_search_falls_back_to_the_cpu(gpu, monkeypatch):
-    calls, _ = gpu
-
     def fails(self, queries, k, params=None):
         raise RuntimeError("CUDA error")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -99,10 +100,11 @@ def test_save_load_round_trip_atomic(data, tmp_path, kind):
     assert VectorIndex.load(tmp_path).ntotal == len(ids) - 10
 
 
-def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path):
+@pytest.mark.parametrize("index_type", ["ivf-flat", "flat"])  # flat: the merge once segfaulted
+def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path, index_type):
     base = clustered(3000, seed=3)
     ids = np.arange(3000, dtype=np.int64)
-    index = VectorIndex.build(ids[:2000], base[:2000], index_type="ivf-flat", expected=3000)
+    index = VectorIndex.build(ids[:2000], base[:2000], index_type=index_type, expected=3000)
     index.merge_factor = 4
     index.save(tmp_path, checkpoint_id=None)
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "segments").iterdir()}
@@ -112,9 +114,13 @@ def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path):
     assert sorted(s["n"] for s in manifest.segments) == [100, 100, 100, 2000]
     for name, mtime in written.items():  # the first segment was never rewritten
         assert (tmp_path / "segments" / name).stat().st_mtime_ns == mtime
+    index = VectorIndex.load(tmp_path)  # segments read back from disk merge with a new one
+    index.merge_factor = 4
     index.add(ids[2300:2400], base[2300:2400])  # the fourth of tier 0: merged into one
     manifest = index.save(tmp_path, checkpoint_id=None)
+    gc.collect()  # a merged index that a dropped wrapper owned would be freed here
     assert sorted(s["n"] for s in manifest.segments) == [400, 2000]
+    assert index.search(base[2300:2310], 1, nprobe=64)[1][:, 0].tolist() == ids[2300:2310].tolist()
     loaded = VectorIndex.load(tmp_path, exact=ArrayExact(ids[:2400], base[:2400]))
     np.testing.assert_array_equal(loaded.faiss_ids(), ids[:2400])
     _, found = loaded.search(base[2300:2310], 1, nprobe=64)

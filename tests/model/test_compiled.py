@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from child_env import child_env
 
 from chextriev.compiled import COMPILE_MODES, DEFAULT_COMPILE, parse_compile
 from chextriev.errors import UnknownNameError
@@ -37,7 +37,7 @@ def test_the_flag_defaults_to_on_reads_the_environment_and_imports_no_torch(monk
             "p = argparse.ArgumentParser(); add_compile_option(p); "
             "print(p.parse_args([]).compile, p.parse_args(['--compile', '0']).compile, 'torch' in sys.modules)")
     for value, default in ((None, "on"), ("no", "off"), ("yes", "on")):
-        env = {k: v for k, v in os.environ.items() if k != "CHEXTRIEV_COMPILE"}
+        env = {k: v for k, v in child_env().items() if k != "CHEXTRIEV_COMPILE"}
         if value is not None:
             env["CHEXTRIEV_COMPILE"] = value
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -174,7 +174,7 @@ def _index(checkpoint, folder: Path, index_dir: Path, *, env: dict, timeout: int
 
 
 def _default_env(tmp_path: Path, name: str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "CHEXTRIEV_COMPILE"}  # the default, as users get it
+    env = {k: v for k, v in child_env().items() if k != "CHEXTRIEV_COMPILE"}  # the default, as users get it
     return {**env, "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled"),
             "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"), **extra}
 
@@ -244,8 +244,8 @@ result = embed_images(loaded, images).embeddings
 print(json.dumps({{"installed": compiled_trunk(loaded.model) is not None, "stats": dict(STATS),
                    "difference": float(np.abs(eager - result).max())}}))
 """
-    env = {**os.environ, "CXX": str(compiler), "CHEXTRIEV_COMPILE_CACHE": str(tmp_path / "compiled"),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    env = child_env(CXX=str(compiler), CHEXTRIEV_COMPILE_CACHE=str(tmp_path / "compiled"),
+                    TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                          check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -254,3 +254,29 @@ print(json.dumps({{"installed": compiled_trunk(loaded.model) is not None, "stats
     assert run.stderr.count("compiling the backbone trunk failed") == 1 and "running it eagerly" in run.stderr
     assert outcome["difference"] <= 1e-6, outcome
     assert not [p for p in (tmp_path / "compiled").iterdir() if p.suffix == ".pt2"]
+
+
+@pytest.mark.slow
+def test_processes_starting_together_compile_once(tiny_checkpoint, tmp_path):
+    """Two processes (server workers starting at once) asking for the same package: one compiles,
+    the other waits on the lock and loads what the first wrote."""
+    code = f"""
+import json
+from chextriev.checkpoint import load_checkpoint
+from chextriev.compiled import STATS, compiled_trunk
+loaded = load_checkpoint({str(tiny_checkpoint)!r}, precision="fp32", compile=True, compile_batch=1)
+print(json.dumps({{"stats": dict(STATS), "how": compiled_trunk(loaded.model).how}}))
+"""
+    env = child_env(CHEXTRIEV_COMPILE_CACHE=str(tmp_path / "compiled"))
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{i}")})
+               for i in range(2)]
+    outcomes = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+        outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o["how"] for o in outcomes) == ["cached", "compiled"], outcomes
+    assert sum(o["stats"].get("compiled", 0) for o in outcomes) == 1
+    assert all(o["stats"]["loaded"] == 1 for o in outcomes)
+    assert len(list((tmp_path / "compiled").glob("*.pt2"))) == 1

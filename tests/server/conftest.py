@@ -178,3 +178,35 @@ def module_server(tiny_index, tmp_path_factory):
 @pytest.fixture(scope="session")
 def token() -> str:
     return TOKEN
+
+
+@pytest.fixture(scope="session")
+def day_one(nih_sample, tmp_path_factory):
+    """Day one with no labels: a tiny random BiomedCLIP-layout encoder in open_clip's own format
+    (``encoder_files.write_open_clip``), ``chextriev model init`` on a folder of 10 real NIH
+    radiographs (256 px copies), ``chextriev index`` of that folder (fp32). Shared by the encoder
+    and text-search tests."""
+    import encoder_files
+    from PIL import Image
+
+    from chextriev.model import cli as model_cli
+    from indexer import cli as index_cli
+
+    root = tmp_path_factory.mktemp("day-one")
+    archive = root / "archive"
+    archive.mkdir()
+    for path in sorted((nih_sample / "images").glob("*.png"))[:10]:
+        # 256 px copies: below every side an indexer may shrink to, so that the index holds the
+        # embedding of exactly the image the library reads below
+        Image.open(path).convert("L").resize((256, 256), Image.BICUBIC).save(archive / path.name)
+    hub, reference = encoder_files.write_open_clip(root / "biomedclip")
+    checkpoint = root / "model.ckpt"
+    assert run_subcommand(model_cli, ["model", "init", "--backbone", "biomedclip", "--backbone-weights", str(hub),
+                                      "--data", str(archive), "--out-file", str(checkpoint), "--sample", "6",
+                                      "--no-progress", "--device", "cpu"]) == 0
+    index_dir = root / "index"
+    assert run_subcommand(index_cli, ["index", "--data", str(archive), "--checkpoint", str(checkpoint),
+                                      "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
+                                      "--precision", "fp32", "--no-progress"]) == 0
+    return {"archive": archive, "checkpoint": checkpoint, "index_dir": index_dir, "reference": reference,
+            "db": f"sqlite:///{index_dir / 'catalog.sqlite'}", "root": root}

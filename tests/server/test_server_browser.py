@@ -108,6 +108,7 @@ def page(browser, module_server):
     page.on("response", lambda response: response.status >= 400 and errors.append(f"HTTP {response.status} {response.url}"))
     page.goto(f"{module_server}/")
     expect(page.locator("#status")).to_contain_text("ready", timeout=60_000)
+    expect(page.locator("#by-text")).to_be_hidden()  # a V6 model has no text tower: no text box
     yield page
     context.close()
     assert not errors, errors

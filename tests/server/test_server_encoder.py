@@ -3,73 +3,34 @@ alone (a tiny random BiomedCLIP-layout model in open_clip's own format), ``chext
 indexes a folder of real NIH radiographs with it, and ``chextriev serve`` answers image search
 over HTTP; the model has no finding head, so the server says so instead of predicting findings.
 The text tower travels in the checkpoint: its text embeddings rank the indexed images exactly as
-the library's own image-text similarity does (what the text-search endpoint will be built on)."""
+the library's own image-text similarity does (what `POST /api/v1/search/text` is built on:
+test_server_text.py). The index and checkpoint (`day_one`) are conftest's, shared with it."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import encoder_files
 import numpy as np
 import pytest
 import requests
 import torch
 from PIL import Image
-from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
+from server_helpers import (  # day_one: conftest
+    run_subcommand,
+    serve_until_ready,
+    stop_server,
+    viewer_page,
+)
 
 TEXTS = ["left pleural effusion", "enlarged heart", "no acute finding"]
 
 
 @pytest.fixture(scope="module")
-def day_one(nih_sample, tmp_path_factory):
-    from chextriev.model import cli as model_cli
-    from indexer import cli as index_cli
-
-    root = tmp_path_factory.mktemp("day-one")
-    archive = root / "archive"
-    archive.mkdir()
-    for path in sorted((nih_sample / "images").glob("*.png"))[:10]:
-        # 256 px copies: below every side an indexer may shrink to, so that the index holds the
-        # embedding of exactly the image the library reads below
-        Image.open(path).convert("L").resize((256, 256), Image.BICUBIC).save(archive / path.name)
-    hub, reference = encoder_files.write_open_clip(root / "biomedclip")
-    checkpoint = root / "model.ckpt"
-    assert run_subcommand(model_cli, ["model", "init", "--backbone", "biomedclip", "--backbone-weights", str(hub),
-                                      "--data", str(archive), "--out-file", str(checkpoint), "--sample", "6",
-                                      "--no-progress", "--device", "cpu"]) == 0
-    index_dir = root / "index"
-    assert run_subcommand(index_cli, ["index", "--data", str(archive), "--checkpoint", str(checkpoint),
-                                      "--index-dir", str(index_dir), "--workers", "0", "--device", "cpu",
-                                      "--precision", "fp32", "--no-progress"]) == 0
-    return {"archive": archive, "checkpoint": checkpoint, "index_dir": index_dir, "reference": reference,
-            "db": f"sqlite:///{index_dir / 'catalog.sqlite'}", "root": root}
-
-
-@pytest.fixture(scope="module")
 def served(day_one):
-    port = unused_port()
-    log_path = day_one["root"] / "server.log"
-    command = [sys.executable, "-m", "server.cli", "--checkpoint", str(day_one["checkpoint"]), "--db", day_one["db"],
-               "--index-dir", str(day_one["index_dir"]), "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(ready, 120, "the server answers ready")
-        yield base
-    finally:
-        stop_server(process)
+    base, process = serve_until_ready(["--checkpoint", str(day_one["checkpoint"]), "--db", day_one["db"],
+                                       "--index-dir", str(day_one["index_dir"])], day_one["root"] / "server.log")
+    yield base
+    stop_server(process)
 
 
 def test_a_no_label_checkpoint_indexes_and_serves_image_search(day_one, served):
@@ -157,3 +118,20 @@ def test_model_init_reports_what_it_did(day_one, tmp_path, capsys):
     assert loaded.text_encoder is None and loaded.config.embedding_source == "regions"
     scale = loaded.model.features.region_scale
     assert not torch.allclose(scale, torch.ones_like(scale))  # fitted on the archive
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_viewer_says_why_there_are_no_predicted_findings(day_one, served):
+    """In a real browser: an upload search with the no-label model shows the reason where the
+    findings and the finding heatmap toggles would be, and raises no error."""
+    query = sorted(day_one["archive"].glob("*.png"))[2]
+    with viewer_page(served) as (page, expect, errors):
+        page.fill("#k", "4")
+        page.set_input_files("#file", str(query))
+        expect(page.locator("#results li")).to_have_count(4, timeout=60_000)
+        expect(page.locator("#query-predicted")).to_contain_text("No predicted findings: this model predicts no")
+        expect(page.locator("#heat-findings")).to_contain_text("No finding heatmaps")
+        expect(page.locator("#results li .r-pred").first).to_contain_text("no finding head")
+        page.keyboard.press("h")  # the heatmap shortcut does nothing without findings
+    assert not errors, errors

@@ -10,13 +10,19 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from server_helpers import REPO_ROOT, run_subcommand, stop_server, unused_port, wait_for
+from server_helpers import (
+    REPO_ROOT,
+    BackgroundLoop,
+    run_subcommand,
+    stop_server,
+    unused_port,
+    wait_for,
+)
 
 from server import create_app
 
@@ -123,18 +129,17 @@ def test_a_failed_load_is_retried_with_backoff_and_a_broken_build_is_survived(ti
     assert service.catalog.build_id == json.loads(good)["build_id"]
 
 
-class SearchLoop:
+class SearchLoop(BackgroundLoop):
     """Searches and reads /readyz against a running server from a thread until stopped,
     recording every status code, result ids and which worker answered."""
 
     def __init__(self, base: str, query_id: int):
+        super().__init__()
         self.base, self.query_id = base, query_id
         self.codes: list[int] = []
         self.errors: list[str] = []
         self.seen_ids: set[int] = set()
         self.builds: dict[int, str] = {}  # worker pid -> index build it reported last
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         session = requests  # a new connection per request: a kept-alive one stays on one worker
@@ -157,14 +162,6 @@ class SearchLoop:
             except requests.RequestException as error:
                 self.errors.append(repr(error))
             time.sleep(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def _index(*argv: str) -> None:

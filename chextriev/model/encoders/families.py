@@ -64,12 +64,14 @@ def _grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class EncoderTrunk(nn.Module):
-    """Base class (see the module docstring)."""
+    """Base class (see the module docstring). ``eager_reason``: why ``--compile`` leaves this
+    trunk eager (None: it is compiled like a CNN's)."""
 
     family = ""
     patch_size = 0
     token_dim = 0
     global_dim = 0
+    eager_reason: str | None = None
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -157,6 +159,8 @@ class OpenClipTrunk(EncoderTrunk):
                 raise ValueError("open_clip image towers with attentional or average pooling are not supported")
             self.patch_size = int(model.patch_size[0])
             self.token_dim = int(model.conv1.out_channels)
+            self.eager_reason = ("open_clip's own ViT (OpenAI CLIP, CheXzero) ran 3 to 20x slower compiled than eager in "
+                                 "bf16 on the CPU (BENCHMARKS.md 'Foundation encoders')")
         self.global_dim = int(architecture["embed_dim"])
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
