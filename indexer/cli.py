@@ -106,7 +106,7 @@ def register(subparsers) -> None:
     parser.add_argument("--index-type", default="auto", choices=INDEX_TYPES,
                         help="Faiss index; auto: flat, ivf-flat or ivf-pq by the number of vectors")
     parser.add_argument("--nprobe", type=int, default=16,  # faiss_factory.DEFAULT_NPROBE (no Faiss import here)
-                        help="IVF lists searched per query (the build's default; a search may ask for more)")
+                        help="IVF lists searched per query, recorded with the build (a search may ask for more)")
     parser.add_argument("--detector", type=Path, default=None, help="anatomy detector weights")
     parser.add_argument("--copy-checkpoint", action=argparse.BooleanOptionalAction, default=False,
                         help="copy the checkpoint into the index folder (bundle/), so that the "

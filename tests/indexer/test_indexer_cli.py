@@ -68,3 +68,10 @@ def test_wait_flag_forms():
     assert _parse(["index", "--wait"]).wait == math.inf
     assert _parse(["index", "--wait", "30"]).wait == 30.0
     assert _parse(["index", "repair", "--index-dir", "x", "--wait", "5"]).wait == 5.0
+
+
+def test_nprobe_default_is_the_factorys():
+    # cli.py spells the number out to keep Faiss out of `--help`; it must stay the build's default.
+    from indexer.faiss_factory import DEFAULT_NPROBE
+
+    assert _parse(["index"]).nprobe == DEFAULT_NPROBE
