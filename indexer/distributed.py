@@ -131,9 +131,10 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
                  index_type: str = "auto", device: str = "cpu",
                  batch_size: int = 256, wait: float | None = None):
     """Write every shard of ``shard_dir`` into the catalog and build one index; returns the
-    :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing. The shards
-    hold what the decoding workers made of each record (de-identified with the ``policy`` of
-    :func:`embed_to_shards`)."""
+    :class:`~indexer.pipeline.IndexSummary`. Idempotent: merging again adds nothing. Shards
+    hold the decoding workers' records (de-identified by :func:`embed_to_shards`' ``policy``);
+    shards that would mix the catalog's ledger are refused first (``ledger.check_merge``)."""
+    from indexer.ledger import check_merge
     from indexer.pipeline import IndexSummary
     from indexer.writer import WritableCatalog
 
@@ -143,6 +144,7 @@ def merge_shards(shard_dir: str | Path, *, index_dir: str | Path, db_url: str | 
     index_dir = Path(index_dir)
     summary = IndexSummary()
     with WritableCatalog(index_dir, db_url, wait=wait) as catalog:
+        check_merge(catalog.sessions, shards)
         manifest = merge_into(catalog, shards, summary, index_dir=index_dir,
                               index_type=index_type, device=device, batch_size=batch_size)
     summary.index_size, summary.build_id = manifest.n_vectors, manifest.build_id

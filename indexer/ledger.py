@@ -45,12 +45,7 @@ def check_mode(stored_keys: Iterable[str], deidentifier: Deidentifier | None, wh
     holding clear keys (written without ``--pseudonymise``, or by an earlier chextriev under it:
     then ``chextriev db upgrade`` converts them), a run without ``--pseudonymise`` into a
     pseudonymised ledger, or a run with another key."""
-    clear, ids = 0, set()
-    for key in stored_keys:
-        if key.startswith(LEDGER_PREFIX):
-            ids.add(key.split(":", 2)[1])
-        else:
-            clear += 1
+    clear, ids = ledger_mode(stored_keys)
     if deidentifier is None:
         if ids:
             raise LedgerModeError(
@@ -68,6 +63,45 @@ def check_mode(stored_keys: Iterable[str], deidentifier: Deidentifier | None, wh
         raise LedgerModeError(
             f"{where} was pseudonymised with another key (key id {min(other)}, this key's "
             f"is {key_id(deidentifier.key)}): use the key it was indexed with")
+
+
+def ledger_mode(keys: Iterable[str]) -> tuple[int, frozenset[str]]:
+    """``(number of keys in the clear, key ids of the keyed hashes)`` of ledger keys."""
+    clear, ids = 0, set()
+    for key in keys:
+        if key.startswith(LEDGER_PREFIX):
+            ids.add(key.split(":", 2)[1])
+        else:
+            clear += 1
+    return clear, frozenset(ids)
+
+
+def merged_mode(mode: tuple[int, frozenset[str]], keys: Iterable[str], where: str
+                ) -> tuple[int, frozenset[str]]:
+    """The ledger mode after adding ``keys`` (a shard's, made by ``chextriev index --devices``'
+    ranks or :func:`indexer.distributed.embed_to_shards`) to a ledger of ``mode``; refuses keys
+    that would mix clear keys with keyed hashes, or hashes of two keys."""
+    clear, ids = mode
+    new_clear, new_ids = ledger_mode(keys)
+    clear, ids = clear + new_clear, ids | new_ids
+    if (clear and ids) or len(ids) > 1:
+        kinds = (["source paths or DICOMweb keys in the clear"] if clear else []) + \
+            [f"keyed hashes of key id {i}" for i in sorted(ids)]
+        raise LedgerModeError(
+            f"{where} would mix {' and '.join(kinds)} in one ledger: merge shards made with the "
+            "catalog's own --pseudonymise setting and key (or into a new --index-dir/--db)")
+    return clear, ids
+
+
+def check_merge(sessions, shards: Iterable[str | os.PathLike]) -> None:
+    """Refuse shard files (in merge order) whose keys would mix the ledger of the catalog of
+    ``sessions`` (:func:`merged_mode`), before any of them is written."""
+    from indexer.shards import shard_keys
+
+    with sessions() as session:
+        mode = ledger_mode(key for key, *_ in db_write.ledger_rows(session))
+    for shard in shards:
+        mode = merged_mode(mode, shard_keys(shard), f"merging {shard}")
 
 
 def needs_conversion(session, *, pseudonymised: bool = False) -> int:

@@ -94,6 +94,12 @@ def write_shard(path: str | Path, items: Sequence[Decoded], batch, info: Embedde
     return path
 
 
+def shard_keys(path: str | Path) -> list[str]:
+    """The ledger keys of one shard's records, without reading its pixels or outputs."""
+    with np.load(path, allow_pickle=False) as data:
+        return [str(p) for p in data["paths"]]
+
+
 def read_shard(path: str | Path) -> tuple[list[Decoded], EmbedderInfo]:
     """The decoded records of one shard, each with ``embedded`` model outputs when it has them."""
     with np.load(path, allow_pickle=False) as data:

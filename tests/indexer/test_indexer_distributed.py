@@ -33,10 +33,12 @@ from indexer.shards import (
 from indexer.verify import verify
 
 
-def _fake_shards(root, shard_dir):
+def _fake_shards(root, shard_dir, deidentifier=None):
     embedder = FakeEmbedder()
     info = EmbedderInfo(embedder.checkpoint_id, embedder.embedding_dim, embedder.class_names)
     decoded = [decode(c, 64) for c in discover(root)]
+    for d in decoded if deidentifier else ():  # the ledger key a pseudonymising worker stores
+        d.key = deidentifier.ledger_key(d.key)
     halves = [decoded[0::2], decoded[1::2]]
     halves[1].append(halves[0][0])  # DistributedSampler padding repeats a file on one rank
     for rank, items in enumerate(halves):
@@ -197,3 +199,41 @@ def test_two_cpu_processes_from_the_cli_equal_one(synth_and_ckpt, tmp_path):
     assert "indexed 1," in out and "rank 0 of 2: 0 record(s)" in out
     _assert_same(_catalog_state(tmp_path / "one"), _catalog_state(tmp_path / "two"))
     assert "OK: catalog and index" in _cli("index", "verify", "--index-dir", tmp_path / "two", env=env)
+
+
+def test_a_merge_refuses_shards_that_would_mix_the_ledger(tmp_path):
+    """Shards made with another --pseudonymise setting or key than the catalog's, or a shard
+    folder mixing them, are refused with the reason before anything is written."""
+    from chextriev.io.deid import Deidentifier, key_id
+    from indexer.ledger import LedgerModeError
+
+    root = tmp_path / "archive"
+    make_archive(root)
+    one, two = Deidentifier(b"1" * 32), Deidentifier(b"2" * 32)
+    shards = {name: tmp_path / name for name in ("clear", "one", "two", "mixed")}
+    _fake_shards(root, shards["clear"])
+    _fake_shards(root, shards["one"], one)
+    _fake_shards(root, shards["two"], two)
+    shards["mixed"].mkdir()
+    shutil.copy(shard_files(shards["clear"])[0], shards["mixed"])
+    shutil.copy(shard_files(shards["one"])[1], shards["mixed"])
+
+    def size(index_dir):
+        return Catalog.open(None, index_dir).size if (index_dir / "manifest.json").exists() else 0
+
+    clear_dir, hashed_dir, fresh_dir = tmp_path / "idx-clear", tmp_path / "idx-one", tmp_path / "idx-new"
+    assert merge_shards(shards["clear"], index_dir=clear_dir).indexed == 10
+    assert merge_shards(shards["one"], index_dir=hashed_dir).indexed == 10
+    with pytest.raises(LedgerModeError, match=f"clear and keyed hashes of key id {key_id(one.key)}"):
+        merge_shards(shards["one"], index_dir=clear_dir)
+    with pytest.raises(LedgerModeError, match="in the clear and keyed hashes"):
+        merge_shards(shards["clear"], index_dir=hashed_dir)
+    with pytest.raises(LedgerModeError, match=f"keyed hashes of key id .*{key_id(one.key)}"):
+        merge_shards(shards["two"], index_dir=hashed_dir)
+    with pytest.raises(LedgerModeError, match="shard-r0001"):
+        merge_shards(shards["mixed"], index_dir=fresh_dir)
+    assert size(clear_dir) == 10 and size(hashed_dir) == 10 and size(fresh_dir) == 0
+    sessions = make_sessionmaker(make_engine(default_db_url(hashed_dir)))
+    assert verify(sessions, hashed_dir) == []
+    # The same key merges again (idempotent), as a rerun of the same distributed run would.
+    assert merge_shards(shards["one"], index_dir=hashed_dir).indexed == 0
