@@ -42,6 +42,7 @@ import argparse
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -90,7 +91,10 @@ def prepare(work: Path, patients: int, index_images: int, queries: int, fit_imag
         csv.writer(handle).writerows(rows[: 1 + index_images])
     images, boxes, records = archive_images(archive, index_images + queries)
     name = f"v6-fit{fit_images}.ckpt"
-    checkpoint = default_checkpoint(work / name, images[:fit_images], boxes[:fit_images])
+    # Drawn in a spawned child: the upload part forks its servers from this process, and a child
+    # forked after torch ran its OpenMP team here hangs in its first parallel region (libgomp).
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        checkpoint = pool.apply(default_checkpoint, (work / name, images[:fit_images], boxes[:fit_images]))
     query_files = [Path(r.source) for r in records[index_images:index_images + queries]]
     index_dir = work / f"index-{index_images}"
     if not (index_dir / "manifest.json").is_file():
