@@ -31,6 +31,11 @@ from indexer.manifest import SEGMENTS, IndexStateError, new_name
 #: one); at most three per tier, 5 on average from 200k to 2M vectors (10: 9, up to 18), for each
 #: vector written about log4 instead of log10 of (n / checkpoint) times (3.7 instead of 2.6 at 2M).
 MERGE_FACTOR = 4
+#: A merge builds its segment in memory (:func:`merge`): a group whose merged segment would hold
+#: more than this many bytes of vectors is left as it is, so that indexing's memory stays bounded
+#: at any archive size (IVF-flat at D = 1024: 1,048,576 vectors; the largest merge of a 1M build,
+#: 819,200 vectors, is within it; without the bound the next one, 3.3M vectors, needs 13 GB).
+MERGE_MAX_BYTES = 4 << 30
 #: Segments below this many vectors are tier 0; tier t holds sizes [B F^(t-1), B F^t).
 TIER_BASE = 1_024
 
@@ -169,8 +174,10 @@ def read_trained(index_dir: Path, info: dict):
 
 
 # ---------------------------------------------------------------------- merge policy
-def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR) -> list[list[Segment]]:
-    """Groups of segments to merge: ``factor`` of one tier, smallest first."""
+def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR,
+               max_vectors: int | None = None) -> list[list[Segment]]:
+    """Groups of segments to merge: ``factor`` of one tier, smallest first, each holding at most
+    ``max_vectors`` vectors in all (None: no bound)."""
     plan = []
     by_tier: dict[int, list[Segment]] = {}
     for segment in segments:
@@ -178,6 +185,8 @@ def merge_plan(segments: list[Segment], factor: int = MERGE_FACTOR) -> list[list
     for _tier, group in sorted(by_tier.items()):
         group = sorted(group, key=lambda s: s.n)
         while len(group) >= factor:
+            if max_vectors is not None and sum(s.n for s in group[:factor]) > max_vectors:
+                break  # sorted: the tier's other groups are larger still
             plan.append(group[:factor])
             group = group[factor:]
     return plan

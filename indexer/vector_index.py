@@ -29,6 +29,7 @@ from indexer.faiss_factory import DEFAULT_NPROBE, INDEX_TYPES, factory_string, r
 from indexer.manifest import SEGMENTS, IndexStateError, Manifest, new_name, sweep
 from indexer.segments import (
     MERGE_FACTOR,
+    MERGE_MAX_BYTES,
     Segment,
     merge_plan,
     payload_ids,
@@ -61,6 +62,7 @@ class VectorIndex:
         self.trained_info = trained_info
         self.exact = exact
         self.merge_factor = int(merge_factor)
+        self.merge_max_bytes = MERGE_MAX_BYTES  # a merged segment's vectors at most (segments.py)
         self.segments: list[Segment] = []
         self.manifest: Manifest | None = None
         self._ids_cache: np.ndarray | None = None
@@ -312,7 +314,9 @@ class VectorIndex:
             if not segment.saved:
                 self._write(index_dir, segment, mmap)
         if merge:
-            for group in merge_plan(self.segments, self.merge_factor):
+            code = faiss.extract_index_ivf(self.trained).code_size if self.trained is not None \
+                else 4 * self.dim
+            for group in merge_plan(self.segments, self.merge_factor, self.merge_max_bytes // (code + 8)):
                 merged = merge_group(group, self.empty, ivf=self.trained is not None)
                 self._write(index_dir, merged, mmap)
                 names = {s.name for s in group}

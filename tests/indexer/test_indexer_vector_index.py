@@ -129,6 +129,27 @@ def test_incremental_save_writes_only_new_segments_and_merges_tiers(tmp_path, in
     assert tier_of(20_000, factor=10) == 2
 
 
+@pytest.mark.parametrize("index_type", ["ivf-flat", "flat"])
+def test_a_merge_over_the_memory_bound_is_left_undone(tmp_path, index_type):
+    """A merged segment is built in memory: a group whose vectors would exceed
+    ``merge_max_bytes`` stays as it is (searchable, as every segment is), a smaller one merges."""
+    base = clustered(2400, seed=5)
+    ids = np.arange(2400, dtype=np.int64)
+    index = VectorIndex.build(ids[:2000], base[:2000], index_type=index_type, expected=2400)
+    index.merge_factor = 4
+    per_vector = 32 * 4 + 8  # IVF-flat and flat at D = 32: the vector and its id
+    index.merge_max_bytes = 400 * per_vector - 1  # four segments of 100: one byte too many
+    for start in range(2000, 2400, 100):
+        index.add(ids[start:start + 100], base[start:start + 100])
+        manifest = index.save(tmp_path, checkpoint_id=None)
+    assert sorted(s["n"] for s in manifest.segments) == [100, 100, 100, 100, 2000]
+    _, found = VectorIndex.load(tmp_path).search(base[2000:2400:40], 1, nprobe=64)
+    assert found[:, 0].tolist() == ids[2000:2400:40].tolist()
+    index.merge_max_bytes = 400 * per_vector
+    manifest = index.save(tmp_path, checkpoint_id=None)
+    assert sorted(s["n"] for s in manifest.segments) == [400, 2000]
+
+
 def test_add_remove_and_vectors(data):
     base, ids, queries = data
     index = VectorIndex.build(ids[:3000], base[:3000], index_type="flat")
