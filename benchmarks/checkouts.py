@@ -28,16 +28,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-
 from benchmarks.harness import REPO_ROOT, machine_line
+from chextriev.errors import ChextrievError
+from server.readiness import free_port, wait_ready
 
 
 def _cli(*args: str) -> list[str]:
@@ -56,26 +54,6 @@ def _run(checkout: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
         raise SystemExit(f"{checkout}: chextriev {' '.join(args[:1])} exited with {done.returncode}:\n"
                          f"{done.stderr[-3000:]}")
     return done
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_ready(base: str, process: subprocess.Popen, log_path: Path, seconds: float = 600) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server of {base} exited: {log_path.read_text()[-2000:]}")
-        try:
-            if requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server of {base} was not ready after {seconds:.0f} s")
 
 
 def _load_test(base: str, mode: str, seconds: float, queries: list[Path]) -> dict:
@@ -151,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = {}
     try:
         for name, checkout in checkouts.items():
-            port, log_path = _free_port(), work / f"serve-{name}.log"
+            port, log_path = free_port(), work / f"serve-{name}.log"
             with open(log_path, "w") as log_file:
                 process = subprocess.Popen(
                     _cli("serve", "--checkpoint", str(checkpoint), "--index-dir", str(work / f"index-{name}"),
@@ -159,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                     cwd=checkout, env=_env(checkout, work), stdout=log_file, stderr=subprocess.STDOUT)
             servers[name] = (f"http://127.0.0.1:{port}", process, log_path)
         for base, process, log_path in servers.values():
-            _wait_ready(base, process, log_path)
+            try:
+                wait_ready(base, process, timeout=600, log_path=log_path)
+            except ChextrievError as error:
+                raise SystemExit(str(error)) from None
         for round_ in range(1, args.rounds + 1):
             for name, (base, _, _) in servers.items():
                 for mode, seconds in (("by-id", args.by_id_seconds), ("upload", args.upload_seconds)):

@@ -170,13 +170,9 @@ def bench_index(archive: Path, checkpoint: Path, index_dir: Path, args, workers:
 def served(index_dir: Path, checkpoint: Path, args):
     """``chextriev serve`` of ``index_dir`` in a child process on 127.0.0.1 (a fresh process: this
     one has run torch's thread pools, which a forked child can deadlock on); its base URL."""
-    import socket
+    from server.readiness import free_port, wait_ready
 
-    import requests
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "chextriev_cli.main", "serve", "--index-dir", str(index_dir), "--checkpoint",
                str(checkpoint), "--port", str(port), "--device", args.device, "--precision", args.precision,
                "--compile", args.compile]
@@ -185,16 +181,7 @@ def served(index_dir: Path, checkpoint: Path, args):
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + args.index_timeout
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chextriev serve did not become ready: {log_path.read_text()[-1500:]}")
-            try:
-                if requests.get(f"{base}/api/v1/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        wait_ready(base, process, timeout=args.index_timeout, log_path=log_path)
         yield base
     finally:
         process.terminate()

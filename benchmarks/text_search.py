@@ -28,10 +28,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.harness import REPO_ROOT, Table, interleaved, machine_line, median_ms, synth_archive
+from chextriev.errors import ChextrievError
+from server.readiness import free_port, wait_ready
 
 PROMPTS = ("left pleural effusion", "enlarged cardiac silhouette", "right upper lobe consolidation",
            "pneumothorax at the left apex", "no acute cardiopulmonary abnormality")
@@ -94,43 +95,23 @@ def run(args: argparse.Namespace, work: Path) -> None:
     if not (index_dir / "manifest.json").is_file():
         _run(["index", "--data", str(archive), "--checkpoint", str(checkpoint), "--index-dir", str(index_dir),
               "--workers", "0", "--device", "cpu", "--no-progress"])
-    port = _free_port()
+    port = free_port()
     log_path = work / "server.log"
     with open(log_path, "wb") as log_file:
         server = subprocess.Popen([sys.executable, "-m", "server.cli", "--index-dir", str(index_dir), "--port",
                                    str(port)], cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
-        status = _wait_ready(base, server, log_path)
+        try:
+            status = wait_ready(f"http://127.0.0.1:{port}", server, timeout=600, log_path=log_path)
+        except ChextrievError as error:
+            raise SystemExit(str(error)) from None
         measure(args, base, status, archive, requests.Session())
     finally:
         server.terminate()
         server.wait(timeout=60)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(base: str, server: subprocess.Popen, log_path: Path) -> dict:
-    import requests
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {log_path.read_text()[-2000:]}")
-        try:
-            response = requests.get(f"{base}/readyz", timeout=2)
-            if response.status_code == 200:
-                return response.json()
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("the server was not ready after 600 s")
 
 
 def measure(args: argparse.Namespace, base: str, status: dict, archive: Path, session) -> None:

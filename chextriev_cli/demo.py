@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -91,12 +90,6 @@ def _mark_done(folder: Path, info: dict | None = None) -> None:
 def nih_sample_dir() -> Path:
     default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-sample"
     return Path(os.environ.get("CHEXTRIEV_NIH_SAMPLE", str(default)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _best_checkpoint(run_dir: Path) -> Path:
@@ -192,27 +185,13 @@ def index_data(out: Path, source: Path, checkpoint: Path, detector: Path, label:
     return db_url, index_dir
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ChextrievError(f"the server exited with code {process.returncode}")
-        try:
-            if requests.get(f"{base_url}/api/v1/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise ChextrievError(f"the server was not ready after {timeout:.0f} s")
-
-
 def serve_and_query(checkpoint: Path, detector: Path, db_url: str, index_dir: Path, query_image: Path,
                     serve: bool, port: int) -> None:
     import requests
 
-    port = port or _free_port()
+    from server.readiness import free_port, wait_ready
+
+    port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     _step(f"6/6 serving on {base_url}")
     command = [sys.executable, "-m", "chextriev_cli.main", "serve", "--checkpoint", str(checkpoint),
@@ -220,7 +199,7 @@ def serve_and_query(checkpoint: Path, detector: Path, db_url: str, index_dir: Pa
                "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command)
     try:
-        _wait_ready(base_url, process)
+        wait_ready(base_url, process)
         with open(query_image, "rb") as handle:
             response = requests.post(f"{base_url}/api/v1/search", files={"image": (query_image.name, handle)},
                                      data={"k": "5"}, timeout=60)
