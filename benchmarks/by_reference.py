@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -48,17 +47,13 @@ USER, PASSWORD = "bench", "bench-password-0c6f"
 PACS_STAGES = ("qido", "lookup", "fetch")
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_orthanc(folder: Path) -> tuple[subprocess.Popen, str]:
     """Orthanc on a free loopback port with DICOMweb and basic auth; ``(process, root URL)``."""
     import requests
 
-    port = _port()
+    from server.readiness import free_port
+
+    port = free_port()
     config = {"Name": "chextriev-bench", "StorageDirectory": str(folder / "storage"),
               "IndexDirectory": str(folder / "index"), "HttpPort": port, "DicomServerEnabled": False,
               "RemoteAccessAllowed": False, "AuthenticationEnabled": True,

@@ -202,30 +202,21 @@ def part_index(fixtures: dict, args) -> None:
 
 # ------------------------------------------------------------------------------ startup
 def part_startup(fixtures: dict, args) -> None:
-    import socket
-
-    import requests
+    from chextriev.errors import ChextrievError
+    from server.readiness import free_port, wait_ready
 
     def serve(flags: list[str], cache: Path) -> float:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         started = time.perf_counter()
         process = subprocess.Popen(_chextriev("serve", "--index-dir", str(fixtures["index_dir"]), "--checkpoint",
                                               str(fixtures["checkpoint"]), "--port", str(port), *flags),
                                    cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    env=_env(cache, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor")))
         try:
-            while time.perf_counter() - started < 900:
-                if process.poll() is not None:
-                    raise SystemExit(f"chextriev serve {' '.join(flags)} exited with {process.returncode}")
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/api/v1/readyz", timeout=2).status_code == 200:
-                        return time.perf_counter() - started
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            raise SystemExit("the server was not ready after 900 s")
+            wait_ready(f"http://127.0.0.1:{port}", process, timeout=900, interval=0.2)
+            return time.perf_counter() - started
+        except ChextrievError as error:
+            raise SystemExit(f"chextriev serve {' '.join(flags)}: {error}") from None
         finally:
             process.terminate()
             process.wait(timeout=60)

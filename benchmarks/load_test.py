@@ -183,16 +183,16 @@ def serve_in_process(checkpoint: Path, db_url: str | None, index_dir: Path, pad_
                      workers: int = 1, precision: str = "auto", compile: str = "on") -> str:
     """Serve the index with the production server (gunicorn, as ``chextriev serve``) in a forked
     child process on 127.0.0.1 and a free port; each worker pads its own index when asked.
-    Returns the base URL once the server is ready."""
+    Returns the base URL once the server is ready. The caller must not have run torch before:
+    a child forked after torch's OpenMP team ran hangs at its first parallel region (draw
+    checkpoints in another process, as ``benchmarks defaults`` does)."""
     import multiprocessing
-    import socket
 
     from server.config import resolve_config
+    from server.readiness import free_port
     from server.serving import serve, worker_app
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = resolve_config({"CHECKPOINT": str(checkpoint), "INDEX_DIR": str(index_dir), "DB_URL": db_url,
                                "TORCH_THREADS": torch_threads, "PORT": port, "THREADS": threads,
                                "WORKERS": workers, "PRECISION": precision, "COMPILE": compile, "CONFIG_FILE": None,

@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -30,12 +29,6 @@ import requests
 MAX_KILLS = 20
 MAX_REQUESTS = 100_000
 MAX_SECONDS = 900
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _workers(master: int) -> set[int]:
@@ -72,9 +65,10 @@ def _wait(condition, seconds: float):
 def measure(args: argparse.Namespace, preload: bool) -> dict:
     """Start a server, kill a worker ``args.kills`` times under load; the figures."""
     from server.config import resolve_config
+    from server.readiness import free_port
     from server.serving import PRELOADED_MODULES, serve
 
-    port = _free_port()
+    port = free_port()
     settings = resolve_config({"CHECKPOINT": str(args.checkpoint), "INDEX_DIR": str(args.index_dir),
                                "DB_URL": args.db, "PORT": port, "WORKERS": args.workers, "THREADS": 2,
                                "TORCH_THREADS": 1, "CONFIG_FILE": None, "LOAD": "sync"})

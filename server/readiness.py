@@ -22,10 +22,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, *, timeout: float = 180.0,
-               log_path: Path | None = None) -> dict:
+               log_path: Path | None = None, interval: float = 0.5) -> dict:
     """The ``/api/v1/readyz`` body of the server at ``base_url`` (``http://host:port``) once it
-    answers 200. Raises :class:`ChextrievError` when ``process`` exits first or ``timeout``
-    seconds pass, with the end of ``log_path`` (the server's output) when given."""
+    answers 200, asked every ``interval`` seconds. Raises :class:`ChextrievError` when
+    ``process`` exits first or ``timeout`` seconds pass, with the end of ``log_path`` (the
+    server's output) when given."""
     import requests
 
     def failure(what: str) -> ChextrievError:
@@ -44,5 +45,5 @@ def wait_ready(base_url: str, process: subprocess.Popen, *, timeout: float = 180
                 return response.json()
         except requests.RequestException:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     raise failure(f"was not ready after {timeout:.0f} s")
