@@ -181,9 +181,9 @@ def search_study(service, connection, study_uid: str, *, k: int, filters: dict, 
     timings["embed"] = (time.perf_counter() - embedded) * 1000
     searched = time.perf_counter()
     exclude = reference.patient_keys(located, key) if exclude_same_patient else []
-    hits = service.search(query.embedding, k, filters=filters, exclude_patients=exclude,
-                          exclude_ids=[located.indexed_id] if located.indexed_id is not None else None)
-    rows = service.images([hit.image_id for hit in hits]) if hits else []
+    hits = service.search_hits(query.embedding, k, filters=filters, exclude_patients=exclude,
+                               exclude_ids=[located.indexed_id] if located.indexed_id is not None else None)
+    hits, rows = service.rows_of_hits(hits, k)  # the rows read once, as the API does (their status in them)
     timings["search"] = (time.perf_counter() - searched) * 1000
     class_names = tuple(service.class_names)
     thresholds = service.finding_thresholds

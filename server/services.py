@@ -444,24 +444,13 @@ class SearchService:
         self.require_ready()
         return int(self.catalog.size)
 
-    def search(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] | None = None,
-               exclude_patients: Sequence[str] | None = None, filters: dict | None = None,
-               nprobe: int | None = None, rerank: int | None = None) -> list:
-        """Top-``k`` hits (``Hit(image_id, score)``, best first) for one ``(D,)`` vector, each
-        an image indexed in the catalog now (the loaded build may predate a removal: such hits
-        are dropped, one primary-key query). ``nprobe``/``rerank``: per-request search
-        settings (default: the build's)."""
-        hits = self.search_hits(vector, k, exclude_ids=exclude_ids, exclude_patients=exclude_patients,
-                                filters=filters, nprobe=nprobe, rerank=rerank)
-        status = self.catalog.status([hit.image_id for hit in hits])
-        return [hit for hit in hits if status.get(hit.image_id) == "indexed"][:k]
-
     def search_hits(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] | None = None,
                     exclude_patients: Sequence[str] | None = None, filters: dict | None = None,
                     nprobe: int | None = None, rerank: int | None = None) -> list:
-        """The index search of :meth:`search` alone: ``k`` + :data:`STALE_MARGIN` hits of the
-        loaded build, best first, hits removed since it was loaded included (:meth:`rows_of_hits`
-        drops them with the rows it reads)."""
+        """The index search for one ``(D,)`` vector: ``k`` + :data:`STALE_MARGIN` hits
+        (``Hit(image_id, score)``) of the loaded build, best first, hits removed since it was
+        loaded included (:meth:`rows_of_hits` drops them with the rows it reads).
+        ``nprobe``/``rerank``: per-request search settings (default: the build's)."""
         self.require_ready()
         catalog = self.catalog
         query = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, -1))
@@ -477,8 +466,8 @@ class SearchService:
     def rows_of_hits(self, hits: list, k: int) -> tuple[list, list[dict]]:
         """The first ``k`` of ``hits`` that are indexed now and their catalog rows, read once:
         ``(hits, rows)``. One query reads the rows of the first ``k`` hits (their status is in
-        them); only when some were removed since the loaded build are the next hits' rows read.
-        (:meth:`search` + :meth:`images` cost a status query and a rows query.)"""
+        them); only when some were removed since the loaded build are the next hits' rows read
+        (a status query and then a rows query would be two)."""
         kept: list = []
         rows: list[dict] = []
         start = 0
